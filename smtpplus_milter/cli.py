@@ -1,0 +1,167 @@
+"""The ``smtpplus-milter`` command line (PRODUCT §9). Exit codes: 0 ok, 1 refused/invalid, 2 usage."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from smtpplus_milter import __version__
+from smtpplus_milter.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c", "--config", type=Path, default=DEFAULT_CONFIG, metavar="FILE",
+        help=f"main config file (default {DEFAULT_CONFIG})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smtpplus-milter", description="SMTP+ relay milter for Postfix")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run = commands.add_parser("run", help="run the milter (foreground; SIGHUP reloads, SIGTERM drains and stops)")
+    _add_config(run)
+    check = commands.add_parser("check-config", help="validate the config and users file, exit 1 on any problem")
+    _add_config(check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check-config":
+        return check_config(args.config)
+    if args.command == "run":
+        return run(args.config)
+    return 2  # pragma: no cover - argparse enforces the choices
+
+
+def _load_or_report(path: Path) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"smtpplus-milter: {len(exc.problems)} problem(s) in the configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def check_config(path: Path) -> int:
+    config = _load_or_report(path)
+    if config is None:
+        return 1
+    users = config.directory.users
+    inactive = sum(1 for user in users.values() if not user.active)
+    print(
+        f"OK: {config.path} and {config.users_path}: {len(users)} users ({inactive} inactive), "
+        f"{len(config.settings.lists)} lists, milter socket {config.settings.milter.socket}"
+    )
+    return 0
+
+
+def _socket_in_use(spec: str) -> bool:
+    """True when another process already answers on the milter socket we are about to take."""
+    kind, _, rest = spec.partition(":")
+    try:
+        if kind in ("unix", "local"):
+            if not os.path.exists(rest):
+                return False
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(1)
+                probe.connect(rest)
+                return True
+        port, _, host = rest.partition("@")
+        family = socket.AF_INET6 if kind == "inet6" else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1)
+            probe.connect((host or ("::1" if kind == "inet6" else "127.0.0.1"), int(port)))
+            return True
+    except OSError:
+        return False
+
+
+def run(path: Path) -> int:
+    config = _load_or_report(path)
+    if config is None:
+        return 1
+    # Imported here so check-config works without libmilter loaded.
+    import Milter
+
+    from smtpplus_milter import log as logsetup
+    from smtpplus_milter import metrics
+    from smtpplus_milter.milter import FLAGS, ConfigHolder, factory_for
+
+    logsetup.configure()
+    log = logsetup.get_logger()
+    settings = config.settings
+    spec = settings.milter.socket
+    if _socket_in_use(spec):
+        log.error("startup_failed", reason=f"another process already answers on {spec}; stop it first")
+        return 1
+    if spec.startswith(("unix:", "local:")):
+        Path(spec.split(":", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+    if settings.metrics.listen:
+        try:
+            metrics.serve(settings.metrics.listen)
+        except OSError as exc:
+            log.error("startup_failed", reason=f"cannot serve metrics on {settings.metrics.listen}: {exc.strerror}")
+            return 1
+
+    holder = ConfigHolder(config)
+    milter_class = factory_for(holder)
+    Milter.factory = milter_class
+    Milter.set_flags(FLAGS)
+    # The socket must be usable by Postfix's smtpd (user postfix): group access, nothing for others.
+    # Its group is the socket directory's when that directory is setgid (deploy/README-install.md).
+    os.umask(0o007)
+
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            Milter.runmilter("smtpplus", spec, settings.milter.timeout)
+        except BaseException as exc:  # reported by the main thread
+            failure.append(exc)
+
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            # Reload off the signal handler: it reads files and may take a while.
+            threading.Thread(target=holder.reload, name="reload", daemon=True).start()
+            return
+        if not stopping.is_set():
+            stopping.set()
+            log.info("stopping", signal=signal.Signals(signum).name)
+            import milter as libmilter
+
+            libmilter.stop()
+
+    # libmilter blocks HUP/TERM/INT in the thread that runs it and waits for them in a thread
+    # of its own (where SIGHUP means "stop"). The main thread keeps them unblocked with these
+    # handlers, and the kernel delivers a process-directed signal to the main thread first.
+    for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    thread = threading.Thread(target=serve, name="libmilter", daemon=True)
+    thread.start()
+    log.info(
+        "started", version=__version__, socket=spec, config=str(config.path),
+        users=len(config.directory.users), metrics=settings.metrics.listen,
+    )
+    while thread.is_alive():
+        thread.join(0.5)
+    if failure:
+        log.error("startup_failed" if not stopping.is_set() else "stopped_with_error", reason=str(failure[0]))
+        return 1
+    deadline = time.monotonic() + settings.milter.timeout
+    while milter_class.active_connections() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log.info("stopped", unfinished_connections=milter_class.active_connections())
+    return 0

@@ -1,0 +1,283 @@
+"""The pymilter adapter: collect what Postfix says, ask :mod:`policy`, apply the answer.
+
+One :class:`SmtpPlusMilter` instance lives per SMTP connection (libmilter calls it from its
+worker threads). It snapshots the current config at MAIL FROM, so a reload never changes the
+rules half-way through a message. Every callback is guarded: a bug in us answers what
+``milter.on_internal_error`` says (tempfail by default: the client retries, nothing is lost).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+import Milter
+
+from smtpplus_milter import metrics
+from smtpplus_milter.config import Config, ConfigError, load_config
+from smtpplus_milter.log import get_logger
+from smtpplus_milter.policy.authorization import decide_headers, decide_mail_from, safe_text
+from smtpplus_milter.policy.decision import Decision, Reply, Verdict
+from smtpplus_milter.policy.users import User
+
+log = get_logger()
+
+INTERNAL_ERROR_REPLY = Reply("451", "4.3.0", "SMTP+ relay: temporary internal error, try again later")
+
+# What we may ask Postfix to do to a message (negotiated once per connection).
+FLAGS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGBODY
+
+
+class ConfigHolder:
+    """The config every new message uses; swapped atomically by a reload."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+
+    def reload(self) -> bool:
+        """Re-read both files; keep the old config if the new one does not validate."""
+        with self._lock:
+            try:
+                new = load_config(self.config.path)
+            except ConfigError as exc:
+                metrics.RELOADS.labels(result="failed").inc()
+                log.error(
+                    "config_reload_failed",
+                    config=str(self.config.path),
+                    problems=[str(problem) for problem in exc.problems],
+                    kept="previous config",
+                )
+                return False
+            self.config = new
+            metrics.RELOADS.labels(result="ok").inc()
+            log.info("config_reloaded", config=str(new.path), users=len(new.directory.users))
+            return True
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _guarded(replying: bool) -> Callable[[_F], _F]:
+    """Turn any exception into the configured internal-error answer.
+
+    Callbacks Postfix does not wait for (``@noreply``) cannot answer; they remember the failure
+    and the next callback that can answer does.
+    """
+
+    def decorate(func: _F) -> _F:
+        @functools.wraps(func)
+        def wrapper(self: SmtpPlusMilter, *args: Any) -> Any:
+            try:
+                if replying and self.failure is not None:
+                    return self._internal_error()
+                return func(self, *args)
+            except Exception as exc:
+                if self.failure is None:
+                    self.failure = exc
+                    log.exception("internal_error", callback=func.__name__, queue_id=self.queue_id)
+                return self._internal_error() if replying else Milter.CONTINUE
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+_active = 0
+_active_lock = threading.Lock()
+
+
+class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
+    holder: ClassVar[ConfigHolder]
+
+    def __init__(self) -> None:
+        global _active
+        with _active_lock:
+            _active += 1
+        self._closed = False
+        self._reset()
+
+    @staticmethod
+    def active_connections() -> int:
+        """Connections libmilter has opened and not closed yet (a stop waits for these)."""
+        return _active
+
+    def _reset(self) -> None:
+        self.config: Config | None = None
+        self.login: str | None = None
+        self.user: User | None = None
+        self.queue_id: str | None = None
+        self.mail_from = ""
+        self.size: int | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.started = 0.0
+        self.reasons: list[str] = []
+        self.unauthorized: list[Any] = []
+        self.failure: Exception | None = None
+        self.finished = False
+
+    # Steps we never need: Postfix skips them entirely.
+    @Milter.nocallback
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        return Milter.CONTINUE
+
+    @Milter.nocallback
+    def hello(self, hostname: str) -> int:
+        return Milter.CONTINUE
+
+    @Milter.nocallback
+    def envrcpt(self, to: str, *params: str) -> int:
+        return Milter.CONTINUE
+
+    @Milter.nocallback
+    def body(self, chunk: bytes) -> int:
+        return Milter.CONTINUE
+
+    @_guarded(replying=True)
+    def envfrom(self, mail_from: str, *params: str) -> int:
+        self._reset()
+        self.started = time.monotonic()
+        self.config = config = self.holder.config
+        self.mail_from = mail_from
+        self.login = self.getsymval("{auth_authen}") or None
+        self.queue_id = self.getsymval("i") or None
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.upper() == "SIZE" and value.isdigit():
+                self.size = int(value)
+        decision = decide_mail_from(config.directory, self.login, mail_from)
+        self._note(decision)
+        if decision.bypass:
+            self._finish(decision)
+            return Milter.ACCEPT
+        if decision.rejected:
+            return self._refuse(decision)
+        self.user = config.directory.lookup(self.login or "")
+        return Milter.CONTINUE
+
+    # Defined (not @nocallback) on purpose: over TCP, answering DATA avoids a delayed-ACK stall
+    # after the last RCPT (FIELD-NOTES).
+    @_guarded(replying=True)
+    def data(self) -> int:
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @_guarded(replying=False)
+    def header(self, name: str, value: str) -> int:
+        self.headers.append((name, value))
+        return Milter.CONTINUE
+
+    @_guarded(replying=True)
+    def eoh(self) -> int:
+        config, user = self.config, self.user
+        if config is None or user is None:  # MAIL FROM was not seen by us: nothing to judge
+            return Milter.ACCEPT
+        self.queue_id = self.getsymval("i") or self.queue_id
+        decision = decide_headers(config.directory, user, self.headers)
+        self._note(decision)
+        if decision.rejected:
+            return self._refuse(decision)
+        return Milter.CONTINUE
+
+    @_guarded(replying=True)
+    def eom(self) -> int:
+        if self.config is None or self.finished:
+            return Milter.CONTINUE
+        self.queue_id = self.getsymval("i") or self.queue_id
+        self._finish(Decision(Verdict.ACCEPT, reasons=tuple(self.reasons), unauthorized=tuple(self.unauthorized)))
+        return Milter.CONTINUE
+
+    def abort(self) -> int:
+        # RSET, QUIT or a dropped client in the middle of a message: it was never accepted.
+        self._reset()
+        return Milter.CONTINUE
+
+    def close(self) -> int:
+        global _active
+        if not self._closed:
+            self._closed = True
+            with _active_lock:
+                _active -= 1
+        return Milter.CONTINUE
+
+    # --- applying decisions -------------------------------------------------------------
+
+    def _note(self, decision: Decision) -> None:
+        self.reasons.extend(decision.reasons)
+        self.unauthorized.extend(decision.unauthorized)
+
+    def _refuse(self, decision: Decision) -> int:
+        reply = decision.reply or INTERNAL_ERROR_REPLY
+        self.setreply(reply.code, reply.xcode, reply.text.replace("%", "%%"))
+        self._finish(Decision(decision.verdict, reply, tuple(self.reasons), tuple(self.unauthorized)))
+        return Milter.REJECT if decision.verdict is Verdict.REJECT else Milter.TEMPFAIL
+
+    def _internal_error(self) -> int:
+        config = self.config or self.holder.config
+        if config.settings.milter.on_internal_error == "accept":
+            self._finish(Decision(Verdict.ACCEPT, reasons=(*self.reasons, "internal error: accepted unchanged")))
+            return Milter.ACCEPT
+        try:
+            self.setreply(INTERNAL_ERROR_REPLY.code, INTERNAL_ERROR_REPLY.xcode, INTERNAL_ERROR_REPLY.text)
+        except Exception:  # the reply is a nicety; the tempfail itself must go out
+            log.exception("internal_error_reply_failed")
+        self._finish(
+            Decision(Verdict.TEMPFAIL, INTERNAL_ERROR_REPLY, (*self.reasons, f"internal error: {self.failure!r}"))
+        )
+        return Milter.TEMPFAIL
+
+    def _finish(self, decision: Decision) -> None:
+        """Log the one ``message`` event and count it. Called once per message."""
+        if self.finished:
+            return
+        self.finished = True
+        config = self.config or self.holder.config
+        per_user = config.settings.metrics.per_user_labels
+        if decision.bypass:
+            label = "_unauthenticated" if not self.login else "_unknown"
+        elif self.user is None and self.login and config.directory.lookup(self.login) is None:
+            label = "_unknown"
+        else:
+            label = self.user.login if self.user else (self.login or "_unauthenticated")
+        label = metrics.user_label(label, per_user)
+        elapsed = time.monotonic() - self.started if self.started else 0.0
+        metrics.MESSAGES.labels(user=label, result=decision.verdict.value).inc()
+        metrics.PROCESSING.observe(elapsed)
+        if self.size is not None:
+            metrics.MESSAGE_BYTES.observe(self.size)
+        mode = config.settings.authorization.mode
+        if decision.unauthorized:
+            metrics.UNAUTHORIZED.labels(user=label, mode=mode).inc()
+            for item in decision.unauthorized:
+                log.warning(
+                    "unauthorized_sender",
+                    queue_id=self.queue_id,
+                    user=self.login,
+                    field=item.field,
+                    sender=item.address,
+                    mode=mode,
+                    action="rejected" if decision.verdict is Verdict.REJECT else "delivered",
+                )
+        log.info(
+            "message",
+            queue_id=self.queue_id,
+            user=self.login,
+            senders={
+                "envelope_from": safe_text(self.mail_from.strip("<>"), 200),
+                "header_from": [safe_text(v.strip(), 200) for k, v in self.headers if k.lower() == "from"],
+                "header_sender": [safe_text(v.strip(), 200) for k, v in self.headers if k.lower() == "sender"],
+            },
+            decision=decision.verdict.value,
+            reply=str(decision.reply) if decision.reply else None,
+            reasons=list(decision.reasons),
+            size=self.size,
+            ms=round(elapsed * 1000, 2),
+        )
+
+
+def factory_for(holder: ConfigHolder) -> type[SmtpPlusMilter]:
+    """A milter class bound to *holder* (pymilter creates one instance per connection)."""
+    return type("BoundSmtpPlusMilter", (SmtpPlusMilter,), {"holder": holder})

@@ -1,0 +1,105 @@
+"""Normalising mail addresses and domains, and reading the addresses out of From:/Sender:.
+
+Every comparison of senders goes through here so that "the same address" means one thing:
+case-folded, IDNA (UTS #46) A-labels, no trailing dot. Anything that cannot be read with
+certainty raises :class:`AddressError`; callers treat that as *not authorized*.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from email.policy import SMTP
+
+import idna
+
+
+class AddressError(ValueError):
+    """An address or domain that cannot be read with certainty."""
+
+
+@functools.lru_cache(maxsize=4096)
+def normalize_domain(domain: str) -> str:
+    """Return the canonical form of *domain*: lower-case A-labels, no trailing dot."""
+    text = domain.strip()
+    if text.endswith("."):
+        text = text[:-1]
+    if not text:
+        raise AddressError("empty domain")
+    if text.startswith("[") or "\\" in text:
+        raise AddressError(f"domain literal {domain!r} cannot be authorized")
+    if any(ord(ch) < 0x21 or 0xD800 <= ord(ch) <= 0xDFFF for ch in text):
+        raise AddressError(f"domain {domain!r} contains invalid characters")
+    try:
+        return idna.encode(text, uts46=True).decode("ascii").lower()
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise AddressError(f"domain {domain!r} is not a valid domain name: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A normalised mailbox address."""
+
+    local: str
+    domain: str
+
+    def __str__(self) -> str:
+        return f"{self.local}@{self.domain}"
+
+
+def normalize_address(address: str) -> Address:
+    """Normalise ``local@domain``; the local part is compared case-insensitively (PRODUCT §4)."""
+    text = address.strip()
+    local, sep, domain = text.rpartition("@")
+    if not sep or not local or not domain:
+        raise AddressError(f"{address!r} is not an address of the form local@domain")
+    if any(ord(ch) < 0x21 and ch != " " for ch in local) or any(
+        0xD800 <= ord(ch) <= 0xDFFF for ch in local
+    ):
+        raise AddressError(f"{address!r} contains invalid characters")
+    return Address(local.lower(), normalize_domain(domain))
+
+
+def parse_envelope_sender(mail_from: str) -> Address | None:
+    """Read the MAIL FROM argument as Postfix hands it to a milter (``<a@b>`` or ``<>``).
+
+    Returns None for the null sender. Source routes (``<@relay:a@b>``) are dropped.
+    """
+    text = mail_from.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    if ":" in text and text.startswith("@"):
+        text = text.split(":", 1)[1]
+    if not text:
+        return None
+    return normalize_address(text)
+
+
+_header_factory = SMTP.header_factory
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
+def parse_address_header(name: str, value: str) -> list[Address]:
+    """Return every address in one From:/Sender: header value.
+
+    The stdlib parser repairs a lot of broken input silently (``info@a <x@b>`` becomes
+    ``info@a``, an encoded-word that hides an address becomes a local part). Any defect the
+    parser records therefore makes the whole header unreadable: a sender must never be
+    authorized on a guess.
+    """
+    value = _FOLD.sub("", value)
+    if "\r" in value or "\n" in value:
+        raise AddressError(f"{name}: contains a bare line break")
+    try:
+        header = _header_factory(name, value)
+    except Exception as exc:  # the stdlib parser raises assorted errors on hostile input
+        raise AddressError(f"{name}: cannot be parsed ({type(exc).__name__})") from None
+    if header.defects:
+        raise AddressError(f"{name}: malformed ({header.defects[0]})")
+    addresses = []
+    for item in header.addresses:  # type: ignore[attr-defined]
+        if not item.domain or "=?" in item.addr_spec:
+            raise AddressError(f"{name}: {item.addr_spec!r} is not a usable address")
+        addresses.append(normalize_address(f"{item.username}@{item.domain}"))
+    return addresses

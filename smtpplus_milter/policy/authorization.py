@@ -1,0 +1,157 @@
+"""Sender authorization (PRODUCT §4): may this SMTP+ user send as these addresses?
+
+Two entry points mirror the two moments the milter can refuse a message: ``decide_mail_from``
+(who logged in, and the envelope sender) and ``decide_headers`` (From: and Sender:). Both return
+a :class:`~smtpplus_milter.policy.decision.Decision`; nothing here has side effects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from smtpplus_milter.policy.addresses import (
+    Address,
+    AddressError,
+    parse_address_header,
+    parse_envelope_sender,
+)
+from smtpplus_milter.policy.decision import Decision, Reply, Unauthorized, Verdict
+from smtpplus_milter.policy.users import Check, Directory, Mode, User
+
+REPLY_TO_HINT = "a visitor's address from a web form belongs in Reply-To, not From"
+
+
+def safe_text(text: str, limit: int = 120) -> str:
+    """Make client-supplied text fit into an SMTP reply and a log line.
+
+    libmilter silently drops a reply with a lone '%', and CR/LF or 8-bit bytes would break the
+    SMTP reply line.
+    """
+    cleaned = "".join(ch if " " <= ch <= "~" and ch != "%" else "?" for ch in text)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """One address to check: where it came from, what it looked like, what it parsed to."""
+
+    field: str
+    shown: str
+    address: Address | None
+    problem: str | None = None
+
+
+def decide_mail_from(directory: Directory, login: str | None, mail_from: str) -> Decision:
+    """Decide at MAIL FROM: session kind, user status and the envelope sender."""
+    policy = directory.policy
+    if not login:
+        if policy.unauthenticated == "pass":
+            return Decision(Verdict.ACCEPT, reasons=("unauthenticated session: not SMTP+ traffic",), bypass=True)
+        return Decision(
+            Verdict.REJECT,
+            Reply("530", "5.7.0", "Authentication required: log in with SMTP AUTH to send through this relay"),
+            reasons=("unauthenticated session refused (unauthenticated: reject)",),
+        )
+    user = directory.lookup(login)
+    if user is None:
+        shown = safe_text(login, 64)
+        if policy.unknown_user == "pass":
+            return Decision(
+                Verdict.ACCEPT,
+                reasons=(f"login {shown} is not an SMTP+ user; passed (unknown_user: pass)",),
+                bypass=True,
+            )
+        return Decision(
+            Verdict.REJECT,
+            Reply("550", "5.7.1", f"SASL login {shown} is not an SMTP+ user; ask the relay operator to add it"),
+            reasons=(f"login {shown} is not an SMTP+ user (unknown_user: reject)",),
+        )
+    if not user.active:
+        return Decision(
+            Verdict.REJECT,
+            Reply("550", "5.7.1", f"SMTP+ user {user.login} is disabled; ask the relay operator to enable it"),
+            reasons=(f"SMTP+ user {user.login} is disabled (active: false)",),
+        )
+    if Check.ENVELOPE_FROM not in policy.checks:
+        return Decision(Verdict.ACCEPT, reasons=("envelope sender not checked (authorization.check)",))
+    try:
+        address = parse_envelope_sender(mail_from)
+    except AddressError as exc:
+        seen = _Seen("envelope_from", safe_text(mail_from.strip("<>")), None, str(exc))
+    else:
+        if address is None:
+            return Decision(Verdict.ACCEPT, reasons=("envelope_from <>: null sender is not checked",))
+        seen = _Seen("envelope_from", str(address), address)
+    return _judge(directory, user, [seen])
+
+
+def decide_headers(directory: Directory, user: User, headers: Sequence[tuple[str, str]]) -> Decision:
+    """Decide at end of headers: every address in From:, and Sender: if present."""
+    checks = directory.policy.checks
+    seen: list[_Seen] = []
+    if Check.HEADER_FROM in checks:
+        seen += _read_header(headers, "From", required=True)
+    if Check.HEADER_SENDER in checks:
+        seen += _read_header(headers, "Sender", required=False)
+    if not seen:
+        return Decision(Verdict.ACCEPT, reasons=("no header sender checked",))
+    return _judge(directory, user, seen)
+
+
+def _read_header(headers: Sequence[tuple[str, str]], name: str, *, required: bool) -> list[_Seen]:
+    field = f"header_{name.lower()}"
+    values = [value for key, value in headers if key.strip().lower() == name.lower()]
+    if not values:
+        return [_Seen(field, f"(no {name}: header)", None, f"the message has no {name}: header")] if required else []
+    if len(values) > 1:
+        return [_Seen(field, f"({len(values)} {name}: headers)", None, f"the message has {len(values)} {name}: headers")]
+    try:
+        addresses = parse_address_header(name, values[0])
+    except AddressError as exc:
+        return [_Seen(field, safe_text(values[0].strip()), None, str(exc))]
+    if not addresses:
+        return [_Seen(field, safe_text(values[0].strip()), None, f"{name}: holds no address")]
+    if name == "Sender" and len(addresses) > 1:
+        return [_Seen(field, safe_text(values[0].strip()), None, "Sender: must hold exactly one address")]
+    return [_Seen(field, str(address), address) for address in addresses]
+
+
+def _judge(directory: Directory, user: User, seen: list[_Seen]) -> Decision:
+    reasons: list[str] = []
+    bad: list[Unauthorized] = []
+    pending = False
+    for item in seen:
+        prefix = f"{item.field} {item.shown}"
+        if user.unrestricted:
+            reasons.append(f"{prefix}: authorized (user has no sender restriction)")
+            continue
+        if item.address is None:
+            reason = f"{prefix}: not authorized: {item.problem}"
+        elif str(item.address) in user.authorized_senders:
+            reasons.append(f"{prefix}: authorized (authorized_senders)")
+            continue
+        elif item.address.domain in user.authorized_domains:
+            reasons.append(f"{prefix}: authorized (authorized_domains {item.address.domain})")
+            continue
+        elif user.awaits_verification(item.address):
+            pending = pending or not bad
+            reason = f"{prefix}: not authorized: awaiting verification (pending)"
+        else:
+            reason = f"{prefix}: not authorized: neither the address nor its domain is listed for {user.login}"
+        reasons.append(reason)
+        bad.append(Unauthorized(item.field, item.shown, reason))
+    if not bad:
+        return Decision(Verdict.ACCEPT, reasons=tuple(reasons))
+    if directory.policy.mode is Mode.ALERT:
+        return Decision(
+            Verdict.ACCEPT, reasons=(*reasons, "delivered anyway (authorization.mode: alert)"), unauthorized=tuple(bad)
+        )
+    first = bad[0]
+    shown = f"<{first.address}>" if not first.address.startswith("(") else first.address
+    text = f"{shown}: sender not authorized for SMTP+ user {user.login}"
+    if pending:
+        text += " (awaiting verification)"
+    if first.field == "header_from":
+        text += f"; {REPLY_TO_HINT}"
+    return Decision(Verdict.REJECT, Reply("550", "5.7.1", text), reasons=tuple(reasons), unauthorized=tuple(bad))

@@ -1,0 +1,214 @@
+"""The pymilter adapter driven through Milter.testctx.TestCtx (no mail server)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import Milter
+import pytest
+from Milter import testctx
+from structlog.testing import capture_logs
+
+from smtpplus_milter import metrics
+from smtpplus_milter import milter as adapter
+from smtpplus_milter.milter import ConfigHolder, factory_for
+from tests.helpers import config_with, write_config
+
+
+class Session:
+    """One SMTP connection as libmilter would drive it, with Postfix's macros."""
+
+    def __init__(self, holder: ConfigHolder, login: str | None, queue_id: str = "4XyZ1abc") -> None:
+        Milter.factory = factory_for(holder)
+        self.ctx = testctx.TestCtx()
+        if login is not None:
+            self.ctx._setsymval("{auth_authen}", login)
+        self.ctx._setsymval("i", queue_id)
+        assert self.ctx._connect() == Milter.CONTINUE
+
+    @property
+    def reply(self) -> tuple[str, ...] | None:
+        return self.ctx._reply  # type: ignore[no-any-return]
+
+    def message(self, mail_from: str, headers: list[tuple[str, str]]) -> tuple[str, int]:
+        """Send one message; return the stage that answered last and its code."""
+        self.ctx._reply = None
+        rc = self.ctx._envfrom(f"<{mail_from}>" if not mail_from.startswith("<") else mail_from)
+        if rc != Milter.CONTINUE:
+            return "envfrom", rc
+        rc = self.ctx._envrcpt("<rcpt@example.org>")
+        assert rc == Milter.CONTINUE
+        rc = self.ctx._data()
+        if rc != Milter.CONTINUE:
+            return "data", rc
+        for name, value in headers:
+            rc = self.ctx._priv.header_bytes(name, value.encode("utf-8", "surrogateescape"))
+            assert rc in (Milter.CONTINUE, Milter.NOREPLY)
+        rc = self.ctx._eoh()
+        if rc != Milter.CONTINUE:
+            return "eoh", rc
+        return "eom", self.ctx._eom()
+
+    def close(self) -> None:
+        self.ctx._close()
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> ConfigHolder:
+    return ConfigHolder(config_with(tmp_path))
+
+
+@pytest.fixture
+def logs() -> Iterator[list[dict[str, Any]]]:
+    with capture_logs() as captured:
+        yield captured
+
+
+def _events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [entry for entry in logs if entry["event"] == name]
+
+
+def _count(name: str, **labels: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(name, labels)
+    return value or 0.0
+
+
+def test_negotiation_skips_unused_steps(holder: ConfigHolder) -> None:
+    session = Session(holder, "shop-frontend")
+    protocol = session.ctx._protocol
+    for flag in (Milter.P_NOCONNECT, Milter.P_NOHELO, Milter.P_NORCPT, Milter.P_NOBODY, Milter.P_NR_HDR):
+        assert protocol & flag, hex(flag)
+    for flag in (Milter.P_NOMAIL, Milter.P_NODATA, Milter.P_NOEOH, Milter.P_NOHDRS):
+        assert not protocol & flag, hex(flag)
+
+
+def test_authorized_message_passes(holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
+    before = _count("smtpplus_messages_total", user="shop-frontend", result="accepted")
+    session = Session(holder, "shop-frontend")
+    stage, rc = session.message("info@yourcompany.com", [("From", "Shop <info@yourcompany.com>"), ("Subject", "Order")])
+    assert (stage, rc) == ("eom", Milter.CONTINUE)
+    assert session.reply is None
+    assert not session.ctx._headerschanged and not session.ctx._bodyreplaced
+    [event] = _events(logs, "message")
+    assert event["decision"] == "accepted" and event["user"] == "shop-frontend" and event["queue_id"] == "4XyZ1abc"
+    assert event["senders"]["header_from"] == ["Shop <info@yourcompany.com>"]
+    assert any("authorized_domains yourcompany.com" in reason for reason in event["reasons"])
+    assert _count("smtpplus_messages_total", user="shop-frontend", result="accepted") == before + 1
+
+
+def test_unauthorized_envelope_rejected_at_mail_from(holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
+    session = Session(holder, "shop-frontend")
+    assert session.message("x@evil.net", [("From", "info@yourcompany.com")]) == ("envfrom", Milter.REJECT)
+    assert session.reply == ("550", "5.7.1", "<x@evil.net>: sender not authorized for SMTP+ user shop-frontend")
+    [event] = _events(logs, "message")
+    assert event["decision"] == "rejected" and event["reply"].startswith("550 5.7.1 <x@evil.net>")
+    [alert] = _events(logs, "unauthorized_sender")
+    assert (alert["field"], alert["sender"], alert["action"]) == ("envelope_from", "x@evil.net", "rejected")
+
+
+def test_unauthorized_from_rejected_at_end_of_headers(holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
+    session = Session(holder, "shop-frontend")
+    stage, rc = session.message("info@yourcompany.com", [("From", '"info@yourcompany.com" <x@evil.net>')])
+    assert (stage, rc) == ("eoh", Milter.REJECT)
+    assert session.reply is not None and session.reply[:2] == ("550", "5.7.1")
+    assert session.reply[2].startswith("<x@evil.net>: sender not authorized for SMTP+ user shop-frontend")
+    assert len(_events(logs, "message")) == 1
+
+
+def test_second_message_in_session_judged_afresh(holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
+    session = Session(holder, "shop-frontend")
+    assert session.message("x@evil.net", [])[1] == Milter.REJECT
+    session.ctx._abort = lambda: None  # Postfix sends no abort between a refused MAIL and the next
+    assert session.message("info@yourcompany.com", [("From", "info@yourcompany.com")]) == ("eom", Milter.CONTINUE)
+    assert [event["decision"] for event in _events(logs, "message")] == ["rejected", "accepted"]
+
+
+def test_unauthenticated_passes_untouched(holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
+    session = Session(holder, None)
+    assert session.message("anyone@evil.net", [("From", "anyone@evil.net")]) == ("envfrom", Milter.ACCEPT)
+    assert session.reply is None
+    [event] = _events(logs, "message")
+    assert event["decision"] == "accepted" and event["user"] is None
+
+
+def test_unknown_and_inactive_users(holder: ConfigHolder) -> None:
+    unknown = Session(holder, "somebody")
+    assert unknown.message("x@yourcompany.com", []) == ("envfrom", Milter.REJECT)
+    assert unknown.reply is not None and "not an SMTP+ user" in unknown.reply[2]
+    inactive = Session(holder, "disabled-user")
+    assert inactive.message("x@yourcompany.com", []) == ("envfrom", Milter.REJECT)
+    assert inactive.reply is not None and inactive.reply[:2] == ("550", "5.7.1") and "disabled" in inactive.reply[2]
+
+
+def test_alert_mode_delivers_and_logs(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
+    holder = ConfigHolder(config_with(tmp_path, settings={"authorization": {"mode": "alert"}}))
+    before = _count("smtpplus_unauthorized_total", user="shop-frontend", mode="alert")
+    session = Session(holder, "shop-frontend")
+    assert session.message("x@evil.net", [("From", "x@evil.net")]) == ("eom", Milter.CONTINUE)
+    assert session.reply is None
+    alerts = _events(logs, "unauthorized_sender")
+    assert [(a["field"], a["action"]) for a in alerts] == [("envelope_from", "delivered"), ("header_from", "delivered")]
+    assert _count("smtpplus_unauthorized_total", user="shop-frontend", mode="alert") == before + 1
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"), [("tempfail", Milter.TEMPFAIL), ("accept", Milter.ACCEPT)], ids=["tempfail", "accept"]
+)
+def test_internal_error_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logs: list[dict[str, Any]], policy: str, expected: int
+) -> None:
+    holder = ConfigHolder(config_with(tmp_path, settings={"milter": {
+        "socket": f"unix:{tmp_path}/m.sock", "on_internal_error": policy}}))
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(adapter, "decide_headers", broken)
+    session = Session(holder, "shop-frontend")
+    assert session.message("info@yourcompany.com", [("From", "info@yourcompany.com")]) == ("eoh", expected)
+    if policy == "tempfail":
+        assert session.reply == ("451", "4.3.0", adapter.INTERNAL_ERROR_REPLY.text)
+    assert _events(logs, "internal_error")
+    assert [event["decision"] for event in _events(logs, "message")] == [
+        "tempfailed" if policy == "tempfail" else "accepted"
+    ]
+
+
+def test_error_in_noreply_callback_surfaces_at_next_answer(holder: ConfigHolder) -> None:
+    session = Session(holder, "shop-frontend")
+
+    class Exploding(list[tuple[str, str]]):
+        def append(self, item: tuple[str, str]) -> None:
+            raise MemoryError("simulated")
+
+    session.ctx._envfrom("<info@yourcompany.com>")
+    session.ctx._priv.headers = Exploding()
+    assert session.ctx._priv.header_bytes("From", b"info@yourcompany.com") in (Milter.CONTINUE, Milter.NOREPLY)
+    assert session.ctx._eoh() == Milter.TEMPFAIL
+
+
+def test_reload_keeps_old_config_on_error_and_snapshots_per_message(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    holder = ConfigHolder(config_with(tmp_path))
+    session = Session(holder, "shop-frontend")
+    session.ctx._envfrom("<info@yourcompany.com>")
+    # Remove the user's domain while the message is in flight: this message keeps the old rules.
+    (tmp_path / "users.yaml").write_text("shop-frontend:\n  authorized_domains: other.example\n")
+    assert holder.reload() is True
+    session.ctx._priv.header_bytes("From", b"info@yourcompany.com")
+    assert session.ctx._eoh() == Milter.CONTINUE
+    assert Session(holder, "shop-frontend").message("info@yourcompany.com", [])[1] == Milter.REJECT
+    failed_before = _count("smtpplus_config_reloads_total", result="failed")
+    (tmp_path / "users.yaml").write_text("shop-frontend:\n  authorized_domains: a.example,b.example\n")
+    assert holder.reload() is False
+    assert _count("smtpplus_config_reloads_total", result="failed") == failed_before + 1
+    assert holder.config.directory.lookup("shop-frontend").authorized_domains == {"other.example"}  # type: ignore[union-attr]
+    assert path.exists()
+
+
+def test_percent_in_reply_is_escaped(holder: ConfigHolder) -> None:
+    session = Session(holder, "shop-frontend")
+    assert session.message("info@yourcompany.com", [("From", "100%@evil.net")])[1] == Milter.REJECT
+    assert session.reply is not None and "%" not in session.reply[2].replace("%%", "")
