@@ -18,7 +18,11 @@ from smtpplus_milter.config import DEFAULT_CONFIG, Config, ConfigError, load_con
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "-c", "--config", type=Path, default=DEFAULT_CONFIG, metavar="FILE",
+        "-c",
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        metavar="FILE",
         help=f"main config file (default {DEFAULT_CONFIG})",
     )
 
@@ -152,8 +156,12 @@ def run(path: Path) -> int:
     thread = threading.Thread(target=serve, name="libmilter", daemon=True)
     thread.start()
     log.info(
-        "started", version=__version__, socket=spec, config=str(config.path),
-        users=len(config.directory.users), metrics=settings.metrics.listen,
+        "started",
+        version=__version__,
+        socket=spec,
+        config=str(config.path),
+        users=len(config.directory.users),
+        metrics=settings.metrics.listen,
     )
     while thread.is_alive():
         thread.join(0.5)

@@ -27,6 +27,7 @@ DEFAULT_CONFIG = Path("/etc/smtpplus/smtpplus.yaml")
 
 Priority = Annotated[int, Field(ge=1, le=5)]
 Queue = Literal["high", "normal", "low"]
+DEFAULT_QUEUES: dict[int, Queue] = {1: "high", 2: "high", 3: "normal", 4: "low", 5: "low"}
 
 _SOCKET = re.compile(r"^(unix|local):/.+|^inet6?:\d{1,5}(@\S+)?$")
 _HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):(\d{1,5})$")
@@ -56,9 +57,7 @@ class MilterSection(_Strict):
     @classmethod
     def _socket(cls, value: str) -> str:
         if not _SOCKET.match(value):
-            raise ValueError(
-                f"{value!r} is not a milter socket; use unix:/ABSOLUTE/PATH or inet:PORT@127.0.0.1"
-            )
+            raise ValueError(f"{value!r} is not a milter socket; use unix:/ABSOLUTE/PATH or inet:PORT@127.0.0.1")
         return value
 
 
@@ -77,9 +76,7 @@ class LimitsSection(_Strict):
 
 class PrioritySection(_Strict):
     default: Priority = 3
-    queues: dict[Priority, Queue] = Field(
-        default_factory=lambda: {1: "high", 2: "high", 3: "normal", 4: "low", 5: "low"}
-    )
+    queues: dict[Priority, Queue] = Field(default_factory=lambda: dict(DEFAULT_QUEUES))
 
     @field_validator("queues")
     @classmethod
@@ -301,16 +298,29 @@ def _read(path: Path, what: str, referrer: tuple[Path, int | None] | None = None
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         if referrer is not None:
             raise ConfigError(
-                [ConfigProblem(referrer[0], ("users_file",), referrer[1], f"cannot read {what} {path}: {reason}",
-                               "check users_file (relative paths are relative to the config file) and its permissions")]
+                [
+                    ConfigProblem(
+                        referrer[0],
+                        ("users_file",),
+                        referrer[1],
+                        f"cannot read {what} {path}: {reason}",
+                        "check users_file (relative paths are relative to the config file) and its permissions",
+                    )
+                ]
             ) from None
         raise ConfigError(
-            [ConfigProblem(path, (), None, f"cannot read {what}: {reason}", "check the path given with -c and its permissions")]
+            [
+                ConfigProblem(
+                    path, (), None, f"cannot read {what}: {reason}", "check the path given with -c and its permissions"
+                )
+            ]
         ) from None
     try:
         located = load_yaml(text)
     except YamlProblem as exc:
-        raise ConfigError([ConfigProblem(path, exc.path, exc.line, exc.message, "fix the YAML syntax at that line")]) from None
+        raise ConfigError(
+            [ConfigProblem(path, exc.path, exc.line, exc.message, "fix the YAML syntax at that line")]
+        ) from None
     if located.value is None:
         located.value = {}
     if not isinstance(located.value, dict):
@@ -330,7 +340,11 @@ def _validate(model: type[_M], located: Located, path: Path) -> _M:
 
 
 def _problem(model: type[BaseModel], error: Any, located: Located, path: Path) -> ConfigProblem:
-    loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and part.startswith(("function-", "[", "constrained"))))
+    loc = tuple(
+        part
+        for part in error["loc"]
+        if not (isinstance(part, str) and part.startswith(("function-", "[", "constrained")))
+    )
     if model is UsersFile and loc and loc[0] == "root":  # RootModel adds no level of its own in the YAML
         loc = loc[1:]
     kind = error["type"]
@@ -348,10 +362,13 @@ def _problem(model: type[BaseModel], error: Any, located: Located, path: Path) -
     elif kind in ("int_type", "bool_type", "string_type", "float_type", "dict_type", "model_type", "tuple_type"):
         hint = "check the value's type (quotes make a string; numbers and true/false must not be quoted)"
     elif kind in ("greater_than_equal", "less_than_equal", "greater_than"):
-        hint = "priorities go from 1 (very high) to 5 (very low)" if "priorit" in ".".join(map(str, loc)) or (
-            loc and isinstance(loc[-1], int)) else "use a value inside the allowed range"
+        hint = (
+            "priorities go from 1 (very high) to 5 (very low)"
+            if "priorit" in ".".join(map(str, loc)) or (loc and isinstance(loc[-1], int))
+            else "use a value inside the allowed range"
+        )
     elif "';', not ','" in message:
-        hint = "write e.g. \"a.example;b.example\" or a YAML list"
+        hint = 'write e.g. "a.example;b.example" or a YAML list'
     return ConfigProblem(path, loc, located.line_of(loc), message, hint)
 
 
@@ -396,15 +413,39 @@ def _build_users(entries: dict[str, UserEntry], settings: Settings, located: Loc
         login = normalize_login(str(name))
         line = located.line_of((name,))
         if not login or any(ch.isspace() or ch in ":;," for ch in login):
-            problems.append(ConfigProblem(path, (name,), line, f"{name!r} is not a usable SASL login", "use the login name exactly as the client sends it"))
+            problems.append(
+                ConfigProblem(
+                    path,
+                    (name,),
+                    line,
+                    f"{name!r} is not a usable SASL login",
+                    "use the login name exactly as the client sends it",
+                )
+            )
             continue
         if login in seen_as:
-            problems.append(ConfigProblem(path, (name,), line, f"login {name!r} duplicates {seen_as[login]!r} (logins are case-insensitive)", "keep one entry"))
+            problems.append(
+                ConfigProblem(
+                    path,
+                    (name,),
+                    line,
+                    f"login {name!r} duplicates {seen_as[login]!r} (logins are case-insensitive)",
+                    "keep one entry",
+                )
+            )
             continue
         seen_as[login] = str(name)
         if entry.list is not None and entry.list not in settings.lists:
             known = ", ".join(sorted(settings.lists)) or "none are defined"
-            problems.append(ConfigProblem(path, (name, "list"), located.line_of((name, "list")), f"unknown list {entry.list!r}", f"lists in the config file: {known}"))
+            problems.append(
+                ConfigProblem(
+                    path,
+                    (name, "list"),
+                    located.line_of((name, "list")),
+                    f"unknown list {entry.list!r}",
+                    f"lists in the config file: {known}",
+                )
+            )
             continue
         users[login] = User(
             login=login,

@@ -14,7 +14,7 @@ from prometheus_client import (
 from smtpplus_milter import __version__
 
 # The *_created series double the scrape size and nothing in deploy/prometheus uses them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

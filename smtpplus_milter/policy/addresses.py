@@ -54,9 +54,7 @@ def normalize_address(address: str) -> Address:
     local, sep, domain = text.rpartition("@")
     if not sep or not local or not domain:
         raise AddressError(f"{address!r} is not an address of the form local@domain")
-    if any(ord(ch) < 0x21 and ch != " " for ch in local) or any(
-        0xD800 <= ord(ch) <= 0xDFFF for ch in local
-    ):
+    if any(ord(ch) < 0x21 and ch != " " for ch in local) or any(0xD800 <= ord(ch) <= 0xDFFF for ch in local):
         raise AddressError(f"{address!r} contains invalid characters")
     return Address(local.lower(), normalize_domain(domain))
 
@@ -98,7 +96,7 @@ def parse_address_header(name: str, value: str) -> list[Address]:
     if header.defects:
         raise AddressError(f"{name}: malformed ({header.defects[0]})")
     addresses = []
-    for item in header.addresses:  # type: ignore[attr-defined]
+    for item in header.addresses:
         if not item.domain or "=?" in item.addr_spec:
             raise AddressError(f"{name}: {item.addr_spec!r} is not a usable address")
         addresses.append(normalize_address(f"{item.username}@{item.domain}"))

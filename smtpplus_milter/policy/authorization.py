@@ -105,7 +105,9 @@ def _read_header(headers: Sequence[tuple[str, str]], name: str, *, required: boo
     if not values:
         return [_Seen(field, f"(no {name}: header)", None, f"the message has no {name}: header")] if required else []
     if len(values) > 1:
-        return [_Seen(field, f"({len(values)} {name}: headers)", None, f"the message has {len(values)} {name}: headers")]
+        return [
+            _Seen(field, f"({len(values)} {name}: headers)", None, f"the message has {len(values)} {name}: headers")
+        ]
     try:
         addresses = parse_address_header(name, values[0])
     except AddressError as exc:

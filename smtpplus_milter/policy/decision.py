@@ -7,10 +7,10 @@ The milter adapter turns a :class:`Decision` into libmilter calls; the same valu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Verdict(str, Enum):
+class Verdict(StrEnum):
     ACCEPT = "accepted"
     REJECT = "rejected"
     TEMPFAIL = "tempfailed"

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from smtpplus_milter.policy.addresses import Address
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     BLOCK = "block"
     ALERT = "alert"
 
 
-class Check(str, Enum):
+class Check(StrEnum):
     ENVELOPE_FROM = "envelope_from"
     HEADER_FROM = "header_from"
     HEADER_SENDER = "header_sender"
@@ -41,9 +41,7 @@ class User:
         Pending entries count as a restriction: a user whose only entries await verification
         must not be able to send as anybody in the meantime.
         """
-        return not (
-            self.authorized_domains or self.authorized_senders or self.pending_domains or self.pending_senders
-        )
+        return not (self.authorized_domains or self.authorized_senders or self.pending_domains or self.pending_senders)
 
     def authorizes(self, address: Address) -> bool:
         return str(address) in self.authorized_senders or address.domain in self.authorized_domains

@@ -159,8 +159,9 @@ def test_alert_mode_delivers_and_logs(tmp_path: Path, logs: list[dict[str, Any]]
 def test_internal_error_answer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logs: list[dict[str, Any]], policy: str, expected: int
 ) -> None:
-    holder = ConfigHolder(config_with(tmp_path, settings={"milter": {
-        "socket": f"unix:{tmp_path}/m.sock", "on_internal_error": policy}}))
+    holder = ConfigHolder(
+        config_with(tmp_path, settings={"milter": {"socket": f"unix:{tmp_path}/m.sock", "on_internal_error": policy}})
+    )
 
     def broken(*args: Any) -> Any:
         raise RuntimeError("bug")

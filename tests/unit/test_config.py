@@ -78,17 +78,49 @@ def test_shipped_example_is_valid() -> None:
 
 
 MAIN_CASES = [
-    pytest.param("milter:\n  sockett: unix:/x\n", "smtpplus.yaml", "milter.sockett", 2, "allowed keys here: socket", id="unknown-key"),
+    pytest.param(
+        "milter:\n  sockett: unix:/x\n",
+        "smtpplus.yaml",
+        "milter.sockett",
+        2,
+        "allowed keys here: socket",
+        id="unknown-key",
+    ),
     pytest.param("milter:\n  timeout: '60'\n", "smtpplus.yaml", "milter.timeout", 2, "valid integer", id="wrong-type"),
-    pytest.param("authorization:\n  mode: blocked\n", "smtpplus.yaml", "authorization.mode", 2, "'block' or 'alert'", id="bad-enum"),
-    pytest.param("priority:\n  default: 7\n", "smtpplus.yaml", "priority.default", 2, "1 (very high) to 5", id="bad-priority"),
-    pytest.param("priority:\n  queues: {1: high, 2: high}\n", "smtpplus.yaml", "priority.queues", 2, "no queue for priority 3, 4, 5", id="queues-incomplete"),
-    pytest.param("milter:\n  socket: /tmp/x.sock\n", "smtpplus.yaml", "milter.socket", 2, "unix:/ABSOLUTE/PATH", id="bad-socket"),
+    pytest.param(
+        "authorization:\n  mode: blocked\n",
+        "smtpplus.yaml",
+        "authorization.mode",
+        2,
+        "'block' or 'alert'",
+        id="bad-enum",
+    ),
+    pytest.param(
+        "priority:\n  default: 7\n", "smtpplus.yaml", "priority.default", 2, "1 (very high) to 5", id="bad-priority"
+    ),
+    pytest.param(
+        "priority:\n  queues: {1: high, 2: high}\n",
+        "smtpplus.yaml",
+        "priority.queues",
+        2,
+        "no queue for priority 3, 4, 5",
+        id="queues-incomplete",
+    ),
+    pytest.param(
+        "milter:\n  socket: /tmp/x.sock\n", "smtpplus.yaml", "milter.socket", 2, "unix:/ABSOLUTE/PATH", id="bad-socket"
+    ),
     pytest.param("metrics:\n  listen: 9464\n", "smtpplus.yaml", "metrics.listen", 2, "valid string", id="listen-type"),
     pytest.param("a: 1\na: 2\n", "smtpplus.yaml", "a", 2, "duplicate key", id="duplicate-key"),
     pytest.param("milter: [\n", "smtpplus.yaml", "(top level)", 2, "not valid YAML", id="yaml-syntax"),
     pytest.param("- a\n- b\n", "smtpplus.yaml", "(top level)", 1, "must be a YAML mapping", id="not-a-mapping"),
-    pytest.param("users_file: missing.yaml\n", "smtpplus.yaml", "users_file", 1, "cannot read the users file", id="users-file-missing"),
+    pytest.param(
+        "users_file: missing.yaml\n",
+        "smtpplus.yaml",
+        "users_file",
+        1,
+        "cannot read the users file",
+        id="users-file-missing",
+    ),
 ]
 
 
@@ -103,11 +135,33 @@ def test_main_file_errors(tmp_path: Path, main_text: str, file: str, key: str, l
 
 
 USER_CASES = [
-    pytest.param('u:\n  authorized_domains: "a.example,b.example"\n', "u.authorized_domains", 2, "separated with ';'", id="comma"),
-    pytest.param('u:\n  authorized_senders: [a@x.example, "b@x.example,c@x.example"]\n', "u.authorized_senders", 2, "one sender per list item", id="comma-in-list"),
-    pytest.param("u:\n  authorized_senders: not-an-address\n", "u.authorized_senders", 2, "local@domain", id="bad-address"),
-    pytest.param("u:\n  authorized_domains: info@x.example\n", "u.authorized_domains", 2, "authorized_senders", id="address-as-domain"),
-    pytest.param("u:\n  authorized_domains: bad_domain.example\n", "u.authorized_domains", 2, "not a valid domain", id="bad-domain"),
+    pytest.param(
+        'u:\n  authorized_domains: "a.example,b.example"\n', "u.authorized_domains", 2, "separated with ';'", id="comma"
+    ),
+    pytest.param(
+        'u:\n  authorized_senders: [a@x.example, "b@x.example,c@x.example"]\n',
+        "u.authorized_senders",
+        2,
+        "one sender per list item",
+        id="comma-in-list",
+    ),
+    pytest.param(
+        "u:\n  authorized_senders: not-an-address\n", "u.authorized_senders", 2, "local@domain", id="bad-address"
+    ),
+    pytest.param(
+        "u:\n  authorized_domains: info@x.example\n",
+        "u.authorized_domains",
+        2,
+        "authorized_senders",
+        id="address-as-domain",
+    ),
+    pytest.param(
+        "u:\n  authorized_domains: bad_domain.example\n",
+        "u.authorized_domains",
+        2,
+        "not a valid domain",
+        id="bad-domain",
+    ),
     pytest.param("u:\n  priority: 7\n", "u.priority", 2, "1 (very high) to 5", id="priority-7"),
     pytest.param("u:\n  priority: high\n", "u.priority", 2, "valid integer", id="priority-word"),
     pytest.param("u:\n  list: nope\n", "u.list", 2, "unknown list 'nope'", id="unknown-list"),

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install what the lab, the tests and the benchmarks need on Debian 12 (run as root), then
+# create .venv with the package installed. Idempotent; sourced by deploy/lab.sh and tests/run.sh.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+packages=(postfix dovecot-core libmilter-dev gcc python3-dev python3-venv openssl procps ca-certificates)
+
+if [ "$(id -u)" != 0 ]; then
+  echo "bootstrap: run as root (it installs Debian packages and starts private Postfix/Dovecot instances)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${CI:-}" = true ] || [ ${#missing[@]} -gt 0 ]; then
+  # "No configuration": the package installs no main.cf and starts no default instance. The lab
+  # and the tests run private instances of their own and never touch the default one.
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  echo "bootstrap: apt-get install ${packages[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+fi
+
+py=${PYTHON:-python3}
+if [ ! -x "$repo/.venv/bin/python" ]; then
+  "$py" -m venv "$repo/.venv"
+fi
+"$repo/.venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+"$repo/.venv/bin/python" -m pip install -q -e "$repo[test]"
+echo "bootstrap: ready ($("$repo/.venv/bin/python" --version), $(postconf -d mail_version 2>/dev/null), dovecot $(dovecot --version 2>/dev/null | cut -d' ' -f1))"

@@ -1,0 +1,150 @@
+"""Run ``smtpplus-milter run`` as a child process for the lab, the tests and the benchmarks.
+
+The milter runs exactly as in production (the console entry point, its own process, its own
+socket); this class only starts it, waits until the socket answers, reads its JSON log and stops
+it with the same signals systemd uses.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def prepare_socket_dir(directory: Path) -> None:
+    """Make *directory* like the production /var/spool/postfix/smtpplus: setgid, group postfix.
+
+    The socket the milter creates there gets group postfix and mode 0770 (the milter's umask),
+    so Postfix's smtpd, running as user postfix, can connect and nobody else can.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chown(directory, -1, grp.getgrnam("postfix").gr_gid)
+    directory.chmod(0o2770)
+
+
+class MilterProcess:
+    def __init__(
+        self, config_path: Path, socket_spec: str, log_file: Path, *, extra_args: tuple[str, ...] = ()
+    ) -> None:
+        self.config_path = config_path
+        self.socket_spec = socket_spec
+        self.log_file = log_file
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, timeout: float = 20.0) -> None:
+        # Restarting straight after a stop can fail while the old process still drains.
+        deadline = time.monotonic() + timeout
+        while self.answers() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "smtpplus_milter", "run", "-c", str(self.config_path), *self.extra_args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"smtpplus-milter exited with {self.process.returncode}:\n{self.log_tail()}")
+            if self.answers():
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"smtpplus-milter did not open {self.socket_spec} within {timeout}s:\n{self.log_tail()}")
+
+    def answers(self) -> bool:
+        kind, _, rest = self.socket_spec.partition(":")
+        try:
+            if kind in ("unix", "local"):
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                    probe.settimeout(0.5)
+                    probe.connect(rest)
+            else:
+                port, _, host = rest.partition("@")
+                with socket.create_connection((host or "127.0.0.1", int(port)), timeout=0.5):
+                    pass
+            return True
+        except OSError:
+            return False
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return process.returncode if process else None
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait(5)
+
+    def kill(self) -> None:
+        """Stop hard, as a crash would."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(5)
+
+    def reload(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGHUP)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def __enter__(self) -> MilterProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- its log ------------------------------------------------------------------------
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        result = []
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except OSError:
+            return []
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and (name is None or entry.get("event") == name):
+                result.append(entry)
+        return result
+
+    def wait_for_event(
+        self, name: str, predicate: Callable[[dict[str, Any]], bool] = lambda e: True, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for entry in self.events(name):
+                if predicate(entry):
+                    return entry
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {name!r} event matched within {timeout}s:\n{self.log_tail()}")
+            time.sleep(0.05)

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: unit, milter (TestCtx) and end-to-end through real Postfix + Dovecot.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bash "$repo/deploy/bootstrap.sh"
+cd "$repo"
+.venv/bin/python -m ruff check smtpplus_milter tests bench
+.venv/bin/python -m mypy smtpplus_milter
+exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
