@@ -1,0 +1,151 @@
+"""``python -m smtpplus_milter.lab``: the SMTP+ lab on loopback, with a guided tour.
+
+Starts a private Postfix (submission with STARTTLS + SASL), a private Dovecot auth (passwd-file)
+and smtpplus-milter with the example config, sends sample messages, and prints what each client
+saw, what arrived at the sink and what the milter logged. ``--keep`` leaves it running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+import urllib.request
+
+from smtpplus_milter.lab.stack import OUTSIDER, SendResult, Stack, make_message
+
+
+def _show(title: str, result: SendResult) -> None:
+    mark = "ACCEPTED" if result.accepted else f"REFUSED at {result.stage.upper()}"
+    print(f"  - {title}\n      {mark}: {result if not result.accepted else 'queued for delivery'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m smtpplus_milter.lab", description=__doc__)
+    parser.add_argument("--keep", action="store_true", help="stay up after the tour until Ctrl-C / SIGTERM")
+    args = parser.parse_args(argv)
+
+    stack = Stack(cleanup=False)
+    print(f"Starting the SMTP+ lab in {stack.workdir} ...")
+    with stack:
+        assert stack.postfix is not None and stack.milter is not None
+        port = stack.postfix.submission_port
+        print(
+            f"  Postfix submission 127.0.0.1:{port} (STARTTLS + AUTH), port-25 role 127.0.0.1:"
+            f"{stack.postfix.smtp_port}\n  Dovecot SASL {stack.dovecot.auth_socket}\n"
+            f"  smtpplus-milter {stack.milter_spec}, metrics http://127.0.0.1:{stack.metrics_port}/metrics\n"
+            f"  sink (where Postfix delivers) 127.0.0.1:{stack.sink.port}\n"
+        )
+        print("Sample messages:")
+        tour = [
+            (
+                "shop-frontend sends as info@yourcompany.com (authorized domain)",
+                dict(
+                    login="shop-frontend",
+                    mail_from="info@yourcompany.com",
+                    message=make_message(from_="Shop <info@yourcompany.com>", subject="Your order 1001"),
+                ),
+            ),
+            (
+                "shop-frontend puts a web-form visitor in From: (spoofing)",
+                dict(
+                    login="shop-frontend",
+                    mail_from="info@yourcompany.com",
+                    message=make_message(
+                        from_='"info@yourcompany.com" <visitor@gmail.example>', subject="Contact form"
+                    ),
+                ),
+            ),
+            (
+                "shop-frontend uses a foreign envelope sender",
+                dict(
+                    login="shop-frontend",
+                    mail_from="bounce@evil.example",
+                    message=make_message(from_="info@yourcompany.com"),
+                ),
+            ),
+            (
+                "old-crm (inactive user) tries to send",
+                dict(
+                    login="old-crm", mail_from="crm@yourcompany.com", message=make_message(from_="crm@yourcompany.com")
+                ),
+            ),
+            (
+                f"{OUTSIDER} (valid Dovecot login, not an SMTP+ user)",
+                dict(login=OUTSIDER, mail_from="x@yourcompany.com", message=make_message(from_="x@yourcompany.com")),
+            ),
+            (
+                "shop-frontend with a wrong password",
+                dict(
+                    login="shop-frontend",
+                    password="wrong",
+                    mail_from="info@yourcompany.com",
+                    message=make_message(from_="info@yourcompany.com"),
+                ),
+            ),
+            (
+                "unauthenticated inbound mail to postmaster@example.net (port-25 role, passes untouched)",
+                dict(
+                    login=None,
+                    mail_from="someone@elsewhere.example",
+                    rcpt_to=["postmaster@example.net"],
+                    message=make_message(from_="someone@elsewhere.example", to="postmaster@example.net"),
+                ),
+            ),
+        ]
+        accepted = 0
+        for title, kwargs in tour:
+            result = stack.send(**kwargs)  # type: ignore[arg-type]
+            accepted += result.accepted
+            _show(title, result)
+        received = stack.sink.wait_for(accepted, timeout=30)
+        print(f"\nDelivered to the sink: {len(received)} message(s)")
+        for item in received:
+            subject = next(
+                (
+                    line
+                    for line in item.data.decode(errors="replace").splitlines()
+                    if line.lower().startswith("subject:")
+                ),
+                "",
+            )
+            print(f"  - from {item.mail_from} to {', '.join(item.rcpt_tos)}: {subject}")
+        time.sleep(0.3)
+        print(f"\nThe milter's log, one `message` event per message (JSON lines in {stack.milter.log_file}):")
+        for event in stack.milter.events("message"):
+            print(f"  - user={event.get('user')} decision={event['decision']} reply={event.get('reply')}")
+            for reason in event.get("reasons", []):
+                print(f"      {reason}")
+        with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=5) as response:
+            metrics = [
+                line
+                for line in response.read().decode().splitlines()
+                if line.startswith(("smtpplus_messages_total", "smtpplus_unauthorized_total"))
+            ]
+        print("\nMetrics:\n  " + "\n  ".join(metrics))
+        passwords = json.dumps(stack.passwords, indent=2).replace("\n", "\n  ")
+        print(
+            f"\nSend your own (the lab's passwords):\n  {passwords}\n"
+            f"  swaks --server 127.0.0.1:{port} --tls --auth PLAIN --auth-user shop-frontend \\\n"
+            f"        --auth-password '{stack.passwords['shop-frontend']}' --from info@yourcompany.com \\\n"
+            "        --to someone@example.org\n"
+            f"  Config: {stack.config_path} (edit, then `kill -HUP {stack.milter.pid}` reloads)\n"
+        )
+        if args.keep:
+            print("The lab keeps running; Ctrl-C stops it.")
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            try:
+                while stack.milter.alive():
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+        else:
+            print("Run `bash deploy/lab.sh --keep` to keep the lab up and try it yourself.")
+    print(f"Lab stopped; nothing is left running. Its files and logs stay in {stack.workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,968 @@
+"""Private, throw-away mail infrastructure on loopback: an SMTP sink, Dovecot SASL and Postfix.
+
+This module owns starting and stopping *real* Postfix and Dovecot instances for the lab demo, the
+end-to-end tests and the benchmarks. Every instance lives in its own directory (its own
+``config_directory``, queue, data, sockets and logs), listens only on 127.0.0.1 and hands all mail
+to a :class:`Sink` on loopback, so nothing here touches the machine's default Postfix, port 25, or
+anything off the host.
+
+Rules every class follows:
+
+* ``start()`` either leaves the component running or stops whatever it had started and raises;
+  ``stop()`` is idempotent, safe on an object that never started, and always bounded.
+* Every wait has a deadline; a timeout names what was awaited and includes the tail of the
+  component's log, because "timed out" alone never says why.
+* Use as context managers so failure paths stop the processes too.
+
+Requires root (Postfix's master and Dovecot drop privileges themselves) and the Debian packages
+postfix, dovecot-core and openssl. The TLS certificate is made with the ``openssl`` command line
+tool, so the lab needs no Python crypto library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+LOOPBACK = "127.0.0.1"
+
+# Where make_workdir() puts lab directories. Not $TMPDIR: pytest and systemd often point that at a
+# 0700 directory, which user postfix (smtpd) and user dovecot (auth) could not traverse.
+LAB_ROOT = Path(os.environ.get("SMTPPLUS_LAB_ROOT", "/tmp"))
+
+POSTFIX_START_TIMEOUT = 30.0
+POSTFIX_STOP_TIMEOUT = 20.0
+DOVECOT_START_TIMEOUT = 15.0
+# Dovecot's master waits about a second for its children before it exits on SIGTERM.
+DOVECOT_STOP_TIMEOUT = 15.0
+COMMAND_TIMEOUT = 30.0
+
+# Unix socket paths longer than this do not fit in sockaddr_un.
+_MAX_UNIX_PATH = 107
+
+
+class LabError(RuntimeError):
+    """A lab component failed to start, stop or answer; the message says which and shows its log."""
+
+
+# --- small helpers -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _distinct_free_ports(count: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+def _ensure_traversable(path: Path) -> None:
+    # Postfix's smtpd runs as user postfix and Dovecot's auth as user dovecot: both must be able to
+    # walk from / to the sockets and files of the lab.
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            raise LabError(
+                f"{parent} is not traversable by other users (mode {stat.filemode(mode)}); users postfix "
+                f"and dovecot must reach {path}. Put the lab elsewhere (SMTPPLUS_LAB_ROOT, default /tmp)."
+            )
+
+
+def make_workdir(prefix: str) -> Path:
+    """Create a fresh mode-0755 directory under /tmp (or $SMTPPLUS_LAB_ROOT) for one lab.
+
+    ``make_workdir("smtpplus-lab")`` gives ``/tmp/smtpplus-lab-XXXXXXXX``; other prefixes are put
+    behind ``smtpplus-lab-`` so leftovers are easy to recognise. The caller removes it
+    (:func:`remove_workdir`).
+    """
+    name = prefix if prefix.startswith("smtpplus-") else f"smtpplus-lab-{prefix}"
+    LAB_ROOT.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=LAB_ROOT))
+    # mkdtemp makes it 0700, which would lock out users postfix and dovecot.
+    path.chmod(0o755)
+    _ensure_traversable(path)
+    return path
+
+
+def remove_workdir(path: Path) -> None:
+    """Delete a lab directory, unless SMTPPLUS_LAB_KEEP is set (to read the logs after a failure)."""
+    if os.environ.get("SMTPPLUS_LAB_KEEP"):
+        return
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _prepare_dir(path: Path) -> Path:
+    # The directory may be given by a caller as "not yet created"; umask must not make it 0700.
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o755)
+    return path
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        return f"(no log at {path}: {exc.strerror})"
+    kept = text.splitlines()[-lines:]
+    return "\n".join(kept) if kept else f"(log {path} is empty)"
+
+
+def _run(command: Sequence[str], *, timeout: float = COMMAND_TIMEOUT) -> tuple[int, str]:
+    """Run a command to completion; return its exit status and combined output.
+
+    Output goes through a temporary file, not a pipe: ``postfix start`` leaves a daemon behind
+    that may inherit the pipe, and reading a pipe until EOF would then never return.
+    """
+    with tempfile.TemporaryFile() as output:
+        try:
+            completed = subprocess.run(
+                list(command),
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            output.seek(0)
+            text = output.read().decode("utf-8", "replace")
+            raise LabError(f"{' '.join(command)} did not finish within {timeout:.0f}s; output:\n{text}") from None
+        output.seek(0)
+        return completed.returncode, output.read().decode("utf-8", "replace")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped) is as good as gone.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as status:
+            return status.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def make_tls_cert(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate and key for ``relay.test`` (made with the openssl CLI).
+
+    The key is 0600 root: Postfix's smtpd reads it as root before it drops privileges.
+    """
+    _prepare_dir(directory)
+    cert, key = directory / "relay.test.crt", directory / "relay.test.key"
+    status, output = _run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-sha256",
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=relay.test",
+            "-addext",
+            "subjectAltName=DNS:relay.test",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ]
+    )
+    if status != 0:
+        raise LabError(f"openssl could not make a test certificate in {directory}:\n{output}")
+    key.chmod(0o600)
+    cert.chmod(0o644)
+    return cert, key
+
+
+# --- the sink ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReceivedMessage:
+    """One message as the sink received it.
+
+    ``data`` is exactly what came over the wire after SMTP dot-unstuffing: CRLF line ends, no
+    decoding. ``received_at`` (time.time()) is when the sink answered 250, i.e. after any
+    ``slow_seconds`` delay: the moment Postfix counts the message as delivered.
+    """
+
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    received_at: float
+    mail_options: list[str] = field(default_factory=list)
+
+
+# Large enough for anything the lab sends (messages above max_message_bytes included). aiosmtpd
+# refuses lines over 1001 octets by default; Postfix (smtp_line_length_limit = 0) sends long lines
+# unfolded, and the tests must see them as they are.
+_SINK_LIMIT = 256 * 1024 * 1024
+
+
+class _LongLineSMTP(SMTP):
+    line_length_limit = _SINK_LIMIT
+
+
+class _SinkController(Controller):
+    def factory(self) -> SMTP:
+        return _LongLineSMTP(self.handler, **self.SMTP_kwargs)
+
+
+class _SinkHandler:
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self._sink.slow_seconds > 0:
+            # asyncio.sleep, not time.sleep: other sessions keep being served meanwhile, like a
+            # real slow server with many connections.
+            await asyncio.sleep(self._sink.slow_seconds)
+        content = envelope.original_content
+        self._sink._record(
+            ReceivedMessage(
+                mail_from=envelope.mail_from or "",
+                rcpt_tos=list(envelope.rcpt_tos),
+                data=bytes(content) if content is not None else b"",
+                received_at=time.time(),
+                mail_options=list(envelope.mail_options),
+            )
+        )
+        return "250 2.0.0 Ok: stored by the smtpplus lab sink"
+
+
+class Sink:
+    """An SMTP server on 127.0.0.1 that accepts and records every message (aiosmtpd, own thread).
+
+    ``slow_seconds`` delays every 250 after DATA, for benchmarks that need a slow next hop.
+    """
+
+    def __init__(self, port: int | None = None, *, slow_seconds: float = 0.0) -> None:
+        self._fixed_port = port
+        self.port: int = port if port is not None else free_port()
+        self.slow_seconds = slow_seconds
+        self._messages: list[ReceivedMessage] = []
+        self._arrived = threading.Condition()
+        self._controller: _SinkController | None = None
+
+    @property
+    def messages(self) -> list[ReceivedMessage]:
+        """A snapshot: later arrivals do not change the returned list."""
+        with self._arrived:
+            return list(self._messages)
+
+    def _record(self, message: ReceivedMessage) -> None:
+        with self._arrived:
+            self._messages.append(message)
+            self._arrived.notify_all()
+
+    def clear(self) -> None:
+        with self._arrived:
+            self._messages.clear()
+
+    def start(self) -> None:
+        if self._controller is not None:
+            return
+        # A port picked by free_port() can be taken by someone else before we bind it: pick again.
+        attempts = 1 if self._fixed_port is not None else 5
+        for attempt in range(attempts):
+            controller = _SinkController(
+                _SinkHandler(self),
+                hostname=LOOPBACK,
+                port=self.port,
+                ready_timeout=10.0,
+                server_hostname="sink.test",
+                data_size_limit=_SINK_LIMIT,
+                enable_SMTPUTF8=True,
+            )
+            try:
+                controller.start()
+            except OSError:
+                if attempt + 1 >= attempts:
+                    raise
+                self.port = free_port()
+                continue
+            self._controller = controller
+            return
+
+    def stop(self) -> None:
+        controller, self._controller = self._controller, None
+        if controller is not None:
+            controller.stop()
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> list[ReceivedMessage]:
+        """Wait until at least *count* messages have arrived; return them all (a snapshot)."""
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while len(self._messages) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    arrived = "\n".join(
+                        f"  from=<{m.mail_from}> to={m.rcpt_tos} {len(m.data)} bytes: {m.data[:200]!r}"
+                        for m in self._messages
+                    )
+                    raise TimeoutError(
+                        f"sink 127.0.0.1:{self.port}: expected {count} message(s) within {timeout}s, "
+                        f"{len(self._messages)} arrived" + (f":\n{arrived}" if arrived else "")
+                    )
+                self._arrived.wait(remaining)
+            return list(self._messages)
+
+    def __enter__(self) -> Sink:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+# --- Dovecot -------------------------------------------------------------------------------------
+
+
+class Dovecot:
+    """A private Dovecot that only authenticates (no IMAP/POP3), for Postfix's Dovecot SASL.
+
+    Everything (config, base_dir, state_dir, log, the auth socket) lives in *workdir*, which is
+    created if needed. The passdb is the caller's passwd-file, read the way production reads it
+    (deploy/dovecot/10-smtpplus-auth.conf): default SHA512-CRYPT scheme, lowercased logins, auth
+    process running as user dovecot. ``extra_config`` is appended to dovecot.conf.
+    """
+
+    def __init__(self, workdir: Path, passwd_file: Path, *, extra_config: str = "") -> None:
+        self.workdir = Path(workdir)
+        self.passwd_file = Path(passwd_file)
+        self.extra_config = extra_config
+        self.config_file = self.workdir / "dovecot.conf"
+        self.base_dir = self.workdir / "run"
+        self.state_dir = self.workdir / "state"
+        self.log_file = self.workdir / "dovecot.log"
+        self.stdout_file = self.workdir / "dovecot.stdout"
+        self.auth_socket = self.workdir / "auth-postfix"
+        if len(str(self.auth_socket)) > _MAX_UNIX_PATH:
+            raise LabError(f"socket path too long for a unix socket: {self.auth_socket}")
+        self._process: subprocess.Popen[bytes] | None = None
+        self._pgid: int | None = None
+
+    # Dovecot's own tool makes the hash, so the lab proves Dovecot can read what is written.
+    @staticmethod
+    def hash_password(password: str) -> str:
+        """``{SHA512-CRYPT}$6$...`` via ``doveadm pw`` (the password is briefly visible in argv)."""
+        # -c /dev/null: hashing needs no configuration, and a half-edited /etc/dovecot must not
+        # break the lab.
+        status, output = _run(["doveadm", "-c", "/dev/null", "pw", "-s", "SHA512-CRYPT", "-p", password])
+        hashed = output.strip()
+        if status != 0 or not hashed.startswith("{SHA512-CRYPT}$6$"):
+            raise LabError(f"doveadm pw failed (exit {status}): {output.strip()}")
+        return hashed
+
+    @staticmethod
+    def write_passwd_file(path: Path, users: dict[str, str]) -> None:
+        """Write a passwd-file of *users* (login -> plaintext password) with hashed passwords.
+
+        Logins are lowercased because Dovecot lowercases the login before the lookup (default
+        auth_username_format = %Lu). The file is root:dovecot 0640, replaced atomically.
+        """
+        lines = []
+        for login, password in users.items():
+            if not login or any(c in login for c in ":\n\r\t ") or "\n" in password:
+                raise ValueError(f"login {login!r} cannot be written to a passwd-file")
+            lines.append(f"{login.lower()}:{Dovecot.hash_password(password)}\n")
+        path = Path(path)
+        _ensure_dir_for(path)
+        temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        temporary.write_text("".join(lines), encoding="utf-8")
+        os.chown(temporary, 0, grp.getgrnam("dovecot").gr_gid)
+        temporary.chmod(0o640)
+        temporary.replace(path)
+
+    def _config_text(self) -> str:
+        return f"""\
+# Written by smtpplus_milter.lab.harness: a private auth-only Dovecot for one lab.
+protocols =
+# Nothing listens on the network (Dovecot refuses an empty listen).
+listen = {LOOPBACK}
+base_dir = {self.base_dir}
+state_dir = {self.state_dir}
+instance_name = smtpplus-lab-{self.workdir.name}
+log_path = {self.log_file}
+ssl = no
+auth_mechanisms = plain login
+# Tests try wrong passwords on purpose; the default 2 s penalty only slows them down.
+auth_failure_delay = 0
+passdb {{
+  driver = passwd-file
+  args = scheme=SHA512-CRYPT {self.passwd_file}
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home=/nonexistent
+}}
+service auth {{
+  unix_listener {self.auth_socket} {{
+    mode = 0660
+    user = postfix
+    group = postfix
+  }}
+}}
+{self.extra_config}
+"""
+
+    def _check_passwd_file(self) -> None:
+        if not self.passwd_file.exists():
+            # The product's CLI may write it only later; Dovecot rereads it when it changes.
+            Dovecot.write_passwd_file(self.passwd_file, {})
+        # Dovecot would only log "Permission denied" at the first login attempt; say it now.
+        status, _ = _run(["runuser", "-u", "dovecot", "--", "test", "-r", str(self.passwd_file)])
+        if status != 0:
+            raise LabError(
+                f"user dovecot cannot read {self.passwd_file} (mode "
+                f"{stat.filemode(self.passwd_file.stat().st_mode)}); make it root:dovecot 0640"
+            )
+
+    def _answers(self) -> bool:
+        # A real handshake, not just connect(): Dovecot's master accepts on behalf of an auth
+        # process that may still fail to start; DONE means the auth process read its config.
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                client.settimeout(2.0)
+                client.connect(str(self.auth_socket))
+                client.sendall(f"VERSION\t1\t2\nCPID\t{os.getpid()}\n".encode())
+                received = b""
+                while b"\nDONE\n" not in b"\n" + received:
+                    chunk = client.recv(4096)
+                    if not chunk:
+                        return False
+                    received += chunk
+                return True
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        if self._process is not None:
+            return
+        _prepare_dir(self.workdir)
+        _ensure_traversable(self.workdir)
+        self._check_passwd_file()
+        self.config_file.write_text(self._config_text(), encoding="utf-8")
+        self.auth_socket.unlink(missing_ok=True)
+        with self.stdout_file.open("ab") as stdout:
+            # Own session: if the master must be killed, its children go with the process group.
+            self._process = subprocess.Popen(
+                ["dovecot", "-F", "-c", str(self.config_file)],
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._pgid = self._process.pid
+        try:
+            process = self._process
+            deadline = time.monotonic() + DOVECOT_START_TIMEOUT
+            while not self._answers():
+                if process.poll() is not None:
+                    raise LabError(
+                        f"dovecot -F -c {self.config_file} exited with status {process.returncode}:\n"
+                        f"{_tail(self.stdout_file)}\n{_tail(self.log_file)}"
+                    )
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"Dovecot auth socket {self.auth_socket} did not answer within "
+                        f"{DOVECOT_START_TIMEOUT:.0f}s; {self.log_file}:\n{_tail(self.log_file)}"
+                    )
+                time.sleep(0.02)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(DOVECOT_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                _kill_group(process.pid)
+                process.wait(5)
+        # Children normally exit with the master; make sure none outlives a hard stop.
+        _kill_group(process.pid)
+
+    def pids(self) -> list[int]:
+        """Live processes of this instance (its process group), also after stop(): should be none."""
+        if self._pgid is None:
+            return []
+        return [pid for pid in _all_pids() if _pgid_of(pid) == self._pgid and _pid_alive(pid)]
+
+    def log_text(self) -> str:
+        try:
+            return self.log_file.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def __enter__(self) -> Dovecot:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _ensure_dir_for(path: Path) -> None:
+    if not path.parent.exists():
+        _prepare_dir(path.parent)
+
+
+def _all_pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def _pgid_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as status:
+            return int(status.read().rpartition(")")[2].split()[2])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# --- Postfix -------------------------------------------------------------------------------------
+
+
+# Postfix's queue subdirectories that hold messages (not logs such as defer/ or bounce/).
+_MESSAGE_QUEUES = ("maildrop", "incoming", "active", "deferred", "hold", "corrupt")
+
+
+class Postfix:
+    """A private Postfix instance in *workdir*: own config_directory, queue and data directories.
+
+    Two smtpd listeners on 127.0.0.1: ``smtp_port`` plays port 25 (STARTTLS offered, AUTH after
+    STARTTLS, unauthenticated mail accepted only for relay_domains = example.net) and
+    ``submission_port`` plays port 587 (STARTTLS required, only SASL-authenticated clients may
+    send). Everything is delivered to ``[127.0.0.1]:relayhost_port``. master.cf is written here
+    with only the services the lab needs, none chrooted, so absolute socket paths work.
+
+    The configuration is written by the constructor, so :meth:`set_main_cf` works before
+    :meth:`start`; *main_cf* overrides or extends main.cf, *master_cf_extra* is appended to
+    master.cf.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        relayhost_port: int,
+        sasl_socket: Path | None,
+        milter: str | None = None,
+        main_cf: dict[str, str] | None = None,
+        master_cf_extra: str = "",
+    ) -> None:
+        self.workdir = _prepare_dir(Path(workdir))
+        _ensure_traversable(self.workdir)
+        self.config_dir = _prepare_dir(self.workdir / "etc")
+        self.queue_dir = self.workdir / "queue"
+        self.data_dir = self.workdir / "data"
+        self.log_file = self.workdir / "postfix.log"
+        self.relayhost_port = relayhost_port
+        self.sasl_socket = Path(sasl_socket) if sasl_socket is not None else None
+        self.milter = milter
+        self.smtp_port, self.submission_port = _distinct_free_ports(2)
+        self.tls_cert, self.tls_key = make_tls_cert(self.workdir / "tls")
+        self._started = False
+        self._prepare_directories()
+        self._write_main_cf(main_cf or {})
+        (self.config_dir / "master.cf").write_text(self._master_cf() + master_cf_extra + "\n", encoding="utf-8")
+
+    # --- configuration -------------------------------------------------------------------
+
+    def _prepare_directories(self) -> None:
+        # The queue directory belongs to root (postfix check insists); `postfix start` creates
+        # and owns its subdirectories. The master dies on master.lock unless data_directory
+        # belongs to postfix.
+        _prepare_dir(self.queue_dir)
+        _prepare_dir(self.data_dir)
+        postfix_user = pwd.getpwnam("postfix")
+        os.chown(self.data_dir, postfix_user.pw_uid, postfix_user.pw_gid)
+        self.data_dir.chmod(0o700)
+
+    def _main_cf(self) -> dict[str, str]:
+        sasl = self.sasl_socket is not None
+        params = {
+            "compatibility_level": "3.6",
+            "queue_directory": str(self.queue_dir),
+            "data_directory": str(self.data_dir),
+            "myhostname": "relay.test",
+            "mydomain": "relay.test",
+            "inet_interfaces": LOOPBACK,
+            "inet_protocols": "ipv4",
+            "mydestination": "",
+            # Loopback is where every test client comes from: nobody is trusted for its address
+            # (the restrictions below never use permit_mynetworks), but the lab's own load
+            # generators are exempt from connection-rate limits (anvil).
+            "mynetworks": "127.0.0.0/8",
+            "smtpd_client_event_limit_exceptions": "127.0.0.0/8",
+            "local_transport": "error:local delivery is disabled in the smtpplus lab",
+            "local_recipient_maps": "",
+            "alias_maps": "",
+            "alias_database": "",
+            "relay_domains": "example.net",
+            "relayhost": f"[{LOOPBACK}]:{self.relayhost_port}",
+            "smtpd_relay_restrictions": "permit_sasl_authenticated, reject_unauth_destination",
+            "smtpd_recipient_restrictions": "",
+            # Without this, Postfix treats 127.0.0.1 as local and adds a missing From:/Date:/
+            # Message-ID: itself, hiding what a remote client really sent.
+            "local_header_rewrite_clients": "",
+            "smtp_tls_security_level": "none",
+            "smtpd_tls_security_level": "may",
+            "smtpd_tls_cert_file": str(self.tls_cert),
+            "smtpd_tls_key_file": str(self.tls_key),
+            "smtpd_tls_auth_only": "yes",
+            "smtpd_sasl_auth_enable": "yes" if sasl else "no",
+            # There is no syslog daemon: postlogd writes here (maillog_file must lie under a
+            # listed prefix).
+            "maillog_file": str(self.log_file),
+            "maillog_file_prefixes": f"/var, /dev/stdout, {self.workdir}",
+            # Default 1 s: would throttle benchmarks that submit faster than Postfix delivers.
+            "in_flow_delay": "0",
+            # Keep long lines long: Postfix folds at 998 octets otherwise.
+            "smtp_line_length_limit": "0",
+            # Room for messages above the milter's own 20 MiB limit, so the milter decides.
+            "message_size_limit": "52428800",
+            "mailbox_size_limit": "0",
+            # A failed delivery is retried soon and given up quickly: tests wait seconds, not days.
+            "queue_run_delay": "2s",
+            "minimal_backoff_time": "2s",
+            "maximal_backoff_time": "10s",
+            "maximal_queue_lifetime": "10m",
+            "bounce_queue_lifetime": "10m",
+            "delay_warning_time": "0",
+            # No postmaster notices: they would show up at the sink as unexpected messages.
+            "notify_classes": "",
+            "biff": "no",
+            "append_dot_mydomain": "no",
+            "readme_directory": "no",
+        }
+        if self.sasl_socket is not None:
+            params.update(
+                {
+                    "smtpd_sasl_type": "dovecot",
+                    # Absolute: smtpd is not chrooted here (production uses private/auth).
+                    "smtpd_sasl_path": str(self.sasl_socket),
+                    "smtpd_sasl_security_options": "noanonymous",
+                    "smtpd_sasl_tls_security_options": "noanonymous",
+                    "broken_sasl_auth_clients": "yes",
+                }
+            )
+        if self.milter:
+            params.update(
+                {
+                    "smtpd_milters": self.milter,
+                    "non_smtpd_milters": "",
+                    "milter_default_action": "tempfail",
+                    "milter_protocol": "6",
+                }
+            )
+        return params
+
+    def _write_main_cf(self, overrides: dict[str, str]) -> None:
+        params = self._main_cf()
+        params.update(overrides)
+        lines = ["# Written by smtpplus_milter.lab.harness: a private Postfix for one lab."]
+        for name, value in params.items():
+            if "\n" in value:
+                raise ValueError(f"main.cf value for {name} contains a newline")
+            lines.append(f"{name} = {value}")
+        (self.config_dir / "main.cf").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def _master_cf(self) -> str:
+        # chroot = n everywhere: `postfix start` does not populate a chroot, and absolute socket
+        # paths (Dovecot, the milter) only work unchrooted.
+        return f"""\
+# Written by smtpplus_milter.lab.harness. Only the services the lab needs, none chrooted.
+# service type  private unpriv  chroot  wakeup  maxproc command + args
+{LOOPBACK}:{self.smtp_port} inet n - n - - smtpd
+  -o syslog_name=postfix/smtp-in
+{LOOPBACK}:{self.submission_port} inet n - n - - smtpd
+  -o syslog_name=postfix/submission
+  -o smtpd_tls_security_level=encrypt
+  -o smtpd_sasl_auth_enable={"yes" if self.sasl_socket is not None else "no"}
+  -o smtpd_tls_auth_only=yes
+  -o smtpd_reject_unlisted_recipient=no
+  -o smtpd_client_restrictions=
+  -o smtpd_helo_restrictions=
+  -o smtpd_sender_restrictions=
+  -o smtpd_recipient_restrictions=
+  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
+  -o milter_macro_daemon_name=ORIGINATING
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+  -o syslog_name=postfix/$service_name
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+    def set_main_cf(self, params: dict[str, str]) -> None:
+        """Change main.cf with ``postconf -e``; call :meth:`reload` for a running instance."""
+        if not params:
+            return
+        status, output = _run(
+            ["postconf", "-c", str(self.config_dir), "-e", *(f"{name}={value}" for name, value in params.items())]
+        )
+        if status != 0:
+            raise LabError(f"postconf -c {self.config_dir} -e failed (exit {status}):\n{output}")
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def _postfix(self, action: str, timeout: float) -> tuple[int, str]:
+        return _run(["postfix", "-c", str(self.config_dir), action], timeout=timeout)
+
+    def start(self) -> None:
+        """``postfix -c DIR start``, then wait until both listeners answer with an SMTP banner."""
+        if self._started:
+            return
+        self._started = True
+        try:
+            log_offset = self._log_size()
+            status, output = self._postfix("start", POSTFIX_START_TIMEOUT)
+            if status != 0:
+                raise LabError(
+                    f"postfix -c {self.config_dir} start failed (exit {status}):\n{output}\n"
+                    f"{self.log_file}:\n{_tail(self.log_file)}"
+                )
+            self._wait_for_listeners(POSTFIX_START_TIMEOUT, log_offset)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _log_size(self) -> int:
+        try:
+            return self.log_file.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _new_fatal_log_line(self, offset: int) -> str | None:
+        try:
+            with self.log_file.open("rb") as log:
+                log.seek(offset)
+                new = log.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return None
+        for line in new.splitlines():
+            if " fatal: " in line or "bad command startup" in line:
+                return line
+        return None
+
+    def _wait_for_listeners(self, timeout: float, log_offset: int) -> None:
+        # A banner, not just connect(): the master accepts on behalf of smtpd, which can still die
+        # on a configuration error (bad certificate, unreadable file) after the port is open.
+        # The master then retries forever, throttled: a fatal log line ends the wait at once.
+        deadline = time.monotonic() + timeout
+        for port in (self.smtp_port, self.submission_port):
+            while _smtp_banner(port, timeout=1.0) is None:
+                fatal = self._new_fatal_log_line(log_offset)
+                if fatal is not None:
+                    raise LabError(
+                        f"Postfix on 127.0.0.1:{port} failed: {fatal}\n{self.log_file}:\n{_tail(self.log_file)}"
+                    )
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"Postfix on 127.0.0.1:{port} gave no SMTP banner within {timeout:.0f}s; "
+                        f"{self.log_file}:\n{_tail(self.log_file)}"
+                    )
+                time.sleep(0.05)
+
+    def _master_pid(self) -> int | None:
+        try:
+            return int((self.queue_dir / "pid" / "master.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def pids(self) -> list[int]:
+        """Live processes of this instance: the master exports MAIL_CONFIG to every daemon it runs."""
+        marker = f"MAIL_CONFIG={self.config_dir}".encode()
+        found = []
+        for pid in _all_pids():
+            if pid == os.getpid():
+                continue
+            try:
+                environment = Path(f"/proc/{pid}/environ").read_bytes()
+            except OSError:
+                continue
+            if marker in environment.split(b"\0") and _pid_alive(pid):
+                found.append(pid)
+        return found
+
+    def stop(self) -> None:
+        """``postfix -c DIR stop``, then wait until no process of this instance is left (bounded)."""
+        if not self._started:
+            return
+        self._started = False
+        master = self._master_pid()
+        if master is not None and _pid_alive(master):
+            try:
+                self._postfix("stop", POSTFIX_STOP_TIMEOUT)
+            except LabError:
+                pass  # escalated below
+            if not _wait_until(lambda: not _pid_alive(master), POSTFIX_STOP_TIMEOUT):
+                _kill(master)
+        # Daemons notice the master is gone and exit on their own, within about a second.
+        if not _wait_until(lambda: not self.pids(), 10.0):
+            for pid in self.pids():
+                _kill(pid)
+            if not _wait_until(lambda: not self.pids(), 5.0):
+                raise LabError(f"Postfix processes of {self.config_dir} survived SIGKILL: {self.pids()}")
+
+    def reload(self) -> None:
+        """``postfix -c DIR reload`` and wait until both listeners answer again."""
+        log_offset = self._log_size()
+        status, output = self._postfix("reload", COMMAND_TIMEOUT)
+        if status != 0:
+            raise LabError(f"postfix -c {self.config_dir} reload failed (exit {status}):\n{output}")
+        self._wait_for_listeners(POSTFIX_START_TIMEOUT, log_offset)
+
+    def flush(self) -> None:
+        """``postqueue -f``: retry everything deferred now."""
+        status, output = _run(["postqueue", "-c", str(self.config_dir), "-f"])
+        if status != 0:
+            raise LabError(f"postqueue -c {self.config_dir} -f failed (exit {status}):\n{output}")
+
+    # --- looking inside ------------------------------------------------------------------
+
+    def log_text(self) -> str:
+        try:
+            return self.log_file.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return _tail(self.log_file, lines)
+
+    def queue_ids(self) -> list[str]:
+        """Queue ids of every message still in the queue (maildrop to hold), sorted.
+
+        Reads the queue directories directly rather than asking showq (postqueue -j): it works
+        whether or not the instance is running.
+        """
+        found: set[str] = set()
+        for queue in _MESSAGE_QUEUES:
+            for _dirpath, _dirnames, filenames in os.walk(self.queue_dir / queue):
+                found.update(filenames)
+        return sorted(found)
+
+    def queue_json(self) -> list[dict[str, Any]]:
+        """``postqueue -j`` of a running instance: one dict per message (recipients, reasons...)."""
+        status, output = _run(["postqueue", "-c", str(self.config_dir), "-j"])
+        if status != 0:
+            raise LabError(f"postqueue -c {self.config_dir} -j failed (exit {status}):\n{output}")
+        return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+    def wait_for_empty_queue(self, timeout: float = 20.0) -> None:
+        if not _wait_until(lambda: not self.queue_ids(), timeout, interval=0.1):
+            raise TimeoutError(
+                f"Postfix queue {self.queue_dir} still holds {self.queue_ids()} after {timeout}s; "
+                f"{self.log_file}:\n{_tail(self.log_file)}"
+            )
+
+    def __enter__(self) -> Postfix:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _smtp_banner(port: int, timeout: float = 2.0) -> str | None:
+    """The first reply line of an SMTP server on 127.0.0.1:port, or None if there is none (yet)."""
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=timeout) as client:
+            line = client.makefile("rb").readline(1024)
+            if len(line) < 4 or not line[:3].isdigit():
+                return None
+            try:
+                # Say goodbye, so smtpd logs a clean disconnect rather than a lost connection.
+                client.sendall(b"QUIT\r\n")
+            except OSError:
+                pass
+            return line.decode("ascii", "replace").rstrip()
+    except OSError:
+        return None

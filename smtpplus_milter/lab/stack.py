@@ -1,0 +1,262 @@
+"""The whole SMTP+ path on loopback: sink <- Postfix (+ Dovecot SASL) -> smtpplus-milter.
+
+Used by the lab demo, the end-to-end tests and the benchmarks, so all three exercise the same
+real components wired the same way. Starts from the shipped example config
+(``deploy/smtpplus.yaml`` + ``deploy/users.yaml``) with only the paths and ports changed.
+"""
+
+from __future__ import annotations
+
+import copy
+import secrets
+import shutil
+import smtplib
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from smtpplus_milter.lab.harness import Dovecot, Postfix, Sink, free_port, make_workdir, remove_workdir
+from smtpplus_milter.lab.milter_process import MilterProcess, prepare_socket_dir
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+# A login Dovecot accepts but that is not an SMTP+ user (for unknown_user tests and the demo).
+OUTSIDER = "not-in-users-file"
+
+
+def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    result = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = deep_merge(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+@dataclass
+class SendResult:
+    """What the client saw: accepted, or refused at which step with which reply."""
+
+    accepted: bool
+    stage: str  # "done" | "connect" | "starttls" | "auth" | "mail" | "rcpt" | "data"
+    code: int
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}" if not self.accepted else f"accepted ({self.code} {self.text})"
+
+
+def client_tls() -> ssl.SSLContext:
+    # The lab's certificate is self-signed for relay.test: encrypt, but do not verify it.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class Stack:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        *,
+        settings: dict[str, Any] | None = None,
+        users: dict[str, Any] | None = None,
+        milter: str | None = "unix",
+        postfix_main_cf: dict[str, str] | None = None,
+        cleanup: bool = True,
+    ) -> None:
+        # A directory we made ourselves is removed after stop() (SMTPPLUS_LAB_KEEP=1 keeps it).
+        self.cleanup = cleanup and workdir is None
+        self.workdir = workdir or make_workdir("smtpplus-lab")
+        self.etc = self.workdir / "etc"
+        self.etc.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.etc / "smtpplus.yaml"
+        self.users_path = self.etc / "users.yaml"
+        self.passwd_path = self.etc / "smtpplus.passwd"
+        self.metrics_port = free_port()
+        if milter == "unix":
+            socket_dir = self.workdir / "milter"
+            prepare_socket_dir(socket_dir)
+            self.milter_spec: str | None = f"unix:{socket_dir}/milter.sock"
+        elif milter == "inet":
+            self.milter_spec = f"inet:{free_port()}@127.0.0.1"
+        else:
+            self.milter_spec = None
+        base = yaml.safe_load((DEPLOY / "smtpplus.yaml").read_text(encoding="utf-8"))
+        overrides = {
+            "milter": {"socket": self.milter_spec or f"unix:{self.workdir}/unused.sock"},
+            "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
+            "sasl": {"passwd_file": str(self.passwd_path)},
+            "users_file": "users.yaml",
+        }
+        self.settings = deep_merge(deep_merge(base, overrides), settings or {})
+        self.write_settings(self.settings)
+        if users is None:
+            shutil.copyfile(DEPLOY / "users.yaml", self.users_path)
+            users = yaml.safe_load(self.users_path.read_text(encoding="utf-8"))
+        else:
+            self.write_users(users)
+        assert users is not None
+        self.passwords = {login: secrets.token_urlsafe(12) for login in [*users, OUTSIDER]}
+        Dovecot.write_passwd_file(self.passwd_path, self.passwords)
+        self.sink = Sink()
+        self.dovecot = Dovecot(self.workdir / "dovecot", self.passwd_path)
+        self.milter = (
+            MilterProcess(self.config_path, self.milter_spec, self.workdir / "milter.log") if self.milter_spec else None
+        )
+        self.postfix_main_cf = postfix_main_cf or {}
+        self.postfix: Postfix | None = None
+
+    # --- config files ---------------------------------------------------------------------
+
+    def write_settings(self, settings: dict[str, Any]) -> None:
+        self.config_path.write_text(yaml.safe_dump(settings, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+    def write_users(self, users: dict[str, Any]) -> None:
+        self.users_path.write_text(yaml.safe_dump(users, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> Stack:
+        try:
+            self.sink.start()
+            self.dovecot.start()
+            if self.milter:
+                self.milter.start()
+            self.postfix = Postfix(
+                self.workdir / "postfix",
+                relayhost_port=self.sink.port,
+                sasl_socket=self.dovecot.auth_socket,
+                milter=self._postfix_milter_spec(),
+                main_cf=self.postfix_main_cf,
+            )
+            self.postfix.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _postfix_milter_spec(self) -> str | None:
+        if not self.milter_spec:
+            return None
+        if self.milter_spec.startswith("inet:"):
+            port, _, host = self.milter_spec[5:].partition("@")
+            return f"inet:{host}:{port}"
+        return self.milter_spec
+
+    def stop(self) -> None:
+        """Stop everything that was started, in reverse order, even if one stop fails."""
+        errors: list[BaseException] = []
+        for stop in (
+            self.postfix.stop if self.postfix else None,
+            self.milter.stop if self.milter else None,
+            self.dovecot.stop,
+            self.sink.stop,
+        ):
+            if stop is None:
+                continue
+            try:
+                stop()
+            except BaseException as exc:  # keep stopping the others
+                errors.append(exc)
+        if self.cleanup and not errors:
+            remove_workdir(self.workdir)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- sending --------------------------------------------------------------------------
+
+    def send(
+        self,
+        message: bytes,
+        *,
+        login: str | None,
+        mail_from: str,
+        rcpt_to: list[str] | None = None,
+        password: str | None = None,
+        port: int | None = None,
+    ) -> SendResult:
+        """Submit one message as a client would (STARTTLS, AUTH when a login is given)."""
+        assert self.postfix is not None
+        if port is None:
+            port = self.postfix.submission_port if login else self.postfix.smtp_port
+        return submit(
+            port,
+            message,
+            login=login,
+            password=password if password is not None else self.passwords.get(login or ""),
+            mail_from=mail_from,
+            rcpt_to=rcpt_to or ["someone@example.org"],
+        )
+
+
+def submit(
+    port: int,
+    message: bytes,
+    *,
+    login: str | None,
+    password: str | None,
+    mail_from: str,
+    rcpt_to: list[str],
+    host: str = "127.0.0.1",
+    timeout: float = 60,
+) -> SendResult:
+    try:
+        with smtplib.SMTP(host, port, local_hostname="client.test", timeout=timeout) as client:
+            try:
+                client.starttls(context=client_tls())
+            except smtplib.SMTPResponseException as exc:
+                return SendResult(False, "starttls", exc.smtp_code, _text(exc.smtp_error))
+            if login:
+                try:
+                    client.login(login, password or "")
+                except smtplib.SMTPAuthenticationError as exc:
+                    return SendResult(False, "auth", exc.smtp_code, _text(exc.smtp_error))
+            try:
+                client.sendmail(mail_from, rcpt_to, message)
+            except smtplib.SMTPSenderRefused as exc:
+                return SendResult(False, "mail", exc.smtp_code, _text(exc.smtp_error))
+            except smtplib.SMTPRecipientsRefused as exc:
+                code, text = next(iter(exc.recipients.values()))
+                return SendResult(False, "rcpt", code, _text(text))
+            except smtplib.SMTPDataError as exc:
+                return SendResult(False, "data", exc.smtp_code, _text(exc.smtp_error))
+            return SendResult(True, "done", 250, "queued")
+    except smtplib.SMTPConnectError as exc:
+        return SendResult(False, "connect", exc.smtp_code, _text(exc.smtp_error))
+    except smtplib.SMTPResponseException as exc:
+        return SendResult(False, "connect", exc.smtp_code, _text(exc.smtp_error))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def make_message(
+    *,
+    from_: str,
+    to: str = "someone@example.org",
+    subject: str = "Test",
+    body: str = "Hello.\r\n",
+    extra: list[tuple[str, str]] | None = None,
+) -> bytes:
+    lines = [
+        f"From: {from_}",
+        f"To: {to}",
+        f"Subject: {subject}",
+        "MIME-Version: 1.0",
+        "Content-Type: text/plain; charset=us-ascii",
+        f"Message-ID: <{secrets.token_hex(8)}@client.test>",
+    ]
+    lines += [f"{name}: {value}" for name, value in extra or []]
+    return ("\r\n".join(lines) + "\r\n\r\n" + body).encode("utf-8")
