@@ -4,6 +4,6 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$repo/deploy/bootstrap.sh"
 cd "$repo"
-.venv/bin/python -m ruff check smtpplus_milter tests bench
+.venv/bin/python -m ruff check .
 .venv/bin/python -m mypy smtpplus_milter
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

@@ -59,7 +59,9 @@ def test_authorized_message_arrives_unchanged(stack: Stack) -> None:
     event = stack.milter.wait_for_event(
         "message", lambda e: e["decision"] == "accepted" and e["user"] == "shop-frontend"
     )  # type: ignore[union-attr]
-    assert event["queue_id"]
+    # The log line names Postfix's queue id, so an operator can follow the message in mail.log.
+    assert event["queue_id"] and f"{event['queue_id']}: " in stack.postfix.log_text()  # type: ignore[union-attr]
+    assert event["size"] == len(original)  # smtplib announces SIZE=, Postfix passes it on
 
 
 def test_unauthorized_envelope_sender_refused_at_mail_from(stack: Stack) -> None:
