@@ -75,13 +75,24 @@ def free_port() -> int:
         return port
 
 
-def _distinct_free_ports(count: int) -> list[int]:
+def _distinct_free_ports(count: int, *, taken: Sequence[int] = ()) -> list[int]:
+    # free_port() may hand out a port that a component has been given but not yet bound.
     ports: list[int] = []
     while len(ports) < count:
         port = free_port()
-        if port not in ports:
+        if port not in ports and port not in taken:
             ports.append(port)
     return ports
+
+
+def _check_socket_room(directory: Path, longest_name: int, what: str) -> None:
+    # Postfix and Dovecot create their own unix sockets below these directories; a lab nested too
+    # deep fails at start with "File name too long". Say so before anything is started.
+    if len(str(directory)) + 1 + longest_name > _MAX_UNIX_PATH:
+        raise LabError(
+            f"{directory} is too long for the unix sockets {what} creates in it (at most "
+            f"{_MAX_UNIX_PATH - 1 - longest_name} characters); use a shorter lab directory"
+        )
 
 
 def _ensure_traversable(path: Path) -> None:
@@ -159,6 +170,14 @@ def _run(command: Sequence[str], *, timeout: float = COMMAND_TIMEOUT) -> tuple[i
         return completed.returncode, output.read().decode("utf-8", "replace")
 
 
+def _backdate(path: Path) -> None:
+    # Postfix treats a configuration file changed within the last second or two as "hot": every
+    # program that reads it (postfix, master, each daemon) re-reads it every 300 ms until it has
+    # cooled down. A freshly written main.cf made `postfix start` take 2.4 s instead of 0.2 s.
+    past = time.time() - 10
+    os.utime(path, (past, past))
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -182,6 +201,64 @@ def _wait_until(condition: Callable[[], bool], timeout: float, interval: float =
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+# Written into an instance's directory while it runs: who started it. An instance whose owner died
+# without stopping it (SIGKILL, a killed CI job) is an orphan for stop_orphans().
+_OWNER_FILE = "lab-owner.json"
+
+
+def _process_start_time(pid: int) -> int | None:
+    # Field 22 of /proc/PID/stat: with the pid, it identifies a process even after pid reuse.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as status:
+            return int(status.read().rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _write_owner(directory: Path, kind: str, **extra: Any) -> None:
+    owner = {"kind": kind, "pid": os.getpid(), "start_time": _process_start_time(os.getpid()), **extra}
+    (directory / _OWNER_FILE).write_text(json.dumps(owner), encoding="utf-8")
+
+
+def _owner_alive(owner: dict[str, Any]) -> bool:
+    pid = owner.get("pid")
+    return isinstance(pid, int) and _pid_alive(pid) and _process_start_time(pid) == owner.get("start_time")
+
+
+def stop_orphans(root: Path = LAB_ROOT) -> list[Path]:
+    """Stop lab instances under *root* whose owning process died without stopping them.
+
+    *root* is a directory of labs (default: where make_workdir() puts them) or one lab directory.
+
+    Context managers cannot run when the owner is SIGKILLed; this finds such Postfix and Dovecot
+    instances by the owner file each one keeps while running, and stops exactly those (by their
+    own pid files and config paths, never by process name). Instances of live owners are left
+    alone. Returns the instance directories it stopped.
+    """
+    # In a shared directory such as /tmp only look inside lab directories (smtpplus-*).
+    first = "*" if root.name.startswith("smtpplus-") else "smtpplus-*"
+    patterns = [f"{first}/{_OWNER_FILE}", f"{first}/*/{_OWNER_FILE}", f"{first}/*/*/{_OWNER_FILE}"]
+    if root.name.startswith("smtpplus-"):
+        patterns.append(_OWNER_FILE)
+    stopped: list[Path] = []
+    for pattern in patterns:
+        for owner_file in root.glob(pattern):
+            try:
+                owner = json.loads(owner_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if not isinstance(owner, dict) or _owner_alive(owner):
+                continue
+            directory = owner_file.parent
+            if owner.get("kind") == "postfix":
+                _stop_postfix(directory / "etc", directory / "queue")
+            elif owner.get("kind") == "dovecot" and isinstance(owner.get("pgid"), int):
+                _stop_dovecot_group(owner["pgid"], directory / "dovecot.conf")
+            owner_file.unlink(missing_ok=True)
+            stopped.append(directory)
+    return stopped
 
 
 def make_tls_cert(directory: Path) -> tuple[Path, Path]:
@@ -365,6 +442,15 @@ class Sink:
 # --- Dovecot -------------------------------------------------------------------------------------
 
 
+_NO_AUTH_PENALTY = """\
+service anvil {
+  unix_listener anvil-auth-penalty {
+    mode = 0
+  }
+}
+"""
+
+
 class Dovecot:
     """A private Dovecot that only authenticates (no IMAP/POP3), for Postfix's Dovecot SASL.
 
@@ -372,20 +458,25 @@ class Dovecot:
     created if needed. The passdb is the caller's passwd-file, read the way production reads it
     (deploy/dovecot/10-smtpplus-auth.conf): default SHA512-CRYPT scheme, lowercased logins, auth
     process running as user dovecot. ``extra_config`` is appended to dovecot.conf.
+
+    Unlike production, failed logins are not penalised (``auth_penalty=False``): Dovecot's penalty
+    delays every later login from the same IP, even a correct one, by 2 s doubling up to 15 s, and
+    every lab client is 127.0.0.1, so one wrong-password test would slow down unrelated tests.
     """
 
-    def __init__(self, workdir: Path, passwd_file: Path, *, extra_config: str = "") -> None:
+    def __init__(self, workdir: Path, passwd_file: Path, *, extra_config: str = "", auth_penalty: bool = False) -> None:
         self.workdir = Path(workdir)
         self.passwd_file = Path(passwd_file)
         self.extra_config = extra_config
+        self.auth_penalty = auth_penalty
         self.config_file = self.workdir / "dovecot.conf"
         self.base_dir = self.workdir / "run"
         self.state_dir = self.workdir / "state"
         self.log_file = self.workdir / "dovecot.log"
         self.stdout_file = self.workdir / "dovecot.stdout"
         self.auth_socket = self.workdir / "auth-postfix"
-        if len(str(self.auth_socket)) > _MAX_UNIX_PATH:
-            raise LabError(f"socket path too long for a unix socket: {self.auth_socket}")
+        # The longest socket Dovecot makes in base_dir is replication-notify-fifo (23 characters).
+        _check_socket_room(self.base_dir, 24, "Dovecot")
         self._process: subprocess.Popen[bytes] | None = None
         self._pgid: int | None = None
 
@@ -422,6 +513,8 @@ class Dovecot:
         temporary.replace(path)
 
     def _config_text(self) -> str:
+        # Without its anvil socket the auth process disables the penalty (mode 0: not created).
+        no_penalty = _NO_AUTH_PENALTY if not self.auth_penalty else ""
         return f"""\
 # Written by smtpplus_milter.lab.harness: a private auth-only Dovecot for one lab.
 protocols =
@@ -429,13 +522,14 @@ protocols =
 listen = {LOOPBACK}
 base_dir = {self.base_dir}
 state_dir = {self.state_dir}
-instance_name = smtpplus-lab-{self.workdir.name}
+# Shows in ps as dovecot-<instance_name>/auth etc.: which lab a process belongs to.
+instance_name = {self.workdir.parent.name}-{self.workdir.name}
 log_path = {self.log_file}
 ssl = no
 auth_mechanisms = plain login
-# Tests try wrong passwords on purpose; the default 2 s penalty only slows them down.
+# Tests try wrong passwords on purpose; the default 2 s delay only slows them down.
 auth_failure_delay = 0
-passdb {{
+{no_penalty}passdb {{
   driver = passwd-file
   args = scheme=SHA512-CRYPT {self.passwd_file}
 }}
@@ -501,6 +595,7 @@ service auth {{
                 start_new_session=True,
             )
         self._pgid = self._process.pid
+        _write_owner(self.workdir, "dovecot", pgid=self._pgid)
         try:
             process = self._process
             deadline = time.monotonic() + DOVECOT_START_TIMEOUT
@@ -531,14 +626,18 @@ service auth {{
             except subprocess.TimeoutExpired:
                 _kill_group(process.pid)
                 process.wait(5)
-        # Children normally exit with the master; make sure none outlives a hard stop.
-        _kill_group(process.pid)
+        # Children normally exit with the master; make sure none outlives it.
+        if not _wait_until(lambda: not self.pids(), 2.0):
+            _kill_group(process.pid)
+            if not _wait_until(lambda: not self.pids(), 5.0):
+                raise LabError(f"Dovecot processes of {self.config_file} survived SIGKILL: {self.pids()}")
+        (self.workdir / _OWNER_FILE).unlink(missing_ok=True)
 
     def pids(self) -> list[int]:
         """Live processes of this instance (its process group), also after stop(): should be none."""
         if self._pgid is None:
             return []
-        return [pid for pid in _all_pids() if _pgid_of(pid) == self._pgid and _pid_alive(pid)]
+        return _group_pids(self._pgid)
 
     def log_text(self) -> str:
         try:
@@ -571,6 +670,23 @@ def _pgid_of(pid: int) -> int | None:
             return int(status.read().rpartition(")")[2].split()[2])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _group_pids(pgid: int) -> list[int]:
+    return [pid for pid in _all_pids() if _pgid_of(pid) == pgid and _pid_alive(pid)]
+
+
+def _stop_dovecot_group(pgid: int, config_file: Path) -> None:
+    # Only if the group leader still is that Dovecot: the pgid may have been reused since.
+    try:
+        command = Path(f"/proc/{pgid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        command = []
+    if str(config_file).encode() not in command:
+        return
+    _signal(pgid, signal.SIGTERM)
+    if not _wait_until(lambda: not _group_pids(pgid), DOVECOT_STOP_TIMEOUT):
+        _kill_group(pgid)
 
 
 def _kill_group(pgid: int) -> None:
@@ -611,21 +727,24 @@ class Postfix:
         main_cf: dict[str, str] | None = None,
         master_cf_extra: str = "",
     ) -> None:
-        self.workdir = _prepare_dir(Path(workdir))
+        self.workdir = Path(workdir)
+        self.queue_dir = self.workdir / "queue"
+        # The longest socket in the queue directory is private/proxywrite (18 characters).
+        _check_socket_room(self.queue_dir, 20, "Postfix")
+        _prepare_dir(self.workdir)
         _ensure_traversable(self.workdir)
         self.config_dir = _prepare_dir(self.workdir / "etc")
-        self.queue_dir = self.workdir / "queue"
         self.data_dir = self.workdir / "data"
         self.log_file = self.workdir / "postfix.log"
         self.relayhost_port = relayhost_port
         self.sasl_socket = Path(sasl_socket) if sasl_socket is not None else None
         self.milter = milter
-        self.smtp_port, self.submission_port = _distinct_free_ports(2)
+        self.smtp_port, self.submission_port = _distinct_free_ports(2, taken=[relayhost_port])
         self.tls_cert, self.tls_key = make_tls_cert(self.workdir / "tls")
         self._started = False
         self._prepare_directories()
         self._write_main_cf(main_cf or {})
-        (self.config_dir / "master.cf").write_text(self._master_cf() + master_cf_extra + "\n", encoding="utf-8")
+        self.write_config_file("master.cf", self._master_cf() + master_cf_extra + "\n")
 
     # --- configuration -------------------------------------------------------------------
 
@@ -726,7 +845,7 @@ class Postfix:
             if "\n" in value:
                 raise ValueError(f"main.cf value for {name} contains a newline")
             lines.append(f"{name} = {value}")
-        (self.config_dir / "main.cf").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self.write_config_file("main.cf", "\n".join(lines) + "\n")
 
     def _master_cf(self) -> str:
         # chroot = n everywhere: `postfix start` does not populate a chroot, and absolute socket
@@ -772,6 +891,13 @@ scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
+    def write_config_file(self, name: str, text: str) -> Path:
+        """Write a file into config_dir (e.g. a header_checks table) so Postfix reads it at once."""
+        path = self.config_dir / name
+        path.write_text(text, encoding="utf-8")
+        _backdate(path)
+        return path
+
     def set_main_cf(self, params: dict[str, str]) -> None:
         """Change main.cf with ``postconf -e``; call :meth:`reload` for a running instance."""
         if not params:
@@ -781,6 +907,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
         )
         if status != 0:
             raise LabError(f"postconf -c {self.config_dir} -e failed (exit {status}):\n{output}")
+        _backdate(self.config_dir / "main.cf")
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -792,6 +919,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
         if self._started:
             return
         self._started = True
+        _write_owner(self.workdir, "postfix")
         try:
             log_offset = self._log_size()
             status, output = self._postfix("start", POSTFIX_START_TIMEOUT)
@@ -842,46 +970,17 @@ postlog   unix-dgram n  -       n       -       1       postlogd
                     )
                 time.sleep(0.05)
 
-    def _master_pid(self) -> int | None:
-        try:
-            return int((self.queue_dir / "pid" / "master.pid").read_text().strip())
-        except (OSError, ValueError):
-            return None
-
     def pids(self) -> list[int]:
-        """Live processes of this instance: the master exports MAIL_CONFIG to every daemon it runs."""
-        marker = f"MAIL_CONFIG={self.config_dir}".encode()
-        found = []
-        for pid in _all_pids():
-            if pid == os.getpid():
-                continue
-            try:
-                environment = Path(f"/proc/{pid}/environ").read_bytes()
-            except OSError:
-                continue
-            if marker in environment.split(b"\0") and _pid_alive(pid):
-                found.append(pid)
-        return found
+        """Live processes of this instance (also after stop(): should be none)."""
+        return _postfix_pids(self.config_dir)
 
     def stop(self) -> None:
         """``postfix -c DIR stop``, then wait until no process of this instance is left (bounded)."""
         if not self._started:
             return
         self._started = False
-        master = self._master_pid()
-        if master is not None and _pid_alive(master):
-            try:
-                self._postfix("stop", POSTFIX_STOP_TIMEOUT)
-            except LabError:
-                pass  # escalated below
-            if not _wait_until(lambda: not _pid_alive(master), POSTFIX_STOP_TIMEOUT):
-                _kill(master)
-        # Daemons notice the master is gone and exit on their own, within about a second.
-        if not _wait_until(lambda: not self.pids(), 10.0):
-            for pid in self.pids():
-                _kill(pid)
-            if not _wait_until(lambda: not self.pids(), 5.0):
-                raise LabError(f"Postfix processes of {self.config_dir} survived SIGKILL: {self.pids()}")
+        _stop_postfix(self.config_dir, self.queue_dir)
+        (self.workdir / _OWNER_FILE).unlink(missing_ok=True)
 
     def reload(self) -> None:
         """``postfix -c DIR reload`` and wait until both listeners answer again."""
@@ -944,9 +1043,46 @@ postlog   unix-dgram n  -       n       -       1       postlogd
         self.stop()
 
 
-def _kill(pid: int) -> None:
+def _postfix_pids(config_dir: Path) -> list[int]:
+    """Processes of one Postfix instance: its master exports MAIL_CONFIG to every daemon it runs."""
+    marker = f"MAIL_CONFIG={config_dir}".encode()
+    found = []
+    for pid in _all_pids():
+        if pid == os.getpid():
+            continue
+        try:
+            environment = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environment.split(b"\0") and _pid_alive(pid):
+            found.append(pid)
+    return found
+
+
+def _stop_postfix(config_dir: Path, queue_dir: Path) -> None:
     try:
-        os.kill(pid, signal.SIGKILL)
+        master: int | None = int((queue_dir / "pid" / "master.pid").read_text().strip())
+    except (OSError, ValueError):
+        master = None
+    if master is not None and master in _postfix_pids(config_dir):
+        try:
+            # It waits up to 5 s for the master itself, then kills the master's process group.
+            _run(["postfix", "-c", str(config_dir), "stop"], timeout=POSTFIX_STOP_TIMEOUT)
+        except LabError:
+            pass  # escalated below
+        if not _wait_until(lambda: not _pid_alive(master), POSTFIX_STOP_TIMEOUT):
+            _signal(master, signal.SIGKILL)
+    # Daemons notice the master is gone and exit on their own, within about a second.
+    if not _wait_until(lambda: not _postfix_pids(config_dir), 10.0):
+        for pid in _postfix_pids(config_dir):
+            _signal(pid, signal.SIGKILL)
+        if not _wait_until(lambda: not _postfix_pids(config_dir), 5.0):
+            raise LabError(f"Postfix processes of {config_dir} survived SIGKILL: {_postfix_pids(config_dir)}")
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
     except (ProcessLookupError, PermissionError):
         pass
 
