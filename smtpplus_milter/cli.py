@@ -35,6 +35,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(run)
     check = commands.add_parser("check-config", help="validate the config and users file, exit 1 on any problem")
     _add_config(check)
+    postfix = commands.add_parser(
+        "postfix-config", help="print the main.cf/master.cf/header_checks lines for priority routing"
+    )
+    _add_config(postfix)
+    postfix.add_argument("--postfix-dir", default="/etc/postfix", help="Postfix config directory (default %(default)s)")
+    postfix.add_argument(
+        "--nexthop",
+        action="append",
+        default=[],
+        metavar="[QUEUE=]NEXTHOP",
+        help="explicit next hop for the routed queues (e.g. [smarthost.example]:587), or per queue "
+        "(high=[a.example]:25); default: keep Postfix's own next hop, relayhost included",
+    )
+    postfix.add_argument(
+        "--relayhost",
+        default=None,
+        metavar="NEXTHOP",
+        help="Postfix's relayhost (default: read with postconf from --postfix-dir)",
+    )
+    postfix.add_argument("--no-chroot", action="store_true", help="transports not chrooted (master.cf chroot = n)")
+    postfix.add_argument(
+        "--write-files", action="store_true", help="also write the two lookup tables into --postfix-dir"
+    )
     return parser
 
 
@@ -44,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         return check_config(args.config)
     if args.command == "run":
         return run(args.config)
+    if args.command == "postfix-config":
+        return postfix_config(
+            args.config, args.postfix_dir, args.nexthop, args.relayhost, not args.no_chroot, args.write_files
+        )
     return 2  # pragma: no cover - argparse enforces the choices
 
 
@@ -67,6 +94,54 @@ def check_config(path: Path) -> int:
         f"OK: {config.path} and {config.users_path}: {len(users)} users ({inactive} inactive), "
         f"{len(config.settings.lists)} lists, milter socket {config.settings.milter.socket}"
     )
+    return 0
+
+
+def _postconf_relayhost(postfix_dir: str) -> str:
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["postconf", "-c", postfix_dir, "-h", "relayhost"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        print("# note: postconf not found; assuming no relayhost (give --relayhost)", file=sys.stderr)
+        return ""
+    if done.returncode != 0:
+        print(f"# note: postconf -c {postfix_dir} failed; assuming no relayhost (give --relayhost)", file=sys.stderr)
+        return ""
+    return done.stdout.strip()
+
+
+def postfix_config(
+    path: Path, postfix_dir: str, nexthop_args: list[str], relayhost: str | None, chroot: bool, write: bool
+) -> int:
+    from smtpplus_milter.postfix_config import generate, render
+
+    config = _load_or_report(path)
+    if config is None:
+        return 1
+    nexthops: dict[str, str] = {}
+    for item in nexthop_args:
+        queue, sep, hop = item.partition("=")
+        if sep and queue in ("high", "low") and hop:
+            nexthops[queue] = hop
+        elif not sep and item:
+            nexthops.update(high=item, low=item)
+        else:
+            print(f"smtpplus-milter: --nexthop {item!r}: use NEXTHOP or high=NEXTHOP / low=NEXTHOP", file=sys.stderr)
+            return 2
+    if relayhost is None:
+        relayhost = _postconf_relayhost(postfix_dir)
+    snippets = generate(config.settings, postfix_dir=postfix_dir, nexthops=nexthops, relayhost=relayhost, chroot=chroot)
+    print(render(snippets, postfix_dir), end="")
+    if write:
+        for name, text in snippets.files.items():
+            target = Path(postfix_dir) / name
+            temporary = target.with_name(f".{name}.tmp")
+            temporary.write_text(text, encoding="utf-8")
+            temporary.replace(target)
+            print(f"# wrote {target}", file=sys.stderr)
     return 0
 
 

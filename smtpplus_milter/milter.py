@@ -21,6 +21,7 @@ from smtpplus_milter.config import Config, ConfigError, load_config
 from smtpplus_milter.log import get_logger
 from smtpplus_milter.policy.authorization import decide_headers, decide_mail_from, safe_text
 from smtpplus_milter.policy.decision import Decision, Reply, Verdict
+from smtpplus_milter.policy.priority import HeaderEdit, PriorityPlan, plan_priority
 from smtpplus_milter.policy.users import User
 
 log = get_logger()
@@ -118,6 +119,7 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
         self.unauthorized: list[Any] = []
         self.failure: Exception | None = None
         self.finished = False
+        self.priority: PriorityPlan | None = None
 
     # Steps we never need: Postfix skips them entirely.
     @Milter.nocallback
@@ -180,6 +182,8 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
         self._note(decision)
         if decision.rejected:
             return self._refuse(decision)
+        self.priority = plan_priority(self.headers, user_priority=user.priority, queues=config.settings.priority.queues)
+        self.reasons.extend(self.priority.reading.problems)
         return Milter.CONTINUE
 
     @_guarded(replying=True)
@@ -187,8 +191,17 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
         if self.config is None or self.finished:
             return Milter.CONTINUE
         self.queue_id = self.getsymval("i") or self.queue_id
+        if self.priority is not None:
+            self._apply(self.priority.edits)
         self._finish(Decision(Verdict.ACCEPT, reasons=tuple(self.reasons), unauthorized=tuple(self.unauthorized)))
         return Milter.CONTINUE
+
+    def _apply(self, edits: tuple[HeaderEdit, ...]) -> None:
+        for edit in edits:
+            if edit.action == "add":
+                self.addheader(edit.name, edit.value)
+            else:  # an empty value deletes the header (smfi_chgheader)
+                self.chgheader(edit.name, edit.index, edit.value if edit.action == "change" else "")
 
     def abort(self) -> int:
         # RSET, QUIT or a dropped client in the middle of a message: it was never accepted.
@@ -248,6 +261,9 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
         metrics.PROCESSING.observe(elapsed)
         if self.size is not None:
             metrics.MESSAGE_BYTES.observe(self.size)
+        if self.priority is not None and decision.verdict is Verdict.ACCEPT:
+            metrics.PRIORITY.labels(effective=str(self.priority.effective)).inc()
+            metrics.QUEUE.labels(queue=self.priority.queue).inc()
         mode = config.settings.authorization.mode
         if decision.unauthorized:
             metrics.UNAUTHORIZED.labels(user=label, mode=mode).inc()
@@ -273,6 +289,16 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
             decision=decision.verdict.value,
             reply=str(decision.reply) if decision.reply else None,
             reasons=list(decision.reasons),
+            priority=(
+                {
+                    "message": plan.message if plan.reading.carried else None,
+                    "user": plan.user,
+                    "effective": plan.effective,
+                }
+                if (plan := self.priority) and decision.verdict is Verdict.ACCEPT
+                else None
+            ),
+            queue=self.priority.queue if self.priority and decision.verdict is Verdict.ACCEPT else None,
             size=self.size,
             ms=round(elapsed * 1000, 2),
         )

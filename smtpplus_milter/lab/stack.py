@@ -68,7 +68,11 @@ class Stack:
         milter: str | None = "unix",
         postfix_main_cf: dict[str, str] | None = None,
         cleanup: bool = True,
+        priority_routing: str | None = None,
     ) -> None:
+        """*priority_routing*: None (no transports), ``"sinks"`` (smtpplus-high/-low deliver to
+        sinks of their own, ``high_sink`` / ``low_sink``) or ``"relayhost"`` (they deliver to the
+        relayhost like the default transport, as postfix-config writes it for a relayhost)."""
         # A directory we made ourselves is removed after stop() (SMTPPLUS_LAB_KEEP=1 keeps it).
         self.cleanup = cleanup and workdir is None
         self.workdir = workdir or make_workdir("smtpplus-lab")
@@ -104,6 +108,9 @@ class Stack:
         self.passwords = {login: secrets.token_urlsafe(12) for login in [*users, OUTSIDER]}
         Dovecot.write_passwd_file(self.passwd_path, self.passwords)
         self.sink = Sink()
+        self.priority_routing = priority_routing
+        self.high_sink = Sink() if priority_routing == "sinks" else None
+        self.low_sink = Sink() if priority_routing == "sinks" else None
         self.dovecot = Dovecot(self.workdir / "dovecot", self.passwd_path)
         self.milter = (
             MilterProcess(self.config_path, self.milter_spec, self.workdir / "milter.log") if self.milter_spec else None
@@ -123,22 +130,48 @@ class Stack:
 
     def start(self) -> Stack:
         try:
-            self.sink.start()
+            for sink in (self.sink, self.high_sink, self.low_sink):
+                if sink is not None:
+                    sink.start()
             self.dovecot.start()
             if self.milter:
                 self.milter.start()
+            main_cf, master_extra, files = self._routing()
             self.postfix = Postfix(
                 self.workdir / "postfix",
                 relayhost_port=self.sink.port,
                 sasl_socket=self.dovecot.auth_socket,
                 milter=self._postfix_milter_spec(),
-                main_cf=self.postfix_main_cf,
+                main_cf={**main_cf, **self.postfix_main_cf},
+                master_cf_extra=master_extra,
             )
+            for name, text in files.items():
+                self.postfix.write_config_file(name, text)
             self.postfix.start()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _routing(self) -> tuple[dict[str, str], str, dict[str, str]]:
+        """The priority transports exactly as ``smtpplus-milter postfix-config`` prints them."""
+        if not self.priority_routing:
+            return {}, "", {}
+        from smtpplus_milter.config import load_config
+        from smtpplus_milter.postfix_config import generate
+
+        nexthops = {}
+        if self.high_sink and self.low_sink:
+            nexthops = {"high": f"[127.0.0.1]:{self.high_sink.port}", "low": f"[127.0.0.1]:{self.low_sink.port}"}
+        postfix_dir = self.workdir / "postfix" / "etc"
+        snippets = generate(
+            load_config(self.config_path).settings,
+            postfix_dir=str(postfix_dir),
+            nexthops=nexthops,
+            relayhost=f"[127.0.0.1]:{self.sink.port}",
+            chroot=False,
+        )
+        return snippets.main_cf, snippets.master_cf, snippets.files
 
     def _postfix_milter_spec(self) -> str | None:
         if not self.milter_spec:
@@ -156,6 +189,8 @@ class Stack:
             self.milter.stop if self.milter else None,
             self.dovecot.stop,
             self.sink.stop,
+            self.high_sink.stop if self.high_sink else None,
+            self.low_sink.stop if self.low_sink else None,
         ):
             if stop is None:
                 continue

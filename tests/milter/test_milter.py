@@ -17,12 +17,30 @@ from smtpplus_milter.milter import ConfigHolder, factory_for
 from tests.helpers import config_with, write_config
 
 
+class RecordingCtx(testctx.TestCtx):  # type: ignore[misc]
+    """TestCtx that records header edits exactly as libmilter would send them to Postfix."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.edits: list[tuple[str, str, int, str]] = []
+
+    def addheader(self, field: str, value: str, idx: int) -> None:
+        if not self._body:
+            raise OSError("addheader outside eom")
+        self.edits.append(("add", field, idx, value))
+
+    def chgheader(self, field: str, idx: int, value: str) -> None:
+        if not self._body:
+            raise OSError("chgheader outside eom")
+        self.edits.append(("change" if value else "delete", field, idx, value))
+
+
 class Session:
     """One SMTP connection as libmilter would drive it, with Postfix's macros."""
 
     def __init__(self, holder: ConfigHolder, login: str | None, queue_id: str = "4XyZ1abc") -> None:
         Milter.factory = factory_for(holder)
-        self.ctx = testctx.TestCtx()
+        self.ctx = RecordingCtx()
         if login is not None:
             self.ctx._setsymval("{auth_authen}", login)
         self.ctx._setsymval("i", queue_id)
@@ -35,6 +53,7 @@ class Session:
     def message(self, mail_from: str, headers: list[tuple[str, str]]) -> tuple[str, int]:
         """Send one message; return the stage that answered last and its code."""
         self.ctx._reply = None
+        self.ctx.edits = []
         rc = self.ctx._envfrom(f"<{mail_from}>" if not mail_from.startswith("<") else mail_from)
         if rc != Milter.CONTINUE:
             return "envfrom", rc
@@ -90,7 +109,9 @@ def test_authorized_message_passes(holder: ConfigHolder, logs: list[dict[str, An
     stage, rc = session.message("info@yourcompany.com", [("From", "Shop <info@yourcompany.com>"), ("Subject", "Order")])
     assert (stage, rc) == ("eom", Milter.CONTINUE)
     assert session.reply is None
-    assert not session.ctx._headerschanged and not session.ctx._bodyreplaced
+    # The only change to an ordinary message is the queue header; the body is never touched.
+    assert session.ctx.edits == [("add", "X-SMTPPlus-Queue", -1, "normal")]
+    assert not session.ctx._bodyreplaced
     [event] = _events(logs, "message")
     assert event["decision"] == "accepted" and event["user"] == "shop-frontend" and event["queue_id"] == "4XyZ1abc"
     assert event["senders"]["header_from"] == ["Shop <info@yourcompany.com>"]
@@ -213,3 +234,51 @@ def test_percent_in_reply_is_escaped(holder: ConfigHolder) -> None:
     session = Session(holder, "shop-frontend")
     assert session.message("info@yourcompany.com", [("From", "100%@evil.net")])[1] == Milter.REJECT
     assert session.reply is not None and "%" not in session.reply[2].replace("%%", "")
+
+
+def test_priority_rewrite_and_forged_queue_header(holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
+    session = Session(holder, "shop-frontend")
+    headers = [
+        ("From", "info@yourcompany.com"),
+        ("X-SMTPPlus-Queue", "high"),
+        ("X-Priority", "1"),
+        ("x-priority", "5"),
+        ("Importance", "low"),
+    ]
+    assert session.message("info@yourcompany.com", headers) == ("eom", Milter.CONTINUE)
+    # Two disagreeing X-Priority headers count as normal (3); the user's priority is 3.
+    assert session.ctx.edits == [
+        ("delete", "X-SMTPPlus-Queue", 1, ""),
+        ("delete", "x-priority", 2, ""),
+        ("change", "X-Priority", 1, "3 (Normal)"),
+        ("add", "X-MSMail-Priority", -1, "Normal"),
+        ("change", "Importance", 1, "normal"),
+        ("add", "X-SMTPPlus-Queue", -1, "normal"),
+    ]
+    [event] = _events(logs, "message")
+    assert event["priority"] == {"message": 3, "user": 3, "effective": 3} and event["queue"] == "normal"
+    assert any("disagree" in reason for reason in event["reasons"])
+
+
+def test_user_priority_routes_high(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
+    users = {"vip": {"priority": 1}}
+    holder = ConfigHolder(config_with(tmp_path, users=users))
+    before = _count("smtpplus_queue_total", queue="high")
+    session = Session(holder, "vip")
+    assert session.message("ceo@example.com", [("From", "ceo@example.com")]) == ("eom", Milter.CONTINUE)
+    assert sorted(session.ctx.edits) == sorted(
+        [
+            ("add", "X-Priority", -1, "1 (Highest)"),
+            ("add", "X-MSMail-Priority", -1, "High"),
+            ("add", "Importance", -1, "high"),
+            ("add", "X-SMTPPlus-Queue", -1, "high"),
+        ]
+    )
+    assert _count("smtpplus_queue_total", queue="high") == before + 1
+    assert _events(logs, "message")[0]["priority"] == {"message": None, "user": 1, "effective": 1}
+
+
+def test_unauthenticated_message_gets_no_queue_header(holder: ConfigHolder) -> None:
+    session = Session(holder, None)
+    session.message("a@b.example", [("From", "a@b.example"), ("X-SMTPPlus-Queue", "high")])
+    assert session.ctx.edits == []

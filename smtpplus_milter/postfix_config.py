@@ -1,0 +1,128 @@
+"""What Postfix needs for priority routing (PRODUCT §5), generated from the current config.
+
+The milter adds ``X-SMTPPlus-Queue: high|normal|low``; Postfix's ``milter_header_checks`` (which
+only sees headers a milter produced, never what a client sent) turns ``high`` and ``low`` into a
+FILTER to the ``smtpplus-high`` / ``smtpplus-low`` transports; ``smtp_header_checks`` removes the
+header on the way out, so recipients never see it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from smtpplus_milter.config import Settings
+
+MILTER_CHECKS = "smtpplus_milter_header_checks"
+SMTP_CHECKS = "smtpplus_smtp_header_checks"
+
+# Delivery settings per routed queue, and why:
+# - high gets many parallel deliveries at once (no slow start) so a burst of urgent mail leaves
+#   immediately, independent of what the default transport is busy with;
+# - low gets few, so bulk never takes the processes, connections and remote goodwill that
+#   normal and high mail need.
+TRANSPORT_TUNING: dict[str, dict[str, str]] = {
+    "high": {
+        "maxproc": "50",
+        "destination_concurrency_limit": "50",
+        "initial_destination_concurrency": "20",
+    },
+    "low": {
+        "maxproc": "4",
+        "destination_concurrency_limit": "2",
+        "initial_destination_concurrency": "1",
+    },
+}
+
+
+@dataclass
+class PostfixSnippets:
+    main_cf: dict[str, str]
+    master_cf: str
+    files: dict[str, str]
+    warnings: list[str] = field(default_factory=list)
+
+
+def transport_name(queue: str) -> str:
+    return f"smtpplus-{queue}"
+
+
+def generate(
+    settings: Settings,
+    *,
+    postfix_dir: str = "/etc/postfix",
+    nexthops: Mapping[str, str] | None = None,
+    relayhost: str = "",
+    chroot: bool = True,
+) -> PostfixSnippets:
+    """Snippets for the queues this config uses. *nexthops*: queue -> explicit next hop.
+
+    A FILTER with an empty destination delivers to the *recipient domain* (its MX): Postfix does
+    not apply ``relayhost`` to it (measured with Postfix 3.7). So with a relayhost, the relayhost
+    becomes the explicit next hop of both transports; *nexthops* overrides per queue.
+    """
+    routed = sorted({queue for queue in settings.priority.queues.values() if queue != "normal"})
+    given = dict(nexthops or {})
+    nexthops = {queue: given.get(queue, relayhost) for queue in routed}
+    directory = PurePosixPath(postfix_dir)
+    main_cf = {
+        "milter_header_checks": f"regexp:{directory / MILTER_CHECKS}",
+        "smtp_header_checks": f"regexp:{directory / SMTP_CHECKS}",
+    }
+    master_lines = []
+    checks = [
+        "# Written by smtpplus-milter postfix-config: route by the header the milter added.",
+        "# milter_header_checks sees only headers a milter produced, never a client's own.",
+    ]
+    for queue in routed:
+        name = transport_name(queue)
+        tuning = TRANSPORT_TUNING[queue]
+        main_cf[f"{name}_destination_concurrency_limit"] = tuning["destination_concurrency_limit"]
+        main_cf[f"{name}_initial_destination_concurrency"] = tuning["initial_destination_concurrency"]
+        master_lines += [
+            f"{name} unix  -       -       {'y' if chroot else 'n'}       -       {tuning['maxproc']}      smtp",
+            f"  -o syslog_name=postfix/{name}",
+        ]
+        checks.append(f"/^X-SMTPPlus-Queue:[[:space:]]*{queue}[[:space:]]*$/ FILTER {name}:{nexthops.get(queue, '')}")
+    strip = [
+        "# Written by smtpplus-milter postfix-config: recipients never see the routing header.",
+        "/^X-SMTPPlus-Queue:/ IGNORE",
+    ]
+    warnings = [
+        "FILTER overrides content_filter: a message routed to smtpplus-high/-low skips an "
+        "after-queue content_filter (e.g. amavis). Run such filters as milters (before "
+        "smtpplus-milter is fine) or route with transport_maps instead.",
+        "smtp_header_checks applies to every smtp/relay transport; merge it with an existing "
+        "smtp_header_checks table if you have one.",
+    ]
+    if relayhost:
+        warnings.append(
+            f"relayhost is {relayhost}: the transports deliver there too (a FILTER next hop bypasses "
+            "relayhost, sender_dependent_relayhost_maps and transport_maps, so it is spelled out)."
+        )
+    else:
+        warnings.append(
+            "no relayhost: routed mail goes to the recipient domain's MX. If you use "
+            "sender_dependent_relayhost_maps or transport_maps, give --nexthop: FILTER bypasses them."
+        )
+    unknown = sorted(set(given) - set(routed))
+    if unknown:
+        warnings.append(f"--nexthop for {', '.join(unknown)} ignored: no priority maps to that queue")
+    return PostfixSnippets(
+        main_cf=main_cf,
+        master_cf="\n".join(master_lines) + ("\n" if master_lines else ""),
+        files={MILTER_CHECKS: "\n".join(checks) + "\n", SMTP_CHECKS: "\n".join(strip) + "\n"},
+        warnings=warnings,
+    )
+
+
+def render(snippets: PostfixSnippets, postfix_dir: str = "/etc/postfix") -> str:
+    out = ["# ---- main.cf (postconf -e 'name = value', or append) ----"]
+    out += [f"{name} = {value}" for name, value in snippets.main_cf.items()]
+    out += ["", "# ---- master.cf (append) ----", snippets.master_cf.rstrip("\n")]
+    for name, text in snippets.files.items():
+        out += ["", f"# ---- {PurePosixPath(postfix_dir) / name} ----", text.rstrip("\n")]
+    out += ["", "# ---- warnings ----"] + [f"# WARNING: {warning}" for warning in snippets.warnings]
+    out += ["", "# Then: postfix check && postfix reload"]
+    return "\n".join(out) + "\n"
