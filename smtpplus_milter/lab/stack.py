@@ -68,7 +68,7 @@ class Stack:
         milter: str | None = "unix",
         postfix_main_cf: dict[str, str] | None = None,
         cleanup: bool = True,
-        priority_routing: str | None = None,
+        priority_routing: str | None = "relayhost",
     ) -> None:
         """*priority_routing*: None (no transports), ``"sinks"`` (smtpplus-high/-low deliver to
         sinks of their own, ``high_sink`` / ``low_sink``) or ``"relayhost"`` (they deliver to the
