@@ -69,10 +69,12 @@ class Stack:
         postfix_main_cf: dict[str, str] | None = None,
         cleanup: bool = True,
         priority_routing: str | None = "relayhost",
+        slow_seconds: float = 0.0,
     ) -> None:
         """*priority_routing*: None (no transports), ``"sinks"`` (smtpplus-high/-low deliver to
         sinks of their own, ``high_sink`` / ``low_sink``) or ``"relayhost"`` (they deliver to the
-        relayhost like the default transport, as postfix-config writes it for a relayhost)."""
+        relayhost like the default transport, as postfix-config writes it for a relayhost).
+        *slow_seconds* delays every delivery to the default and low sinks (backlog benchmarks)."""
         # A directory we made ourselves is removed after stop() (SMTPPLUS_LAB_KEEP=1 keeps it).
         self.cleanup = cleanup and workdir is None
         self.workdir = workdir or make_workdir("smtpplus-lab")
@@ -107,10 +109,10 @@ class Stack:
         assert users is not None
         self.passwords = {login: secrets.token_urlsafe(12) for login in [*users, OUTSIDER]}
         Dovecot.write_passwd_file(self.passwd_path, self.passwords)
-        self.sink = Sink()
+        self.sink = Sink(slow_seconds=slow_seconds)
         self.priority_routing = priority_routing
         self.high_sink = Sink() if priority_routing == "sinks" else None
-        self.low_sink = Sink() if priority_routing == "sinks" else None
+        self.low_sink = Sink(slow_seconds=slow_seconds) if priority_routing == "sinks" else None
         self.dovecot = Dovecot(self.workdir / "dovecot", self.passwd_path)
         self.milter = (
             MilterProcess(self.config_path, self.milter_spec, self.workdir / "milter.log") if self.milter_spec else None
