@@ -7,8 +7,8 @@ this module walks the boundary lines itself and records offsets; the stdlib pars
 
 Anything that would make a rewrite a guess raises :class:`MalformedMime`: a multipart without a
 boundary parameter or without its closing boundary, 8-bit bytes or broken lines in a header block,
-a header that decides the structure given twice, nesting deeper than :data:`MAX_DEPTH`, and (for
-the whole body) a line longer than :data:`MAX_LINE` octets.
+a header that decides the structure given twice, nesting deeper than :data:`MAX_DEPTH`, and a
+line longer than :data:`MAX_LINE` octets (in the body or a top-level header).
 
 The body is any buffer that supports slicing and ``find`` (``bytes`` or an ``mmap`` of the spool
 file), so a 20 MB attachment is scanned in place, never decoded or copied here.
@@ -73,6 +73,9 @@ def headers_message(headers: Sequence[tuple[str, str]]) -> Message:
     for name, value in headers:
         if not (name.isascii() and value.isascii()):
             raise MalformedMime(f"8-bit characters in the {name!r} header")
+        lines = f"{name}: {value}".splitlines()
+        if max(len(line) for line in lines) > MAX_LINE:
+            raise MalformedMime(f"a line over {MAX_LINE} octets in the {name!r} header")
         message[name] = value
     _check_single(message, "the message")
     return message
