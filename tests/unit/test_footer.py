@@ -46,7 +46,7 @@ def split_message(raw: bytes) -> tuple[bytes, list[tuple[str, str]], bytes]:
     block, body = raw[: match.end()], raw[match.end() :]
     headers: list[tuple[str, str]] = []
     for line in block.decode("utf-8", "surrogateescape").splitlines(keepends=True):
-        if line[:1] in (" ", "\t"):
+        if line[:1] in (" ", "\t") and headers:
             name, value = headers[-1]
             headers[-1] = (name, value + line.rstrip("\r\n"))
         elif line.strip():
