@@ -9,6 +9,7 @@ rules half-way through a message. Every callback is guarded: a bug in us answers
 from __future__ import annotations
 
 import functools
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import Milter
 from smtpplus_milter import metrics
 from smtpplus_milter.config import Config, ConfigError, load_config
 from smtpplus_milter.log import get_logger
+from smtpplus_milter.mime.footer import Banner, InjectionResult, inject
 from smtpplus_milter.policy.authorization import decide_headers, decide_mail_from, safe_text
 from smtpplus_milter.policy.decision import Decision, Reply, Verdict
 from smtpplus_milter.policy.priority import HeaderEdit, PriorityPlan, plan_priority
@@ -27,6 +29,34 @@ from smtpplus_milter.policy.users import User
 log = get_logger()
 
 INTERNAL_ERROR_REPLY = Reply("451", "4.3.0", "SMTP+ relay: temporary internal error, try again later")
+
+# Bodies to rewrite stay in memory up to this size, then go to a temporary file (PRODUCT §7).
+SPOOL_IN_MEMORY = 256 * 1024
+# replacebody in pieces: libmilter sends each call as one packet of at most 64 KiB anyway.
+REPLACE_CHUNK = 65535
+# Put into every HTML banner/footer so a forwarded or resent message never gets a second one.
+FOOTER_MARKER = "smtpplus-footer"
+
+
+def size_reply(limit: int) -> Reply:
+    return Reply(
+        "552", "5.3.4", f"message too big: this relay accepts at most {limit} bytes (limits.max_message_bytes)"
+    )
+
+
+def banner_for(config: Config, user: User) -> Banner | None:
+    """The header/footer of the user's list, or None when there is nothing to add."""
+    section = config.settings.lists.get(user.list) if user.list else None
+    if section is None:
+        return None
+    banner = Banner(
+        header_text=section.header.text if section.header else None,
+        header_html=section.header.html if section.header else None,
+        footer_text=section.footer.text if section.footer else None,
+        footer_html=section.footer.html if section.footer else None,
+    )
+    return banner if any((banner.header_text, banner.header_html, banner.footer_text, banner.footer_html)) else None
+
 
 # What we may ask Postfix to do to a message (negotiated once per connection).
 FLAGS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGBODY
@@ -107,6 +137,8 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
         return _active
 
     def _reset(self) -> None:
+        if getattr(self, "spool", None) is not None:
+            self._drop_spool()
         self.config: Config | None = None
         self.login: str | None = None
         self.user: User | None = None
@@ -120,6 +152,11 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
         self.failure: Exception | None = None
         self.finished = False
         self.priority: PriorityPlan | None = None
+        self.received = 0  # header and body bytes as they arrived
+        self.oversize = False
+        self.banner: Banner | None = None
+        self.spool: tempfile.SpooledTemporaryFile[bytes] | None = None
+        self.footer: InjectionResult | None = None
 
     # Steps we never need: Postfix skips them entirely.
     @Milter.nocallback
@@ -134,8 +171,18 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
     def envrcpt(self, to: str, *params: str) -> int:
         return Milter.CONTINUE
 
-    @Milter.nocallback
+    # No reply per chunk: the size check answers at end of message (or at MAIL FROM with SIZE=).
+    @Milter.noreply
+    @_guarded(replying=False)
     def body(self, chunk: bytes) -> int:
+        if self.config is None or self.oversize:
+            return Milter.CONTINUE
+        self.received += len(chunk)
+        if self.received > self.config.settings.limits.max_message_bytes:
+            self.oversize = True
+            self._drop_spool()  # never hold more than the limit
+        elif self.spool is not None:
+            self.spool.write(chunk)
         return Milter.CONTINUE
 
     @_guarded(replying=True)
@@ -158,6 +205,10 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
         if decision.rejected:
             return self._refuse(decision)
         self.user = config.directory.lookup(self.login or "")
+        limit = config.settings.limits.max_message_bytes
+        if self.size is not None and self.size > limit:
+            self.reasons.append(f"SIZE={self.size} is over limits.max_message_bytes ({limit})")
+            return self._refuse(Decision(Verdict.REJECT, size_reply(limit)))
         return Milter.CONTINUE
 
     # Defined (not @nocallback) on purpose: over TCP, answering DATA avoids a delayed-ACK stall
@@ -170,6 +221,7 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
     @_guarded(replying=False)
     def header(self, name: str, value: str) -> int:
         self.headers.append((name, value))
+        self.received += len(name) + len(value) + 4  # "name: value\r\n"
         return Milter.CONTINUE
 
     @_guarded(replying=True)
@@ -178,12 +230,17 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
         if config is None or user is None:  # MAIL FROM was not seen by us: nothing to judge
             return Milter.ACCEPT
         self.queue_id = self.getsymval("i") or self.queue_id
+        self.received += 2  # the empty line that ends the header
         decision = decide_headers(config.directory, user, self.headers)
         self._note(decision)
         if decision.rejected:
             return self._refuse(decision)
         self.priority = plan_priority(self.headers, user_priority=user.priority, queues=config.settings.priority.queues)
         self.reasons.extend(self.priority.reading.problems)
+        self.banner = banner_for(config, user)
+        if self.banner is not None:
+            # Collected only for users whose list adds something; spooled to disk when large.
+            self.spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, prefix="smtpplus-body-")
         return Milter.CONTINUE
 
     @_guarded(replying=True)
@@ -191,10 +248,41 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
         if self.config is None or self.finished:
             return Milter.CONTINUE
         self.queue_id = self.getsymval("i") or self.queue_id
+        limit = self.config.settings.limits.max_message_bytes
+        if self.oversize or self.received > limit:
+            self.reasons.append(f"{self.received} bytes received, over limits.max_message_bytes ({limit})")
+            return self._refuse(Decision(Verdict.REJECT, size_reply(limit)))
         if self.priority is not None:
             self._apply(self.priority.edits)
+        if self.banner is not None and self.spool is not None:
+            self._add_banner(self.banner, self.spool)
         self._finish(Decision(Verdict.ACCEPT, reasons=tuple(self.reasons), unauthorized=tuple(self.unauthorized)))
         return Milter.CONTINUE
+
+    def _add_banner(self, banner: Banner, spool: tempfile.SpooledTemporaryFile[bytes]) -> None:
+        spool.seek(0)
+        # The underlying file: a BytesIO while small; once rolled over, a real file that
+        # inject() maps instead of reading into memory.
+        result = inject(self.headers, spool._file, banner, marker=FOOTER_MARKER)  # type: ignore[arg-type]
+        self.footer = result
+        if result.status != "added" or result.body is None:
+            if result.status != "skipped":
+                self.reasons.append(f"footer not added ({result.status}): {result.reason}; delivered unchanged")
+            return
+        present = {name.lower() for name, _ in self.headers}
+        for name, value in result.header_changes:
+            if name.lower() in present:
+                self.chgheader(name, 1, value)
+            else:
+                self.addheader(name, value)
+        body = memoryview(result.body)
+        for start in range(0, max(len(body), 1), REPLACE_CHUNK):
+            self.replacebody(bytes(body[start : start + REPLACE_CHUNK]))
+
+    def _drop_spool(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
 
     def _apply(self, edits: tuple[HeaderEdit, ...]) -> None:
         for edit in edits:
@@ -205,11 +293,13 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
 
     def abort(self) -> int:
         # RSET, QUIT or a dropped client in the middle of a message: it was never accepted.
+        self._drop_spool()
         self._reset()
         return Milter.CONTINUE
 
     def close(self) -> int:
         global _active
+        self._drop_spool()
         if not self._closed:
             self._closed = True
             with _active_lock:
@@ -259,8 +349,10 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
         elapsed = time.monotonic() - self.started if self.started else 0.0
         metrics.MESSAGES.labels(user=label, result=decision.verdict.value).inc()
         metrics.PROCESSING.observe(elapsed)
-        if self.size is not None:
-            metrics.MESSAGE_BYTES.observe(self.size)
+        if self.received or self.size is not None:
+            metrics.MESSAGE_BYTES.observe(self.received or self.size or 0)
+        if self.footer is not None:
+            metrics.FOOTER.labels(result=self.footer.status).inc()
         if self.priority is not None and decision.verdict is Verdict.ACCEPT:
             metrics.PRIORITY.labels(effective=str(self.priority.effective)).inc()
             metrics.QUEUE.labels(queue=self.priority.queue).inc()
@@ -299,7 +391,8 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
                 else None
             ),
             queue=self.priority.queue if self.priority and decision.verdict is Verdict.ACCEPT else None,
-            size=self.size,
+            footer=({"result": self.footer.status, "reason": self.footer.reason} if self.footer else None),
+            size=self.received or self.size,
             ms=round(elapsed * 1000, 2),
         )
 

@@ -50,11 +50,14 @@ class Session:
     def reply(self) -> tuple[str, ...] | None:
         return self.ctx._reply  # type: ignore[no-any-return]
 
-    def message(self, mail_from: str, headers: list[tuple[str, str]]) -> tuple[str, int]:
+    def message(
+        self, mail_from: str, headers: list[tuple[str, str]], body: bytes = b"", params: tuple[str, ...] = ()
+    ) -> tuple[str, int]:
         """Send one message; return the stage that answered last and its code."""
         self.ctx._reply = None
         self.ctx.edits = []
-        rc = self.ctx._envfrom(f"<{mail_from}>" if not mail_from.startswith("<") else mail_from)
+        self.ctx._bodyreplaced = False
+        rc = self.ctx._envfrom(f"<{mail_from}>" if not mail_from.startswith("<") else mail_from, *params)
         if rc != Milter.CONTINUE:
             return "envfrom", rc
         rc = self.ctx._envrcpt("<rcpt@example.org>")
@@ -68,7 +71,14 @@ class Session:
         rc = self.ctx._eoh()
         if rc != Milter.CONTINUE:
             return "eoh", rc
+        for start in range(0, len(body), 65535):
+            rc = self.ctx._priv.body(body[start : start + 65535])
+            assert rc in (Milter.CONTINUE, Milter.NOREPLY)
         return "eom", self.ctx._eom()
+
+    @property
+    def new_body(self) -> bytes | None:
+        return self.ctx._body.getvalue() if self.ctx._bodyreplaced else None
 
     def close(self) -> None:
         self.ctx._close()
@@ -97,9 +107,9 @@ def _count(name: str, **labels: str) -> float:
 def test_negotiation_skips_unused_steps(holder: ConfigHolder) -> None:
     session = Session(holder, "shop-frontend")
     protocol = session.ctx._protocol
-    for flag in (Milter.P_NOCONNECT, Milter.P_NOHELO, Milter.P_NORCPT, Milter.P_NOBODY, Milter.P_NR_HDR):
+    for flag in (Milter.P_NOCONNECT, Milter.P_NOHELO, Milter.P_NORCPT, Milter.P_NR_HDR, Milter.P_NR_BODY):
         assert protocol & flag, hex(flag)
-    for flag in (Milter.P_NOMAIL, Milter.P_NODATA, Milter.P_NOEOH, Milter.P_NOHDRS):
+    for flag in (Milter.P_NOMAIL, Milter.P_NODATA, Milter.P_NOEOH, Milter.P_NOHDRS, Milter.P_NOBODY):
         assert not protocol & flag, hex(flag)
 
 
@@ -282,3 +292,76 @@ def test_unauthenticated_message_gets_no_queue_header(holder: ConfigHolder) -> N
     session = Session(holder, None)
     session.message("a@b.example", [("From", "a@b.example"), ("X-SMTPPlus-Queue", "high")])
     assert session.ctx.edits == []
+
+
+FOOTER_LISTS = {
+    "shop": {
+        "header": {"text": "ORDER NOTICE"},
+        "footer": {"text": "Example Shop, Main St 1", "html": "<p>Example Shop</p>"},
+    }
+}
+
+
+@pytest.fixture
+def footer_holder(tmp_path: Path) -> ConfigHolder:
+    return ConfigHolder(
+        config_with(tmp_path, settings={"lists": FOOTER_LISTS, "limits": {"max_message_bytes": 600_000}})
+    )
+
+
+def test_footer_added_to_text_body(footer_holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
+    before = _count("smtpplus_footer_total", result="added")
+    session = Session(footer_holder, "shop-frontend")
+    headers = [("From", "info@yourcompany.com"), ("Content-Type", "text/plain; charset=us-ascii")]
+    assert session.message("info@yourcompany.com", headers, b"Your order shipped.\r\n")[1] == Milter.CONTINUE
+    assert session.new_body == b"ORDER NOTICE\r\n\r\nYour order shipped.\r\n\r\nExample Shop, Main St 1\r\n"
+    [event] = _events(logs, "message")
+    assert event["footer"]["result"] == "added"
+    assert _count("smtpplus_footer_total", result="added") == before + 1
+
+
+def test_footer_skipped_for_dkim_signed(footer_holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
+    session = Session(footer_holder, "shop-frontend")
+    headers = [("DKIM-Signature", "v=1; a=rsa-sha256; d=x"), ("From", "info@yourcompany.com")]
+    assert session.message("info@yourcompany.com", headers, b"signed\r\n")[1] == Milter.CONTINUE
+    assert session.new_body is None
+    assert _events(logs, "message")[0]["footer"]["result"] == "skipped"
+
+
+def test_no_body_collected_without_a_footer(holder: ConfigHolder) -> None:
+    session = Session(holder, "shop-frontend")
+    session.message("info@yourcompany.com", [("From", "info@yourcompany.com")], b"x" * 100)
+    assert session.new_body is None
+    assert session.ctx._priv.spool is None
+
+
+def test_large_body_is_spooled_to_disk(footer_holder: ConfigHolder) -> None:
+    session = Session(footer_holder, "shop-frontend")
+    body = b"".join(b"line %06d of a long order confirmation\r\n" % i for i in range(12_000))  # ~490 KB
+    headers = [("From", "info@yourcompany.com"), ("Content-Type", "text/plain")]
+    ctx = session.ctx
+    ctx._envfrom("<info@yourcompany.com>")
+    for name, value in headers:
+        ctx._priv.header_bytes(name, value.encode())
+    assert ctx._eoh() == Milter.CONTINUE
+    for start in range(0, len(body), 65535):
+        ctx._priv.body(body[start : start + 65535])
+    assert ctx._priv.spool._rolled  # on disk, not in memory
+    assert ctx._eom() == Milter.CONTINUE
+    new = session.new_body
+    assert new is not None and new.startswith(b"ORDER NOTICE\r\n\r\nline 000000") and body in new
+
+
+def test_size_limit_at_mail_from(footer_holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
+    session = Session(footer_holder, "shop-frontend")
+    assert session.message("info@yourcompany.com", [], params=("SIZE=700000",)) == ("envfrom", Milter.REJECT)
+    assert session.reply is not None and session.reply[:2] == ("552", "5.3.4") and "600000" in session.reply[2]
+
+
+def test_size_limit_while_receiving(footer_holder: ConfigHolder) -> None:
+    session = Session(footer_holder, "shop-frontend")
+    body = b"y" * 70 + b"\r\n"
+    stage, rc = session.message("info@yourcompany.com", [("From", "info@yourcompany.com")], body * 9000)
+    assert (stage, rc) == ("eom", Milter.REJECT)
+    assert session.reply is not None and session.reply[:2] == ("552", "5.3.4")
+    assert session.ctx._priv.spool is None and session.new_body is None
