@@ -226,12 +226,13 @@ def test_failing_sinks_never_slow_mail() -> None:
             "alertmanager": {"url": f"http://127.0.0.1:{dead_port}", "timeout": 2},
         }
         with Stack(settings={"alerts": alerts, "authorization": {"mode": "alert"}}) as stack:
-            assert stack.milter is not None
+            milter = stack.milter
+            assert milter is not None
             # Alert mode: every one of these is delivered, and each raises an alert that fails.
             times = [timed_send(stack, sender=f"visitor{n}@gmail.example", subject=f"hang {n}") for n in range(3)]
             assert max(times) < MAX_CLIENT_SECONDS, times
             stack.sink.wait_for(3, timeout=30)
-            assert max(e["ms"] for e in stack.milter.events("message")) < 500
+            assert max(e["ms"] for e in milter.events("message")) < 500
 
             def failed(sink: str) -> float:
                 return sample(scrape(stack), "smtpplus_alerts_total", sink=sink, result="failed")
@@ -245,19 +246,19 @@ def test_failing_sinks_never_slow_mail() -> None:
             # Reload onto a webhook that answers 500: retried, failed, and mail still flows.
             stack.settings["alerts"]["webhook"] = {"url": broken.url, "timeout": 2}
             stack.write_settings(stack.settings)
-            reloads = len(stack.milter.events("alerts_reconfigured"))
-            stack.milter.reload()
-            wait_for(lambda: len(stack.milter.events("alerts_reconfigured")) > reloads, 10, "the reload")
+            reloads = len(milter.events("alerts_reconfigured"))
+            milter.reload()
+            wait_for(lambda: len(milter.events("alerts_reconfigured")) > reloads, 10, "the reload")
             stack.sink.clear()
             times = [timed_send(stack, sender=f"other{n}@gmail.example", subject=f"500 {n}") for n in range(2)]
             assert max(times) < MAX_CLIENT_SECONDS, times
             stack.sink.wait_for(2, timeout=30)
             wait_for(lambda: failed("webhook") == 5, 10, "2 more failed webhook alerts")
             assert len(broken.requests) == 4
-            retries = [e for e in stack.milter.events("alert_send_failed") if e["sink"] == "webhook"]
+            retries = [e for e in milter.events("alert_send_failed") if e["sink"] == "webhook"]
             assert any("HTTP 500" in e["error"] for e in retries)
             assert any("timed out" in e["error"] for e in retries)
             # Stopping does not wait for the hanging webhook beyond the drain time.
             started = time.monotonic()
-            stack.milter.stop()
+            milter.stop()
             assert time.monotonic() - started < 10

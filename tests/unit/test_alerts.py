@@ -323,5 +323,5 @@ def test_email_reaches_an_smtp_server() -> None:
     parsed = email.message_from_bytes(message.data, policy=email.policy.default)
     assert str(parsed["Subject"]).startswith("[SMTP+] SMTP+ user shop-frontend used unauthorized sender x@evil.example")
     assert parsed["Auto-Submitted"] == "auto-generated"
-    body = parsed.get_content()  # type: ignore[attr-defined]
+    body = parsed.get_content()
     assert "queue id: 4XyZ1abc" in body and "reply:    550 5.7.1 <x@evil.example>" in body
