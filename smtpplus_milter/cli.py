@@ -15,6 +15,9 @@ from types import FrameType
 from smtpplus_milter import __version__
 from smtpplus_milter.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 
+# On SIGTERM, queued alerts get this long to go out before the process exits.
+ALERTS_DRAIN_SECONDS = 5.0
+
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -175,6 +178,7 @@ def run(path: Path) -> int:
 
     from smtpplus_milter import log as logsetup
     from smtpplus_milter import metrics
+    from smtpplus_milter.alerts import AlertDispatcher
     from smtpplus_milter.milter import FLAGS, ConfigHolder, factory_for
 
     logsetup.configure()
@@ -193,7 +197,9 @@ def run(path: Path) -> int:
             log.error("startup_failed", reason=f"cannot serve metrics on {settings.metrics.listen}: {exc.strerror}")
             return 1
 
-    holder = ConfigHolder(config)
+    # Alerts go out from threads of their own; the mail path only queues them.
+    alerts = AlertDispatcher.from_config(settings)
+    holder = ConfigHolder(config, alerts)
     milter_class = factory_for(holder)
     Milter.factory = milter_class
     Milter.set_flags(FLAGS)
@@ -237,14 +243,17 @@ def run(path: Path) -> int:
         config=str(config.path),
         users=len(config.directory.users),
         metrics=settings.metrics.listen,
+        alert_sinks=alerts.sink_names,
     )
     while thread.is_alive():
         thread.join(0.5)
     if failure:
+        alerts.stop(ALERTS_DRAIN_SECONDS)
         log.error("startup_failed" if not stopping.is_set() else "stopped_with_error", reason=str(failure[0]))
         return 1
     deadline = time.monotonic() + settings.milter.timeout
     while milter_class.active_connections() and time.monotonic() < deadline:
         time.sleep(0.1)
+    alerts.stop(ALERTS_DRAIN_SECONDS)
     log.info("stopped", unfinished_connections=milter_class.active_connections())
     return 0

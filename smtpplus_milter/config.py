@@ -122,6 +122,9 @@ class EmailSink(_Strict):
 
 class AlertsSection(_Strict):
     dedup_seconds: Annotated[int, Field(ge=0)] = 300
+    # Tries per alert and sink; a failed try waits backoff_seconds, then twice that, ... (max 300).
+    attempts: Annotated[int, Field(ge=1, le=20)] = 5
+    backoff_seconds: Annotated[float, Field(gt=0, le=300)] = 2
     webhook: WebhookSink | None = None
     alertmanager: AlertmanagerSink | None = None
     email: EmailSink | None = None

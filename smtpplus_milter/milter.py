@@ -18,6 +18,7 @@ from typing import Any, ClassVar, TypeVar
 import Milter
 
 from smtpplus_milter import metrics
+from smtpplus_milter.alerts import DISABLED_USER, UNAUTHORIZED_SENDER, Alert, AlertDispatcher
 from smtpplus_milter.config import Config, ConfigError, load_config
 from smtpplus_milter.log import get_logger
 from smtpplus_milter.mime.footer import Banner, InjectionResult, inject
@@ -63,10 +64,12 @@ FLAGS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGBODY
 
 
 class ConfigHolder:
-    """The config every new message uses; swapped atomically by a reload."""
+    """The config every new message uses, swapped atomically by a reload, and the alert sender
+    that follows it (None: alerts off, e.g. TestCtx tests)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, alerts: AlertDispatcher | None = None) -> None:
         self.config = config
+        self.alerts = alerts
         self._lock = threading.Lock()
 
     def reload(self) -> bool:
@@ -84,6 +87,8 @@ class ConfigHolder:
                 )
                 return False
             self.config = new
+            if self.alerts is not None:
+                self.alerts.reconfigure(new.settings)
             metrics.RELOADS.labels(result="ok").inc()
             log.info("config_reloaded", config=str(new.path), users=len(new.directory.users))
             return True
@@ -369,6 +374,7 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
                     mode=mode,
                     action="rejected" if decision.verdict is Verdict.REJECT else "delivered",
                 )
+        self._submit_alerts(decision, config)
         log.info(
             "message",
             queue_id=self.queue_id,
@@ -395,6 +401,28 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
             size=self.received or self.size,
             ms=round(elapsed * 1000, 2),
         )
+
+    # --- alerts (never block: submit() only queues) ---------------------------------------
+
+    def _submit_alerts(self, decision: Decision, config: Config) -> None:
+        alerts = self.holder.alerts
+        if alerts is None or not self.login:
+            return
+        user = config.directory.lookup(self.login)
+        login = user.login if user is not None else self.login
+        mode = config.settings.authorization.mode
+        reply = str(decision.reply) if decision.reply else ""
+        action = "rejected" if decision.verdict is Verdict.REJECT else "delivered"
+        # One alert per address: in alert mode the same sender is often both envelope and From.
+        fields: dict[str, list[str]] = {}
+        for item in decision.unauthorized:
+            fields.setdefault(item.address, []).append(item.field)
+        for address, names in fields.items():
+            fields_seen = ",".join(names)
+            alerts.submit(Alert(UNAUTHORIZED_SENDER, login, address, fields_seen, mode, action, reply, self.queue_id))
+        if decision.verdict is Verdict.REJECT and user is not None and not user.active:
+            sender = safe_text(self.mail_from.strip("<>"), 200)
+            alerts.submit(Alert(DISABLED_USER, login, sender, "envelope_from", mode, action, reply, self.queue_id))
 
 
 def factory_for(holder: ConfigHolder) -> type[SmtpPlusMilter]:

@@ -1102,3 +1102,127 @@ def _smtp_banner(port: int, timeout: float = 2.0) -> str | None:
             return line.decode("ascii", "replace").rstrip()
     except OSError:
         return None
+
+
+# --- Alertmanager --------------------------------------------------------------------------------
+
+ALERTMANAGER_START_TIMEOUT = 20.0
+ALERTMANAGER_STOP_TIMEOUT = 10.0
+
+
+class Alertmanager:
+    """A private Prometheus Alertmanager on 127.0.0.1 (Debian prometheus-alertmanager).
+
+    Its config, storage and log live in *workdir*; clustering is off (empty
+    ``--cluster.listen-address``) and the only receiver is a null one, so alerts are kept and
+    shown by ``GET /api/v2/alerts`` and never sent anywhere.
+    """
+
+    BINARY = "prometheus-alertmanager"
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.port = port if port is not None else free_port()
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        self.config_file = self.workdir / "alertmanager.yml"
+        self.storage_dir = self.workdir / "data"
+        self.log_file = self.workdir / "alertmanager.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def _config_text(self) -> str:
+        return """\
+# Written by smtpplus_milter.lab.harness: keep every alert, send none.
+route:
+  receiver: "null"
+  group_wait: 1s
+receivers:
+  - name: "null"
+"""
+
+    def _get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}", timeout=timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, b""
+
+    def _ready(self) -> bool:
+        try:
+            return self._get("/-/ready", timeout=1.0)[0] == 200
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        if self._process is not None:
+            return
+        _prepare_dir(self.workdir)
+        _prepare_dir(self.storage_dir)
+        self.config_file.write_text(self._config_text(), encoding="utf-8")
+        with self.log_file.open("ab") as log:
+            self._process = subprocess.Popen(
+                [
+                    self.BINARY,
+                    f"--config.file={self.config_file}",
+                    f"--storage.path={self.storage_dir}",
+                    f"--web.listen-address={LOOPBACK}:{self.port}",
+                    "--cluster.listen-address=",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            process = self._process
+            deadline = time.monotonic() + ALERTMANAGER_START_TIMEOUT
+            while not self._ready():
+                if process.poll() is not None:
+                    raise LabError(
+                        f"{self.BINARY} exited with status {process.returncode}:\n{_tail(self.log_file)}"
+                    )
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"Alertmanager on {self.url} was not ready within {ALERTMANAGER_START_TIMEOUT:.0f}s; "
+                        f"{self.log_file}:\n{_tail(self.log_file)}"
+                    )
+                time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(ALERTMANAGER_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            _kill_group(process.pid)
+            process.wait(5)
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """``GET /api/v2/alerts``: every alert Alertmanager currently holds."""
+        status, body = self._get("/api/v2/alerts")
+        if status != 200:
+            raise LabError(f"GET {self.url}/api/v2/alerts answered {status}; {self.log_file}:\n{_tail(self.log_file)}")
+        result: list[dict[str, Any]] = json.loads(body)
+        return result
+
+    def log_tail(self, lines: int = 40) -> str:
+        return _tail(self.log_file, lines)
+
+    def __enter__(self) -> Alertmanager:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
