@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from smtpplus_milter import __version__, users_cli
+from smtpplus_milter import __version__, explain_cli, users_cli
 from smtpplus_milter.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 
 
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     postfix.add_argument(
         "--write-files", action="store_true", help="also write the two lookup tables into --postfix-dir"
     )
+    explain_cli.add_parser(commands, _add_config)
     users_cli.add_parsers(commands, _add_config)
     return parser
 
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         return check_config(args.config)
     if args.command == "run":
         return run(args.config, args.pid_file)
+    if args.command == "explain":
+        return explain_cli.run(args)
     if args.command == "users":
         return users_cli.main(args)
     if args.command == "postfix-config":

@@ -118,6 +118,9 @@ def _reload_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _edit_from(args: argparse.Namespace, *, editing: bool) -> Edit:
+    for value in [args.name, args.note, args.list, *args.authorized_domain, *args.authorized_sender]:
+        if value is not None and not _is_utf8(value):
+            raise Refused(f"{value.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8; type it again")
     if editing:
         for option, value, clear in (
             ("--note", args.note, args.clear_note),
@@ -175,6 +178,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command == "reset-password":
         return _reset_password(args)
     raise Refused(f"unknown action {command}")  # pragma: no cover - argparse enforces the choices
+
+
+def _is_utf8(text: str) -> bool:
+    # Arguments that were not UTF-8 arrive with surrogate escapes, which no file may hold.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _err(text: str) -> None:

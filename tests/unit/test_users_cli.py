@@ -150,6 +150,7 @@ def test_usage_errors_exit_2(conf: Path, capsys: pytest.CaptureFixture[str]) -> 
         pytest.param(["disable", "nobody"], "no SMTP+ user", id="disable-unknown"),
         pytest.param(["reset-password", "nobody"], "no SMTP+ user", id="reset-unknown"),
         pytest.param(["show", "nobody"], "no SMTP+ user", id="show-unknown"),
+        pytest.param(["edit", "shop-frontend", "--note", "caf\udce9"], "not valid UTF-8", id="note-not-utf8"),
     ],
 )
 def test_refusals_exit_1_with_a_message(
