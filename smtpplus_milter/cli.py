@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from smtpplus_milter import __version__
+from smtpplus_milter import __version__, explain_cli, users_cli
 from smtpplus_milter.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 
 # On SIGTERM, queued alerts get this long to go out before the process exits.
@@ -36,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = commands.add_parser("run", help="run the milter (foreground; SIGHUP reloads, SIGTERM drains and stops)")
     _add_config(run)
+    run.add_argument(
+        "--pid-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the process id here (for 'users ... --reload'); removed at exit (default: none)",
+    )
     check = commands.add_parser("check-config", help="validate the config and users file, exit 1 on any problem")
     _add_config(check)
     postfix = commands.add_parser(
@@ -61,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     postfix.add_argument(
         "--write-files", action="store_true", help="also write the two lookup tables into --postfix-dir"
     )
+    explain_cli.add_parser(commands, _add_config)
+    users_cli.add_parsers(commands, _add_config)
     return parser
 
 
@@ -69,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         return check_config(args.config)
     if args.command == "run":
-        return run(args.config)
+        return run(args.config, args.pid_file)
+    if args.command == "explain":
+        return explain_cli.run(args)
+    if args.command == "users":
+        return users_cli.main(args)
     if args.command == "postfix-config":
         return postfix_config(
             args.config, args.postfix_dir, args.nexthop, args.relayhost, not args.no_chroot, args.write_files
@@ -169,10 +182,41 @@ def _socket_in_use(spec: str) -> bool:
         return False
 
 
-def run(path: Path) -> int:
+def _write_pid_file(path: Path) -> bool:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(f"{os.getpid()}\n", encoding="ascii")
+        temporary.replace(path)
+    except OSError as exc:
+        print(f"smtpplus-milter: cannot write the pid file {path}: {exc.strerror}", file=sys.stderr)
+        return False
+    return True
+
+
+def _remove_pid_file(path: Path) -> None:
+    # Only our own: a newer instance may already have written its pid there.
+    try:
+        if path.read_text(encoding="ascii").strip() == str(os.getpid()):
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def run(path: Path, pid_file: Path | None = None) -> int:
     config = _load_or_report(path)
     if config is None:
         return 1
+    if pid_file is not None and not _write_pid_file(pid_file):
+        return 1
+    try:
+        return _run(config)
+    finally:
+        if pid_file is not None:
+            _remove_pid_file(pid_file)
+
+
+def _run(config: Config) -> int:
     # Imported here so check-config works without libmilter loaded.
     import Milter
 

@@ -277,13 +277,20 @@ class Config:
         return dict(self.directory.users)
 
 
-def load_config(path: Path | str = DEFAULT_CONFIG) -> Config:
-    """Read and validate the main file and the users file it names; raise ConfigError."""
+def load_config(path: Path | str = DEFAULT_CONFIG, *, users_text: str | None = None) -> Config:
+    """Read and validate the main file and the users file it names; raise ConfigError.
+
+    *users_text*, when given, is validated in place of the users file's current content (and
+    reported under its path): ``smtpplus-milter users`` checks the file it is about to write
+    with exactly the code that ``check-config`` and a reload use.
+    """
     path = Path(path).absolute()
     located = _read(path, "the config file")
     settings = _validate(Settings, located, path)
     users_path = resolve_users_path(path, settings)
-    users_located = _read(users_path, "the users file", referrer=(path, located.line_of(("users_file",))))
+    users_located = _read(
+        users_path, "the users file", referrer=(path, located.line_of(("users_file",))), text=users_text
+    )
     entries = _validate(UsersFile, users_located, users_path).root
     directory = Directory(_build_users(entries, settings, users_located, users_path), _auth_policy(settings))
     return Config(path, users_path, settings, directory)
@@ -294,9 +301,10 @@ def resolve_users_path(config_path: Path, settings: Settings) -> Path:
     return users if users.is_absolute() else config_path.parent / users
 
 
-def _read(path: Path, what: str, referrer: tuple[Path, int | None] | None = None) -> Located:
+def _read(path: Path, what: str, referrer: tuple[Path, int | None] | None = None, text: str | None = None) -> Located:
     try:
-        text = path.read_text(encoding="utf-8")
+        if text is None:
+            text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         if referrer is not None:

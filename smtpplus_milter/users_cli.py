@@ -1,0 +1,513 @@
+"""``smtpplus-milter users ...``: manage SMTP+ users and their SASL credentials (PRODUCT §1, §9).
+
+Every write follows one path (:func:`_transaction`): lock the users file and the passwd-file,
+read both, make the change in memory, validate the new users file with the loader that
+``check-config`` and a reload use, then replace the files atomically. The passwd-file is the
+door: a new login is written there last (after the users file that restricts it) and a login
+that goes away is removed there first. Nothing is written when anything fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from smtpplus_milter.config import Config, ConfigError, load_config
+from smtpplus_milter.files import FileProblem, Ownership, locked, read_text, replace_atomically
+from smtpplus_milter.passwd import PasswdFile, PasswdProblem, generate_password, hash_password, passwd_login
+from smtpplus_milter.usersfile import Edit, EditProblem, UsersDocument
+
+DEFAULT_PID_FILE = Path("/run/smtpplus/milter.pid")
+RELOAD_HINT = "systemctl reload smtpplus-milter"
+
+
+class Refused(Exception):
+    """A user mistake or a state that forbids the change: exit 1 with this message."""
+
+
+# --- argument parsing --------------------------------------------------------------------------
+
+
+def add_parsers(commands: Any, add_config: Callable[[argparse.ArgumentParser], None]) -> None:
+    users = commands.add_parser("users", help="list, add, change and remove SMTP+ users and their passwords")
+    actions = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
+
+    listing = actions.add_parser("list", help="all users as a table")
+    add_config(listing)
+    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
+
+    show = actions.add_parser("show", help="one user in detail")
+    add_config(show)
+    show.add_argument("name", metavar="NAME")
+    show.add_argument("--json", action="store_true", help="JSON instead of text")
+
+    add = actions.add_parser("add", help="add a user and print its new password (once)")
+    add_config(add)
+    add.add_argument("name", metavar="NAME", help="the SASL login")
+    _entry_options(add, editing=False)
+    _reload_options(add)
+
+    edit = actions.add_parser("edit", help="change a user's settings")
+    add_config(edit)
+    edit.add_argument("name", metavar="NAME")
+    _entry_options(edit, editing=True)
+    _reload_options(edit)
+
+    for name, text in (
+        ("delete", "remove a user and its password"),
+        ("enable", "let a disabled user log in and send again"),
+        ("disable", "refuse the user's login (Dovecot) and its mail (milter); the password is kept"),
+        ("reset-password", "give the user a new password and print it (once); the old one stops working"),
+    ):
+        action = actions.add_parser(name, help=text)
+        add_config(action)
+        action.add_argument("name", metavar="NAME")
+        _reload_options(action)
+
+
+def _entry_options(parser: argparse.ArgumentParser, *, editing: bool) -> None:
+    parser.add_argument("--priority", type=int, metavar="N", help="default priority, 1 (very high) .. 5 (very low)")
+    parser.add_argument("--list", metavar="L", help="the list (header/footer group) from the config file")
+    parser.add_argument("--note", metavar="TEXT", help="free text for the operators")
+    parser.add_argument(
+        "--authorized-domain",
+        action="append",
+        default=[],
+        metavar="D",
+        help="a domain this user may send from (repeat it, or separate with ';')",
+    )
+    parser.add_argument(
+        "--authorized-sender",
+        action="append",
+        default=[],
+        metavar="A",
+        help="an address this user may send as (repeat it, or separate with ';')",
+    )
+    if not editing:
+        parser.add_argument("--inactive", action="store_true", help="add the user disabled")
+        return
+    state = parser.add_mutually_exclusive_group()
+    state.add_argument("--active", dest="active", action="store_const", const=True, help="same as 'users enable'")
+    state.add_argument("--inactive", dest="active", action="store_const", const=False, help="same as 'users disable'")
+    parser.add_argument("--remove-authorized-domain", action="append", default=[], metavar="D")
+    parser.add_argument("--remove-authorized-sender", action="append", default=[], metavar="A")
+    parser.add_argument("--clear-note", action="store_true", help="remove the note")
+    parser.add_argument("--clear-priority", action="store_true", help="use priority.default from the config")
+    parser.add_argument("--clear-list", action="store_true", help="no list: no header/footer")
+
+
+def _reload_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reload", action="store_true", help="tell the running milter to reread the users file (SIGHUP)"
+    )
+    parser.add_argument(
+        "--pid-file",
+        type=Path,
+        default=DEFAULT_PID_FILE,
+        metavar="FILE",
+        help="the pid file 'smtpplus-milter run --pid-file' writes (default %(default)s)",
+    )
+
+
+def _edit_from(args: argparse.Namespace, *, editing: bool) -> Edit:
+    for value in [args.name, args.note, args.list, *args.authorized_domain, *args.authorized_sender]:
+        if value is not None and not _is_utf8(value):
+            raise Refused(f"{value.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8; type it again")
+    if editing:
+        for option, value, clear in (
+            ("--note", args.note, args.clear_note),
+            ("--priority", args.priority, args.clear_priority),
+            ("--list", args.list, args.clear_list),
+        ):
+            if value is not None and clear:
+                raise Refused(f"give either {option} or --clear-{option[2:]}, not both")
+    return Edit(
+        active=(False if args.inactive else None) if not editing else args.active,
+        priority=args.priority,
+        clear_priority=editing and args.clear_priority,
+        list_name=args.list,
+        clear_list=editing and args.clear_list,
+        note=args.note,
+        clear_note=editing and args.clear_note,
+        add_domains=args.authorized_domain,
+        add_senders=args.authorized_sender,
+        remove_domains=args.remove_authorized_domain if editing else [],
+        remove_senders=args.remove_authorized_sender if editing else [],
+    )
+
+
+# --- entry point ---------------------------------------------------------------------------------
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        return _dispatch(args)
+    except Refused as exc:
+        _err(f"smtpplus-milter users {args.users_command}: {exc}")
+        return 1
+    except (FileProblem, EditProblem, PasswdProblem) as exc:
+        _err(f"smtpplus-milter users {args.users_command}: {exc}; nothing was changed")
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command = args.users_command
+    if command == "list":
+        return _list(args.config, as_json=args.json)
+    if command == "show":
+        return _show(args.config, args.name, as_json=args.json)
+    if command == "add":
+        return _add(args, _edit_from(args, editing=False))
+    if command == "edit":
+        edit = _edit_from(args, editing=True)
+        if edit.empty():
+            raise Refused("nothing to change; give at least one option (see 'users edit --help')")
+        return _edit(args, edit)
+    if command in ("enable", "disable"):
+        return _set_active(args, command == "enable")
+    if command == "delete":
+        return _delete(args)
+    if command == "reset-password":
+        return _reset_password(args)
+    raise Refused(f"unknown action {command}")  # pragma: no cover - argparse enforces the choices
+
+
+def _is_utf8(text: str) -> bool:
+    # Arguments that were not UTF-8 arrive with surrogate escapes, which no file may hold.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+# --- the one write path --------------------------------------------------------------------------
+
+
+@dataclass
+class _Files:
+    config: Config
+    users_text: str
+    document: UsersDocument
+    passwd_path: Path
+    passwd: PasswdFile
+    passwd_text: str | None
+
+
+def _load(config_path: Path) -> Config:
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        lines = "\n  ".join(str(problem) for problem in exc.problems)
+        raise Refused(f"the configuration does not validate; fix it first (nothing was changed):\n  {lines}") from None
+
+
+def passwd_path_of(config: Config) -> Path:
+    path = Path(config.settings.sasl.passwd_file)
+    return path if path.is_absolute() else config.path.parent / path
+
+
+@contextlib.contextmanager
+def _transaction(config_path: Path) -> Iterator[_Files]:
+    config = _load(config_path)
+    passwd_path = passwd_path_of(config)
+    # Always users file first, then passwd-file: two writers can never wait for each other.
+    with locked(config.users_path), locked(passwd_path):
+        # Reread under the lock: another writer may have changed the files since.
+        config = _load(config_path)
+        users_text = read_text(config.users_path) or ""
+        passwd_text = read_text(passwd_path, missing_ok=True)
+        document = UsersDocument(users_text)
+        yield _Files(config, users_text, document, passwd_path, PasswdFile.parse(passwd_text), passwd_text)
+
+
+def _validated(files: _Files) -> str:
+    """The new users file text, if it passes the same validation as check-config."""
+    text = files.document.dump()
+    try:
+        load_config(files.config.path, users_text=text)
+    except ConfigError as exc:
+        lines = "\n  ".join(str(problem) for problem in exc.problems)
+        raise Refused(
+            "the users file would not validate after this change (line numbers as the file would be); "
+            f"nothing was changed:\n  {lines}"
+        ) from None
+    return text
+
+
+def _new_passwd_ownership() -> Ownership:
+    """root:dovecot 0640 for a passwd-file we create: Dovecot's auth process runs as dovecot."""
+    import grp
+
+    try:
+        gid = grp.getgrnam("dovecot").gr_gid
+    except KeyError:
+        gid = os.getegid()
+    uid = os.geteuid()
+    if uid != 0:
+        gid = os.getegid() if gid not in os.getgroups() else gid
+    return Ownership(0o640, 0 if uid == 0 else uid, gid)
+
+
+def _write_users(files: _Files, text: str) -> None:
+    if text != files.users_text:
+        replace_atomically(files.config.users_path, text.encode("utf-8"))
+
+
+def _write_passwd(files: _Files) -> None:
+    text = files.passwd.render()
+    if text != (files.passwd_text or ""):
+        replace_atomically(files.passwd_path, text.encode("utf-8"), new_file=_new_passwd_ownership(), newer_mtime=True)
+
+
+def _login(name: str) -> str:
+    try:
+        passwd_login(name)
+    except PasswdProblem as exc:
+        raise Refused(str(exc)) from None
+    return name.strip()
+
+
+# --- the actions --------------------------------------------------------------------------------
+
+
+def _add(args: argparse.Namespace, edit: Edit) -> int:
+    name = _login(args.name)
+    with _transaction(args.config) as files:
+        if files.passwd.get(name) is not None:
+            raise Refused(
+                f"{files.passwd_path} already has a line for {name.lower()}; remove it there first "
+                "(or add the user to the users file by hand and run 'users reset-password')"
+            )
+        pending = files.config.settings.verification.required
+        files.document.add(name, edit, pending=pending)
+        text = _validated(files)
+        password = generate_password()
+        files.passwd.set_password(name, hash_password(password), disabled=edit.active is False)
+        _write_users(files, text)  # the restrictions first ...
+        _write_passwd(files)  # ... then the login
+        active = edit.active is not False
+    _notes(files)
+    if pending and (edit.add_domains or edit.add_senders):
+        _err("note: verification.required is on: the new entries wait in pending_* until verified")
+    _print_credentials(name, password, created=True, active=active)
+    _reload(args)
+    return 0
+
+
+def _edit(args: argparse.Namespace, edit: Edit) -> int:
+    with _transaction(args.config) as files:
+        key = files.document.key_of(args.name) or args.name
+        files.document.apply(args.name, edit, pending=files.config.settings.verification.required)
+        text = _validated(files)
+        if edit.active is not None:
+            files.passwd.set_disabled(key, not edit.active)
+        if edit.active is False:
+            _write_passwd(files)
+            _write_users(files, text)
+        else:
+            _write_users(files, text)
+            _write_passwd(files)
+        user = load_config(files.config.path, users_text=text).directory.lookup(key)
+    _notes(files)
+    if user is not None and user.unrestricted:
+        _err(f"warning: {user.login} now has no authorized domains or senders: it may send as ANY sender")
+    print(f"SMTP+ user {key} changed.")
+    _reload(args)
+    return 0
+
+
+def _set_active(args: argparse.Namespace, active: bool) -> int:
+    with _transaction(args.config) as files:
+        key = files.document.key_of(args.name)
+        if key is None:
+            raise Refused(f"there is no SMTP+ user {args.name!r}; see 'smtpplus-milter users list'")
+        files.document.apply(key, Edit(active=active), pending=False)
+        text = _validated(files)
+        has_password = files.passwd.set_disabled(key, not active)
+        if active:
+            _write_users(files, text)
+            _write_passwd(files)
+        else:
+            _write_passwd(files)  # Dovecot refuses the login from now on ...
+            _write_users(files, text)  # ... and the milter, after the reload, any session still open
+    if active:
+        print(f"SMTP+ user {key} enabled.")
+        if not has_password:
+            _err(f"note: {key} has no password in {files.passwd_path}; run 'users reset-password {key}'")
+    else:
+        print(f"SMTP+ user {key} disabled: Dovecot refuses its login; the milter refuses its mail after the reload.")
+    _reload(args)
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    with _transaction(args.config) as files:
+        key = files.document.key_of(args.name)
+        if key is None:
+            raise Refused(f"there is no SMTP+ user {args.name!r}; see 'smtpplus-milter users list'")
+        files.document.delete(key)
+        text = _validated(files)
+        files.passwd.remove(key)
+        _write_passwd(files)
+        _write_users(files, text)
+    print(f"SMTP+ user {key} deleted (users file and {files.passwd_path}).")
+    _reload(args)
+    return 0
+
+
+def _reset_password(args: argparse.Namespace) -> int:
+    with _transaction(args.config) as files:
+        key = files.document.key_of(args.name)
+        if key is None:
+            raise Refused(f"there is no SMTP+ user {args.name!r}; see 'smtpplus-milter users list'")
+        _login(key)
+        user = files.config.directory.lookup(key)
+        active = user is not None and user.active
+        password = generate_password()
+        files.passwd.set_password(key, hash_password(password), disabled=not active)
+        _write_passwd(files)
+    _print_credentials(key, password, created=False, active=active)
+    # Dovecot rereads the passwd-file by itself; the milter does not read it.
+    return 0
+
+
+def _notes(files: _Files) -> None:
+    for note in files.document.notes:
+        _err(f"note: {note}")
+
+
+def _print_credentials(login: str, password: str, *, created: bool, active: bool) -> None:
+    print(f"SMTP+ user {login} {'added' if created else 'has a new password'}.")
+    print(f"  login:    {login.lower()}")
+    print(f"  password: {password}")
+    print("The password is shown only this once; only its hash is stored. Give it to the application now.")
+    if not active:
+        print(f"The user is disabled: the login works only after 'smtpplus-milter users enable {login}'.")
+
+
+def _reload(args: argparse.Namespace) -> None:
+    if not args.reload:
+        _err(f"note: the running milter keeps the old users file until it reloads: {RELOAD_HINT} (or pass --reload)")
+        return
+    pid_file: Path = args.pid_file
+    try:
+        pid = int(pid_file.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        _err(f"note: no milter pid in {pid_file}; reload it yourself: {RELOAD_HINT}")
+        return
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        cmdline = b""
+    # A stale pid file may name a process that is not ours any more: never signal that.
+    if b"smtpplus" not in cmdline:
+        _err(f"note: pid {pid} from {pid_file} is not a running smtpplus-milter; reload it yourself: {RELOAD_HINT}")
+        return
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        _err(f"note: cannot signal pid {pid} ({exc.strerror}); reload it yourself: {RELOAD_HINT}")
+        return
+    _err(f"reload: sent SIGHUP to the milter (pid {pid})")
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def _password_state(passwd: PasswdFile | None, login: str) -> str:
+    if passwd is None:
+        return "unknown"
+    entry = passwd.get(login)
+    if entry is None:
+        return "none"
+    return "disabled" if entry.disabled else "set"
+
+
+def _read_passwd(config: Config) -> PasswdFile | None:
+    try:
+        return PasswdFile.parse(read_text(passwd_path_of(config), missing_ok=True))
+    except FileProblem:
+        return None  # e.g. not root: the table shows "unknown"
+
+
+def _user_record(config: Config, passwd: PasswdFile | None, login: str) -> dict[str, Any]:
+    user = config.directory.users[login]
+    lists = config.settings.lists
+    return {
+        "login": user.login,
+        "active": user.active,
+        "priority": user.priority,
+        "list": user.list,
+        "note": user.note,
+        "authorized_domains": sorted(user.authorized_domains),
+        "authorized_senders": sorted(user.authorized_senders),
+        "pending_domains": sorted(user.pending_domains),
+        "pending_senders": sorted(user.pending_senders),
+        "any_sender": user.unrestricted,
+        "password": _password_state(passwd, login),
+        "queue": config.settings.priority.queues[user.priority],
+        "header": _variants(lists[user.list].header) if user.list else [],
+        "footer": _variants(lists[user.list].footer) if user.list else [],
+    }
+
+
+def _variants(section: Any) -> list[str]:
+    if section is None:
+        return []
+    return [name for name in ("text", "html") if getattr(section, name)]
+
+
+def _list(config_path: Path, *, as_json: bool) -> int:
+    config = _load(config_path)
+    passwd = _read_passwd(config)
+    records = [_user_record(config, passwd, login) for login in sorted(config.directory.users)]
+    if as_json:
+        print(json.dumps(records, indent=2, ensure_ascii=False))
+        return 0
+    rows = [("LOGIN", "ACTIVE", "PRIO", "LIST", "PASSWORD", "SENDERS", "NOTE")]
+    for record in records:
+        allowed = [*record["authorized_domains"], *record["authorized_senders"]]
+        senders = "(any)" if record["any_sender"] else ";".join(allowed) or "(pending only)"
+        rows.append(
+            (
+                record["login"],
+                "yes" if record["active"] else "no",
+                str(record["priority"]),
+                record["list"] or "-",
+                record["password"],
+                senders if len(senders) <= 40 else senders[:37] + "...",
+                record["note"],
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+    return 0
+
+
+def _show(config_path: Path, name: str, *, as_json: bool) -> int:
+    config = _load(config_path)
+    user = config.directory.lookup(name)
+    if user is None:
+        raise Refused(f"there is no SMTP+ user {name!r}; see 'smtpplus-milter users list'")
+    record = _user_record(config, _read_passwd(config), user.login)
+    if as_json:
+        print(json.dumps(record, indent=2, ensure_ascii=False))
+        return 0
+    for key, value in record.items():
+        shown = (";".join(value) or "-") if isinstance(value, list) else value
+        print(f"{key + ':':<20}{shown}")
+    return 0

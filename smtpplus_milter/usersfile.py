@@ -1,0 +1,206 @@
+"""Editing the users file in place, keeping the operator's comments and formatting.
+
+The milter reads the users file with PyYAML (:mod:`smtpplus_milter.yamlsrc`, which keeps line
+numbers for error messages). Writing it back with PyYAML would drop every comment and re-quote
+every string, so edits go through ruamel.yaml's round-trip mode, which keeps comments, key
+order, quoting and flow/block style of everything it was not asked to change.
+
+This module only turns a requested change into new file text; validating that text
+(:func:`smtpplus_milter.config.load_config` with ``users_text``) and replacing the file are the
+caller's job.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+
+from smtpplus_milter.policy.addresses import AddressError, normalize_address, normalize_domain
+from smtpplus_milter.policy.users import normalize_login
+
+
+class EditProblem(ValueError):
+    """A requested change that cannot be made; the message says what to do instead."""
+
+
+@dataclass
+class Edit:
+    """One ``users add``/``users edit`` request. ``None`` means "leave as it is"."""
+
+    active: bool | None = None
+    priority: int | None = None
+    clear_priority: bool = False
+    list_name: str | None = None
+    clear_list: bool = False
+    note: str | None = None
+    clear_note: bool = False
+    add_domains: list[str] = field(default_factory=list)
+    add_senders: list[str] = field(default_factory=list)
+    remove_domains: list[str] = field(default_factory=list)
+    remove_senders: list[str] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return self == Edit()
+
+
+def _yaml() -> YAML:
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.width = 4096  # never re-wrap a long note or list
+    return yaml
+
+
+class UsersDocument:
+    """The users file as a round-trip document."""
+
+    def __init__(self, text: str) -> None:
+        self._yaml = _yaml()
+        try:
+            data = self._yaml.load(text)
+        except YAMLError as exc:
+            raise EditProblem(f"the users file is not valid YAML ({exc}); fix it (check-config shows where)") from None
+        if data is None:
+            data = CommentedMap()
+        if not isinstance(data, CommentedMap):
+            raise EditProblem("the users file must be a YAML mapping of login: settings")
+        self.data: CommentedMap = data
+        self.notes: list[str] = []
+
+    def dump(self) -> str:
+        out = io.StringIO()
+        self._yaml.dump(self.data, out)
+        return out.getvalue()
+
+    def key_of(self, login: str) -> str | None:
+        """The key as written in the file for *login* (logins are case-insensitive)."""
+        wanted = normalize_login(login)
+        for key in self.data:
+            if normalize_login(str(key)) == wanted:
+                return str(key)
+        return None
+
+    def entry(self, login: str) -> CommentedMap:
+        key = self.key_of(login)
+        if key is None:
+            raise EditProblem(f"there is no SMTP+ user {login!r}; see 'smtpplus-milter users list'")
+        value = self.data[key]
+        if value is None:  # "login:" with nothing under it is a user with all defaults
+            value = self.data[key] = CommentedMap()
+        if not isinstance(value, CommentedMap):
+            raise EditProblem(f"the entry of {key!r} is not a mapping; fix the users file by hand")
+        return value
+
+    def add(self, login: str, edit: Edit, *, pending: bool) -> None:
+        if self.key_of(login) is not None:
+            raise EditProblem(
+                f"SMTP+ user {self.key_of(login)!r} already exists; use 'users edit' or 'users reset-password'"
+            )
+        entry = CommentedMap()
+        entry["active"] = True if edit.active is None else edit.active
+        had_users = len(self.data) > 0
+        self.data[login] = entry
+        if had_users:
+            self.data.yaml_set_comment_before_after_key(login, before="\n")
+        self.apply(login, edit, pending=pending)
+
+    def delete(self, login: str) -> None:
+        key = self.key_of(login)
+        if key is None:
+            raise EditProblem(f"there is no SMTP+ user {login!r}; see 'smtpplus-milter users list'")
+        del self.data[key]
+
+    def apply(self, login: str, edit: Edit, *, pending: bool) -> None:
+        entry = self.entry(login)
+        if edit.active is not None:
+            entry["active"] = edit.active
+        _set_or_clear(entry, "priority", edit.priority, edit.clear_priority)
+        _set_or_clear(entry, "list", edit.list_name, edit.clear_list)
+        note = DoubleQuotedScalarString(edit.note) if edit.note is not None else None
+        _set_or_clear(entry, "note", note, edit.clear_note)
+        target = "pending" if pending else "authorized"
+        self._add_items(entry, f"{target}_domains", edit.add_domains, _domain_key, "domains")
+        self._add_items(entry, f"{target}_senders", edit.add_senders, _sender_key, "senders")
+        self._remove_items(entry, "domains", edit.remove_domains, _domain_key)
+        self._remove_items(entry, "senders", edit.remove_senders, _sender_key)
+
+    def _add_items(self, entry: CommentedMap, key: str, values: Sequence[str], norm: Any, kind: str) -> None:
+        if not values:
+            return
+        # An option may carry several entries ("a.example;b.example"), as the file does.
+        wanted = [part.strip() for value in values for part in value.split(";") if part.strip()]
+        present = {norm(item) for name in (f"authorized_{kind}", f"pending_{kind}") for item in _items(entry.get(name))}
+        new = []
+        for item in wanted:
+            if norm(item) in present:
+                self.notes.append(f"{item} is already listed in {kind}; left as it is")
+                continue
+            present.add(norm(item))
+            new.append(item)
+        if new:
+            _store(entry, key, [*_items(entry.get(key)), *new], entry.get(key))
+
+    def _remove_items(self, entry: CommentedMap, kind: str, values: Sequence[str], norm: Any) -> None:
+        for value in values:
+            wanted = norm(value)
+            for key in (f"authorized_{kind}", f"pending_{kind}"):
+                items = _items(entry.get(key))
+                kept = [item for item in items if norm(item) != wanted]
+                if len(kept) != len(items):
+                    if kept:
+                        _store(entry, key, kept, entry.get(key))
+                    else:
+                        del entry[key]
+                    break
+            else:
+                raise EditProblem(f"{value} is not listed in authorized_{kind} or pending_{kind}")
+
+
+def _set_or_clear(entry: CommentedMap, key: str, value: object, clear: bool) -> None:
+    if clear:
+        entry.pop(key, None)
+    elif value is not None:
+        entry[key] = value
+
+
+def _items(value: object) -> list[str]:
+    """The entries of a ';'-string or a list, as written (validation happens afterwards)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(";") if part.strip()]
+    if isinstance(value, Iterable):
+        return [str(part) for part in value]
+    return [str(value)]
+
+
+def _store(entry: CommentedMap, key: str, items: list[str], old: object) -> None:
+    """Write *items* back in the style the key already had (list or ';'-string)."""
+    if isinstance(old, CommentedSeq):
+        del old[:]
+        old.extend(items)
+        return
+    joined = ";".join(items)
+    # Keep the scalar's quoting style (ruamel's str subclasses); plain strings become "...".
+    style: type[str] = type(old) if isinstance(old, str) and type(old) is not str else DoubleQuotedScalarString
+    entry[key] = style(joined)
+
+
+def _domain_key(value: str) -> str:
+    try:
+        return normalize_domain(value)
+    except AddressError:
+        return value.strip().lower()
+
+
+def _sender_key(value: str) -> str:
+    try:
+        return str(normalize_address(value))
+    except AddressError:
+        return value.strip().lower()
