@@ -4,7 +4,8 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-packages=(postfix dovecot-core libmilter-dev gcc python3-dev python3-venv openssl procps ca-certificates)
+packages=(postfix dovecot-core libmilter-dev gcc python3-dev python3-venv openssl procps ca-certificates
+          prometheus-alertmanager prometheus)
 
 if [ "$(id -u)" != 0 ]; then
   echo "bootstrap: run as root (it installs Debian packages and starts private Postfix/Dovecot instances)" >&2
@@ -21,7 +22,17 @@ if [ "${CI:-}" = true ] || [ ${#missing[@]} -gt 0 ]; then
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   echo "bootstrap: apt-get install ${packages[*]}"
   apt-get update -qq
+  # The lab and the tests only use these programs' binaries in private instances: keep the
+  # packages from starting system-wide daemons (dovecot, prometheus, alertmanager) on install.
+  guard=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+    guard=/usr/sbin/policy-rc.d
+  fi
+  trap '[ -n "$guard" ] && rm -f "$guard"' EXIT
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+  [ -n "$guard" ] && rm -f "$guard"
+  guard=""
 fi
 
 py=${PYTHON:-python3}
