@@ -225,7 +225,7 @@ def _run(config: Config) -> int:
     from smtpplus_milter.alerts import AlertDispatcher
     from smtpplus_milter.milter import FLAGS, ConfigHolder, factory_for
 
-    logsetup.configure()
+    logsetup.configure(cache=True)
     log = logsetup.get_logger()
     settings = config.settings
     spec = settings.milter.socket

@@ -1180,9 +1180,7 @@ receivers:
             deadline = time.monotonic() + ALERTMANAGER_START_TIMEOUT
             while not self._ready():
                 if process.poll() is not None:
-                    raise LabError(
-                        f"{self.BINARY} exited with status {process.returncode}:\n{_tail(self.log_file)}"
-                    )
+                    raise LabError(f"{self.BINARY} exited with status {process.returncode}:\n{_tail(self.log_file)}")
                 if time.monotonic() >= deadline:
                     raise TimeoutError(
                         f"Alertmanager on {self.url} was not ready within {ALERTMANAGER_START_TIMEOUT:.0f}s; "

@@ -7,6 +7,7 @@ a :class:`~smtpplus_milter.policy.decision.Decision`; nothing here has side effe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,8 +29,11 @@ def safe_text(text: str, limit: int = 120) -> str:
     libmilter silently drops a reply with a lone '%', and CR/LF or 8-bit bytes would break the
     SMTP reply line.
     """
-    cleaned = "".join(ch if " " <= ch <= "~" and ch != "%" else "?" for ch in text)
+    cleaned = _UNSAFE.sub("?", text)
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
+
+
+_UNSAFE = re.compile(r"[^ -$&-~]")  # anything but printable ASCII, and '%'
 
 
 @dataclass(frozen=True)
