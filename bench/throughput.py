@@ -48,7 +48,7 @@ import yaml
 
 from smtpplus_milter.lab.harness import LOOPBACK, free_port
 from smtpplus_milter.lab.milter_process import MilterProcess, prepare_socket_dir
-from smtpplus_milter.lab.stack import Stack, deep_merge
+from smtpplus_milter.lab.stack import DEPLOY, Stack, deep_merge
 
 HERE = Path(__file__).resolve().parent
 LOADGEN = HERE / "loadgen.py"
@@ -62,6 +62,7 @@ MODE_LABELS = {
     "none": "no milter",
     "unix": "milter unix",
     "inet": "milter TCP",
+    "footer": "milter unix + footer",
     "noop": "no-op milter unix",
     "lean": "lean no-op milter unix",
 }
@@ -83,7 +84,7 @@ def mode_label(mode: str) -> str:
 
 def known_mode(mode: str) -> bool:
     base, tcp, rest = mode.partition(TCP_SUFFIX)
-    if rest or (tcp and base in ("none", "unix", "inet")):
+    if rest or (tcp and base in ("none", "unix", "inet", "footer")):
         return False
     return base.startswith(VARIANT_PREFIX) or base in MODE_LABELS
 
@@ -214,7 +215,8 @@ class Rig:
     """The private Postfix + Dovecot + milters + smtp-sink; stop() undoes everything start() did."""
 
     def __init__(self, *, extra: list[str], crypt_auth: bool) -> None:
-        self.extra = extra  # noop, lean, v:... (and @tcp) modes: further milters started here
+        self.extra = extra  # footer, noop, lean, v:... (and @tcp) modes: further milters started here
+        self.footer_milter: MilterProcess | None = None
         self.crypt_auth = crypt_auth
         self.sink_port = free_port()
         self.sink: subprocess.Popen[bytes] | None = None
@@ -243,6 +245,8 @@ class Rig:
         wait_for_banner(self.sink_port)
         self.stack = stack = Stack(
             milter="unix",
+            # Authorization and priority only: the "footer" mode adds the example list's footer.
+            settings={"lists": {"shop": {"header": None, "footer": None}}},
             postfix_main_cf={
                 "relayhost": f"[{LOOPBACK}]:{self.sink_port}",
                 # Processes live through the whole run: no fork/exec noise, and their CPU stays
@@ -271,7 +275,26 @@ class Rig:
         self.modes["none"] = Mode("none", free_port(), "")
         self.modes["unix"] = Mode("unix", free_port(), stack.milter_spec, stack.milter.pid)
         self.modes["inet"] = Mode("inet", free_port(), f"inet:{host}:{port}", self.inet_milter.pid)
-        for number, name in enumerate(self.extra):
+        if "footer" in self.extra:
+            # The same milter with the shipped example's list footer (text and HTML) for shop-frontend.
+            footer_dir = stack.workdir / "milter-footer"
+            prepare_socket_dir(footer_dir)
+            footer_spec = f"unix:{footer_dir}/milter.sock"
+            example = yaml.safe_load((DEPLOY / "smtpplus.yaml").read_text(encoding="utf-8"))
+            footer_settings = deep_merge(
+                stack.settings,
+                {
+                    "milter": {"socket": footer_spec},
+                    "metrics": {"listen": f"{LOOPBACK}:{free_port()}"},
+                    "lists": {"shop": example["lists"]["shop"]},
+                },
+            )
+            footer_config = stack.etc / "smtpplus-footer.yaml"
+            footer_config.write_text(yaml.safe_dump(footer_settings, sort_keys=False), encoding="utf-8")
+            self.footer_milter = MilterProcess(footer_config, footer_spec, stack.workdir / "milter-footer.log")
+            self.footer_milter.start()
+            self.modes["footer"] = Mode("footer", free_port(), footer_spec, self.footer_milter.pid)
+        for number, name in enumerate(n for n in self.extra if n != "footer"):
             base, tcp, _ = name.partition(TCP_SUFFIX)
             if tcp:
                 tcp_port = free_port()
@@ -322,6 +345,7 @@ class Rig:
                     process.kill()
                     process.wait(5)
         for stop in (
+            self.footer_milter.stop if self.footer_milter else None,
             self.inet_milter.stop if self.inet_milter else None,
             self.stack.stop if self.stack else None,
         ):
@@ -346,7 +370,7 @@ class Rig:
         assert self.stack is not None
         problems = []
         # Only the two real milters log per message; the no-op and variant ones are not checked.
-        for name, process in (("unix", self.stack.milter), ("inet", self.inet_milter)):
+        for name, process in (("unix", self.stack.milter), ("inet", self.inet_milter), ("footer", self.footer_milter)):
             if process is None or name not in submitted:
                 continue
             events = process.events("message")
@@ -357,6 +381,8 @@ class Rig:
                 and e.get("user") == LOGIN
                 and any("authorized (authorized_domains yourcompany.com)" in r for r in e.get("reasons", []))
             ]
+            if name == "footer":
+                authorized = [e for e in authorized if (e.get("footer") or {}).get("result") == "added"]
             if len(authorized) != submitted[name] or len(events) != submitted[name]:
                 problems.append(
                     f"milter {name}: {submitted[name]} messages submitted, {len(events)} message events, "
@@ -594,8 +620,16 @@ def report(scenarios: list[Scenario], modes: list[str]) -> tuple[str, bool]:
             f"{fmt(statistics.median(busy) if busy else None, '.2f')} CPUs | "
             f"{fmt(scenario.median('latency_ms_p50'), '.1f')} |"
         )
+    by_key = {(s.mode, s.key): s for s in scenarios}
+    footer_lines = []
+    for scenario in sorted(scenarios, key=lambda s: (s.concurrency, s.per_session)):
+        auth = by_key.get(("unix", scenario.key))
+        if scenario.mode == "footer" and auth is not None:
+            ratio = paired_ratio(scenario, auth, "msgs_per_s")
+            footer_lines.append(f"- {scenario.label()}: {fmt(ratio, '.2f')}x of authorization-only (milter unix)")
     text = (
         "\n".join(lines)
+        + ("\n\nFooter injection vs authorization only, same run:\n" + "\n".join(footer_lines) if footer_lines else "")
         + "\n\nmsgs/s: accepted messages per second of the client's timed window; sustained: the same messages"
         " over that window plus the wait until the queue was empty (accepted and delivered)."
         + "\n\nCPU ms per message (median of the rounds); server CPU ratio = server total without the milter"
