@@ -8,11 +8,12 @@ rules half-way through a message. Every callback is guarded: a bug in us answers
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, TypeVar
 
 import Milter
@@ -37,6 +38,36 @@ SPOOL_IN_MEMORY = 256 * 1024
 REPLACE_CHUNK = 65535
 # Put into every HTML banner/footer so a forwarded or resent message never gets a second one.
 FOOTER_MARKER = "smtpplus-footer"
+
+
+class ByteBudget:
+    """Bounds the memory that concurrent footer injections may hold at once.
+
+    A rewrite maps its spooled input and builds the new body in memory, about twice the message
+    size. Twenty 20 MB messages at once would need 800 MB; with this budget they take turns (one
+    20 MB rewrite takes about 0.1 s), so the milter's peak stays near the budget. A message larger
+    than the whole budget still goes through, alone.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, amount: int) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self.used == 0 or self.used + amount <= self.limit)
+            self.used += amount
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.used -= amount
+                self._changed.notify_all()
+
+
+INJECTION_BUDGET = ByteBudget(48 * 1024 * 1024)
 
 
 def size_reply(limit: int) -> Reply:
@@ -265,24 +296,28 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
         return Milter.CONTINUE
 
     def _add_banner(self, banner: Banner, spool: tempfile.SpooledTemporaryFile[bytes]) -> None:
+        spool.seek(0, 2)
+        size = spool.tell()
         spool.seek(0)
-        # The underlying file: a BytesIO while small; once rolled over, a real file that
-        # inject() maps instead of reading into memory.
-        result = inject(self.headers, spool._file, banner, marker=FOOTER_MARKER)  # type: ignore[arg-type]
-        self.footer = result
-        if result.status != "added" or result.body is None:
-            if result.status != "skipped":
-                self.reasons.append(f"footer not added ({result.status}): {result.reason}; delivered unchanged")
-            return
-        present = {name.lower() for name, _ in self.headers}
-        for name, value in result.header_changes:
-            if name.lower() in present:
-                self.chgheader(name, 1, value)
-            else:
-                self.addheader(name, value)
-        body = memoryview(result.body)
-        for start in range(0, max(len(body), 1), REPLACE_CHUNK):
-            self.replacebody(bytes(body[start : start + REPLACE_CHUNK]))
+        with INJECTION_BUDGET.reserve(2 * size):  # the mapped input and the new body
+            # The underlying file: a BytesIO while small; once rolled over, a real file that
+            # inject() maps instead of reading into memory.
+            result = inject(self.headers, spool._file, banner, marker=FOOTER_MARKER)  # type: ignore[arg-type]
+            self.footer = result
+            if result.status != "added" or result.body is None:
+                if result.status != "skipped":
+                    self.reasons.append(f"footer not added ({result.status}): {result.reason}; delivered unchanged")
+                return
+            present = {name.lower() for name, _ in self.headers}
+            for name, value in result.header_changes:
+                if name.lower() in present:
+                    self.chgheader(name, 1, value)
+                else:
+                    self.addheader(name, value)
+            body = memoryview(result.body)
+            for start in range(0, max(len(body), 1), REPLACE_CHUNK):
+                self.replacebody(bytes(body[start : start + REPLACE_CHUNK]))
+            del body, result
 
     def _drop_spool(self) -> None:
         if self.spool is not None:

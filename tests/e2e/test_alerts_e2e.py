@@ -145,12 +145,16 @@ def test_unauthorized_sender_reaches_every_sink_once(
     assert len(mailbox.messages) == 1
     after = scrape(stack)
     for sink in ("webhook", "alertmanager", "email"):
-        assert sample(after, "smtpplus_alerts_total", sink=sink, result="sent") - sample(
-            before, "smtpplus_alerts_total", sink=sink, result="sent"
-        ) == 1
-        assert sample(after, "smtpplus_alerts_total", sink=sink, result="suppressed") - sample(
-            before, "smtpplus_alerts_total", sink=sink, result="suppressed"
-        ) == 4
+        assert (
+            sample(after, "smtpplus_alerts_total", sink=sink, result="sent")
+            - sample(before, "smtpplus_alerts_total", sink=sink, result="sent")
+            == 1
+        )
+        assert (
+            sample(after, "smtpplus_alerts_total", sink=sink, result="suppressed")
+            - sample(before, "smtpplus_alerts_total", sink=sink, result="suppressed")
+            == 4
+        )
 
 
 @needs_alertmanager
@@ -181,9 +185,12 @@ def test_metrics_move_and_pass_promtool(stack: Stack) -> None:
         login="shop-frontend",
         mail_from="info@yourcompany.com",
     ).accepted
-    assert stack.send(
-        make_message(from_="visitor@gmail.example"), login="shop-frontend", mail_from="info@yourcompany.com"
-    ).code == 550
+    assert (
+        stack.send(
+            make_message(from_="visitor@gmail.example"), login="shop-frontend", mail_from="info@yourcompany.com"
+        ).code
+        == 550
+    )
     stack.sink.wait_for(1, timeout=30)
     after = scrape(stack)
 

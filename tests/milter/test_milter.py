@@ -365,3 +365,35 @@ def test_size_limit_while_receiving(footer_holder: ConfigHolder) -> None:
     assert (stage, rc) == ("eom", Milter.REJECT)
     assert session.reply is not None and session.reply[:2] == ("552", "5.3.4")
     assert session.ctx._priv.spool is None and session.new_body is None
+
+
+def test_injection_budget_makes_big_rewrites_take_turns() -> None:
+    import threading
+
+    from smtpplus_milter.milter import ByteBudget
+
+    budget = ByteBudget(100)
+    order: list[str] = []
+    inside = threading.Event()
+    release = threading.Event()
+
+    def second() -> None:
+        with budget.reserve(80):
+            order.append("second")
+            inside.set()
+            release.wait(2)
+
+    with budget.reserve(80):
+        waiting = threading.Thread(target=second)
+        waiting.start()
+        assert not inside.wait(0.2)  # 80 + 80 > 100: the second waits
+        order.append("first done")
+    assert inside.wait(2)
+    assert order == ["first done", "second"] and budget.used == 80
+    release.set()
+    waiting.join(2)
+    assert budget.used == 0
+    # A rewrite larger than the whole budget is not refused: it waits until it is alone.
+    big = ByteBudget(10)
+    with big.reserve(50):
+        assert big.used == 50

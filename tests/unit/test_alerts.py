@@ -314,7 +314,11 @@ def test_alertmanager_payload() -> None:
 def test_email_reaches_an_smtp_server() -> None:
     with Sink() as server:
         config = EmailSink.model_validate(
-            {"to": ["it@example.com", "ops@example.com"], "smtp": f"127.0.0.1:{server.port}", "from": "smtpplus@relay.test"}
+            {
+                "to": ["it@example.com", "ops@example.com"],
+                "smtp": f"127.0.0.1:{server.port}",
+                "from": "smtpplus@relay.test",
+            }
         )
         Email(config).send(_alert())
         [message] = server.wait_for(1)

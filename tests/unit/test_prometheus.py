@@ -178,7 +178,5 @@ def _promtool() -> str:
     ],
 )
 def test_promtool(args: list[str]) -> None:
-    done = subprocess.run(
-        [_promtool(), *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=60, check=False
-    )
+    done = subprocess.run([_promtool(), *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
