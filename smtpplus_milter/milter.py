@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import socket
+import stat
 import tempfile
 import threading
 import time
@@ -38,6 +41,38 @@ SPOOL_IN_MEMORY = 256 * 1024
 REPLACE_CHUNK = 65535
 # Put into every HTML banner/footer so a forwarded or resent message never gets a second one.
 FOOTER_MARKER = "smtpplus-footer"
+
+
+def set_tcp_nodelay() -> None:
+    """Turn off Nagle's algorithm on this process's connected TCP sockets (libmilter's among them).
+
+    libmilter writes every modification (addheader, chgheader, replacebody) and the final answer
+    as separate small packets. Over TCP, Nagle holds the second small write until the first is
+    acknowledged, and Postfix delays that ACK: about 40 ms per message (FIELD-NOTES; measured
+    here: 200 msgs/s over TCP against 430 over a unix socket once every message got a header).
+    libmilter does not expose its sockets, so the new connection's descriptor is found in
+    /proc/self/fd; this runs once per milter connection, only on an inet socket.
+    """
+    try:
+        descriptors = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for name in descriptors:
+        try:
+            fd = int(name)
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            probe = socket.socket(fileno=os.dup(fd))
+        except (ValueError, OSError):
+            continue
+        with probe:
+            try:
+                if probe.family in (socket.AF_INET, socket.AF_INET6) and probe.type == socket.SOCK_STREAM:
+                    if not probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY):
+                        probe.getpeername()  # connected sockets only; listening ones raise
+                        probe.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                continue
 
 
 class ByteBudget:
@@ -164,6 +199,8 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
         global _active
         with _active_lock:
             _active += 1
+        if self.holder.config.settings.milter.socket.startswith("inet"):
+            set_tcp_nodelay()
         self._closed = False
         self._reset()
 
