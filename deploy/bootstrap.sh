@@ -4,8 +4,9 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
+# dnsmasq-base: the dnsmasq binary only (no service), for the private DNS server of the verify tests.
 packages=(postfix dovecot-core libmilter-dev gcc python3-dev python3-venv openssl procps ca-certificates
-          prometheus-alertmanager prometheus)
+          prometheus-alertmanager prometheus dnsmasq-base)
 
 if [ "$(id -u)" != 0 ]; then
   echo "bootstrap: run as root (it installs Debian packages and starts private Postfix/Dovecot instances)" >&2

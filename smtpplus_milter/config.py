@@ -8,6 +8,7 @@ so a reload can keep serving the old one.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import types
@@ -42,10 +43,20 @@ class _Strict(BaseModel):
 
 
 def _host_port(value: str) -> str:
+    _split_host_port(value)
+    return value
+
+
+def _split_host_port(value: str) -> tuple[str, int]:
     match = _HOSTPORT.match(value)
     if not match or not 0 < int(match.group(2)) < 65536:
         raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
-    return value
+    return match.group(1).strip("[]"), int(match.group(2))
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """HOST and PORT of a validated ``HOST:PORT`` setting (``[v6]:port`` without brackets)."""
+    return _split_host_port(value)
 
 
 class MilterSection(_Strict):
@@ -153,6 +164,43 @@ class VerificationSection(_Strict):
     relay_ips: Annotated[tuple[str, ...], _LIST] = ()
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=False)
+
+    @field_validator("smtp")
+    @classmethod
+    def _smtp(cls, value: str) -> str:
+        return _host_port(value)
+
+    @field_validator("resolver")
+    @classmethod
+    def _resolver(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, port = _split_host_port(value)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{value!r}: the resolver must be an IP address and port, e.g. 127.0.0.1:53") from None
+        return f"{host}:{port}"
+
+    @field_validator("from_")
+    @classmethod
+    def _from(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(normalize_address(value))
+        except AddressError as exc:
+            raise ValueError(f"{exc}; write the sender of verification mail as local@domain") from None
+
+    @field_validator("relay_ips")
+    @classmethod
+    def _relay_ips(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_address(item)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address; list the relay's public IPv4/IPv6 IPs") from None
+        return value
 
 
 class Settings(_Strict):

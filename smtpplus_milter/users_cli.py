@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 from smtpplus_milter.config import Config, ConfigError, load_config
 from smtpplus_milter.files import FileProblem, Ownership, locked, read_text, replace_atomically
 from smtpplus_milter.passwd import PasswdFile, PasswdProblem, generate_password, hash_password, passwd_login
+from smtpplus_milter.policy.users import User, normalize_login
 from smtpplus_milter.usersfile import Edit, EditProblem, UsersDocument
 
 DEFAULT_PID_FILE = Path("/run/smtpplus/milter.pid")
@@ -53,13 +55,13 @@ def add_parsers(commands: Any, add_config: Callable[[argparse.ArgumentParser], N
     add_config(add)
     add.add_argument("name", metavar="NAME", help="the SASL login")
     _entry_options(add, editing=False)
-    _reload_options(add)
+    reload_options(add)
 
     edit = actions.add_parser("edit", help="change a user's settings")
     add_config(edit)
     edit.add_argument("name", metavar="NAME")
     _entry_options(edit, editing=True)
-    _reload_options(edit)
+    reload_options(edit)
 
     for name, text in (
         ("delete", "remove a user and its password"),
@@ -70,7 +72,7 @@ def add_parsers(commands: Any, add_config: Callable[[argparse.ArgumentParser], N
         action = actions.add_parser(name, help=text)
         add_config(action)
         action.add_argument("name", metavar="NAME")
-        _reload_options(action)
+        reload_options(action)
 
 
 def _entry_options(parser: argparse.ArgumentParser, *, editing: bool) -> None:
@@ -91,6 +93,12 @@ def _entry_options(parser: argparse.ArgumentParser, *, editing: bool) -> None:
         metavar="A",
         help="an address this user may send as (repeat it, or separate with ';')",
     )
+    parser.add_argument(
+        "--verified",
+        action="store_true",
+        help="with verification.required: authorize the new entries at once, on your own word "
+        "(logged as verification_attested) instead of waiting for their verification",
+    )
     if not editing:
         parser.add_argument("--inactive", action="store_true", help="add the user disabled")
         return
@@ -104,7 +112,7 @@ def _entry_options(parser: argparse.ArgumentParser, *, editing: bool) -> None:
     parser.add_argument("--clear-list", action="store_true", help="no list: no header/footer")
 
 
-def _reload_options(parser: argparse.ArgumentParser) -> None:
+def reload_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reload", action="store_true", help="tell the running milter to reread the users file (SIGHUP)"
     )
@@ -206,7 +214,7 @@ class _Files:
     passwd_text: str | None
 
 
-def _load(config_path: Path) -> Config:
+def load(config_path: Path) -> Config:
     try:
         return load_config(config_path)
     except ConfigError as exc:
@@ -221,12 +229,12 @@ def passwd_path_of(config: Config) -> Path:
 
 @contextlib.contextmanager
 def _transaction(config_path: Path) -> Iterator[_Files]:
-    config = _load(config_path)
+    config = load(config_path)
     passwd_path = passwd_path_of(config)
     # Always users file first, then passwd-file: two writers can never wait for each other.
     with locked(config.users_path), locked(passwd_path):
         # Reread under the lock: another writer may have changed the files since.
-        config = _load(config_path)
+        config = load(config_path)
         users_text = read_text(config.users_path) or ""
         passwd_text = read_text(passwd_path, missing_ok=True)
         document = UsersDocument(users_text)
@@ -291,7 +299,7 @@ def _add(args: argparse.Namespace, edit: Edit) -> int:
                 f"{files.passwd_path} already has a line for {name.lower()}; remove it there first "
                 "(or add the user to the users file by hand and run 'users reset-password')"
             )
-        pending = files.config.settings.verification.required
+        pending = files.config.settings.verification.required and not args.verified
         files.document.add(name, edit, pending=pending)
         text = _validated(files)
         password = generate_password()
@@ -300,17 +308,44 @@ def _add(args: argparse.Namespace, edit: Edit) -> int:
         _write_passwd(files)  # ... then the login
         active = edit.active is not False
     _notes(files)
-    if pending and (edit.add_domains or edit.add_senders):
-        _err("note: verification.required is on: the new entries wait in pending_* until verified")
     _print_credentials(name, password, created=True, active=active)
-    _reload(args)
+    _after_entries(args, files.config, name, None)
+    reload_milter(args)
     return 0
+
+
+def _after_entries(args: argparse.Namespace, old: Config, name: str, before: User | None) -> None:
+    """Start verification of the entries that just became pending, or log the operator's attestation."""
+    config = load(old.path)
+    user = config.directory.lookup(name)
+    if user is None:
+        return
+    if args.verified and config.settings.verification.required:
+        senders = sorted(user.authorized_senders - (before.authorized_senders if before else frozenset()))
+        domains = sorted(user.authorized_domains - (before.authorized_domains if before else frozenset()))
+        if senders or domains:
+            from smtpplus_milter.verify_cli import _event
+
+            _event("verification_attested", user=user.login, senders=senders, domains=domains)
+            _err(f"note: {', '.join([*senders, *domains])} authorized without verification (--verified); logged")
+        return
+    senders = sorted(user.pending_senders - (before.pending_senders if before else frozenset()))
+    domains = sorted(user.pending_domains - (before.pending_domains if before else frozenset()))
+    if not (senders or domains):
+        return
+    from smtpplus_milter.verify_cli import start_new
+
+    _err("note: verification.required is on: the new entries authorize nothing until they are verified")
+    for problem in start_new(config, user.login, senders, domains, now=time.time()):
+        _err(f"warning: verification not started for {problem}")
 
 
 def _edit(args: argparse.Namespace, edit: Edit) -> int:
     with _transaction(args.config) as files:
         key = files.document.key_of(args.name) or args.name
-        files.document.apply(args.name, edit, pending=files.config.settings.verification.required)
+        before = files.config.directory.lookup(key)
+        pending = files.config.settings.verification.required and not args.verified
+        files.document.apply(args.name, edit, pending=pending)
         text = _validated(files)
         if edit.active is not None:
             files.passwd.set_disabled(key, not edit.active)
@@ -325,7 +360,8 @@ def _edit(args: argparse.Namespace, edit: Edit) -> int:
     if user is not None and user.unrestricted:
         _err(f"warning: {user.login} now has no authorized domains or senders: it may send as ANY sender")
     print(f"SMTP+ user {key} changed.")
-    _reload(args)
+    _after_entries(args, files.config, key, before)
+    reload_milter(args)
     return 0
 
 
@@ -349,7 +385,7 @@ def _set_active(args: argparse.Namespace, active: bool) -> int:
             _err(f"note: {key} has no password in {files.passwd_path}; run 'users reset-password {key}'")
     else:
         print(f"SMTP+ user {key} disabled: Dovecot refuses its login; the milter refuses its mail after the reload.")
-    _reload(args)
+    reload_milter(args)
     return 0
 
 
@@ -363,8 +399,9 @@ def _delete(args: argparse.Namespace) -> int:
         files.passwd.remove(key)
         _write_passwd(files)
         _write_users(files, text)
+    _forget_verifications(files.config, key)
     print(f"SMTP+ user {key} deleted (users file and {files.passwd_path}).")
-    _reload(args)
+    reload_milter(args)
     return 0
 
 
@@ -384,6 +421,15 @@ def _reset_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def _forget_verifications(config: Config, login: str) -> None:
+    from smtpplus_milter.verification import StateFile, state_path
+
+    path = state_path(config.users_path)
+    if path.exists():
+        with StateFile(path).edit() as state:
+            state.drop_user(normalize_login(login))
+
+
 def _notes(files: _Files) -> None:
     for note in files.document.notes:
         _err(f"note: {note}")
@@ -398,7 +444,7 @@ def _print_credentials(login: str, password: str, *, created: bool, active: bool
         print(f"The user is disabled: the login works only after 'smtpplus-milter users enable {login}'.")
 
 
-def _reload(args: argparse.Namespace) -> None:
+def reload_milter(args: argparse.Namespace) -> None:
     if not args.reload:
         _err(f"note: the running milter keeps the old users file until it reloads: {RELOAD_HINT} (or pass --reload)")
         return
@@ -471,7 +517,7 @@ def _variants(section: Any) -> list[str]:
 
 
 def _list(config_path: Path, *, as_json: bool) -> int:
-    config = _load(config_path)
+    config = load(config_path)
     passwd = _read_passwd(config)
     records = [_user_record(config, passwd, login) for login in sorted(config.directory.users)]
     if as_json:
@@ -499,7 +545,7 @@ def _list(config_path: Path, *, as_json: bool) -> int:
 
 
 def _show(config_path: Path, name: str, *, as_json: bool) -> int:
-    config = _load(config_path)
+    config = load(config_path)
     user = config.directory.lookup(name)
     if user is None:
         raise Refused(f"there is no SMTP+ user {name!r}; see 'smtpplus-milter users list'")

@@ -130,6 +130,31 @@ class UsersDocument:
         self._remove_items(entry, "domains", edit.remove_domains, _domain_key)
         self._remove_items(entry, "senders", edit.remove_senders, _sender_key)
 
+    def pending_entries(self, login: str, kind: str) -> list[str]:
+        """The pending_domains / pending_senders of *login*, normalised (*kind*: domain or sender)."""
+        norm = _domain_key if kind == "domain" else _sender_key
+        return [norm(item) for item in _items(self.entry(login).get(f"pending_{kind}s"))]
+
+    def settle(self, login: str, kind: str, value: str, *, verified: bool) -> None:
+        """Take *value* out of pending_{kind}s; into authorized_{kind}s when *verified*."""
+        entry = self.entry(login)
+        norm = _domain_key if kind == "domain" else _sender_key
+        pending = f"pending_{kind}s"
+        items = _items(entry.get(pending))
+        kept = [item for item in items if norm(item) != norm(value)]
+        if len(kept) == len(items):
+            raise EditProblem(f"{value} is not in pending_{kind}s of {self.key_of(login)}; see 'verify list'")
+        if kept:
+            _store(entry, pending, kept, entry.get(pending))
+        else:
+            del entry[pending]
+        if verified:
+            target = f"authorized_{kind}s"
+            present = {norm(item) for item in _items(entry.get(target))}
+            if norm(value) not in present:
+                written = next(item for item in items if norm(item) == norm(value))
+                _store(entry, target, [*_items(entry.get(target)), written], entry.get(target))
+
     def _add_items(self, entry: CommentedMap, key: str, values: Sequence[str], norm: Any, kind: str) -> None:
         if not values:
             return

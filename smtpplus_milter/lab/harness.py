@@ -15,8 +15,8 @@ Rules every class follows:
 * Use as context managers so failure paths stop the processes too.
 
 Requires root (Postfix's master and Dovecot drop privileges themselves) and the Debian packages
-postfix, dovecot-core and openssl. The TLS certificate is made with the ``openssl`` command line
-tool, so the lab needs no Python crypto library.
+postfix, dovecot-core and openssl (and dnsmasq-base for :class:`DnsServer`). The TLS certificate
+is made with the ``openssl`` command line tool, so the lab needs no Python crypto library.
 """
 
 from __future__ import annotations
@@ -1217,6 +1217,135 @@ receivers:
         return _tail(self.log_file, lines)
 
     def __enter__(self) -> Alertmanager:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+# --- DNS -------------------------------------------------------------------------------------------
+
+DNS_START_TIMEOUT = 10.0
+DNS_STOP_TIMEOUT = 5.0
+
+
+class DnsServer:
+    """A private dnsmasq on 127.0.0.1:PORT (UDP and TCP) that knows only the records it is given.
+
+    *txt* holds (name, text) pairs (one pair per TXT record; repeat a name for several records),
+    *hosts* (name, IPv4/IPv6) pairs, *mx* (domain, mail host) pairs. Names below one of *local*
+    domains that have no record get NXDOMAIN; nothing is forwarded anywhere (``--no-resolv``), and
+    neither /etc/hosts nor /etc/dnsmasq.conf is read. Debian package dnsmasq-base.
+    """
+
+    BINARY = "dnsmasq"
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        txt: Sequence[tuple[str, str]] = (),
+        hosts: Sequence[tuple[str, str]] = (),
+        mx: Sequence[tuple[str, str]] = (),
+        local: Sequence[str] = ("test",),
+        port: int | None = None,
+    ) -> None:
+        for name, text in txt:
+            if "," in text or "," in name:
+                raise LabError(f"TXT {name} {text!r}: dnsmasq would split it at the ','; leave commas out")
+        self.workdir = Path(workdir)
+        self.port = port if port is not None else free_port()
+        self.address = f"{LOOPBACK}:{self.port}"
+        self.log_file = self.workdir / "dnsmasq.log"
+        self.records = (tuple(txt), tuple(hosts), tuple(mx), tuple(local))
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def _command(self) -> list[str]:
+        txt, hosts, mx, local = self.records
+        command = [
+            self.BINARY,
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            f"--port={self.port}",
+            f"--listen-address={LOOPBACK}",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            "--pid-file=",
+            "--log-queries",
+            f"--log-facility={self.log_file}",
+        ]
+        if os.geteuid() == 0:
+            # dnsmasq would switch to user dnsmasq, which may not exist and could not write the log.
+            command.append("--user=root")
+        command += [f"--local=/{domain}/" for domain in local]
+        command += [f"--txt-record={name},{text}" for name, text in txt]
+        command += [f"--host-record={name},{address}" for name, address in hosts]
+        command += [f"--mx-host={domain},{host},10" for domain, host in mx]
+        return command
+
+    def _answers(self) -> bool:
+        import dns.exception
+        import dns.message
+        import dns.query
+
+        try:
+            dns.query.udp(dns.message.make_query("ready.invalid.", "A"), LOOPBACK, port=self.port, timeout=0.3)
+        except (dns.exception.DNSException, OSError):
+            return False
+        return True
+
+    def start(self) -> None:
+        if self._process is not None:
+            return
+        _prepare_dir(self.workdir)
+        with (self.workdir / "dnsmasq.out").open("ab") as output:
+            self._process = subprocess.Popen(
+                self._command(),
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            process = self._process
+            deadline = time.monotonic() + DNS_START_TIMEOUT
+            while not self._answers():
+                if process.poll() is not None:
+                    raise LabError(
+                        f"{self.BINARY} exited with status {process.returncode}:\n{_tail(self.workdir / 'dnsmasq.out')}"
+                    )
+                if time.monotonic() >= deadline:
+                    raise LabError(
+                        f"dnsmasq on {self.address} did not answer within {DNS_START_TIMEOUT:.0f}s; "
+                        f"{self.log_file}:\n{_tail(self.log_file)}"
+                    )
+                time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(DNS_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            _kill_group(process.pid)
+            process.wait(5)
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        return _tail(self.log_file, lines)
+
+    def __enter__(self) -> DnsServer:
         self.start()
         return self
 

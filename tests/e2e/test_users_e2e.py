@@ -101,7 +101,10 @@ def refused_login(result: SendResult) -> bool:
 
 def test_user_lifecycle_through_postfix_and_dovecot(stack: Stack) -> None:
     # add: the printed password logs in through the real Postfix + Dovecot, and the user can send.
-    added = reloading(stack, "add", LOGIN, "--authorized-domain", "example.com", "--note", "e2e", "--priority", "2")
+    # --verified: this test is about users and passwords; verification has its own (test_verify_e2e).
+    added = reloading(
+        stack, "add", LOGIN, "--authorized-domain", "example.com", "--verified", "--note", "e2e", "--priority", "2"
+    )
     first = password_of(added)
     assert first not in stack.passwd_path.read_text() and first not in stack.users_path.read_text()
     result = eventually(lambda: send(stack, first, "added"), lambda r: r.accepted)

@@ -1,0 +1,180 @@
+"""``smtpplus-milter verify ...`` and the verification side of ``users add/edit`` on real files.
+
+Code mail goes to a real SMTP sink (aiosmtpd on loopback); DNS is tested in tests/e2e/test_verify_e2e.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from smtpplus_milter import cli
+from smtpplus_milter.config import load_config
+from smtpplus_milter.lab.harness import Sink, free_port
+from smtpplus_milter.policy.users import User
+from smtpplus_milter.verification import MAX_FAILURES
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    with Sink() as running:
+        yield running
+
+
+@pytest.fixture
+def conf(tmp_path: Path, sink: Sink) -> Path:
+    shutil.copy(DEPLOY / "users.yaml", tmp_path / "users.yaml")
+    settings = yaml.safe_load((DEPLOY / "smtpplus.yaml").read_text(encoding="utf-8"))
+    settings["sasl"]["passwd_file"] = str(tmp_path / "smtpplus.passwd")
+    settings["verification"].update(smtp=f"127.0.0.1:{sink.port}", **{"from": "verify@relay.test"})
+    (tmp_path / "smtpplus.yaml").write_text(yaml.safe_dump(settings), encoding="utf-8")
+    return tmp_path / "smtpplus.yaml"
+
+
+def run(conf: Path, *args: str) -> int:
+    group, action, *rest = args
+    return cli.main([group, action, "-c", str(conf), *rest])
+
+
+def code_from(sink: Sink, count: int = 1) -> str:
+    data = sink.wait_for(count)[-1].data.decode()
+    match = re.search(r"^    (\d{4}) (\d{4})\r?$", data, re.MULTILINE)
+    assert match, data
+    return match.group(1) + match.group(2)
+
+
+def user(conf: Path, login: str = "ceo-outlook") -> User:
+    found = load_config(conf).directory.lookup(login)
+    assert found is not None
+    return found
+
+
+def test_edit_puts_new_sender_into_pending_and_mails_a_code(
+    conf: Path, sink: Sink, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(conf, "users", "edit", "ceo-outlook", "--authorized-sender", "ceo@private.example") == 0
+    out, err = capsys.readouterr()
+    assert "verification.required is on" in err
+    assert "A verification code was e-mailed to ceo@private.example" in out and "valid for 24 hours" in out
+    assert user(conf).pending_senders == {"ceo@private.example"}
+    assert user(conf).authorized_senders == {"ceo@yourcompany.com"}  # unchanged
+    (mail,) = sink.wait_for(1)
+    assert mail.rcpt_tos == ["ceo@private.example"] and mail.mail_from == "verify@relay.test"
+    code = code_from(sink)
+    assert code not in (conf.parent / "verification.json").read_text()
+
+    assert run(conf, "verify", "list") == 0
+    listed = capsys.readouterr().out
+    assert re.search(r"ceo-outlook\s+sender\s+ceo@private\.example\s+0m\s+code sent", listed), listed
+
+    assert run(conf, "verify", "confirm", "ceo-outlook", "ceo@private.example", code) == 0
+    assert user(conf).authorized_senders == {"ceo@yourcompany.com", "ceo@private.example"}
+    assert not user(conf).pending_senders
+    # The comments of the users file survive the move.
+    assert "# SMTP+ users: the key is the SASL login" in (conf.parent / "users.yaml").read_text()
+
+
+def test_domain_start_prints_the_txt_record(conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(conf, "users", "edit", "newsletter", "--authorized-domain", "Mail.Example.ORG") == 0
+    out = capsys.readouterr().out
+    match = re.search(r'^  _smtpplus-verify\.mail\.example\.org TXT "smtpplus-verify=([\w-]+)"$', out, re.MULTILINE)
+    assert match, out
+    assert "verify check newsletter mail.example.org" in out
+    assert run(conf, "verify", "start", "newsletter", "mail.example.org") == 0
+    assert match.group(1) in capsys.readouterr().out  # the same token again
+    assert run(conf, "verify", "list", "--json") == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    assert record["kind"] == "domain" and record["attempt"]["token"] == match.group(1)
+
+
+def test_five_wrong_codes_void_it_then_a_new_code_works(
+    conf: Path, sink: Sink, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(conf, "users", "edit", "ceo-outlook", "--authorized-sender", "a@b.example")
+    code = code_from(sink)
+    wrong = f"{(int(code) + 1) % 10**8:08d}"
+    capsys.readouterr()
+    for _ in range(MAX_FAILURES - 1):
+        assert run(conf, "verify", "confirm", "ceo-outlook", "a@b.example", wrong) == 1
+    assert "1 more tries" in capsys.readouterr().err
+    assert run(conf, "verify", "confirm", "ceo-outlook", "a@b.example", wrong) == 1
+    assert "void after 5 wrong tries" in capsys.readouterr().err
+    assert run(conf, "verify", "confirm", "ceo-outlook", "a@b.example", code) == 1
+    assert "void" in capsys.readouterr().err and user(conf).pending_senders == {"a@b.example"}
+    assert run(conf, "verify", "start", "ceo-outlook", "a@b.example") == 0
+    assert run(conf, "verify", "confirm", "ceo-outlook", "a@b.example", code_from(sink, 2)) == 0
+
+
+def test_cancel_drops_entry_and_code(conf: Path, sink: Sink, capsys: pytest.CaptureFixture[str]) -> None:
+    run(conf, "users", "edit", "ceo-outlook", "--authorized-sender", "a@b.example")
+    code = code_from(sink)
+    assert run(conf, "verify", "cancel", "ceo-outlook", "A@B.example") == 0
+    assert not user(conf).pending_senders
+    assert "a@b.example" not in (conf.parent / "verification.json").read_text()
+    assert run(conf, "verify", "confirm", "ceo-outlook", "a@b.example", code) == 1
+    assert "not pending" in capsys.readouterr().err
+    assert run(conf, "verify", "list") == 0
+    assert "Nothing is pending" in capsys.readouterr().out
+
+
+def test_verified_attests_and_logs(conf: Path, sink: Sink, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(conf, "users", "edit", "ceo-outlook", "--authorized-domain", "trusted.example", "--verified") == 0
+    err = capsys.readouterr().err
+    event = json.loads(next(line for line in err.splitlines() if line.startswith("{")))
+    assert event["event"] == "verification_attested" and event["domains"] == ["trusted.example"]
+    assert event["user"] == "ceo-outlook" and event["operator"]
+    assert "trusted.example" in user(conf).authorized_domains and not sink.messages
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(("start", "nobody", "a@b.example"), "no SMTP+ user 'nobody'", id="unknown-user"),
+        pytest.param(("start", "ceo-outlook", "x@y.example"), "not pending", id="not-pending"),
+        pytest.param(("start", "ceo-outlook", "ceo@yourcompany.com"), "already verified", id="already-verified"),
+        pytest.param(("start", "ceo-outlook", "a@b..example"), "not a valid domain", id="bad-address"),
+        pytest.param(("confirm", "ceo-outlook", "example.com", "1"), "not an address", id="confirm-domain"),
+        pytest.param(("check", "ceo-outlook", "a@b.example"), "is an address", id="check-address"),
+        pytest.param(("cancel", "ceo-outlook", "nothing.example"), "not pending", id="cancel-unknown"),
+    ],
+)
+def test_mistakes_exit_1_without_traceback(
+    conf: Path, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], message: str
+) -> None:
+    assert run(conf, "verify", *args) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_usage_errors_exit_2(conf: Path) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        run(conf, "verify", "confirm", "ceo-outlook")
+    assert exit_.value.code == 2
+
+
+def test_smtp_down_keeps_entry_pending_and_says_what_to_do(conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = yaml.safe_load(conf.read_text())
+    settings["verification"]["smtp"] = f"127.0.0.1:{free_port()}"
+    conf.write_text(yaml.safe_dump(settings))
+    assert run(conf, "users", "edit", "ceo-outlook", "--authorized-sender", "a@b.example") == 0
+    err = capsys.readouterr().err
+    assert "verification not started for a@b.example: could not send the code" in err and "verify start" in err
+    assert user(conf).pending_senders == {"a@b.example"}
+    assert run(conf, "verify", "start", "ceo-outlook", "a@b.example") == 1
+    assert run(conf, "verify", "list") == 0
+    assert "not started" in capsys.readouterr().out
+
+
+def test_delete_forgets_attempts(conf: Path, sink: Sink) -> None:
+    run(conf, "users", "edit", "ceo-outlook", "--authorized-sender", "a@b.example")
+    assert "a@b.example" in (conf.parent / "verification.json").read_text()
+    assert run(conf, "users", "delete", "ceo-outlook") == 0
+    assert "a@b.example" not in (conf.parent / "verification.json").read_text()
