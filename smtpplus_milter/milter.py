@@ -57,14 +57,18 @@ def set_tcp_nodelay() -> None:
         descriptors = os.listdir("/proc/self/fd")
     except OSError:
         return
+    if len(_nodelay_seen) > 50_000:
+        _nodelay_seen.clear()
     for name in descriptors:
         try:
             fd = int(name)
-            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            info = os.fstat(fd)
+            if not stat.S_ISSOCK(info.st_mode) or info.st_ino in _nodelay_seen:
                 continue
             probe = socket.socket(fileno=os.dup(fd))
         except (ValueError, OSError):
             continue
+        _nodelay_seen.add(info.st_ino)  # listening, unix and already-set sockets need no second look
         with probe:
             try:
                 if probe.family in (socket.AF_INET, socket.AF_INET6) and probe.type == socket.SOCK_STREAM:
@@ -73,6 +77,10 @@ def set_tcp_nodelay() -> None:
                         probe.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 continue
+
+
+# Socket inodes already switched to TCP_NODELAY (an inode is unique while the socket lives).
+_nodelay_seen: set[int] = set()
 
 
 class ByteBudget:

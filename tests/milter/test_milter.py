@@ -397,3 +397,21 @@ def test_injection_budget_makes_big_rewrites_take_turns() -> None:
     big = ByteBudget(10)
     with big.reserve(50):
         assert big.used == 50
+
+
+def test_tcp_nodelay_is_set_on_connected_sockets_only() -> None:
+    import socket
+
+    from smtpplus_milter.milter import set_tcp_nodelay
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        with socket.create_connection(server.getsockname()) as client:
+            accepted, _ = server.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+                set_tcp_nodelay()
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+                assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+                assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
