@@ -121,12 +121,12 @@ def main() -> int:
     print(f"{'set-up':<12} {'backlog submit s':>16} {'p50 s':>8} {'p95 s':>8} {'max s':>8}")
     for outcome in outcomes:
         print(
-            f"{outcome.label:<12} {outcome.backlog_seconds:>16.1f} {statistics.median(outcome.latencies):>8.2f} "
-            f"{outcome.percentile(0.95):>8.2f} {max(outcome.latencies):>8.2f}"
+            f"{outcome.label:<12} {outcome.backlog_seconds:>16.1f} {statistics.median(outcome.latencies):>8.3f} "
+            f"{outcome.percentile(0.95):>8.3f} {max(outcome.latencies):>8.3f}"
         )
     on, off = outcomes
     ratio = on.percentile(0.95) / off.percentile(0.95)
-    print(f"p95 ratio routing on / off: {ratio:.3f} (goal <= 0.1, and p95 with routing < 5 s)")
+    print(f"p95 ratio routing on / off: {ratio:.5f} (goal <= 0.1, and p95 with routing < 5 s)")
     return 0
 
 
