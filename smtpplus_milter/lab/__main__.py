@@ -49,6 +49,22 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             ),
             (
+                "ceo-outlook (priority 1) sends a plain message: queue high, own transport",
+                dict(
+                    login="ceo-outlook",
+                    mail_from="ceo@yourcompany.com",
+                    message=make_message(from_="ceo@yourcompany.com", subject="Board meeting moved"),
+                ),
+            ),
+            (
+                "newsletter (priority 5) sends bulk mail: queue low, throttled transport",
+                dict(
+                    login="newsletter",
+                    mail_from="news@news.yourcompany.com",
+                    message=make_message(from_="news@news.yourcompany.com", subject="Weekly news"),
+                ),
+            ),
+            (
                 "shop-frontend puts a web-form visitor in From: (spoofing)",
                 dict(
                     login="shop-frontend",
@@ -103,26 +119,33 @@ def main(argv: list[str] | None = None) -> int:
         received = stack.sink.wait_for(accepted, timeout=30)
         print(f"\nDelivered to the sink: {len(received)} message(s)")
         for item in received:
-            subject = next(
-                (
-                    line
-                    for line in item.data.decode(errors="replace").splitlines()
-                    if line.lower().startswith("subject:")
-                ),
-                "",
-            )
-            print(f"  - from {item.mail_from} to {', '.join(item.rcpt_tos)}: {subject}")
+            text = item.data.decode(errors="replace")
+            lines = text.splitlines()
+            subject = next((line for line in lines if line.lower().startswith("subject:")), "")
+            priority = next((line for line in lines if line.lower().startswith("x-priority:")), "no X-Priority")
+            footer = "footer added" if "Example Shop" in text else "no footer"
+            print(f"  - from {item.mail_from} to {', '.join(item.rcpt_tos)}: {subject} ({priority}; {footer})")
         time.sleep(0.3)
         print(f"\nThe milter's log, one `message` event per message (JSON lines in {stack.milter.log_file}):")
         for event in stack.milter.events("message"):
-            print(f"  - user={event.get('user')} decision={event['decision']} reply={event.get('reply')}")
+            print(
+                f"  - user={event.get('user')} decision={event['decision']} queue={event.get('queue')} "
+                f"footer={(event.get('footer') or {}).get('result')} reply={event.get('reply')}"
+            )
             for reason in event.get("reasons", []):
                 print(f"      {reason}")
         with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=5) as response:
             metrics = [
                 line
                 for line in response.read().decode().splitlines()
-                if line.startswith(("smtpplus_messages_total", "smtpplus_unauthorized_total"))
+                if line.startswith(
+                    (
+                        "smtpplus_messages_total",
+                        "smtpplus_unauthorized_total",
+                        "smtpplus_queue_total",
+                        "smtpplus_footer",
+                    )
+                )
             ]
         print("\nMetrics:\n  " + "\n  ".join(metrics))
         passwords = json.dumps(stack.passwords, indent=2).replace("\n", "\n  ")
