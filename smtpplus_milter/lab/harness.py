@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -1110,13 +1110,84 @@ ALERTMANAGER_START_TIMEOUT = 20.0
 ALERTMANAGER_STOP_TIMEOUT = 10.0
 
 
-class Alertmanager:
+class _ForegroundServer:
+    """A server that runs in the foreground as our child, in a session of its own.
+
+    Subclasses set the timeouts and ``log_file``, say how to tell it is ready (``_ready``) and
+    call ``_launch`` from ``start``; stopping, context management and the log tail are shared.
+    """
+
+    NAME = "server"
+    START_TIMEOUT = 10.0
+    STOP_TIMEOUT = 5.0
+    log_file: Path
+    _process: subprocess.Popen[bytes] | None
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    def _launch(self, command: list[str], output: Path) -> None:
+        with output.open("ab") as log:
+            self._process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        try:
+            process = self._process
+            deadline = time.monotonic() + self.START_TIMEOUT
+            while not self._ready():
+                if process.poll() is not None:
+                    raise LabError(f"{command[0]} exited with status {process.returncode}:\n{_tail(output)}")
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"{self.NAME} was not ready within {self.START_TIMEOUT:.0f}s; "
+                        f"{self.log_file}:\n{_tail(self.log_file)}"
+                    )
+                time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(self.STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            _kill_group(process.pid)
+            process.wait(5)
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        return _tail(self.log_file, lines)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+
+class Alertmanager(_ForegroundServer):
     """A private Prometheus Alertmanager on 127.0.0.1 (Debian prometheus-alertmanager).
 
     Its config, storage and log live in *workdir*; clustering is off (empty
     ``--cluster.listen-address``) and the only receiver is a null one, so alerts are kept and
     shown by ``GET /api/v2/alerts`` and never sent anywhere.
     """
+
+    NAME = "Alertmanager"
+    START_TIMEOUT = ALERTMANAGER_START_TIMEOUT
+    STOP_TIMEOUT = ALERTMANAGER_STOP_TIMEOUT
 
     BINARY = "prometheus-alertmanager"
 
@@ -1161,49 +1232,16 @@ receivers:
         _prepare_dir(self.workdir)
         _prepare_dir(self.storage_dir)
         self.config_file.write_text(self._config_text(), encoding="utf-8")
-        with self.log_file.open("ab") as log:
-            self._process = subprocess.Popen(
-                [
-                    self.BINARY,
-                    f"--config.file={self.config_file}",
-                    f"--storage.path={self.storage_dir}",
-                    f"--web.listen-address={LOOPBACK}:{self.port}",
-                    "--cluster.listen-address=",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            process = self._process
-            deadline = time.monotonic() + ALERTMANAGER_START_TIMEOUT
-            while not self._ready():
-                if process.poll() is not None:
-                    raise LabError(f"{self.BINARY} exited with status {process.returncode}:\n{_tail(self.log_file)}")
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(
-                        f"Alertmanager on {self.url} was not ready within {ALERTMANAGER_START_TIMEOUT:.0f}s; "
-                        f"{self.log_file}:\n{_tail(self.log_file)}"
-                    )
-                time.sleep(0.05)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(ALERTMANAGER_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            _kill_group(process.pid)
-            process.wait(5)
-
-    def alive(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        self._launch(
+            [
+                self.BINARY,
+                f"--config.file={self.config_file}",
+                f"--storage.path={self.storage_dir}",
+                f"--web.listen-address={LOOPBACK}:{self.port}",
+                "--cluster.listen-address=",
+            ],
+            self.log_file,
+        )
 
     def alerts(self) -> list[dict[str, Any]]:
         """``GET /api/v2/alerts``: every alert Alertmanager currently holds."""
@@ -1213,18 +1251,6 @@ receivers:
         result: list[dict[str, Any]] = json.loads(body)
         return result
 
-    def log_tail(self, lines: int = 40) -> str:
-        return _tail(self.log_file, lines)
-
-    def __enter__(self) -> Alertmanager:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
 
 # --- DNS -------------------------------------------------------------------------------------------
 
@@ -1232,7 +1258,7 @@ DNS_START_TIMEOUT = 10.0
 DNS_STOP_TIMEOUT = 5.0
 
 
-class DnsServer:
+class DnsServer(_ForegroundServer):
     """A private dnsmasq on 127.0.0.1:PORT (UDP and TCP) that knows only the records it is given.
 
     *txt* holds (name, text) pairs (one pair per TXT record; repeat a name for several records),
@@ -1240,6 +1266,10 @@ class DnsServer:
     domains that have no record get NXDOMAIN; nothing is forwarded anywhere (``--no-resolv``), and
     neither /etc/hosts nor /etc/dnsmasq.conf is read. Debian package dnsmasq-base.
     """
+
+    NAME = "dnsmasq"
+    START_TIMEOUT = DNS_START_TIMEOUT
+    STOP_TIMEOUT = DNS_STOP_TIMEOUT
 
     BINARY = "dnsmasq"
 
@@ -1287,7 +1317,7 @@ class DnsServer:
         command += [f"--mx-host={domain},{host},10" for domain, host in mx]
         return command
 
-    def _answers(self) -> bool:
+    def _ready(self) -> bool:
         import dns.exception
         import dns.message
         import dns.query
@@ -1302,54 +1332,4 @@ class DnsServer:
         if self._process is not None:
             return
         _prepare_dir(self.workdir)
-        with (self.workdir / "dnsmasq.out").open("ab") as output:
-            self._process = subprocess.Popen(
-                self._command(),
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            process = self._process
-            deadline = time.monotonic() + DNS_START_TIMEOUT
-            while not self._answers():
-                if process.poll() is not None:
-                    raise LabError(
-                        f"{self.BINARY} exited with status {process.returncode}:\n{_tail(self.workdir / 'dnsmasq.out')}"
-                    )
-                if time.monotonic() >= deadline:
-                    raise LabError(
-                        f"dnsmasq on {self.address} did not answer within {DNS_START_TIMEOUT:.0f}s; "
-                        f"{self.log_file}:\n{_tail(self.log_file)}"
-                    )
-                time.sleep(0.05)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(DNS_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            _kill_group(process.pid)
-            process.wait(5)
-
-    def alive(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def log_tail(self, lines: int = 40) -> str:
-        return _tail(self.log_file, lines)
-
-    def __enter__(self) -> DnsServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+        self._launch(self._command(), self.workdir / "dnsmasq.out")
