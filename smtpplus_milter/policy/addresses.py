@@ -56,6 +56,9 @@ def normalize_address(address: str) -> Address:
         raise AddressError(f"{address!r} is not an address of the form local@domain")
     if any(ord(ch) < 0x21 and ch != " " for ch in local) or any(0xD800 <= ord(ch) <= 0xDFFF for ch in local):
         raise AddressError(f"{address!r} contains invalid characters")
+    if "@" in local and not (local.startswith('"') and local.endswith('"')):
+        # "a@@yourcompany.com" must not pass as a yourcompany.com address.
+        raise AddressError(f"{address!r} has more than one '@'")
     return Address(local.lower(), normalize_domain(domain))
 
 
