@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from smtpplus_milter import __version__, explain_cli, users_cli, verify_cli
 from smtpplus_milter.config import DEFAULT_CONFIG, Config, ConfigError, load_config
@@ -226,6 +227,40 @@ def _limit_malloc_arenas(count: int = MALLOC_ARENAS) -> None:
         pass
 
 
+def _give_socket_to_postfix(path: Path, thread: threading.Thread, log: Any) -> None:
+    """Make sure Postfix's smtpd (user postfix) may connect to the new unix socket.
+
+    The socket is created 0770 (umask 007). In the shipped layout its directory is setgid group
+    postfix, so the group is right already; when it is not (e.g. run as root in another
+    directory), hand the socket to group postfix, or say clearly why Postfix will get 451s.
+    """
+    import grp
+
+    deadline = time.monotonic() + 10
+    while not path.exists():
+        if not thread.is_alive() or time.monotonic() > deadline:
+            return
+        time.sleep(0.02)
+    try:
+        postfix_gid = grp.getgrnam("postfix").gr_gid
+    except KeyError:
+        return
+    info = path.stat()
+    if info.st_gid == postfix_gid:
+        return
+    try:
+        os.chown(path, -1, postfix_gid)
+    except OSError as exc:
+        log.warning(
+            "socket_permissions",
+            socket=str(path),
+            mode=oct(info.st_mode & 0o777),
+            group=info.st_gid,
+            reason=f"cannot give the socket to group postfix ({exc.strerror}): Postfix's smtpd may not be "
+            "able to connect; put it in a setgid directory of group postfix (deploy/README-install.md)",
+        )
+
+
 def run(path: Path, pid_file: Path | None = None) -> int:
     config = _load_or_report(path)
     if config is None:
@@ -304,6 +339,8 @@ def _run(config: Config) -> int:
         signal.signal(signum, on_signal)
     thread = threading.Thread(target=serve, name="libmilter", daemon=True)
     thread.start()
+    if spec.startswith(("unix:", "local:")):
+        _give_socket_to_postfix(Path(spec.split(":", 1)[1]), thread, log)
     log.info(
         "started",
         version=__version__,
