@@ -367,9 +367,7 @@ def _edit(args: argparse.Namespace, edit: Edit) -> int:
 
 def _set_active(args: argparse.Namespace, active: bool) -> int:
     with _transaction(args.config) as files:
-        key = files.document.key_of(args.name)
-        if key is None:
-            raise Refused(f"there is no SMTP+ user {args.name!r}; see 'smtpplus-milter users list'")
+        key = _existing_key(files, args.name)
         files.document.apply(key, Edit(active=active), pending=False)
         text = _validated(files)
         has_password = files.passwd.set_disabled(key, not active)
@@ -389,11 +387,17 @@ def _set_active(args: argparse.Namespace, active: bool) -> int:
     return 0
 
 
+def _existing_key(files: _Files, name: str) -> str:
+    """The users-file key of *name* (logins are case-insensitive), or a refusal naming it."""
+    key: str | None = files.document.key_of(name)
+    if key is None:
+        raise Refused(f"there is no SMTP+ user {name!r}; see 'smtpplus-milter users list'")
+    return key
+
+
 def _delete(args: argparse.Namespace) -> int:
     with _transaction(args.config) as files:
-        key = files.document.key_of(args.name)
-        if key is None:
-            raise Refused(f"there is no SMTP+ user {args.name!r}; see 'smtpplus-milter users list'")
+        key = _existing_key(files, args.name)
         files.document.delete(key)
         text = _validated(files)
         files.passwd.remove(key)
@@ -407,9 +411,7 @@ def _delete(args: argparse.Namespace) -> int:
 
 def _reset_password(args: argparse.Namespace) -> int:
     with _transaction(args.config) as files:
-        key = files.document.key_of(args.name)
-        if key is None:
-            raise Refused(f"there is no SMTP+ user {args.name!r}; see 'smtpplus-milter users list'")
+        key = _existing_key(files, args.name)
         _login(key)
         user = files.config.directory.lookup(key)
         active = user is not None and user.active
