@@ -5,8 +5,9 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # dnsmasq-base: the dnsmasq binary only (no service), for the private DNS server of the verify tests.
+# nftables: only `nft -c` (syntax check, nothing loaded) of the shipped firewall snippet.
 packages=(postfix dovecot-core libmilter-dev gcc python3-dev python3-venv openssl procps ca-certificates
-          prometheus-alertmanager prometheus dnsmasq-base)
+          prometheus-alertmanager prometheus dnsmasq-base nftables)
 
 if [ "$(id -u)" != 0 ]; then
   echo "bootstrap: run as root (it installs Debian packages and starts private Postfix/Dovecot instances)" >&2

@@ -110,6 +110,8 @@ def check_config(path: Path) -> int:
         return 1
     users = config.directory.users
     inactive = sum(1 for user in users.values() if not user.active)
+    for warning in config.warnings:
+        print(f"WARNING: {warning}", file=sys.stderr)
     print(
         f"OK: {config.path} and {config.users_path}: {len(users)} users ({inactive} inactive), "
         f"{len(config.settings.lists)} lists, milter socket {config.settings.milter.socket}"
@@ -341,6 +343,8 @@ def _run(config: Config) -> int:
     thread.start()
     if spec.startswith(("unix:", "local:")):
         _give_socket_to_postfix(Path(spec.split(":", 1)[1]), thread, log)
+    for warning in config.warnings:
+        log.warning("config_warning", reason=warning)
     log.info(
         "started",
         version=__version__,

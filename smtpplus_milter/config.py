@@ -30,9 +30,12 @@ Priority = Annotated[int, Field(ge=1, le=5)]
 Queue = Literal["high", "normal", "low"]
 DEFAULT_QUEUES: dict[int, Queue] = {1: "high", 2: "high", 3: "normal", 4: "low", 5: "low"}
 
-_SOCKET = re.compile(r"^(unix|local):/.+|^inet6?:\d{1,5}(@\S+)?$")
+_SOCKET = re.compile(r"^(unix|local):/.+|^inet6?:\d{1,5}@\S+$")
 _HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):(\d{1,5})$")
 
+
+# A {daemon_name} value as master.cf sets it (-o milter_macro_daemon_name=ORIGINATING).
+DaemonName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$", max_length=100)]
 
 # YAML has lists, not tuples; lax mode here only lets a list become the (immutable) tuple.
 _LIST = Field(strict=False)
@@ -67,9 +70,30 @@ class MilterSection(_Strict):
     @field_validator("socket")
     @classmethod
     def _socket(cls, value: str) -> str:
+        if re.fullmatch(r"inet6?:\d{1,5}", value):
+            # libmilter would listen on every interface, and whoever reaches the socket can claim
+            # any SASL login ({auth_authen} is just a macro the client side sends).
+            raise ValueError(
+                f"{value!r} has no host, so the milter would listen on every interface; "
+                f"name it, e.g. {value}@127.0.0.1 (or use a unix socket)"
+            )
         if not _SOCKET.match(value):
             raise ValueError(f"{value!r} is not a milter socket; use unix:/ABSOLUTE/PATH or inet:PORT@127.0.0.1")
         return value
+
+    @property
+    def exposed_host(self) -> str | None:
+        """The host of an inet socket that is not loopback (anyone there can pose as Postfix)."""
+        kind, _, rest = self.socket.partition(":")
+        if kind not in ("inet", "inet6"):
+            return None
+        host = rest.partition("@")[2]
+        if host == "localhost":
+            return None
+        try:
+            return None if ipaddress.ip_address(host.strip("[]")).is_loopback else host
+        except ValueError:
+            return host  # a name: it may resolve to anything
 
 
 class AuthorizationSection(_Strict):
@@ -208,6 +232,9 @@ class Settings(_Strict):
 
     milter: MilterSection = MilterSection()
     unauthenticated: Literal["pass", "reject"] = "pass"
+    # Postfix services whose {daemon_name} (milter_macro_daemon_name in master.cf) marks them as
+    # submission: a session there without SASL login is refused whatever `unauthenticated` says.
+    submission_daemon_names: Annotated[tuple[DaemonName, ...], _LIST] = ()
     unknown_user: Literal["reject", "pass"] = "reject"
     authorization: AuthorizationSection = AuthorizationSection()
     limits: LimitsSection = LimitsSection()
@@ -323,6 +350,19 @@ class Config:
     @property
     def users(self) -> dict[str, User]:
         return dict(self.directory.users)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Valid but risky settings, for check-config and the milter's start-up log."""
+        found = []
+        host = self.settings.milter.exposed_host
+        if host is not None:
+            found.append(
+                f"milter.socket {self.settings.milter.socket} listens on {host}, not on loopback: anyone who "
+                "can connect there can pose as Postfix and claim any SASL login; firewall it to the Postfix "
+                "hosts or use a unix socket"
+            )
+        return found
 
 
 def load_config(path: Path | str = DEFAULT_CONFIG, *, users_text: str | None = None) -> Config:
@@ -528,6 +568,7 @@ def _auth_policy(settings: Settings) -> AuthPolicy:
         checks=frozenset(Check(item) for item in settings.authorization.check),
         unknown_user=settings.unknown_user,
         unauthenticated=settings.unauthenticated,
+        submission_daemon_names=frozenset(settings.submission_daemon_names),
     )
 
 

@@ -26,8 +26,8 @@ from smtpplus_milter.alerts import DISABLED_USER, UNAUTHORIZED_SENDER, Alert, Al
 from smtpplus_milter.config import Config, ConfigError, load_config
 from smtpplus_milter.log import get_logger
 from smtpplus_milter.mime.footer import Banner, InjectionResult, inject
-from smtpplus_milter.policy.authorization import decide_headers, decide_mail_from, safe_text
-from smtpplus_milter.policy.decision import Decision, Reply, Verdict
+from smtpplus_milter.policy.authorization import decide_headers, decide_mail_from
+from smtpplus_milter.policy.decision import Decision, Reply, Verdict, safe_text
 from smtpplus_milter.policy.priority import HeaderEdit, PriorityPlan, plan_priority
 from smtpplus_milter.policy.users import User
 
@@ -133,8 +133,23 @@ def banner_for(config: Config, user: User) -> Banner | None:
     return banner if any((banner.header_text, banner.header_html, banner.footer_text, banner.footer_html)) else None
 
 
-# What we may ask Postfix to do to a message (negotiated once per connection).
-FLAGS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGBODY
+# What we may ask Postfix to do to a message (negotiated once per connection). SETSYMLIST lets
+# us name the macros we need (MACROS).
+FLAGS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGBODY | Milter.SETSYMLIST
+
+# The macros the decisions depend on, asked for per stage at negotiation. Postfix then sends
+# exactly these whatever main.cf's milter_*_macros say, so an operator who trims
+# milter_mail_macros for another milter cannot make every session look unauthenticated.
+# ({auth_authen}: the SASL login; i: the queue id; {daemon_name}: which Postfix service.)
+MACROS: dict[int, str] = {
+    Milter.M_ENVFROM: "{auth_authen} i {daemon_name}",
+    Milter.M_EOH: "i",
+    Milter.M_EOM: "i",
+}
+
+MACROS_MISSING_REPLY = Reply(
+    "451", "4.3.0", "SMTP+ relay: cannot tell whether this session is authenticated, try again later"
+)
 
 
 class ConfigHolder:
@@ -210,7 +225,28 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
         if self.holder.config.settings.milter.socket.startswith("inet"):
             set_tcp_nodelay()
         self._closed = False
+        # True once Postfix has agreed to send MACROS (negotiate); until then a missing
+        # {auth_authen} proves nothing.
+        self.macros_requested = False
         self._reset()
+
+    def negotiate(self, opts: list[int]) -> int:
+        answer = Milter.Base.negotiate(self, opts)
+        if answer != Milter.CONTINUE:  # pymilter could not negotiate: Postfix keeps its defaults
+            log.error("macros_not_requested", reason="milter negotiation failed; sessions without a login get 451")
+            return answer
+        try:
+            if not self._actions & Milter.SETSYMLIST:
+                raise Milter.DisabledAction("the MTA does not let a milter choose its macros (SETSYMLIST)")
+            for stage, names in MACROS.items():
+                # A str, not bytes: pymilter's own setsymlist() passes bytes, which its C layer
+                # refuses on Python 3 (and Base.negotiate swallows that error).
+                self._ctx.setsymlist(stage, names)
+        except Exception as exc:
+            log.error("macros_not_requested", reason=str(exc), consequence="sessions without a login get 451")
+            return answer
+        self.macros_requested = True
+        return answer
 
     @staticmethod
     def active_connections() -> int:
@@ -238,6 +274,8 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
         self.banner: Banner | None = None
         self.spool: tempfile.SpooledTemporaryFile[bytes] | None = None
         self.footer: InjectionResult | None = None
+        # Set once a refusal is decided for this message (see _internal_error).
+        self.refusal: Decision | None = None
 
     # Steps we never need: Postfix skips them entirely.
     @Milter.nocallback
@@ -278,7 +316,17 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
             name, _, value = param.partition("=")
             if name.upper() == "SIZE" and value.isdigit():
                 self.size = int(value)
-        decision = decide_mail_from(config.directory, self.login, mail_from)
+        if self.login is None and not self.macros_requested:
+            # Without our macro list, "no login" may only mean Postfix was told not to send it.
+            return self._refuse(
+                Decision(
+                    Verdict.TEMPFAIL,
+                    MACROS_MISSING_REPLY,
+                    reasons=("no {auth_authen}: Postfix did not agree to send the macros this milter needs",),
+                )
+            )
+        daemon_name = self.getsymval("{daemon_name}") or None
+        decision = decide_mail_from(config.directory, self.login, mail_from, daemon_name=daemon_name)
         self._note(decision)
         if decision.bypass:
             self._finish(decision)
@@ -398,24 +446,41 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
         self.unauthorized.extend(decision.unauthorized)
 
     def _refuse(self, decision: Decision) -> int:
+        """Answer a decided refusal. Nothing that fails from here on may turn it into anything else."""
+        self.refusal = decision
         reply = decision.reply or INTERNAL_ERROR_REPLY
-        self.setreply(reply.code, reply.xcode, reply.text.replace("%", "%%"))
+        self._set_reply(reply)
         self._finish(Decision(decision.verdict, reply, tuple(self.reasons), tuple(self.unauthorized)))
-        return Milter.REJECT if decision.verdict is Verdict.REJECT else Milter.TEMPFAIL
+        return _answer(decision.verdict)
+
+    def _set_reply(self, reply: Reply) -> None:
+        # The text is only the explanation: if libmilter will not take it, Postfix sends its own
+        # generic text with the same class of answer (5xx stays 5xx), which is what counts.
+        try:
+            self.setreply(reply.code, reply.xcode, reply.text.replace("%", "%%"))
+        except Exception:
+            log.exception("reply_text_not_set", queue_id=self.queue_id, reply=str(reply)[:200])
 
     def _internal_error(self) -> int:
+        if self.refusal is not None:  # decided before the failure: a refusal stays a refusal
+            self._finish_failed(self.refusal.verdict, self.refusal.reply)
+            return _answer(self.refusal.verdict)
         config = self.config or self.holder.config
         if config.settings.milter.on_internal_error == "accept":
-            self._finish(Decision(Verdict.ACCEPT, reasons=(*self.reasons, "internal error: accepted unchanged")))
+            self._finish_failed(Verdict.ACCEPT, None, "internal error: accepted unchanged")
             return Milter.ACCEPT
-        try:
-            self.setreply(INTERNAL_ERROR_REPLY.code, INTERNAL_ERROR_REPLY.xcode, INTERNAL_ERROR_REPLY.text)
-        except Exception:  # the reply is a nicety; the tempfail itself must go out
-            log.exception("internal_error_reply_failed")
-        self._finish(
-            Decision(Verdict.TEMPFAIL, INTERNAL_ERROR_REPLY, (*self.reasons, f"internal error: {self.failure!r}"))
-        )
+        self._set_reply(INTERNAL_ERROR_REPLY)
+        self._finish_failed(Verdict.TEMPFAIL, INTERNAL_ERROR_REPLY, f"internal error: {self.failure!r}")
         return Milter.TEMPFAIL
+
+    def _finish_failed(self, verdict: Verdict, reply: Reply | None, *extra: str) -> None:
+        """Log and count a message whose handling failed, keeping what was found before the
+        failure (an unauthorized sender is still counted and alerted). Never raises: the answer
+        to Postfix matters more than the log line."""
+        try:
+            self._finish(Decision(verdict, reply, (*self.reasons, *extra), tuple(self.unauthorized)))
+        except Exception:
+            log.exception("finish_failed", queue_id=self.queue_id, verdict=verdict.value)
 
     def _finish(self, decision: Decision) -> None:
         """Log the one ``message`` event and count it. Called once per message."""
@@ -503,6 +568,10 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
         if decision.verdict is Verdict.REJECT and user is not None and not user.active:
             sender = safe_text(self.mail_from.strip("<>"), 200)
             alerts.submit(Alert(DISABLED_USER, login, sender, "envelope_from", mode, action, reply, self.queue_id))
+
+
+def _answer(verdict: Verdict) -> int:
+    return Milter.REJECT if verdict is Verdict.REJECT else Milter.TEMPFAIL
 
 
 def factory_for(holder: ConfigHolder) -> type[SmtpPlusMilter]:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from smtpplus_milter.config import Settings
+from smtpplus_milter.config import Settings, split_host_port
 
 MILTER_CHECKS = "smtpplus_milter_header_checks"
 SMTP_CHECKS = "smtpplus_smtp_header_checks"
@@ -42,6 +42,10 @@ class PostfixSnippets:
     master_cf: str
     files: dict[str, str]
     warnings: list[str] = field(default_factory=list)
+    # master.cf service(s) for mail the product itself sends (alerts, verification codes): a
+    # loopback smtpd without milters, see local_listener(). Empty when none is configured.
+    local_listener: str = ""
+    local_listener_main_cf: dict[str, str] = field(default_factory=dict)
 
 
 def transport_name(queue: str) -> str:
@@ -67,6 +71,10 @@ def generate(
     nexthops = {queue: given.get(queue, relayhost) for queue in routed}
     directory = PurePosixPath(postfix_dir)
     main_cf = {
+        # Postfix hands header values to a milter as C strings: a NUL would end the value the
+        # milter judges ("me@allowed.example<NUL>, ceo@bank.example") while the whole header is
+        # delivered. Stripping NUL on arrival makes both see the same bytes.
+        "message_strip_characters": "\\0",
         "milter_header_checks": f"regexp:{directory / MILTER_CHECKS}",
         "smtp_header_checks": f"regexp:{directory / SMTP_CHECKS}",
     }
@@ -109,18 +117,82 @@ def generate(
     unknown = sorted(set(given) - set(routed))
     if unknown:
         warnings.append(f"--nexthop for {', '.join(unknown)} ignored: no priority maps to that queue")
+    listener, listener_cf, listener_warnings = local_listener(settings, chroot=chroot)
     return PostfixSnippets(
         main_cf=main_cf,
         master_cf="\n".join(master_lines) + ("\n" if master_lines else ""),
         files={MILTER_CHECKS: "\n".join(checks) + "\n", SMTP_CHECKS: "\n".join(strip) + "\n"},
-        warnings=warnings,
+        warnings=warnings + listener_warnings,
+        local_listener=listener,
+        local_listener_main_cf=listener_cf,
     )
+
+
+LOCAL_SENDERS = "smtpplus_local_sender_restrictions"
+
+
+def local_listener(settings: Settings, *, chroot: bool = True) -> tuple[str, dict[str, str], list[str]]:
+    """The loopback smtpd(s) that take the product's own mail: (master.cf text, main.cf, warnings).
+
+    Alert and verification mail must not pass this milter (an alert about a spoofed sender would
+    itself be judged), so it goes to a listener without milters. Such a listener must not become
+    an open relay for every local process: it takes no logins, only connections from 127.0.0.1,
+    and only the envelope senders this config sends from (``alerts.email.from``,
+    ``verification.from``); anything else is refused at MAIL FROM. Who may connect at all is a
+    question for the host firewall (deploy/nftables/).
+    """
+    endpoints: dict[tuple[str, int], None] = {}
+    senders: dict[str, None] = {}
+    warnings: list[str] = []
+    email = settings.alerts.email
+    for what, hostport, sender in (
+        ("alerts.email.smtp", email.smtp if email else None, email.from_ if email else None),
+        ("verification.smtp", settings.verification.smtp if settings.verification.from_ else None,
+         settings.verification.from_),
+    ):
+        if hostport is None or sender is None:
+            continue
+        host, port = split_host_port(hostport)
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            warnings.append(f"{what} {hostport} is not on this host: that server must not run smtpplus-milter")
+            continue
+        endpoints[("127.0.0.1" if host == "localhost" else host, port)] = None
+        senders[sender.lower()] = None
+    if not endpoints:
+        return "", {}, warnings
+    table = ", ".join(f"{sender}=OK" for sender in senders)
+    main_cf = {LOCAL_SENDERS: f"check_sender_access inline:{{ {table} }}, reject"}
+    lines = []
+    for host, port in endpoints:
+        name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        lines += [
+            f"{name} inet  n       -       {'y' if chroot else 'n'}       -       -       smtpd",
+            "  -o syslog_name=postfix/smtpplus-local",
+            "  -o smtpd_milters=",
+            "  -o smtpd_sasl_auth_enable=no",
+            f"  -o mynetworks={host}/{128 if ':' in host else 32}",
+            "  -o smtpd_client_restrictions=permit_mynetworks,reject",
+            "  -o smtpd_helo_restrictions=",
+            f"  -o smtpd_sender_restrictions=${LOCAL_SENDERS}",
+            "  -o smtpd_recipient_restrictions=",
+            "  -o smtpd_relay_restrictions=permit_mynetworks,reject",
+        ]
+    return "\n".join(lines) + "\n", main_cf, warnings
 
 
 def render(snippets: PostfixSnippets, postfix_dir: str = "/etc/postfix") -> str:
     out = ["# ---- main.cf (postconf -e 'name = value', or append) ----"]
     out += [f"{name} = {value}" for name, value in snippets.main_cf.items()]
     out += ["", "# ---- master.cf (append) ----", snippets.master_cf.rstrip("\n")]
+    if snippets.local_listener:
+        out += [
+            "",
+            "# ---- loopback listener for alert/verification mail, without this milter ----",
+            "# main.cf:",
+            *(f"{name} = {value}" for name, value in snippets.local_listener_main_cf.items()),
+            "# master.cf (append):",
+            snippets.local_listener.rstrip("\n"),
+        ]
     for name, text in snippets.files.items():
         out += ["", f"# ---- {PurePosixPath(postfix_dir) / name} ----", text.rstrip("\n")]
     out += ["", "# ---- warnings ----"] + [f"# WARNING: {warning}" for warning in snippets.warnings]

@@ -70,11 +70,14 @@ class Stack:
         cleanup: bool = True,
         priority_routing: str | None = "relayhost",
         slow_seconds: float = 0.0,
+        local_listener: bool = False,
     ) -> None:
         """*priority_routing*: None (no transports), ``"sinks"`` (smtpplus-high/-low deliver to
         sinks of their own, ``high_sink`` / ``low_sink``) or ``"relayhost"`` (they deliver to the
         relayhost like the default transport, as postfix-config writes it for a relayhost).
-        *slow_seconds* delays every delivery to the default and low sinks (backlog benchmarks)."""
+        *slow_seconds* delays every delivery to the default and low sinks (backlog benchmarks).
+        *local_listener* adds the milter-less loopback listener that ``postfix-config`` prints for
+        alert and verification mail (on the ports the settings name)."""
         # A directory we made ourselves is removed after stop() (SMTPPLUS_LAB_KEEP=1 keeps it).
         self.cleanup = cleanup and workdir is None
         self.workdir = workdir or make_workdir("smtpplus-lab")
@@ -118,6 +121,7 @@ class Stack:
             MilterProcess(self.config_path, self.milter_spec, self.workdir / "milter.log") if self.milter_spec else None
         )
         self.postfix_main_cf = postfix_main_cf or {}
+        self.local_listener = local_listener
         self.postfix: Postfix | None = None
 
     # --- config files ---------------------------------------------------------------------
@@ -156,11 +160,16 @@ class Stack:
         return self
 
     def _routing(self) -> tuple[dict[str, str], str, dict[str, str]]:
-        """The priority transports exactly as ``smtpplus-milter postfix-config`` prints them."""
-        if not self.priority_routing:
-            return {}, "", {}
+        """The priority transports (and the local listener) exactly as ``smtpplus-milter
+        postfix-config`` prints them."""
         from smtpplus_milter.config import load_config
         from smtpplus_milter.postfix_config import generate
+
+        if not self.priority_routing:
+            if not self.local_listener:
+                return {}, "", {}
+            snippets = generate(load_config(self.config_path).settings, chroot=False)
+            return dict(snippets.local_listener_main_cf), snippets.local_listener, {}
 
         nexthops = {}
         if self.high_sink and self.low_sink:
@@ -173,6 +182,12 @@ class Stack:
             relayhost=f"[127.0.0.1]:{self.sink.port}",
             chroot=False,
         )
+        if self.local_listener:
+            return (
+                {**snippets.main_cf, **snippets.local_listener_main_cf},
+                snippets.master_cf + snippets.local_listener,
+                snippets.files,
+            )
         return snippets.main_cf, snippets.master_cf, snippets.files
 
     def _postfix_milter_spec(self) -> str | None:

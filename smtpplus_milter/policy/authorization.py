@@ -7,7 +7,6 @@ a :class:`~smtpplus_milter.policy.decision.Decision`; nothing here has side effe
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,23 +16,14 @@ from smtpplus_milter.policy.addresses import (
     parse_address_header,
     parse_envelope_sender,
 )
-from smtpplus_milter.policy.decision import Decision, Reply, Unauthorized, Verdict
+from smtpplus_milter.policy.decision import Decision, Reply, Unauthorized, Verdict, safe_text
 from smtpplus_milter.policy.users import Check, Directory, Mode, User
 
 REPLY_TO_HINT = "a visitor's address from a web form belongs in Reply-To, not From"
 
-
-def safe_text(text: str, limit: int = 120) -> str:
-    """Make client-supplied text fit into an SMTP reply and a log line.
-
-    libmilter silently drops a reply with a lone '%', and CR/LF or 8-bit bytes would break the
-    SMTP reply line.
-    """
-    cleaned = _UNSAFE.sub("?", text)
-    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
-
-
-_UNSAFE = re.compile(r"[^ -$&-~]")  # anything but printable ASCII, and '%'
+# How much of a client's address a reply or log line repeats: enough to recognise it, short
+# enough that the reply always fits (an envelope address may be a thousand characters long).
+SHOWN_ADDRESS = 200
 
 
 @dataclass(frozen=True)
@@ -46,16 +36,29 @@ class _Seen:
     problem: str | None = None
 
 
-def decide_mail_from(directory: Directory, login: str | None, mail_from: str) -> Decision:
-    """Decide at MAIL FROM: session kind, user status and the envelope sender."""
+AUTH_REQUIRED = Reply("530", "5.7.0", "Authentication required: log in with SMTP AUTH to send through this relay")
+
+
+def decide_mail_from(
+    directory: Directory, login: str | None, mail_from: str, *, daemon_name: str | None = None
+) -> Decision:
+    """Decide at MAIL FROM: session kind, user status and the envelope sender.
+
+    *daemon_name* is Postfix's ``{daemon_name}`` macro: which of its services took the session.
+    """
     policy = directory.policy
     if not login:
+        if daemon_name and daemon_name in policy.submission_daemon_names:
+            shown = safe_text(daemon_name, 64)
+            return Decision(
+                Verdict.REJECT,
+                AUTH_REQUIRED,
+                reasons=(f"unauthenticated session on submission service {shown} refused (submission_daemon_names)",),
+            )
         if policy.unauthenticated == "pass":
             return Decision(Verdict.ACCEPT, reasons=("unauthenticated session: not SMTP+ traffic",), bypass=True)
         return Decision(
-            Verdict.REJECT,
-            Reply("530", "5.7.0", "Authentication required: log in with SMTP AUTH to send through this relay"),
-            reasons=("unauthenticated session refused (unauthenticated: reject)",),
+            Verdict.REJECT, AUTH_REQUIRED, reasons=("unauthenticated session refused (unauthenticated: reject)",)
         )
     user = directory.lookup(login)
     if user is None:
@@ -154,7 +157,8 @@ def _judge(directory: Directory, user: User, seen: list[_Seen]) -> Decision:
             Verdict.ACCEPT, reasons=(*reasons, "delivered anyway (authorization.mode: alert)"), unauthorized=tuple(bad)
         )
     first = bad[0]
-    shown = f"<{first.address}>" if not first.address.startswith("(") else first.address
+    address = safe_text(first.address, SHOWN_ADDRESS)
+    shown = f"<{address}>" if not address.startswith("(") else address
     text = f"{shown}: sender not authorized for SMTP+ user {user.login}"
     if pending:
         text += " (awaiting verification)"

@@ -6,8 +6,25 @@ The milter adapter turns a :class:`Decision` into libmilter calls; the same valu
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
+
+# libmilter refuses a reply over 980 bytes (code, enhanced code, text and separators), and
+# pymilter then raises. Our texts are far shorter; client-supplied parts (addresses, logins)
+# are cut to fit, so no client can make a refusal impossible to send.
+MAX_REPLY_TEXT = 400
+_UNSAFE = re.compile(r"[^ -$&-~]")  # anything but printable ASCII, and '%'
+
+
+def safe_text(text: str, limit: int = 120) -> str:
+    """Make client-supplied text fit into an SMTP reply and a log line.
+
+    libmilter silently drops a reply with a lone '%', and CR/LF or 8-bit bytes would break the
+    SMTP reply line. Longer text is cut to *limit* characters, ending in "...".
+    """
+    cleaned = _UNSAFE.sub("?", text[: limit * 4])  # never scan more than could be shown
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
 
 
 class Verdict(StrEnum):
@@ -18,9 +35,14 @@ class Verdict(StrEnum):
 
 @dataclass(frozen=True)
 class Reply:
+    """An SMTP reply. The text is made safe and bounded here, whoever built it."""
+
     code: str
     xcode: str
     text: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", safe_text(self.text, MAX_REPLY_TEXT))
 
     def __str__(self) -> str:
         return f"{self.code} {self.xcode} {self.text}"

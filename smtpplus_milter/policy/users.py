@@ -58,6 +58,9 @@ class AuthPolicy:
     checks: frozenset[Check] = frozenset(Check)
     unknown_user: str = "reject"  # reject | pass
     unauthenticated: str = "pass"  # pass | reject
+    # {daemon_name} values of submission services: no login there is refused, whatever
+    # `unauthenticated` says (a submission port never carries inbound mail).
+    submission_daemon_names: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,107 @@
+"""What the shipped configuration exposes: sockets, the loopback listener, NUL, unit bounds."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from smtpplus_milter.cli import main
+from smtpplus_milter.config import ConfigError, load_config
+from smtpplus_milter.postfix_config import generate
+from tests.helpers import config_with, write_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("socket", ["inet:8891", "inet6:8891"])
+def test_inet_socket_without_host_is_refused(tmp_path: Path, socket: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path, settings={"milter": {"socket": socket}})
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    [problem] = caught.value.problems
+    assert problem.path == ("milter", "socket") and "every interface" in problem.message
+    assert f"{socket}@127.0.0.1" in problem.message
+    assert main(["check-config", "-c", str(path)]) == 1
+    assert "milter.socket" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("socket", "warned"),
+    [
+        pytest.param("inet:8891@127.0.0.1", False, id="loopback"),
+        pytest.param("inet:8891@localhost", False, id="localhost"),
+        pytest.param("inet6:8891@[::1]", False, id="v6-loopback"),
+        pytest.param("inet:8891@0.0.0.0", True, id="any"),
+        pytest.param("inet:8891@192.0.2.7", True, id="lan"),
+        pytest.param("inet:8891@milter.example", True, id="name"),
+    ],
+)
+def test_non_loopback_milter_socket_is_warned_about(
+    tmp_path: Path, socket: str, warned: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, settings={"milter": {"socket": socket}})
+    assert main(["check-config", "-c", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert ("WARNING: milter.socket" in err) is warned
+    assert bool(load_config(path).warnings) is warned
+
+
+@pytest.mark.parametrize("name", ["", "has space", "a" * 101, "-o"])
+def test_bad_submission_daemon_names_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config_with(tmp_path, settings={"submission_daemon_names": [name]})
+    assert caught.value.problems[0].path[0] == "submission_daemon_names"
+
+
+def test_postfix_config_strips_nul(tmp_path: Path) -> None:
+    snippets = generate(config_with(tmp_path).settings)
+    assert snippets.main_cf["message_strip_characters"] == "\\0"
+    shipped = (REPO / "deploy/postfix/main.cf.snippet").read_text(encoding="utf-8")
+    assert re.search(r"^message_strip_characters = \\0$", shipped, re.MULTILINE)
+
+
+def test_local_listener_is_no_open_relay(tmp_path: Path) -> None:
+    settings = {
+        "alerts": {"email": {"to": ["it@example.com"], "smtp": "127.0.0.1:10025", "from": "Alerts@Relay.example"}},
+        "verification": {"smtp": "127.0.0.1:10025", "from": "verify@relay.example"},
+    }
+    snippets = generate(config_with(tmp_path, settings=settings).settings)
+    lines = snippets.local_listener.splitlines()
+    assert lines[0].split()[:2] == ["127.0.0.1:10025", "inet"]  # one service for both senders
+    options = dict(line.strip()[3:].split("=", 1) for line in lines[1:])
+    assert options["smtpd_milters"] == ""
+    assert options["smtpd_sasl_auth_enable"] == "no"
+    assert options["mynetworks"] == "127.0.0.1/32"
+    assert options["smtpd_relay_restrictions"] == "permit_mynetworks,reject"
+    assert options["smtpd_client_restrictions"] == "permit_mynetworks,reject"
+    assert options["smtpd_sender_restrictions"] == "$smtpplus_local_sender_restrictions"
+    restriction = snippets.local_listener_main_cf["smtpplus_local_sender_restrictions"]
+    assert restriction == "check_sender_access inline:{ alerts@relay.example=OK, verify@relay.example=OK }, reject"
+
+
+def test_no_local_listener_for_a_remote_smtp(tmp_path: Path) -> None:
+    settings = {"verification": {"smtp": "smarthost.example:25", "from": "verify@relay.example"}}
+    snippets = generate(config_with(tmp_path, settings=settings).settings)
+    assert snippets.local_listener == "" and snippets.local_listener_main_cf == {}
+    assert any("smarthost.example:25 is not on this host" in warning for warning in snippets.warnings)
+
+
+def test_unit_bounds_memory_and_tasks() -> None:
+    unit = (REPO / "systemd/smtpplus-milter.service").read_text(encoding="utf-8")
+    memory = re.search(r"^MemoryMax=(\d+)G$", unit, re.MULTILINE)
+    tasks = re.search(r"^TasksMax=(\d+)$", unit, re.MULTILINE)
+    assert memory and 1 <= int(memory.group(1)) <= 4
+    assert tasks and 128 <= int(tasks.group(1)) <= 2048
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="nftables is not installed (deploy/bootstrap.sh installs it)")
+def test_nftables_snippet_parses(tmp_path: Path) -> None:
+    # `nft -c` checks without loading anything; the service user may not exist here.
+    text = (REPO / "deploy/nftables/smtpplus-local.nft").read_text(encoding="utf-8").replace('"smtpplus"', '"nobody"')
+    (tmp_path / "rules.nft").write_text(text, encoding="utf-8")
+    done = subprocess.run(["nft", "-c", "-f", str(tmp_path / "rules.nft")], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
