@@ -5,27 +5,32 @@ read both, make the change in memory, validate the new users file with the loade
 ``check-config`` and a reload use, then replace the files atomically. The passwd-file is the
 door: a new login is written there last (after the users file that restricts it) and a login
 that goes away is removed there first. Nothing is written when anything fails.
+
+Inside that transaction, too, the rule that no change turns a restricted user into one that may
+send as any sender unless the operator asks for it (``--allow-any-sender``): a user with no
+authorized or pending entry at all is unrestricted, so removing the last one is not a small edit.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import json
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from smtpplus_milter.config import Config, ConfigError, load_config
 from smtpplus_milter.files import FileProblem, Ownership, locked, read_text, replace_atomically
 from smtpplus_milter.passwd import PasswdFile, PasswdProblem, generate_password, hash_password, passwd_login
-from smtpplus_milter.policy.users import User, normalize_login
-from smtpplus_milter.usersfile import Edit, EditProblem, UsersDocument
+from smtpplus_milter.policy.users import Directory, User, newly_unrestricted, normalize_login
+from smtpplus_milter.usersfile import ALLOW_ANY_SENDER, Edit, EditProblem, UsersDocument, any_sender_refusal
 
 DEFAULT_PID_FILE = Path("/run/smtpplus/milter.pid")
 RELOAD_HINT = "systemctl reload smtpplus-milter"
@@ -75,6 +80,15 @@ def add_parsers(commands: Any, add_config: Callable[[argparse.ArgumentParser], N
         reload_options(action)
 
 
+def allow_any_sender_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        ALLOW_ANY_SENDER,
+        action="store_true",
+        help="allow the change even though it leaves the user with no authorized (or pending) domains or "
+        "senders, so that it may send as ANY sender (refused without this option)",
+    )
+
+
 def _entry_options(parser: argparse.ArgumentParser, *, editing: bool) -> None:
     parser.add_argument("--priority", type=int, metavar="N", help="default priority, 1 (very high) .. 5 (very low)")
     parser.add_argument("--list", metavar="L", help="the list (header/footer group) from the config file")
@@ -99,6 +113,7 @@ def _entry_options(parser: argparse.ArgumentParser, *, editing: bool) -> None:
         help="with verification.required: authorize the new entries at once, on your own word "
         "(logged as verification_attested) instead of waiting for their verification",
     )
+    allow_any_sender_option(parser)
     if not editing:
         parser.add_argument("--inactive", action="store_true", help="add the user disabled")
         return
@@ -201,6 +216,25 @@ def _err(text: str) -> None:
     print(text, file=sys.stderr)
 
 
+def audit_event(event: str, **fields: Any) -> None:
+    """A structured log line (stderr: JSON, or key=value on a terminal) for the audit trail."""
+    from smtpplus_milter import log as logsetup
+
+    logsetup.configure()
+    operator = os.environ.get("SUDO_USER") or getpass.getuser()
+    logsetup.get_logger().info(event, operator=operator, **fields)
+
+
+def any_sender_chosen(users: list[User], command: str) -> None:
+    """Say and log that the operator let *users* send as any sender (``--allow-any-sender``)."""
+    for user in users:
+        _err(
+            f"note: {user.login} may now send as ANY sender: it has no authorized or pending domains or senders "
+            f"left ({ALLOW_ANY_SENDER} given); logged"
+        )
+        audit_event("any_sender_allowed", user=user.login, command=command)
+
+
 # --- the one write path --------------------------------------------------------------------------
 
 
@@ -212,6 +246,8 @@ class _Files:
     passwd_path: Path
     passwd: PasswdFile
     passwd_text: str | None
+    after: Directory | None = None  # the users as the validated new text has them
+    widened: list[User] = field(default_factory=list)  # restricted before, any sender after (allowed)
 
 
 def load(config_path: Path) -> Config:
@@ -241,17 +277,26 @@ def _transaction(config_path: Path) -> Iterator[_Files]:
         yield _Files(config, users_text, document, passwd_path, PasswdFile.parse(passwd_text), passwd_text)
 
 
-def _validated(files: _Files) -> str:
-    """The new users file text, if it passes the same validation as check-config."""
+def _validated(files: _Files, *, allow_any_sender: bool = False, again: str = "") -> str:
+    """The new users file text, if it passes the same validation as check-config.
+
+    It also must not leave a restricted user free to send as any sender, unless *allow_any_sender*
+    (then the users it widens are in ``files.widened``). *again* is the command that would.
+    """
     text = files.document.dump()
     try:
-        load_config(files.config.path, users_text=text)
+        after = load_config(files.config.path, users_text=text).directory
     except ConfigError as exc:
         lines = "\n  ".join(str(problem) for problem in exc.problems)
         raise Refused(
             "the users file would not validate after this change (line numbers as the file would be); "
             f"nothing was changed:\n  {lines}"
         ) from None
+    # files.config was reread under the lock: this compares with the file as it is now.
+    widened = newly_unrestricted(files.config.directory, after)
+    if widened and not allow_any_sender:
+        raise Refused(any_sender_refusal(widened, again or f"repeat the command with {ALLOW_ANY_SENDER}"))
+    files.after, files.widened = after, widened
     return text
 
 
@@ -302,6 +347,8 @@ def _add(args: argparse.Namespace, edit: Edit) -> int:
         pending = files.config.settings.verification.required and not args.verified
         files.document.add(name, edit, pending=pending)
         text = _validated(files)
+        assert files.after is not None
+        added = files.after.lookup(name)
         password = generate_password()
         files.passwd.set_password(name, hash_password(password), disabled=edit.active is False)
         _write_users(files, text)  # the restrictions first ...
@@ -309,6 +356,14 @@ def _add(args: argparse.Namespace, edit: Edit) -> int:
         active = edit.active is not False
     _notes(files)
     _print_credentials(name, password, created=True, active=active)
+    if added is not None and added.unrestricted:
+        # Allowed: a user created without entries is unrestricted by design. Said loudly, because
+        # a forgotten --authorized-domain looks exactly like this.
+        chosen = f" ({ALLOW_ANY_SENDER} given)" if args.allow_any_sender else ""
+        _err(
+            f"note: {added.login} has no authorized domains or senders: it may send as ANY sender{chosen}. "
+            f"To restrict it: smtpplus-milter users edit {added.login} --authorized-domain D / --authorized-sender A"
+        )
     _after_entries(args, files.config, name, None)
     reload_milter(args)
     return 0
@@ -324,9 +379,7 @@ def _after_entries(args: argparse.Namespace, old: Config, name: str, before: Use
         senders = sorted(user.authorized_senders - (before.authorized_senders if before else frozenset()))
         domains = sorted(user.authorized_domains - (before.authorized_domains if before else frozenset()))
         if senders or domains:
-            from smtpplus_milter.verify_cli import _event
-
-            _event("verification_attested", user=user.login, senders=senders, domains=domains)
+            audit_event("verification_attested", user=user.login, senders=senders, domains=domains)
             _err(f"note: {', '.join([*senders, *domains])} authorized without verification (--verified); logged")
         return
     senders = sorted(user.pending_senders - (before.pending_senders if before else frozenset()))
@@ -346,7 +399,11 @@ def _edit(args: argparse.Namespace, edit: Edit) -> int:
         before = files.config.directory.lookup(key)
         pending = files.config.settings.verification.required and not args.verified
         files.document.apply(args.name, edit, pending=pending)
-        text = _validated(files)
+        text = _validated(
+            files,
+            allow_any_sender=args.allow_any_sender,
+            again=f"the same 'smtpplus-milter users edit {key} ...' with {ALLOW_ANY_SENDER}",
+        )
         if edit.active is not None:
             files.passwd.set_disabled(key, not edit.active)
         if edit.active is False:
@@ -355,10 +412,11 @@ def _edit(args: argparse.Namespace, edit: Edit) -> int:
         else:
             _write_users(files, text)
             _write_passwd(files)
-        user = load_config(files.config.path, users_text=text).directory.lookup(key)
+        user = files.after.lookup(key) if files.after else None
     _notes(files)
-    if user is not None and user.unrestricted:
-        _err(f"warning: {user.login} now has no authorized domains or senders: it may send as ANY sender")
+    any_sender_chosen(files.widened, "users edit")
+    if user is not None and user.unrestricted and not files.widened:
+        _err(f"note: {user.login} has no authorized domains or senders: it may send as ANY sender")
     print(f"SMTP+ user {key} changed.")
     _after_entries(args, files.config, key, before)
     reload_milter(args)

@@ -193,9 +193,28 @@ def test_edit_adds_and_removes_in_the_style_of_the_file(conf: Path, capsys: pyte
     assert user is not None and user.priority == 1 and user.note == ""
 
 
-def test_removing_the_last_restriction_warns(conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert users(conf, "edit", "ceo-outlook", "--remove-authorized-sender", "CEO@yourcompany.com") == 0
-    assert "may send as ANY sender" in capsys.readouterr().err
+def test_removing_the_last_restriction_needs_allow_any_sender(conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = (conf.parent / "users.yaml").read_bytes()
+    assert users(conf, "edit", "ceo-outlook", "--remove-authorized-sender", "CEO@yourcompany.com") == 1
+    err = capsys.readouterr().err
+    assert "ceo-outlook would have no authorized domains or senders left and could then send as ANY sender" in err
+    assert "--allow-any-sender" in err and (conf.parent / "users.yaml").read_bytes() == before
+    args = ["edit", "ceo-outlook", "--remove-authorized-sender", "CEO@yourcompany.com", "--allow-any-sender"]
+    assert users(conf, *args) == 0
+    assert "ceo-outlook may now send as ANY sender" in capsys.readouterr().err
+    user = load_config(conf).directory.lookup("ceo-outlook")
+    assert user is not None and user.unrestricted
+
+
+def test_add_without_entries_says_the_user_may_send_as_anybody(
+    conf: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert users(conf, "add", "open-app") == 0
+    assert "note: open-app has no authorized domains or senders: it may send as ANY sender" in capsys.readouterr().err
+    assert users(conf, "add", "open-app2", "--allow-any-sender") == 0
+    assert "may send as ANY sender (--allow-any-sender given)" in capsys.readouterr().err
+    assert users(conf, "add", "closed-app", "--authorized-domain", "example.com") == 0
+    assert "ANY sender" not in capsys.readouterr().err
 
 
 def test_disable_enable_delete_keep_both_files_in_step(conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
