@@ -614,6 +614,17 @@ def _show(config_path: Path, name: str, *, as_json: bool) -> int:
         print(json.dumps(record, indent=2, ensure_ascii=False))
         return 0
     for key, value in record.items():
+        if key == "any_sender":
+            # Said in words: "any_sender: True" is easy to read past, and it is the one line that matters.
+            key, value = "senders", _senders_in_words(user)
         shown = (";".join(value) or "-") if isinstance(value, list) else value
         print(f"{key + ':':<20}{shown}")
     return 0
+
+
+def _senders_in_words(user: User) -> str:
+    if user.unrestricted:
+        return "ANY (no authorized domains or senders)"
+    if user.authorized_domains or user.authorized_senders:
+        return "only the authorized domains and senders above"
+    return "none yet (its entries await verification)"

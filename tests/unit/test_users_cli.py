@@ -337,6 +337,20 @@ def test_list_and_show(conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "authorized_domains: marketing.yourcompany.com;yourcompany.com" in capsys.readouterr().out
 
 
+def test_show_says_plainly_when_a_user_may_send_as_any_sender(
+    conf: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    add(conf, capsys, "open-app")
+    assert users(conf, "show", "open-app") == 0
+    assert re.search(r"^senders:\s+ANY \(no authorized domains or senders\)$", capsys.readouterr().out, re.MULTILINE)
+    assert users(conf, "show", "open-app", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["any_sender"] is True
+    assert users(conf, "show", "ceo-outlook") == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^senders:\s+only the authorized domains and senders above$", out, re.MULTILINE)
+    assert "ANY" not in out
+
+
 def test_reload_signals_the_pid_in_the_pid_file(conf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # A stand-in whose command line says smtpplus, as the real milter's does.
     child = subprocess.Popen(
