@@ -19,6 +19,7 @@ import getpass
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ from smtpplus_milter.usersfile import ALLOW_ANY_SENDER, Edit, EditProblem, Users
 
 DEFAULT_PID_FILE = Path("/run/smtpplus/milter.pid")
 RELOAD_HINT = "systemctl reload smtpplus-milter"
+SERVICE = "smtpplus-milter.service"
 
 
 class Refused(Exception):
@@ -514,6 +516,27 @@ def reload_milter(args: argparse.Namespace) -> None:
     except (OSError, ValueError):
         _err(f"note: no milter pid in {pid_file}; reload it yourself: {RELOAD_HINT}")
         return
+    if pid <= 1:
+        _err(f"note: {pid_file} holds pid {pid}, which is no milter; reload it yourself: {RELOAD_HINT}")
+        return
+    # A pidfd pins the process: if it ends and the pid is reused while we check, the signal
+    # below fails instead of reaching the newcomer.
+    pidfd: int | None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        _err(f"note: pid {pid} from {pid_file} is not running; reload it yourself: {RELOAD_HINT}")
+        return
+    except (OSError, AttributeError):
+        pidfd = None  # an old kernel: fall back to kill()
+    try:
+        _signal_if_milter(args, pid_file, pid, pidfd)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _signal_if_milter(args: argparse.Namespace, pid_file: Path, pid: int, pidfd: int | None) -> None:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -522,12 +545,107 @@ def reload_milter(args: argparse.Namespace) -> None:
     if b"smtpplus" not in cmdline:
         _err(f"note: pid {pid} from {pid_file} is not a running smtpplus-milter; reload it yourself: {RELOAD_HINT}")
         return
+    # The command line is no proof: the pid file is written by the service user, and any process
+    # can be named "smtpplus...". Only the unit's main process or the holder of the milter's
+    # listening socket is the milter; root signals nothing else.
+    spec = _milter_socket(args)
+    proof = _confirmed_milter(pid, spec)
+    if proof is None:
+        where = f" and does not hold the milter socket {spec}" if spec else ""
+        _err(
+            f"note: pid {pid} from {pid_file} is not confirmed as the running milter (it is not the MainPID of "
+            f"{SERVICE}{where}); not signalled. Reload it yourself: {RELOAD_HINT}"
+        )
+        return
     try:
-        os.kill(pid, signal.SIGHUP)
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, signal.SIGHUP)
+        else:
+            os.kill(pid, signal.SIGHUP)
     except OSError as exc:
         _err(f"note: cannot signal pid {pid} ({exc.strerror}); reload it yourself: {RELOAD_HINT}")
         return
-    _err(f"reload: sent SIGHUP to the milter (pid {pid})")
+    _err(f"reload: sent SIGHUP to the milter (pid {pid}): {proof}")
+
+
+def _milter_socket(args: argparse.Namespace) -> str | None:
+    try:
+        return load_config(args.config).settings.milter.socket
+    except ConfigError:
+        return None
+
+
+def _confirmed_milter(pid: int, spec: str | None) -> str | None:
+    """How we know *pid* is the running milter, or None if nothing says so."""
+    if _systemd_main_pid() == pid:
+        return f"it is the MainPID of {SERVICE}"
+    if spec is not None:
+        inodes = _listening_socket_inodes(spec)
+        if inodes and inodes & _socket_inodes_of(pid):
+            return f"it holds the milter socket {spec}"
+    return None
+
+
+def _systemd_main_pid() -> int | None:
+    if not Path("/run/systemd/system").is_dir():  # systemd is not the init: no unit to ask
+        return None
+    try:
+        done = subprocess.run(
+            ["systemctl", "show", "-p", "MainPID", "--value", SERVICE],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+        main = int(done.stdout.strip())
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return main if done.returncode == 0 and main > 0 else None
+
+
+def _listening_socket_inodes(spec: str) -> set[int]:
+    """Inodes of the listening sockets behind a milter socket spec (unix:PATH, inet[6]:PORT@HOST)."""
+    kind, _, rest = spec.partition(":")
+    inodes: set[int] = set()
+    if kind in ("unix", "local"):
+        wanted = os.path.normpath(rest)
+        for fields in _proc_table("/proc/net/unix", 7):
+            # Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 = listening (__SO_ACCEPTCON)
+            if len(fields) == 8 and os.path.normpath(fields[7]) == wanted and int(fields[3], 16) & 0x10000:
+                inodes.add(int(fields[6]))
+        return inodes
+    port = int(rest.partition("@")[0])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for fields in _proc_table(table, None):
+            # sl local_address rem_address st ... inode; st 0A = LISTEN
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+                inodes.add(int(fields[9]))
+    return inodes
+
+
+def _proc_table(path: str, maxsplit: int | None) -> list[list[str]]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()[1:]
+    except OSError:
+        return []
+    return [line.split(None, -1 if maxsplit is None else maxsplit) for line in lines]
+
+
+def _socket_inodes_of(pid: int) -> set[int]:
+    inodes: set[int] = set()
+    directory = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return inodes
+    for name in names:
+        try:
+            target = os.readlink(f"{directory}/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target.endswith("]"):
+            inodes.add(int(target[8:-1]))
+    return inodes
 
 
 # --- reading -------------------------------------------------------------------------------------

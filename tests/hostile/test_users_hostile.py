@@ -8,9 +8,16 @@ looks like the milter.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -201,3 +208,119 @@ def test_verify_cancel_with_allow_any_sender_says_so(conf: Path, capsys: pytest.
     err = capsys.readouterr().err
     assert "app2 may now send as ANY sender" in err and "any_sender_allowed" in err
     assert may_send_as(conf, "ceo@paypal.com", "app2")
+
+
+# --- users --reload signals only the milter ----------------------------------------------------------
+
+# A stand-in process: records every SIGHUP in RECORD; with unix:PATH or inet:PORT@HOST it listens
+# there (as the milter does), with connect:PATH it is only a client of that socket, with "-" it
+# holds no socket at all. Its command line says "smtpplus", as a decoy's would.
+STAND_IN = r"""
+import signal, socket, sys, time
+record, spec = sys.argv[1], sys.argv[2]
+signal.signal(signal.SIGHUP, lambda *_: open(record, "a").write("HUP\n"))
+kind, _, rest = spec.partition(":")
+if kind == "unix":
+    server = socket.socket(socket.AF_UNIX); server.bind(rest); server.listen()
+elif kind == "inet":
+    server = socket.socket(); server.bind((rest.split("@")[1], int(rest.split("@")[0]))); server.listen()
+elif kind == "connect":
+    client = socket.socket(socket.AF_UNIX); client.connect(rest)
+open(record + ".ready", "w").close()
+while True:
+    time.sleep(0.1)
+"""
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path: a unix socket path must fit in 108 bytes."""
+    directory = Path(tempfile.mkdtemp(prefix="sp-", dir="/tmp"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def process(argv: list[str], ready: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Run *argv* until the block ends; always killed and reaped, also when the test fails."""
+    child = subprocess.Popen(argv)
+    try:
+        deadline = time.monotonic() + 10
+        while ready is not None and not ready.exists():
+            assert child.poll() is None and time.monotonic() < deadline, "the stand-in did not start"
+            time.sleep(0.02)
+        if ready is None:
+            time.sleep(0.3)  # bash has to exec first
+        yield child
+    finally:
+        if child.poll() is None:
+            child.send_signal(signal.SIGKILL)
+        child.wait()
+
+
+def stand_in(directory: Path, name: str, spec: str) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    record = directory / name
+    return process([sys.executable, "-c", STAND_IN, str(record), spec, "smtpplus-milter"], directory / f"{name}.ready")
+
+
+def reload_with_pid(conf: Path, directory: Path, pid: int) -> str:
+    pid_file = directory / "milter.pid"
+    pid_file.write_text(f"{pid}\n", encoding="ascii")
+    args = ["users", "edit", "shop-frontend", "--note", "x", "--reload", "--pid-file", str(pid_file)]
+    assert run(conf, *args) == 0
+    time.sleep(0.3)  # a signal, had one been sent, has arrived by now
+    return pid_file.read_text(encoding="ascii")
+
+
+@pytest.fixture
+def milter_conf(conf: Path, short_dir: Path) -> Path:
+    settings = yaml.safe_load(conf.read_text(encoding="utf-8"))
+    settings["milter"]["socket"] = f"unix:{short_dir}/milter.sock"
+    conf.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    return conf
+
+
+def test_reload_does_not_signal_a_decoy_named_smtpplus(
+    milter_conf: Path, short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The pid file is the service user's to write; a process of root's named "smtpplus..." must
+    # not get root's SIGHUP because its pid was put there.
+    with stand_in(short_dir, "decoy", "-") as decoy:
+        reload_with_pid(milter_conf, short_dir, decoy.pid)
+        err = capsys.readouterr().err
+        assert f"pid {decoy.pid} from {short_dir / 'milter.pid'} is not confirmed as the running milter" in err
+        assert "not signalled" in err and "systemctl reload smtpplus-milter" in err and "sent SIGHUP" not in err
+        assert not (short_dir / "decoy").exists() and decoy.poll() is None
+
+
+def test_reload_does_not_signal_an_exec_a_decoy(
+    milter_conf: Path, short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with process(["bash", "-c", "exec -a smtpplus-decoy sleep 30"]) as decoy:
+        assert b"smtpplus-decoy" in Path(f"/proc/{decoy.pid}/cmdline").read_bytes()
+        reload_with_pid(milter_conf, short_dir, decoy.pid)
+        assert "not signalled" in capsys.readouterr().err
+        assert decoy.poll() is None  # SIGHUP would have ended sleep
+
+
+def test_reload_does_not_signal_a_client_of_the_milter_socket(
+    milter_conf: Path, short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Postfix's smtpd, say: connected to the milter's socket, but not the process that listens.
+    socket_path = short_dir / "milter.sock"
+    with stand_in(short_dir, "milter", f"unix:{socket_path}"):
+        with stand_in(short_dir, "client", f"connect:{socket_path}") as client:
+            reload_with_pid(milter_conf, short_dir, client.pid)
+            assert "not signalled" in capsys.readouterr().err
+            assert not (short_dir / "client").exists() and not (short_dir / "milter").exists()
+
+
+def test_reload_does_not_signal_a_listener_on_another_socket(
+    milter_conf: Path, short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with stand_in(short_dir, "other", f"unix:{short_dir}/other.sock") as other:
+        reload_with_pid(milter_conf, short_dir, other.pid)
+        assert "not signalled" in capsys.readouterr().err
+        assert not (short_dir / "other").exists()

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from smtpplus_milter import cli
 from smtpplus_milter.config import load_config
 from smtpplus_milter.files import locked
+from smtpplus_milter.lab.harness import free_port
 from smtpplus_milter.passwd import DISABLED, PasswdFile, hash_password, verify_password
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -351,27 +353,48 @@ def test_show_says_plainly_when_a_user_may_send_as_any_sender(
     assert "ANY" not in out
 
 
-def test_reload_signals_the_pid_in_the_pid_file(conf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # A stand-in whose command line says smtpplus, as the real milter's does.
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import signal,sys,time; signal.signal(signal.SIGHUP, lambda *a: sys.exit(7)); time.sleep(30)",
-            "smtpplus",
-        ]
-    )
+# The milter's stand-in listens where the config says the milter does; the CLI signals only the
+# process that holds that socket (or systemd's MainPID of the unit).
+LISTENER = """
+import signal, socket, sys, time
+spec = sys.argv[1]
+signal.signal(signal.SIGHUP, lambda *a: sys.exit(7))
+kind, _, rest = spec.partition(":")
+if kind == "unix":
+    server = socket.socket(socket.AF_UNIX); server.bind(rest)
+else:
+    port, _, host = rest.partition("@"); server = socket.socket(); server.bind((host, int(port)))
+server.listen()
+print("ready", flush=True)
+time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize("kind", ["unix", "inet"])
+def test_reload_signals_the_milter_that_holds_the_socket(
+    conf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    short = Path(tempfile.mkdtemp(prefix="sp-", dir="/tmp"))  # a unix socket path must fit in 108 bytes
+    spec = f"unix:{short}/milter.sock" if kind == "unix" else f"inet:{free_port()}@127.0.0.1"
+    text = conf.read_text(encoding="utf-8").replace("unix:/var/spool/postfix/smtpplus/milter.sock", spec)
+    conf.write_text(text, encoding="utf-8")
+    assert load_config(conf).settings.milter.socket == spec
+    child = subprocess.Popen([sys.executable, "-c", LISTENER, spec, "smtpplus"], stdout=subprocess.PIPE)
     try:
-        time.sleep(0.3)
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
         pid_file = tmp_path / "milter.pid"
         pid_file.write_text(f"{child.pid}\n", encoding="ascii")
         assert users(conf, "edit", "shop-frontend", "--note", "x", "--reload", "--pid-file", str(pid_file)) == 0
-        assert f"sent SIGHUP to the milter (pid {child.pid})" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert f"sent SIGHUP to the milter (pid {child.pid}): it holds the milter socket {spec}" in err
         assert child.wait(10) == 7
     finally:
         if child.poll() is None:
             child.send_signal(signal.SIGKILL)
-            child.wait()
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+        shutil.rmtree(short, ignore_errors=True)
 
 
 def test_reload_without_pid_file_says_what_to_do(
