@@ -86,8 +86,8 @@ def allow_any_sender_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         ALLOW_ANY_SENDER,
         action="store_true",
-        help="allow the change even though it leaves the user with no authorized (or pending) domains or "
-        "senders, so that it may send as ANY sender (refused without this option)",
+        help="accept that the user is left with no authorized or pending domains or senders, so that it may "
+        "send as ANY sender; without it, a change that would do that to a restricted user is refused",
     )
 
 
@@ -607,19 +607,22 @@ def _listening_socket_inodes(spec: str) -> set[int]:
     """Inodes of the listening sockets behind a milter socket spec (unix:PATH, inet[6]:PORT@HOST)."""
     kind, _, rest = spec.partition(":")
     inodes: set[int] = set()
-    if kind in ("unix", "local"):
-        wanted = os.path.normpath(rest)
-        for fields in _proc_table("/proc/net/unix", 7):
-            # Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 = listening (__SO_ACCEPTCON)
-            if len(fields) == 8 and os.path.normpath(fields[7]) == wanted and int(fields[3], 16) & 0x10000:
-                inodes.add(int(fields[6]))
-        return inodes
-    port = int(rest.partition("@")[0])
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for fields in _proc_table(table, None):
-            # sl local_address rem_address st ... inode; st 0A = LISTEN
-            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
-                inodes.add(int(fields[9]))
+    try:
+        if kind in ("unix", "local"):
+            wanted = os.path.normpath(rest)
+            for fields in _proc_table("/proc/net/unix", 7):
+                # Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 = listening (__SO_ACCEPTCON)
+                if len(fields) == 8 and os.path.normpath(fields[7]) == wanted and int(fields[3], 16) & 0x10000:
+                    inodes.add(int(fields[6]))
+            return inodes
+        port = int(rest.partition("@")[0])
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for fields in _proc_table(table, None):
+                # sl local_address rem_address st ... inode; st 0A = LISTEN
+                if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+                    inodes.add(int(fields[9]))
+    except ValueError:
+        return set()  # a line we cannot read confirms nothing
     return inodes
 
 
@@ -643,7 +646,7 @@ def _socket_inodes_of(pid: int) -> set[int]:
             target = os.readlink(f"{directory}/{name}")
         except OSError:
             continue
-        if target.startswith("socket:[") and target.endswith("]"):
+        if target.startswith("socket:[") and target.endswith("]") and target[8:-1].isdigit():
             inodes.add(int(target[8:-1]))
     return inodes
 

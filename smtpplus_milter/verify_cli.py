@@ -173,6 +173,7 @@ def _pending(user: User, kind: Kind, entry: str) -> None:
 
 
 def _event(event: str, **fields: Any) -> None:
+    """A line for the audit trail (see :func:`smtpplus_milter.users_cli.audit_event`)."""
     audit_event(event, **fields)
 
 

@@ -212,9 +212,8 @@ def test_verify_cancel_with_allow_any_sender_says_so(conf: Path, capsys: pytest.
 
 # --- users --reload signals only the milter ----------------------------------------------------------
 
-# A stand-in process: records every SIGHUP in RECORD; with unix:PATH or inet:PORT@HOST it listens
-# there (as the milter does), with connect:PATH it is only a client of that socket, with "-" it
-# holds no socket at all. Its command line says "smtpplus", as a decoy's would.
+# A stand-in process: records every SIGHUP in RECORD; with unix:PATH it listens there (as the
+# milter does), with connect:PATH it is only a client of that socket, with "-" it holds no socket. Its command line says "smtpplus", as a decoy's would.
 STAND_IN = r"""
 import signal, socket, sys, time
 record, spec = sys.argv[1], sys.argv[2]
@@ -222,8 +221,6 @@ signal.signal(signal.SIGHUP, lambda *_: open(record, "a").write("HUP\n"))
 kind, _, rest = spec.partition(":")
 if kind == "unix":
     server = socket.socket(socket.AF_UNIX); server.bind(rest); server.listen()
-elif kind == "inet":
-    server = socket.socket(); server.bind((rest.split("@")[1], int(rest.split("@")[0]))); server.listen()
 elif kind == "connect":
     client = socket.socket(socket.AF_UNIX); client.connect(rest)
 open(record + ".ready", "w").close()
