@@ -103,7 +103,13 @@ def to_record(config: Config, result: Explanation, *, assumed_from: bool = False
         "mode": config.settings.authorization.mode,
         "user": None
         if user is None
-        else {"login": user.login, "active": user.active, "priority": user.priority, "list": user.list},
+        else {
+            "login": user.login,
+            "active": user.active,
+            "priority": user.priority,
+            "list": user.list,
+            "any_sender": user.unrestricted,
+        },
         "login": result.login,
         "mail_from": _shown(result.mail_from),
         "headers": [_shown(f"{name}: {value}") for name, value in result.headers],
@@ -154,6 +160,8 @@ def to_text(record: dict[str, Any]) -> str:
             f"User: {user['login']} (active: {'yes' if user['active'] else 'no'}, priority {user['priority']}, "
             f"list {user['list'] or '-'})"
         )
+        if user.get("any_sender"):
+            lines.append("Senders: ANY (the user has no authorized or pending domains or senders)")
     lines.append(f"Checked: MAIL FROM {record['mail_from']}; " + "; ".join(record["headers"] or ["(no headers)"]))
     if record["header_from_assumed"]:
         lines.append("  (From: assumed equal to the envelope sender; give --header-from to test another)")

@@ -5,16 +5,20 @@ lose each other's change:
 
 * :func:`locked` holds an exclusive ``flock`` on ``.NAME.lock`` next to the file for the whole
   read-modify-write. A separate lock file, because the file itself is replaced by a rename and a
-  lock on the old inode would not stop the next writer.
+  lock on the old inode would not stop the next writer. The lock file is opened without following
+  a symbolic link: root must never create or open a file somebody else pointed it at.
 * :func:`replace_atomically` writes a temporary file in the same directory, gives it the old
   file's mode and owner, ``fsync``\\ s it, renames it over the file and ``fsync``\\ s the directory.
+  On any failure the temporary file is removed: it holds the whole new content (password hashes).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -42,10 +46,18 @@ def locked(path: Path, *, timeout: float = 10.0) -> Iterator[None]:
     """Hold the writers' lock of *path*; wait up to *timeout* seconds for another writer."""
     lock = lock_path(path)
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # O_NOFOLLOW: a link planted as the lock file would make root create or open its target.
+        # O_NONBLOCK: nor may a FIFO or device planted there hang the open before the check below.
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FileProblem(
+                f"the lock file {lock} is a symbolic link; a lock file never is one: remove it and try again"
+            ) from None
         raise FileProblem(f"cannot create the lock file {lock}: {exc.strerror}") from None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FileProblem(f"the lock file {lock} is not a regular file; remove it and try again")
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -97,10 +109,14 @@ def replace_atomically(
             stamp = max(now, floor)
             os.utime(temporary, ns=(stamp, stamp))
         os.replace(temporary, path)
-    except OSError as exc:
+    except BaseException as exc:
+        # Every failure, not only OSError (_own raises FileProblem, a signal raises
+        # KeyboardInterrupt): the temporary file holds the complete new content.
         with contextlib.suppress(OSError):
             os.unlink(temporary)
-        raise FileProblem(f"cannot replace {path}: {exc.strerror}") from None
+        if isinstance(exc, OSError):
+            raise FileProblem(f"cannot replace {path}: {exc.strerror}") from None
+        raise
     _sync_dir(directory)
 
 

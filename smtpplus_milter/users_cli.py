@@ -5,30 +5,37 @@ read both, make the change in memory, validate the new users file with the loade
 ``check-config`` and a reload use, then replace the files atomically. The passwd-file is the
 door: a new login is written there last (after the users file that restricts it) and a login
 that goes away is removed there first. Nothing is written when anything fails.
+
+Inside that transaction, too, the rule that no change turns a restricted user into one that may
+send as any sender unless the operator asks for it (``--allow-any-sender``): a user with no
+authorized or pending entry at all is unrestricted, so removing the last one is not a small edit.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from smtpplus_milter.config import Config, ConfigError, load_config
 from smtpplus_milter.files import FileProblem, Ownership, locked, read_text, replace_atomically
 from smtpplus_milter.passwd import PasswdFile, PasswdProblem, generate_password, hash_password, passwd_login
-from smtpplus_milter.policy.users import User, normalize_login
-from smtpplus_milter.usersfile import Edit, EditProblem, UsersDocument
+from smtpplus_milter.policy.users import Directory, User, newly_unrestricted, normalize_login
+from smtpplus_milter.usersfile import ALLOW_ANY_SENDER, Edit, EditProblem, UsersDocument, any_sender_refusal
 
 DEFAULT_PID_FILE = Path("/run/smtpplus/milter.pid")
 RELOAD_HINT = "systemctl reload smtpplus-milter"
+SERVICE = "smtpplus-milter.service"
 
 
 class Refused(Exception):
@@ -75,6 +82,15 @@ def add_parsers(commands: Any, add_config: Callable[[argparse.ArgumentParser], N
         reload_options(action)
 
 
+def allow_any_sender_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        ALLOW_ANY_SENDER,
+        action="store_true",
+        help="accept that the user is left with no authorized or pending domains or senders, so that it may "
+        "send as ANY sender; without it, a change that would do that to a restricted user is refused",
+    )
+
+
 def _entry_options(parser: argparse.ArgumentParser, *, editing: bool) -> None:
     parser.add_argument("--priority", type=int, metavar="N", help="default priority, 1 (very high) .. 5 (very low)")
     parser.add_argument("--list", metavar="L", help="the list (header/footer group) from the config file")
@@ -99,6 +115,7 @@ def _entry_options(parser: argparse.ArgumentParser, *, editing: bool) -> None:
         help="with verification.required: authorize the new entries at once, on your own word "
         "(logged as verification_attested) instead of waiting for their verification",
     )
+    allow_any_sender_option(parser)
     if not editing:
         parser.add_argument("--inactive", action="store_true", help="add the user disabled")
         return
@@ -201,6 +218,25 @@ def _err(text: str) -> None:
     print(text, file=sys.stderr)
 
 
+def audit_event(event: str, **fields: Any) -> None:
+    """A structured log line (stderr: JSON, or key=value on a terminal) for the audit trail."""
+    from smtpplus_milter import log as logsetup
+
+    logsetup.configure()
+    operator = os.environ.get("SUDO_USER") or getpass.getuser()
+    logsetup.get_logger().info(event, operator=operator, **fields)
+
+
+def any_sender_chosen(users: list[User], command: str) -> None:
+    """Say and log that the operator let *users* send as any sender (``--allow-any-sender``)."""
+    for user in users:
+        _err(
+            f"note: {user.login} may now send as ANY sender: it has no authorized or pending domains or senders "
+            f"left ({ALLOW_ANY_SENDER} given); logged"
+        )
+        audit_event("any_sender_allowed", user=user.login, command=command)
+
+
 # --- the one write path --------------------------------------------------------------------------
 
 
@@ -212,6 +248,8 @@ class _Files:
     passwd_path: Path
     passwd: PasswdFile
     passwd_text: str | None
+    after: Directory | None = None  # the users as the validated new text has them
+    widened: list[User] = field(default_factory=list)  # restricted before, any sender after (allowed)
 
 
 def load(config_path: Path) -> Config:
@@ -241,17 +279,26 @@ def _transaction(config_path: Path) -> Iterator[_Files]:
         yield _Files(config, users_text, document, passwd_path, PasswdFile.parse(passwd_text), passwd_text)
 
 
-def _validated(files: _Files) -> str:
-    """The new users file text, if it passes the same validation as check-config."""
+def _validated(files: _Files, *, allow_any_sender: bool = False, again: str = "") -> str:
+    """The new users file text, if it passes the same validation as check-config.
+
+    It also must not leave a restricted user free to send as any sender, unless *allow_any_sender*
+    (then the users it widens are in ``files.widened``). *again* is the command that would.
+    """
     text = files.document.dump()
     try:
-        load_config(files.config.path, users_text=text)
+        after = load_config(files.config.path, users_text=text).directory
     except ConfigError as exc:
         lines = "\n  ".join(str(problem) for problem in exc.problems)
         raise Refused(
             "the users file would not validate after this change (line numbers as the file would be); "
             f"nothing was changed:\n  {lines}"
         ) from None
+    # files.config was reread under the lock: this compares with the file as it is now.
+    widened = newly_unrestricted(files.config.directory, after)
+    if widened and not allow_any_sender:
+        raise Refused(any_sender_refusal(widened, again or f"repeat the command with {ALLOW_ANY_SENDER}"))
+    files.after, files.widened = after, widened
     return text
 
 
@@ -302,6 +349,8 @@ def _add(args: argparse.Namespace, edit: Edit) -> int:
         pending = files.config.settings.verification.required and not args.verified
         files.document.add(name, edit, pending=pending)
         text = _validated(files)
+        assert files.after is not None
+        added = files.after.lookup(name)
         password = generate_password()
         files.passwd.set_password(name, hash_password(password), disabled=edit.active is False)
         _write_users(files, text)  # the restrictions first ...
@@ -309,6 +358,14 @@ def _add(args: argparse.Namespace, edit: Edit) -> int:
         active = edit.active is not False
     _notes(files)
     _print_credentials(name, password, created=True, active=active)
+    if added is not None and added.unrestricted:
+        # Allowed: a user created without entries is unrestricted by design. Said loudly, because
+        # a forgotten --authorized-domain looks exactly like this.
+        chosen = f" ({ALLOW_ANY_SENDER} given)" if args.allow_any_sender else ""
+        _err(
+            f"note: {added.login} has no authorized domains or senders: it may send as ANY sender{chosen}. "
+            f"To restrict it: smtpplus-milter users edit {added.login} --authorized-domain D / --authorized-sender A"
+        )
     _after_entries(args, files.config, name, None)
     reload_milter(args)
     return 0
@@ -324,9 +381,7 @@ def _after_entries(args: argparse.Namespace, old: Config, name: str, before: Use
         senders = sorted(user.authorized_senders - (before.authorized_senders if before else frozenset()))
         domains = sorted(user.authorized_domains - (before.authorized_domains if before else frozenset()))
         if senders or domains:
-            from smtpplus_milter.verify_cli import _event
-
-            _event("verification_attested", user=user.login, senders=senders, domains=domains)
+            audit_event("verification_attested", user=user.login, senders=senders, domains=domains)
             _err(f"note: {', '.join([*senders, *domains])} authorized without verification (--verified); logged")
         return
     senders = sorted(user.pending_senders - (before.pending_senders if before else frozenset()))
@@ -346,7 +401,11 @@ def _edit(args: argparse.Namespace, edit: Edit) -> int:
         before = files.config.directory.lookup(key)
         pending = files.config.settings.verification.required and not args.verified
         files.document.apply(args.name, edit, pending=pending)
-        text = _validated(files)
+        text = _validated(
+            files,
+            allow_any_sender=args.allow_any_sender,
+            again=f"the same 'smtpplus-milter users edit {key} ...' with {ALLOW_ANY_SENDER}",
+        )
         if edit.active is not None:
             files.passwd.set_disabled(key, not edit.active)
         if edit.active is False:
@@ -355,10 +414,11 @@ def _edit(args: argparse.Namespace, edit: Edit) -> int:
         else:
             _write_users(files, text)
             _write_passwd(files)
-        user = load_config(files.config.path, users_text=text).directory.lookup(key)
+        user = files.after.lookup(key) if files.after else None
     _notes(files)
-    if user is not None and user.unrestricted:
-        _err(f"warning: {user.login} now has no authorized domains or senders: it may send as ANY sender")
+    any_sender_chosen(files.widened, "users edit")
+    if user is not None and user.unrestricted and not files.widened:
+        _err(f"note: {user.login} has no authorized domains or senders: it may send as ANY sender")
     print(f"SMTP+ user {key} changed.")
     _after_entries(args, files.config, key, before)
     reload_milter(args)
@@ -456,6 +516,27 @@ def reload_milter(args: argparse.Namespace) -> None:
     except (OSError, ValueError):
         _err(f"note: no milter pid in {pid_file}; reload it yourself: {RELOAD_HINT}")
         return
+    if pid <= 1:
+        _err(f"note: {pid_file} holds pid {pid}, which is no milter; reload it yourself: {RELOAD_HINT}")
+        return
+    # A pidfd pins the process: if it ends and the pid is reused while we check, the signal
+    # below fails instead of reaching the newcomer.
+    pidfd: int | None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        _err(f"note: pid {pid} from {pid_file} is not running; reload it yourself: {RELOAD_HINT}")
+        return
+    except (OSError, AttributeError):
+        pidfd = None  # an old kernel: fall back to kill()
+    try:
+        _signal_if_milter(args, pid_file, pid, pidfd)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _signal_if_milter(args: argparse.Namespace, pid_file: Path, pid: int, pidfd: int | None) -> None:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -464,12 +545,110 @@ def reload_milter(args: argparse.Namespace) -> None:
     if b"smtpplus" not in cmdline:
         _err(f"note: pid {pid} from {pid_file} is not a running smtpplus-milter; reload it yourself: {RELOAD_HINT}")
         return
+    # The command line is no proof: the pid file is written by the service user, and any process
+    # can be named "smtpplus...". Only the unit's main process or the holder of the milter's
+    # listening socket is the milter; root signals nothing else.
+    spec = _milter_socket(args)
+    proof = _confirmed_milter(pid, spec)
+    if proof is None:
+        where = f" and does not hold the milter socket {spec}" if spec else ""
+        _err(
+            f"note: pid {pid} from {pid_file} is not confirmed as the running milter (it is not the MainPID of "
+            f"{SERVICE}{where}); not signalled. Reload it yourself: {RELOAD_HINT}"
+        )
+        return
     try:
-        os.kill(pid, signal.SIGHUP)
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, signal.SIGHUP)
+        else:
+            os.kill(pid, signal.SIGHUP)
     except OSError as exc:
         _err(f"note: cannot signal pid {pid} ({exc.strerror}); reload it yourself: {RELOAD_HINT}")
         return
-    _err(f"reload: sent SIGHUP to the milter (pid {pid})")
+    _err(f"reload: sent SIGHUP to the milter (pid {pid}): {proof}")
+
+
+def _milter_socket(args: argparse.Namespace) -> str | None:
+    try:
+        return load_config(args.config).settings.milter.socket
+    except ConfigError:
+        return None
+
+
+def _confirmed_milter(pid: int, spec: str | None) -> str | None:
+    """How we know *pid* is the running milter, or None if nothing says so."""
+    if _systemd_main_pid() == pid:
+        return f"it is the MainPID of {SERVICE}"
+    if spec is not None:
+        inodes = _listening_socket_inodes(spec)
+        if inodes and inodes & _socket_inodes_of(pid):
+            return f"it holds the milter socket {spec}"
+    return None
+
+
+def _systemd_main_pid() -> int | None:
+    if not Path("/run/systemd/system").is_dir():  # systemd is not the init: no unit to ask
+        return None
+    try:
+        done = subprocess.run(
+            ["systemctl", "show", "-p", "MainPID", "--value", SERVICE],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+        main = int(done.stdout.strip())
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return main if done.returncode == 0 and main > 0 else None
+
+
+def _listening_socket_inodes(spec: str) -> set[int]:
+    """Inodes of the listening sockets behind a milter socket spec (unix:PATH, inet[6]:PORT@HOST)."""
+    kind, _, rest = spec.partition(":")
+    inodes: set[int] = set()
+    try:
+        if kind in ("unix", "local"):
+            wanted = os.path.normpath(rest)
+            for fields in _proc_table("/proc/net/unix", 7):
+                # Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 = listening (__SO_ACCEPTCON)
+                if len(fields) == 8 and os.path.normpath(fields[7]) == wanted and int(fields[3], 16) & 0x10000:
+                    inodes.add(int(fields[6]))
+            return inodes
+        port = int(rest.partition("@")[0])
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for fields in _proc_table(table, None):
+                # sl local_address rem_address st ... inode; st 0A = LISTEN
+                if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+                    inodes.add(int(fields[9]))
+    except ValueError:
+        return set()  # a line we cannot read confirms nothing
+    return inodes
+
+
+def _proc_table(path: str, maxsplit: int | None) -> list[list[str]]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()[1:]
+    except OSError:
+        return []
+    return [line.split(None, -1 if maxsplit is None else maxsplit) for line in lines]
+
+
+def _socket_inodes_of(pid: int) -> set[int]:
+    inodes: set[int] = set()
+    directory = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return inodes
+    for name in names:
+        try:
+            target = os.readlink(f"{directory}/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target.endswith("]") and target[8:-1].isdigit():
+            inodes.add(int(target[8:-1]))
+    return inodes
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -556,6 +735,17 @@ def _show(config_path: Path, name: str, *, as_json: bool) -> int:
         print(json.dumps(record, indent=2, ensure_ascii=False))
         return 0
     for key, value in record.items():
+        if key == "any_sender":
+            # Said in words: "any_sender: True" is easy to read past, and it is the one line that matters.
+            key, value = "senders", _senders_in_words(user)
         shown = (";".join(value) or "-") if isinstance(value, list) else value
         print(f"{key + ':':<20}{shown}")
     return 0
+
+
+def _senders_in_words(user: User) -> str:
+    if user.unrestricted:
+        return "ANY (no authorized domains or senders)"
+    if user.authorized_domains or user.authorized_senders:
+        return "only the authorized domains and senders above"
+    return "none yet (its entries await verification)"

@@ -7,7 +7,8 @@ order, quoting and flow/block style of everything it was not asked to change.
 
 This module only turns a requested change into new file text; validating that text
 (:func:`smtpplus_milter.config.load_config` with ``users_text``) and replacing the file are the
-caller's job.
+caller's job. It also words the one refusal every writer of the users file shares
+(:func:`any_sender_refusal`), so that ``users`` and ``verify`` say it the same way.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from smtpplus_milter.policy.addresses import AddressError, normalize_address, normalize_domain
-from smtpplus_milter.policy.users import normalize_login
+from smtpplus_milter.policy.users import User, normalize_login
+
+ALLOW_ANY_SENDER = "--allow-any-sender"
 
 
 class EditProblem(ValueError):
@@ -185,6 +188,21 @@ class UsersDocument:
                     break
             else:
                 raise EditProblem(f"{value} is not listed in authorized_{kind} or pending_{kind}")
+
+
+def any_sender_refusal(users: Sequence[User], again: str) -> str:
+    """Why a change that would leave *users* free to send as anybody is refused, and how to make it anyway.
+
+    *again* is the command that makes the change on purpose (it ends with ``--allow-any-sender``).
+    """
+    names = ", ".join(user.login for user in users)
+    first = users[0].login
+    return (
+        f"{names} would have no authorized domains or senders left and could then send as ANY sender; "
+        f"nothing was changed. To keep it restricted, give it another entry first "
+        f"(smtpplus-milter users edit {first} --authorized-domain D / --authorized-sender A). "
+        f"To let it send as anybody on purpose: {again}"
+    )
 
 
 def _set_or_clear(entry: CommentedMap, key: str, value: object, clear: bool) -> None:

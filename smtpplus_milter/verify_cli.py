@@ -3,7 +3,9 @@
 ``start`` e-mails a one-time code to a pending address, or prints the DNS TXT record a pending
 domain needs; ``confirm`` (address + code) and ``check`` (domain, by DNS) move the entry from
 ``pending_*`` to ``authorized_*`` in the users file; ``list`` shows what waits and since when;
-``cancel`` drops a pending entry.
+``cancel`` drops a pending entry. Pending entries restrict the user too, so ``cancel`` of the
+last entry a user has would let it send as any sender: it is refused unless the operator
+passes ``--allow-any-sender``. Every write of the users file here checks that rule.
 
 Locks are always taken in the same order: the state file (:mod:`smtpplus_milter.verification`),
 then the users file. ``users add/edit`` take the users file's lock, release it, and only then
@@ -14,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import getpass
 import json
-import os
 import smtplib
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -32,9 +33,17 @@ from smtpplus_milter.config import Config, ConfigError, load_config, split_host_
 from smtpplus_milter.dnscheck import DnsFailure, Resolver, check_token, deliverability_warnings
 from smtpplus_milter.files import FileProblem, locked, read_text, replace_atomically
 from smtpplus_milter.policy.addresses import AddressError, normalize_address, normalize_domain
-from smtpplus_milter.policy.users import User, normalize_login
-from smtpplus_milter.users_cli import Refused, load, reload_milter, reload_options
-from smtpplus_milter.usersfile import EditProblem, UsersDocument
+from smtpplus_milter.policy.users import User, newly_unrestricted, normalize_login
+from smtpplus_milter.users_cli import (
+    Refused,
+    allow_any_sender_option,
+    any_sender_chosen,
+    audit_event,
+    load,
+    reload_milter,
+    reload_options,
+)
+from smtpplus_milter.usersfile import ALLOW_ANY_SENDER, EditProblem, UsersDocument, any_sender_refusal
 from smtpplus_milter.verification import (
     MAX_FAILURES,
     TOKEN_PREFIX,
@@ -89,6 +98,7 @@ def add_parsers(commands: Any, add_config: Callable[[argparse.ArgumentParser], N
     add_config(cancel)
     cancel.add_argument("user", metavar="USER")
     cancel.add_argument("entry", metavar="ADDRESS|DOMAIN")
+    allow_any_sender_option(cancel)
     reload_options(cancel)
 
 
@@ -163,12 +173,8 @@ def _pending(user: User, kind: Kind, entry: str) -> None:
 
 
 def _event(event: str, **fields: Any) -> None:
-    """A structured log line (stderr: JSON, or key=value on a terminal) for the audit trail."""
-    from smtpplus_milter import log as logsetup
-
-    logsetup.configure()
-    operator = os.environ.get("SUDO_USER") or getpass.getuser()
-    logsetup.get_logger().info(event, operator=operator, **fields)
+    """A line for the audit trail (see :func:`smtpplus_milter.users_cli.audit_event`)."""
+    audit_event(event, **fields)
 
 
 def _state_file(config: Config) -> StateFile:
@@ -255,21 +261,39 @@ def start_new(config: Config, login: str, senders: list[str], domains: list[str]
 # --- confirming ----------------------------------------------------------------------------------
 
 
+@dataclass
+class _UsersEdit:
+    document: UsersDocument
+    widened: list[User] = field(default_factory=list)  # restricted before, any sender after (allowed)
+
+
 @contextlib.contextmanager
-def _users_file(config: Config) -> Iterator[UsersDocument]:
-    """Edit the users file under its lock; validate like check-config; replace it atomically."""
+def _users_file(config: Config, *, allow_any_sender: bool = False, again: str = "") -> Iterator[_UsersEdit]:
+    """Edit the users file under its lock; validate like check-config; replace it atomically.
+
+    A change that leaves a restricted user free to send as any sender is refused unless
+    *allow_any_sender*; *again* is the command that makes it on purpose.
+    """
     with locked(config.users_path):
         text = read_text(config.users_path) or ""
-        document = UsersDocument(text)
-        yield document
-        new = document.dump()
+        edit = _UsersEdit(UsersDocument(text))
+        yield edit
+        new = edit.document.dump()
         try:
-            load_config(config.path, users_text=new)
+            after = load_config(config.path, users_text=new).directory
         except ConfigError as exc:
             lines = "\n  ".join(str(problem) for problem in exc.problems)
             raise Refused(
                 f"the users file would not validate after this change; nothing was changed:\n  {lines}"
             ) from None
+        # Compared with the file as read under the lock, not with what the command started from.
+        try:
+            before = load_config(config.path, users_text=text).directory
+        except ConfigError:
+            before = config.directory
+        edit.widened = newly_unrestricted(before, after)
+        if edit.widened and not allow_any_sender:
+            raise Refused(any_sender_refusal(edit.widened, again or f"repeat the command with {ALLOW_ANY_SENDER}"))
         if new != text:
             replace_atomically(config.users_path, new.encode("utf-8"))
 
@@ -282,8 +306,8 @@ def _confirm(args: argparse.Namespace, config: Config, user: User, address: str,
         if result.outcome is Outcome.CONFIRMED:
             # Inside the state lock: if the users file cannot be written, the state is not
             # written either and the code stays usable.
-            with _users_file(config) as document:
-                document.settle(user.login, "sender", address, verified=True)
+            with _users_file(config) as edit:
+                edit.document.settle(user.login, "sender", address, verified=True)
     if result.outcome is Outcome.CONFIRMED:
         _event("verification_confirmed", user=user.login, sender=address)
         print(f"{address} is verified: SMTP+ user {user.login} may now send as it (authorized_senders).")
@@ -343,8 +367,8 @@ def _check(args: argparse.Namespace, config: Config, user: User, domain: str) ->
                 f"the verification of {domain} was cancelled or restarted meanwhile; run 'verify check' again"
             )
         state.drop(login, "domain", domain)
-        with _users_file(config) as document:
-            document.settle(user.login, "domain", domain, verified=True)
+        with _users_file(config) as edit:
+            edit.document.settle(user.login, "domain", domain, verified=True)
     _event("verification_confirmed", user=user.login, domain=domain, warnings=len(warnings))
     print(f"{domain} is verified: SMTP+ user {user.login} may now send from it (authorized_domains).")
     if warnings:
@@ -356,11 +380,14 @@ def _check(args: argparse.Namespace, config: Config, user: User, domain: str) ->
 
 def _cancel(args: argparse.Namespace, config: Config, user: User, kind: Kind, entry: str) -> int:
     _pending(user, kind, entry)
+    again = f"smtpplus-milter verify cancel {user.login} {entry} {ALLOW_ANY_SENDER}"
     with _state_file(config).edit() as state:
         state.drop(normalize_login(user.login), kind, entry)
-        with _users_file(config) as document:
-            document.settle(user.login, kind, entry, verified=False)
+        # Inside the state lock: a refusal here writes neither file, and the code or token stays.
+        with _users_file(config, allow_any_sender=args.allow_any_sender, again=again) as edit:
+            edit.document.settle(user.login, kind, entry, verified=False)
     _event("verification_cancelled", user=user.login, **{kind: entry})
+    any_sender_chosen(edit.widened, "verify cancel")
     print(f"{entry} is no longer pending for SMTP+ user {user.login}; its code or token no longer works.")
     reload_milter(args)
     return 0

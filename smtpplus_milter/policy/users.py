@@ -77,3 +77,17 @@ class Directory:
 def normalize_login(login: str) -> str:
     """SASL logins are compared case-insensitively (PRODUCT §4)."""
     return login.strip().lower()
+
+
+def newly_unrestricted(before: Directory, after: Directory) -> list[User]:
+    """The users *after* lets send as any sender although *before* restricted them, by login.
+
+    A user created without entries may send as anybody; a change must never make a restricted
+    user so as a side effect. Users that are new in *after* are not in the list.
+    """
+    widened = []
+    for key in sorted(after.users):
+        old = before.users.get(key)
+        if after.users[key].unrestricted and old is not None and not old.unrestricted:
+            widened.append(after.users[key])
+    return widened

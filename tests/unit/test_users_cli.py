@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from smtpplus_milter import cli
 from smtpplus_milter.config import load_config
 from smtpplus_milter.files import locked
+from smtpplus_milter.lab.harness import free_port
 from smtpplus_milter.passwd import DISABLED, PasswdFile, hash_password, verify_password
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -193,9 +195,28 @@ def test_edit_adds_and_removes_in_the_style_of_the_file(conf: Path, capsys: pyte
     assert user is not None and user.priority == 1 and user.note == ""
 
 
-def test_removing_the_last_restriction_warns(conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert users(conf, "edit", "ceo-outlook", "--remove-authorized-sender", "CEO@yourcompany.com") == 0
-    assert "may send as ANY sender" in capsys.readouterr().err
+def test_removing_the_last_restriction_needs_allow_any_sender(conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = (conf.parent / "users.yaml").read_bytes()
+    assert users(conf, "edit", "ceo-outlook", "--remove-authorized-sender", "CEO@yourcompany.com") == 1
+    err = capsys.readouterr().err
+    assert "ceo-outlook would have no authorized domains or senders left and could then send as ANY sender" in err
+    assert "--allow-any-sender" in err and (conf.parent / "users.yaml").read_bytes() == before
+    args = ["edit", "ceo-outlook", "--remove-authorized-sender", "CEO@yourcompany.com", "--allow-any-sender"]
+    assert users(conf, *args) == 0
+    assert "ceo-outlook may now send as ANY sender" in capsys.readouterr().err
+    user = load_config(conf).directory.lookup("ceo-outlook")
+    assert user is not None and user.unrestricted
+
+
+def test_add_without_entries_says_the_user_may_send_as_anybody(
+    conf: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert users(conf, "add", "open-app") == 0
+    assert "note: open-app has no authorized domains or senders: it may send as ANY sender" in capsys.readouterr().err
+    assert users(conf, "add", "open-app2", "--allow-any-sender") == 0
+    assert "may send as ANY sender (--allow-any-sender given)" in capsys.readouterr().err
+    assert users(conf, "add", "closed-app", "--authorized-domain", "example.com") == 0
+    assert "ANY sender" not in capsys.readouterr().err
 
 
 def test_disable_enable_delete_keep_both_files_in_step(conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -318,27 +339,62 @@ def test_list_and_show(conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "authorized_domains: marketing.yourcompany.com;yourcompany.com" in capsys.readouterr().out
 
 
-def test_reload_signals_the_pid_in_the_pid_file(conf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # A stand-in whose command line says smtpplus, as the real milter's does.
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import signal,sys,time; signal.signal(signal.SIGHUP, lambda *a: sys.exit(7)); time.sleep(30)",
-            "smtpplus",
-        ]
-    )
+def test_show_says_plainly_when_a_user_may_send_as_any_sender(
+    conf: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    add(conf, capsys, "open-app")
+    assert users(conf, "show", "open-app") == 0
+    assert re.search(r"^senders:\s+ANY \(no authorized domains or senders\)$", capsys.readouterr().out, re.MULTILINE)
+    assert users(conf, "show", "open-app", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["any_sender"] is True
+    assert users(conf, "show", "ceo-outlook") == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^senders:\s+only the authorized domains and senders above$", out, re.MULTILINE)
+    assert "ANY" not in out
+
+
+# The milter's stand-in listens where the config says the milter does; the CLI signals only the
+# process that holds that socket (or systemd's MainPID of the unit).
+LISTENER = """
+import signal, socket, sys, time
+spec = sys.argv[1]
+signal.signal(signal.SIGHUP, lambda *a: sys.exit(7))
+kind, _, rest = spec.partition(":")
+if kind == "unix":
+    server = socket.socket(socket.AF_UNIX); server.bind(rest)
+else:
+    port, _, host = rest.partition("@"); server = socket.socket(); server.bind((host, int(port)))
+server.listen()
+print("ready", flush=True)
+time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize("kind", ["unix", "inet"])
+def test_reload_signals_the_milter_that_holds_the_socket(
+    conf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    short = Path(tempfile.mkdtemp(prefix="sp-", dir="/tmp"))  # a unix socket path must fit in 108 bytes
+    spec = f"unix:{short}/milter.sock" if kind == "unix" else f"inet:{free_port()}@127.0.0.1"
+    text = conf.read_text(encoding="utf-8").replace("unix:/var/spool/postfix/smtpplus/milter.sock", spec)
+    conf.write_text(text, encoding="utf-8")
+    assert load_config(conf).settings.milter.socket == spec
+    child = subprocess.Popen([sys.executable, "-c", LISTENER, spec, "smtpplus"], stdout=subprocess.PIPE)
     try:
-        time.sleep(0.3)
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
         pid_file = tmp_path / "milter.pid"
         pid_file.write_text(f"{child.pid}\n", encoding="ascii")
         assert users(conf, "edit", "shop-frontend", "--note", "x", "--reload", "--pid-file", str(pid_file)) == 0
-        assert f"sent SIGHUP to the milter (pid {child.pid})" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert f"sent SIGHUP to the milter (pid {child.pid}): it holds the milter socket {spec}" in err
         assert child.wait(10) == 7
     finally:
         if child.poll() is None:
             child.send_signal(signal.SIGKILL)
-            child.wait()
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+        shutil.rmtree(short, ignore_errors=True)
 
 
 def test_reload_without_pid_file_says_what_to_do(
