@@ -19,7 +19,8 @@ How a message is rewritten:
   HTML: the banner right after the ``<body ...>`` tag, the footer right before the last
   ``</body>`` (case-insensitive). Without ``<body>``, the banner goes after ``</head>``, else
   after ``<html ...>``, else after a ``<!DOCTYPE>``, else at the very start; without
-  ``</body>``, the footer goes before ``</html>``, else at the end.
+  ``</body>``, the footer goes before ``</html>``, else at the end. The tags are found by a
+  linear scan (:mod:`smtpplus_milter.mime.htmltags`), never by a backtracking regex.
 - **Variants.** A text part gets the ``text`` variant, an HTML part the ``html`` variant; when a
   list has only one, the other is derived (:mod:`smtpplus_milter.mime.convert`).
 - **Marker.** Each HTML insertion is preceded by ``<!-- {marker} -->``. Plain text has no
@@ -63,6 +64,7 @@ from email.utils import encode_rfc2231
 from typing import BinaryIO
 
 from smtpplus_milter.mime.convert import html_to_text, text_to_html
+from smtpplus_milter.mime.htmltags import banner_position, footer_position
 from smtpplus_milter.mime.rawparts import (
     MAX_LINE,
     Buffer,
@@ -88,12 +90,6 @@ _UNENCODED = frozenset({"7bit", "8bit", "binary"})
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _MARKER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=-]*")
 
-_BODY_OPEN = re.compile(r"<body(?:\s[^>]*)?>", re.IGNORECASE)
-_BODY_CLOSE = re.compile(r"</body\s*>", re.IGNORECASE)
-_HEAD_CLOSE = re.compile(r"</head\s*>", re.IGNORECASE)
-_HTML_OPEN = re.compile(r"<html(?:\s[^>]*)?>", re.IGNORECASE)
-_HTML_CLOSE = re.compile(r"</html\s*>", re.IGNORECASE)
-_DOCTYPE = re.compile(r"\A\s*<!doctype[^>]*>", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -365,8 +361,8 @@ def _add_text(text_part: _TextPart, variants: _Variants) -> str:
 def _add_html(text_part: _TextPart, variants: _Variants, marker: str) -> str:
     eol, text = text_part.eol, text_part.text
     comment = f"<!-- {marker} -->"
-    start = _banner_position(text)
-    end = _footer_position(text)
+    start = banner_position(text)
+    end = footer_position(text)
     if end < start:  # a stray </body> before <body>: append rather than insert inside the head
         end = len(text)
     head, middle, tail = text[:start], text[start:end], text[end:]
@@ -387,22 +383,6 @@ def _on_own_lines(before: str, snippet: str, after: str, eol: str) -> str:
     else:  # at the very end: keep the text's "ends with a line break or not"
         trail = eol if before.endswith("\n") else ""
     return lead + snippet + trail
-
-
-def _banner_position(text: str) -> int:
-    for pattern in (_BODY_OPEN, _HEAD_CLOSE, _HTML_OPEN, _DOCTYPE):
-        match = pattern.search(text)
-        if match:
-            return match.end()
-    return 0
-
-
-def _footer_position(text: str) -> int:
-    for pattern in (_BODY_CLOSE, _HTML_CLOSE):
-        starts = [match.start() for match in pattern.finditer(text)]
-        if starts:
-            return starts[-1]
-    return len(text)
 
 
 def _encode(text_part: _TextPart, new_text: str, eol: str) -> tuple[str, str, bytes]:

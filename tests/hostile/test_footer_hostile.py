@@ -1,0 +1,96 @@
+"""Hostile bodies for the footer injector: each must finish fast and leave a sane result.
+
+Before the bounds, some of these ran for minutes while holding the GIL, which no in-process
+timeout can interrupt (a signal handler or watchdog thread needs the GIL too). So every timed case
+runs ``inject`` in a forked child: the parent waits up to ``HARD_TIMEOUT`` seconds, kills the
+child if it is still busy, and then asserts on the time the child measured for ``inject`` alone.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+
+import pytest
+
+from smtpplus_milter.mime.footer import Banner, InjectionResult, inject
+
+MARKER = "smtpplus-footer"
+BANNER = Banner(header_html="<p>BANNER</p>", footer_html="<p>FOOTER</p>", header_text="BANNER", footer_text="FOOTER")
+FAST = 2.0  # seconds; the fixed code takes well under 0.5 s for every case here
+HARD_TIMEOUT = 30.0  # seconds before a child still busy is killed (the unfixed code took minutes)
+MB = 1_000_000
+
+
+def _child(call: Callable[[], InjectionResult], conn: Connection) -> None:
+    started = time.perf_counter()
+    result = call()
+    conn.send((time.perf_counter() - started, result))
+
+
+def timed(call: Callable[[], InjectionResult]) -> tuple[float, InjectionResult]:
+    """(seconds ``call`` took, its result), run in a forked child that is killed after HARD_TIMEOUT."""
+    parent, child_end = multiprocessing.get_context("fork").Pipe(duplex=False)
+    child = multiprocessing.get_context("fork").Process(target=_child, args=(call, child_end), daemon=True)
+    child.start()
+    try:
+        if not parent.poll(HARD_TIMEOUT):
+            pytest.fail(f"inject still running after {HARD_TIMEOUT} s (killed)")
+        elapsed, result = parent.recv()
+        assert isinstance(result, InjectionResult)
+        return float(elapsed), result
+    finally:
+        child.kill()
+        child.join()
+
+
+def html_body(html: str, charset: str = "utf-8") -> tuple[list[tuple[str, str]], bytes]:
+    return [("Content-Type", f"text/html; charset={charset}")], html.encode("utf-8")
+
+
+def run_of(piece: str, size: int = MB) -> str:
+    """``piece`` repeated to about ``size`` characters, in lines of 100 pieces (a body line may not exceed 998 octets)."""
+    line = piece * 100 + "\n"
+    return line * (size // len(line) + 1)
+
+
+@pytest.mark.parametrize("piece", [pytest.param("<body ", id="body-run"), pytest.param("<html ", id="html-run")])
+def test_tag_run_without_gt_is_linear(piece: str) -> None:
+    text = run_of(piece)  # just over 1 MB, no ">" anywhere
+    headers, body = html_body(text)
+    elapsed, result = timed(lambda: inject(headers, body, BANNER, marker=MARKER))
+    assert elapsed < FAST, f"{elapsed:.2f} s"
+    assert result.status == "added", result.reason
+    assert result.body is not None
+    new = result.body.decode("utf-8")
+    # No usable tag: the banner goes at the very start, the footer at the very end, the run in between.
+    assert new.startswith(f"<!-- {MARKER} -->\n<p>BANNER</p>\n" + piece)
+    assert new.endswith(piece + f"\n<!-- {MARKER} -->\n<p>FOOTER</p>\n")
+    assert new.count(piece) == text.count(piece)
+
+
+def test_body_run_ended_by_a_late_gt_is_linear() -> None:
+    text = run_of("<body ") + "><p>x</p></body>\n"
+    headers, body = html_body(text)
+    elapsed, result = timed(lambda: inject(headers, body, BANNER, marker=MARKER))
+    assert elapsed < FAST, f"{elapsed:.2f} s"
+    assert result.status == "added", result.reason
+    assert result.body is not None
+    new = result.body.decode("utf-8")
+    assert new.startswith(text[:1000])  # the banner is not before the (garbled) body tag
+    assert f"<body \n>\n<!-- {MARKER} -->\n<p>BANNER</p>\n<p>x</p>" in new
+    assert new.index("<p>FOOTER</p>") < new.rindex("</body>")
+
+
+@pytest.mark.parametrize(
+    "piece",
+    [pytest.param("</body ", id="close-body-run"), pytest.param("<bodyx", id="bodyx-run"), pytest.param("</head\t", id="head-run")],
+)
+def test_other_tag_runs_are_linear(piece: str) -> None:
+    text = "<html><head>\n" + run_of(piece) + "<p>x</p></html>\n"
+    headers, body = html_body(text)
+    elapsed, result = timed(lambda: inject(headers, body, BANNER, marker=MARKER))
+    assert elapsed < FAST, f"{elapsed:.2f} s"
+    assert result.status == "added", result.reason
