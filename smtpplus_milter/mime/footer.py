@@ -40,6 +40,12 @@ How a message is rewritten:
   change are skipped. Malformed input (see :mod:`smtpplus_milter.mime.rawparts`, plus bad
   base64, unknown or broken charsets and unknown transfer encodings in a part we would change)
   is left unchanged. Any other exception is reported as ``error`` with no body.
+- **Bounds.** A message is hostile input processed while the milter holds the GIL, so one
+  injection is bounded: a displayed HTML part over :data:`MAX_HTML_BYTES` or a plain text part
+  over :data:`MAX_TEXT_BYTES` (transfer-decoded), a Content-Type/Content-Disposition or part
+  header block over :data:`~smtpplus_milter.mime.rawparts.MAX_HEADER_BYTES`, or more than
+  :data:`TIME_BUDGET` CPU seconds (checked at every boundary line, part and tag candidate) leave
+  the message unchanged as ``unchanged-limit``, with the bound and its value in the reason.
 
 Memory: a body passed as a real file is memory-mapped, not read, so the scan costs no heap;
 only the parts that change are decoded. The new body is built with one ``b"".join`` over
@@ -65,6 +71,7 @@ from typing import BinaryIO
 
 from smtpplus_milter.mime.convert import html_to_text, text_to_html
 from smtpplus_milter.mime.htmltags import banner_position, footer_position
+from smtpplus_milter.mime.limits import Deadline, LimitExceeded
 from smtpplus_milter.mime.rawparts import (
     MAX_LINE,
     Buffer,
@@ -79,7 +86,17 @@ from smtpplus_milter.mime.rawparts import (
 ADDED = "added"
 SKIPPED = "skipped"
 MALFORMED = "unchanged-malformed"
+LIMIT = "unchanged-limit"
 ERROR = "error"
+
+# Work bounds of one injection (docs/footer.md, "Bounds"); inject() takes each as a keyword.
+# Decoded HTML is scanned for tags and spliced as text; 2 MiB is far above any real mail body.
+MAX_HTML_BYTES = 2 * 1024 * 1024
+# Plain text is only concatenated, but decoded it is held as bytes, str and the re-encoded copy at
+# once; 10 MiB keeps that near 60 MB even for 4-byte characters, and is more text than anyone reads.
+MAX_TEXT_BYTES = 10 * 1024 * 1024
+# CPU seconds one injection may hold (thread time). A 20 MB message takes about 0.1 s.
+TIME_BUDGET = 2.0
 
 PROTECTED_TYPES = frozenset(
     {"multipart/signed", "multipart/encrypted", "application/pkcs7-mime", "application/x-pkcs7-mime"}
@@ -110,7 +127,7 @@ class InjectionResult:
     value, adding it if absent"; only ever non-empty for a single-part message.
     """
 
-    status: str  # "added" | "skipped" | "unchanged-malformed" | "error"
+    status: str  # "added" | "skipped" | "unchanged-malformed" | "unchanged-limit" | "error"
     reason: str
     body: bytes | None = None
     header_changes: tuple[tuple[str, str], ...] = ()
@@ -139,8 +156,22 @@ class _TextPart:
     raw_ends_with_eol: bool  # whether the encoded bytes ended with a line break
 
 
+@dataclass(frozen=True)
+class _Bounds:
+    max_html_bytes: int
+    max_text_bytes: int
+    deadline: Deadline
+
+
 def inject(
-    headers: Sequence[tuple[str, str]], body: BinaryIO | bytes, banner: Banner, *, marker: str
+    headers: Sequence[tuple[str, str]],
+    body: BinaryIO | bytes,
+    banner: Banner,
+    *,
+    marker: str,
+    max_html_bytes: int = MAX_HTML_BYTES,
+    max_text_bytes: int = MAX_TEXT_BYTES,
+    time_budget: float = TIME_BUDGET,
 ) -> InjectionResult:
     """Add ``banner`` to the displayed body of a message; see the module docstring for the rules.
 
@@ -149,13 +180,20 @@ def inject(
     holding exactly the body from offset 0. ``marker`` is an identifier (letters, digits,
     ``._:/+=-``) written as an HTML comment; an unusable one is a programming error and raises
     ``ValueError``.
+
+    The bounds: a displayed HTML part over ``max_html_bytes`` or a plain text part over
+    ``max_text_bytes`` (after transfer decoding), or more than ``time_budget`` CPU seconds spent
+    on this call, end it with ``unchanged-limit`` and a reason naming the bound.
     """
     if not _MARKER.fullmatch(marker):
         raise ValueError(f"marker {marker!r} must be letters, digits and ._:/+=- (it goes into an HTML comment)")
     try:
+        bounds = _Bounds(max_html_bytes, max_text_bytes, Deadline(time_budget))
         with _open_body(body) as buf:
-            new_body, changes, reason = _inject(headers, buf, banner, marker)
+            new_body, changes, reason = _inject(headers, buf, banner, marker, bounds)
         return InjectionResult(ADDED, reason, new_body, changes)
+    except LimitExceeded as exc:
+        return InjectionResult(LIMIT, str(exc))
     except MalformedMime as exc:
         return InjectionResult(MALFORMED, str(exc))
     except _Skip as exc:
@@ -188,7 +226,7 @@ def _open_body(body: BinaryIO | bytes) -> Iterator[Buffer]:
 
 
 def _inject(
-    headers: Sequence[tuple[str, str]], buf: Buffer, banner: Banner, marker: str
+    headers: Sequence[tuple[str, str]], buf: Buffer, banner: Banner, marker: str, bounds: _Bounds
 ) -> tuple[bytes, tuple[tuple[str, str], ...], str]:
     variants = _variants(banner)
     if not (variants.header_text or variants.footer_text):
@@ -200,14 +238,14 @@ def _inject(
     if long_line is not None:
         raise MalformedMime(f"a line of {long_line} octets in the body (the limit is {MAX_LINE})")
     eol = detect_eol(buf).decode("ascii")
-    tree = parse_body(buf, top_headers)
+    tree = parse_body(buf, top_headers, deadline=bounds.deadline)
     for part in tree.walk():
         if part.content_type in PROTECTED_TYPES:
             raise _Skip(f"the message has a {part.content_type} part, which a changed body would break")
     targets = _first_body(tree)
     if not targets:
         raise _Skip("no displayed text/plain or text/html body part")
-    texts = [_decode(buf, part, eol) for part in targets]
+    texts = [_decode(buf, part, eol, bounds) for part in targets]
     for text_part in texts:
         if any(pgp in text_part.text for pgp in _PGP_MARKERS):
             raise _Skip(f"inline PGP in the text/{text_part.subtype} part, which a changed body would break")
@@ -217,8 +255,9 @@ def _inject(
     header_changes: tuple[tuple[str, str], ...] = ()
     notes: list[str] = []
     for text_part in texts:
+        bounds.deadline.check()
         if text_part.subtype == "html":
-            new_text = _add_html(text_part, variants, marker)
+            new_text = _add_html(text_part, variants, marker, bounds.deadline)
         else:
             new_text = _add_text(text_part, variants)
         charset, cte, payload = _encode(text_part, new_text, eol)
@@ -238,6 +277,7 @@ def _inject(
         else:
             head = _head_bytes(buf, part, changes, eol.encode("ascii"))
             edits.append((part.header_start, part.body_end, head + payload))
+    bounds.deadline.check()
     kinds = ", ".join(f"text/{text_part.subtype}" for text_part in texts)
     reason = f"added to {kinds}" + (f" ({'; '.join(notes)})" if notes else "")
     return _splice(buf, edits), header_changes, reason
@@ -297,7 +337,7 @@ def _related_root(part: RawPart) -> RawPart | None:
     return part.children[0] if part.children else None
 
 
-def _decode(buf: Buffer, part: RawPart, eol: str) -> _TextPart:
+def _decode(buf: Buffer, part: RawPart, eol: str, bounds: _Bounds) -> _TextPart:
     subtype = part.headers.get_content_subtype()
     where = f"text/{subtype} part"
     cte = (part.headers.get("Content-Transfer-Encoding") or "7bit").strip().lower()
@@ -313,6 +353,12 @@ def _decode(buf: Buffer, part: RawPart, eol: str) -> _TextPart:
         data = binascii.a2b_qp(raw)
     else:
         data = raw
+    limit, name = (
+        (bounds.max_html_bytes, "MAX_HTML_BYTES") if subtype == "html" else (bounds.max_text_bytes, "MAX_TEXT_BYTES")
+    )
+    if len(data) > limit:
+        raise LimitExceeded(f"the {where} is {len(data)} bytes decoded, over the bound of {limit} ({name})")
+    bounds.deadline.check()
     charset = part.headers.get_param("charset")
     label = charset.strip() if isinstance(charset, str) and charset.strip() else "us-ascii"
     try:
@@ -358,11 +404,11 @@ def _add_text(text_part: _TextPart, variants: _Variants) -> str:
     return text
 
 
-def _add_html(text_part: _TextPart, variants: _Variants, marker: str) -> str:
+def _add_html(text_part: _TextPart, variants: _Variants, marker: str, deadline: Deadline) -> str:
     eol, text = text_part.eol, text_part.text
     comment = f"<!-- {marker} -->"
-    start = banner_position(text)
-    end = footer_position(text)
+    start = banner_position(text, deadline.check)
+    end = footer_position(text, deadline.check)
     if end < start:  # a stray </body> before <body>: append rather than insert inside the head
         end = len(text)
     head, middle, tail = text[:start], text[start:end], text[end:]

@@ -94,3 +94,70 @@ def test_other_tag_runs_are_linear(piece: str) -> None:
     elapsed, result = timed(lambda: inject(headers, body, BANNER, marker=MARKER))
     assert elapsed < FAST, f"{elapsed:.2f} s"
     assert result.status == "added", result.reason
+
+
+def test_html_over_the_size_bound_is_left_unchanged() -> None:
+    line = "<p>" + "x" * 90 + "</p>\n"
+    text = "<html><body>\n" + line * (3 * MB // len(line)) + "</body></html>\n"  # about 3 MB
+    headers, body = html_body(text)
+    elapsed, result = timed(lambda: inject(headers, body, BANNER, marker=MARKER))
+    assert elapsed < FAST, f"{elapsed:.2f} s"
+    assert (result.status, result.body, result.header_changes) == ("unchanged-limit", None, ())
+    assert "text/html part" in result.reason and f"bound of {2 * 1024 * 1024} (MAX_HTML_BYTES)" in result.reason
+
+
+@pytest.mark.parametrize(
+    ("content_type", "keyword", "name"),
+    [
+        pytest.param("text/html", "max_html_bytes", "MAX_HTML_BYTES", id="html"),
+        pytest.param("text/plain", "max_text_bytes", "MAX_TEXT_BYTES", id="text"),
+    ],
+)
+def test_size_bounds_are_keywords_and_count_decoded_bytes(content_type: str, keyword: str, name: str) -> None:
+    headers = [("Content-Type", content_type), ("Content-Transfer-Encoding", "quoted-printable")]
+    body = b"=41" * 300  # 900 octets on the wire, 300 decoded
+    assert inject(headers, body, BANNER, marker=MARKER, **{keyword: 300}).status == "added"  # type: ignore[arg-type]
+    result = inject(headers, body, BANNER, marker=MARKER, **{keyword: 299})  # type: ignore[arg-type]
+    assert (result.status, result.body) == ("unchanged-limit", None)
+    assert result.reason == f"the {content_type} part is 300 bytes decoded, over the bound of 299 ({name})"
+
+
+def test_time_budget_leaves_the_message_unchanged() -> None:
+    attachment = b"Content-Type: application/octet-stream\r\n\r\nAAAA\r\n"
+    body = b"".join(b"--B\r\n" + attachment for _ in range(500)) + b"--B\r\nContent-Type: text/plain\r\n\r\nHi\r\n--B--\r\n"
+    headers = [("Content-Type", "multipart/mixed; boundary=B")]
+    assert inject(headers, body, BANNER, marker=MARKER).status == "added"
+    result = inject(headers, body, BANNER, marker=MARKER, time_budget=1e-6)
+    assert (result.status, result.body) == ("unchanged-limit", None)
+    assert result.reason == "the CPU time budget of 1e-06 s per injection was spent"
+
+
+def test_deadline_counts_the_clock_it_is_given() -> None:
+    from smtpplus_milter.mime.limits import Deadline, LimitExceeded
+
+    now = [100.0]
+    deadline = Deadline(2.0, clock=lambda: now[0])
+    now[0] = 102.0
+    deadline.check()  # exactly at the budget: still allowed
+    now[0] = 102.5
+    with pytest.raises(LimitExceeded, match="budget of 2 s"):
+        deadline.check()
+
+
+@pytest.mark.parametrize("where", [pytest.param("part", id="part-header"), pytest.param("top", id="top-level-header")])
+def test_quadratic_header_parameters_are_bounded(where: str) -> None:
+    # email.message._parseparam recounts quotes from the start for every ';' inside a quoted value.
+    value = 'inline; filename="' + ";\r\n " * 40_000 + 'x.txt"'
+    if where == "part":
+        headers = [("Content-Type", "multipart/mixed; boundary=B")]
+        part = f"Content-Type: text/plain\r\nContent-Disposition: {value}\r\n\r\nHi\r\n".encode()
+        body = b"--B\r\n" + part + b"--B--\r\n"
+        bound = "header block"
+    else:
+        headers = [("Content-Type", "text/plain"), ("Content-Disposition", value)]
+        body = b"Hi\r\n"
+        bound = "Content-Disposition header"
+    elapsed, result = timed(lambda: inject(headers, body, BANNER, marker=MARKER))
+    assert elapsed < FAST, f"{elapsed:.2f} s"
+    assert (result.status, result.body) == ("unchanged-limit", None)
+    assert bound in result.reason and "bound of 8192 (MAX_HEADER_BYTES)" in result.reason
