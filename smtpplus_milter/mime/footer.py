@@ -39,7 +39,9 @@ How a message is rewritten:
   application/pkcs7-mime part (outside attached messages), or inline PGP in a part we would
   change are skipped. Malformed input (see :mod:`smtpplus_milter.mime.rawparts`, plus bad
   base64, unknown or broken charsets and unknown transfer encodings in a part we would change)
-  is left unchanged. Any other exception is reported as ``error`` with no body.
+  is left unchanged. A charset is known only when it is IANA-registered
+  (:mod:`smtpplus_milter.mime.charsets`): Python-only codecs such as ``unicode_escape`` are not.
+  Any other exception is reported as ``error`` with no body.
 - **Bounds.** A message is hostile input processed while the milter holds the GIL, so one
   injection is bounded: a displayed HTML part over :data:`MAX_HTML_BYTES` or a plain text part
   over :data:`MAX_TEXT_BYTES` (transfer-decoded), a Content-Type/Content-Disposition or part
@@ -58,7 +60,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import codecs
 import io
 import mmap
 import re
@@ -69,6 +70,7 @@ from email.message import Message
 from email.utils import encode_rfc2231
 from typing import BinaryIO
 
+from smtpplus_milter.mime.charsets import codec_for
 from smtpplus_milter.mime.convert import html_to_text, text_to_html
 from smtpplus_milter.mime.htmltags import banner_position, footer_position
 from smtpplus_milter.mime.limits import Deadline, LimitExceeded
@@ -150,6 +152,7 @@ class _TextPart:
     part: RawPart
     subtype: str  # "plain" | "html"
     charset: str  # as written in the header, or "us-ascii" by default
+    codec: str  # the Python codec for it (mime/charsets.py)
     cte: str
     text: str
     eol: str  # the line break inside the decoded text
@@ -361,11 +364,11 @@ def _decode(buf: Buffer, part: RawPart, eol: str, bounds: _Bounds) -> _TextPart:
     bounds.deadline.check()
     charset = part.headers.get_param("charset")
     label = charset.strip() if isinstance(charset, str) and charset.strip() else "us-ascii"
+    codec = codec_for(label)
+    if codec is None:
+        raise MalformedMime(f"unknown charset {label!r} in the {where} (not an IANA-registered MIME charset)")
     try:
-        codecs.lookup(label)
-        text = data.decode(label)
-    except LookupError as exc:
-        raise MalformedMime(f"unknown charset {label!r} in the {where}") from exc
+        text = data.decode(codec)
     except UnicodeDecodeError as exc:
         raise MalformedMime(f"the {where} is not valid {label}: {exc.reason} at byte {exc.start}") from exc
     if "\r\n" in text:
@@ -374,7 +377,7 @@ def _decode(buf: Buffer, part: RawPart, eol: str, bounds: _Bounds) -> _TextPart:
         inner_eol = "\n"
     else:  # nothing to go by: base64 content is canonical CRLF, anything else follows the message
         inner_eol = "\r\n" if cte == "base64" else eol
-    return _TextPart(part, subtype, label, cte, text, inner_eol, raw.endswith(b"\n"))
+    return _TextPart(part, subtype, label, codec, cte, text, inner_eol, raw.endswith(b"\n"))
 
 
 def _already_there(text_part: _TextPart, variants: _Variants, marker: str) -> bool:
@@ -435,9 +438,9 @@ def _encode(text_part: _TextPart, new_text: str, eol: str) -> tuple[str, str, by
     """(charset, transfer encoding, encoded payload) for a changed part."""
     charset, cte = text_part.charset, text_part.cte
     try:
-        data = new_text.encode(charset)
+        data = new_text.encode(text_part.codec)
         fits = cte != "7bit" or data.isascii()
-    except (UnicodeEncodeError, LookupError):
+    except UnicodeEncodeError:
         fits = False
     if not fits:
         charset, cte = "utf-8", "quoted-printable"

@@ -161,3 +161,19 @@ def test_quadratic_header_parameters_are_bounded(where: str) -> None:
     assert elapsed < FAST, f"{elapsed:.2f} s"
     assert (result.status, result.body) == ("unchanged-limit", None)
     assert bound in result.reason and "bound of 8192 (MAX_HEADER_BYTES)" in result.reason
+
+
+PYTHON_ONLY_CODECS = [
+    "unicode_escape", "raw_unicode_escape", "rot13", "rot_13", "hex", "base64", "zlib", "uu", "bz2", "quopri",
+    "punycode", "idna", "utf-8-sig", "utf_8", "utf8", "latin_1", "cp65001", "mbcs", "undefined", "palmos", "oem",
+]
+
+
+@pytest.mark.parametrize("codec", [pytest.param(codec, id=codec) for codec in PYTHON_ONLY_CODECS])
+@pytest.mark.parametrize("subtype", ["plain", "html"])
+def test_python_only_codecs_are_not_charsets(codec: str, subtype: str) -> None:
+    headers = [("Content-Type", f'text/{subtype}; charset="{codec}"')]
+    body = b"Total: \\x41\\r\\nline two\r\n"  # unicode_escape would read "\x41" as "A" and "\r\n" as a line break
+    result = inject(headers, body, BANNER, marker=MARKER)
+    assert (result.status, result.body, result.header_changes) == ("unchanged-malformed", None, ())
+    assert result.reason == f"unknown charset {codec!r} in the text/{subtype} part (not an IANA-registered MIME charset)"
