@@ -76,6 +76,7 @@ from smtpplus_milter.mime.htmltags import banner_position, footer_position
 from smtpplus_milter.mime.limits import Deadline, LimitExceeded
 from smtpplus_milter.mime.rawparts import (
     MAX_LINE,
+    MAX_PARTS,
     Buffer,
     MalformedMime,
     RawPart,
@@ -163,6 +164,7 @@ class _TextPart:
 class _Bounds:
     max_html_bytes: int
     max_text_bytes: int
+    max_parts: int
     deadline: Deadline
 
 
@@ -174,6 +176,7 @@ def inject(
     marker: str,
     max_html_bytes: int = MAX_HTML_BYTES,
     max_text_bytes: int = MAX_TEXT_BYTES,
+    max_parts: int = MAX_PARTS,
     time_budget: float = TIME_BUDGET,
 ) -> InjectionResult:
     """Add ``banner`` to the displayed body of a message; see the module docstring for the rules.
@@ -186,12 +189,13 @@ def inject(
 
     The bounds: a displayed HTML part over ``max_html_bytes`` or a plain text part over
     ``max_text_bytes`` (after transfer decoding), or more than ``time_budget`` CPU seconds spent
-    on this call, end it with ``unchanged-limit`` and a reason naming the bound.
+    on this call, end it with ``unchanged-limit`` and a reason naming the bound. More than
+    ``max_parts`` MIME parts make the body ``unchanged-malformed``.
     """
     if not _MARKER.fullmatch(marker):
         raise ValueError(f"marker {marker!r} must be letters, digits and ._:/+=- (it goes into an HTML comment)")
     try:
-        bounds = _Bounds(max_html_bytes, max_text_bytes, Deadline(time_budget))
+        bounds = _Bounds(max_html_bytes, max_text_bytes, max_parts, Deadline(time_budget))
         with _open_body(body) as buf:
             new_body, changes, reason = _inject(headers, buf, banner, marker, bounds)
         return InjectionResult(ADDED, reason, new_body, changes)
@@ -241,7 +245,7 @@ def _inject(
     if long_line is not None:
         raise MalformedMime(f"a line of {long_line} octets in the body (the limit is {MAX_LINE})")
     eol = detect_eol(buf).decode("ascii")
-    tree = parse_body(buf, top_headers, deadline=bounds.deadline)
+    tree = parse_body(buf, top_headers, deadline=bounds.deadline, max_parts=bounds.max_parts)
     for part in tree.walk():
         if part.content_type in PROTECTED_TYPES:
             raise _Skip(f"the message has a {part.content_type} part, which a changed body would break")
@@ -312,12 +316,13 @@ def _is_attachment(part: RawPart) -> bool:
 def _first_body(part: RawPart) -> list[RawPart]:
     """The parts that make up the displayed body of ``part`` (empty when it has none)."""
     ctype = part.content_type
-    if _is_attachment(part):
+    displayable = ctype in ("text/plain", "text/html")
+    # The type first: a part that can never be a displayed body is ruled out without reading
+    # its other headers (rawparts parses a header block only when asked).
+    if not (displayable or ctype.startswith("multipart/")) or _is_attachment(part):
         return []
-    if ctype in ("text/plain", "text/html"):
+    if displayable:
         return [part]
-    if part.headers.get_content_maintype() != "multipart":
-        return []
     if ctype == "multipart/alternative":
         return [found for child in part.children for found in _first_body(child)]
     if ctype == "multipart/related":

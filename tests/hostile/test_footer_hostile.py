@@ -177,3 +177,28 @@ def test_python_only_codecs_are_not_charsets(codec: str, subtype: str) -> None:
     result = inject(headers, body, BANNER, marker=MARKER)
     assert (result.status, result.body, result.header_changes) == ("unchanged-malformed", None, ())
     assert result.reason == f"unknown charset {codec!r} in the text/{subtype} part (not an IANA-registered MIME charset)"
+
+
+def test_many_empty_parts_stop_at_the_part_cap() -> None:
+    body = b"--B\r\n\r\n" * 300_000 + b"--B--\r\n"  # 300,000 empty parts in 2.1 MB
+    headers = [("Content-Type", "multipart/mixed; boundary=B")]
+    elapsed, result = timed(lambda: inject(headers, body, BANNER, marker=MARKER))
+    assert elapsed < FAST, f"{elapsed:.2f} s"
+    assert (result.status, result.body) == ("unchanged-malformed", None)
+    assert result.reason == "more than 1000 MIME parts (MAX_PARTS)"
+
+
+@pytest.mark.parametrize(("count", "status"), [(1000, "added"), (1001, "unchanged-malformed")])
+def test_part_cap_counts_every_level(count: int, status: str) -> None:
+    # 10 nested multiparts of (count - 10) / 10 attachments each, the text part first: all levels count.
+    leaf = b"Content-Type: application/octet-stream\r\n\r\nAAAA\r\n"
+    per_level, extra = divmod(count - 11, 10)
+    inner = b"".join(b"--in\r\n" + leaf for _ in range(per_level)) + b"--in--\r\n"
+    nested = b"Content-Type: multipart/mixed; boundary=in\r\n\r\n" + inner
+    body = b"--B\r\nContent-Type: text/plain\r\n\r\nHi\r\n" + b"".join(b"--B\r\n" + nested for _ in range(10))
+    body += b"".join(b"--B\r\n" + leaf for _ in range(extra)) + b"--B--\r\n"
+    headers = [("Content-Type", "multipart/mixed; boundary=B")]
+    result = inject(headers, body, BANNER, marker=MARKER)
+    assert result.status == status, result.reason
+    assert inject(headers, body, BANNER, marker=MARKER, max_parts=count).status == "added"
+    assert inject(headers, body, BANNER, marker=MARKER, max_parts=count - 1).reason == f"more than {count - 1} MIME parts (MAX_PARTS)"
