@@ -202,3 +202,17 @@ def test_part_cap_counts_every_level(count: int, status: str) -> None:
     assert result.status == status, result.reason
     assert inject(headers, body, BANNER, marker=MARKER, max_parts=count).status == "added"
     assert inject(headers, body, BANNER, marker=MARKER, max_parts=count - 1).reason == f"more than {count - 1} MIME parts (MAX_PARTS)"
+
+
+def test_twenty_megabytes_of_empty_lines_are_scanned_fast() -> None:
+    # The line-length check took one Python step per line: 10 million empty lines, 6.4 s.
+    headers = [("Content-Type", "multipart/mixed; boundary=B")]
+    body = (
+        b"--B\r\nContent-Type: text/plain\r\n\r\nHi\r\n--B\r\nContent-Type: application/octet-stream\r\n\r\n"
+        + b"\r\n" * 10_000_000
+        + b"--B--\r\n"
+    )
+    elapsed, result = timed(lambda: inject(headers, body, BANNER, marker=MARKER))
+    assert elapsed < FAST, f"{elapsed:.2f} s"
+    assert result.status == "added", result.reason
+    assert result.body is not None and result.body.endswith(b"\r\n" * 1000 + b"--B--\r\n")

@@ -8,7 +8,7 @@ from email.policy import compat32
 
 import pytest
 
-from smtpplus_milter.mime.rawparts import MalformedMime, RawPart, parse_body
+from smtpplus_milter.mime.rawparts import MalformedMime, RawPart, longest_line_over, parse_body
 
 
 def _only_child(block: bytes, digest: bool = False) -> RawPart:
@@ -83,3 +83,23 @@ def test_headers_are_parsed_only_when_asked() -> None:
 def test_header_block_problems_are_still_found(block: bytes, reason: str) -> None:
     with pytest.raises(MalformedMime, match=reason):
         _only_child(block)
+
+
+@pytest.mark.parametrize(
+    ("buf", "expected"),
+    [
+        pytest.param(b"", None, id="empty"),
+        pytest.param(b"x" * 998, None, id="unterminated-at-limit"),
+        pytest.param(b"x" * 999, 999, id="unterminated-over"),
+        pytest.param(b"x" * 998 + b"\r\n", None, id="crlf-at-limit"),
+        pytest.param(b"x" * 998 + b"\r", None, id="unterminated-with-cr-at-limit"),
+        pytest.param(b"x" * 999 + b"\n", 999, id="lf-over"),
+        pytest.param(b"x" * 999 + b"\r\n", 999, id="crlf-over"),
+        pytest.param(b"x" * 998 + b"\r\r\n", 999, id="second-cr-counts"),
+        pytest.param((b"a\n" + b"b" * 997 + b"\n") * 3 + b"c" * 1000 + b"\n", 1000, id="after-mixed-lines"),
+        pytest.param(b"\n" * 5000 + b"d" * 1200, 1200, id="after-many-empty-lines"),
+        pytest.param((b"x" * 997 + b"\r\n") * 50, None, id="many-at-limit"),
+    ],
+)
+def test_longest_line_over(buf: bytes, expected: int | None) -> None:
+    assert longest_line_over(buf) == expected
