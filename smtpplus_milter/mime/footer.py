@@ -12,7 +12,8 @@ How a message is rewritten:
   other multipart) only the *first* displayed body gets the text, so an inline text part after
   an image is left alone; every variant of a multipart/alternative gets it; in
   multipart/related, the root part (the ``start`` parameter, else the first part) does.
-  ``message/*`` parts are never opened.
+  ``message/*`` parts are never opened. Two consecutive boundary lines enclose no part at all
+  (see :mod:`smtpplus_milter.mime.rawparts`), so nothing there can receive the text.
 - **Where.** Plain text: the banner, a blank line, the original text, a blank line, the footer.
   No ``-- `` separator is added: the footer is a disclaimer, not a signature, and a message that
   already has a signature would get two; an operator who wants one puts it in the footer text.

@@ -9,7 +9,8 @@ Anything that would make a rewrite a guess raises :class:`MalformedMime`: a mult
 boundary parameter or without its closing boundary, 8-bit bytes or broken lines in a header block,
 a header that decides the structure given twice, nesting deeper than :data:`MAX_DEPTH`, more than
 :data:`MAX_PARTS` parts, and a line longer than :data:`MAX_LINE` octets (in the body or a
-top-level header).
+top-level header). Two consecutive boundary lines (no header block, not even a blank line
+between them) enclose no part, as for ``email``'s parser; they are not reported as one.
 
 Reading headers costs: ``email``'s parser builds a ``Message`` per block (about 15 µs), and a body
 of 300,000 empty parts took seconds and hundreds of MB. So each part's header block is first
@@ -228,6 +229,11 @@ def _part_ranges(buf: Buffer, boundary: bytes, start: int, end: int, ctype: str,
             continue  # "--boundary-more": a longer boundary of a nested part, or content
         if part_start is not None:
             walk.count_part()  # before the range is kept: a body of 300,000 parts stops at the cap
+        # A boundary line right after the previous one ("--B" CRLF "--B": no header block, not even
+        # a blank line) encloses nothing: email's parser sees no part there. Kept, it would be an
+        # empty text/plain part that could receive the footer and turn into a visible part the
+        # original did not have.
+        if part_start is not None and hit > part_start:
             part_end = hit
             if buf[hit - 2 : hit] == b"\r\n":
                 part_end = hit - 2

@@ -136,3 +136,30 @@ def test_over_the_limit_without_size_is_refused_at_end_of_data(stack: Stack) -> 
         with pytest.raises(smtplib.SMTPDataError) as refused:
             client.sendmail("info@yourcompany.com", ["someone@example.org"], message.as_bytes(policy=policy.SMTP))
     assert refused.value.smtp_code == 552
+
+
+def test_empty_part_between_boundary_lines_gains_no_part(stack: Stack) -> None:
+    # "--B" directly followed by "--B": no header block, no blank line. Python's parser sees no
+    # part there; the footer must go to the real text part, not turn that nothing into a
+    # visible text/plain part.
+    head = (
+        b"From: Shop <info@yourcompany.com>\r\nTo: someone@example.org\r\nSubject: empty part\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n'
+    )
+    attachment = (
+        b"--B\r\nContent-Type: application/pdf; name=invoice.pdf\r\nContent-Disposition: attachment; filename=invoice.pdf\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--B--\r\n"
+    )
+    body = b"--B\r\n--B\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nYour order 1002 has shipped.\r\n" + attachment
+    result = stack.send(head + body, login="shop-frontend", mail_from="info@yourcompany.com")
+    assert result.accepted, result
+    [received] = stack.sink.wait_for(1, timeout=30)
+    original = message_from_bytes(head + body, policy=policy.default)
+    delivered = message_from_bytes(received.data, policy=policy.default)
+    assert [part.get_content_type() for part in delivered.walk()] == [part.get_content_type() for part in original.walk()]
+    [text] = [part for part in delivered.walk() if part.get_content_type() == "text/plain"]
+    assert isinstance(text, EmailMessage)
+    content = text.get_content().replace("\r\n", "\n")
+    assert content.startswith("ORDER NOTICE\n\nYour order 1002 has shipped.\n")
+    assert content.count("Example Shop GmbH") == 1
+    assert received.data.endswith(attachment)  # untouched, byte for byte
