@@ -163,3 +163,32 @@ def test_empty_part_between_boundary_lines_gains_no_part(stack: Stack) -> None:
     assert content.startswith("ORDER NOTICE\n\nYour order 1002 has shipped.\n")
     assert content.count("Example Shop GmbH") == 1
     assert received.data.endswith(attachment)  # untouched, byte for byte
+
+
+def test_past_a_bound_the_message_is_unchanged_logged_and_counted(stack: Stack) -> None:
+    import urllib.request
+
+    # An attachment whose header block is over rawparts.MAX_HEADER_BYTES (8 KiB): the stdlib's
+    # parameter parser is quadratic, so such a block is not read and the message stays as it is.
+    padding = b"".join(b";\r\n x-pad%03d=%s" % (index, b"a" * 70) for index in range(120))
+    head = (
+        b"From: Shop <info@yourcompany.com>\r\nTo: someone@example.org\r\nSubject: big part header\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n'
+    )
+    body = (
+        b"--B\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nYour order 1003 has shipped.\r\n"
+        b"--B\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=invoice.pdf" + padding + b"\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--B--\r\n"
+    )
+    result = stack.send(head + body, login="shop-frontend", mail_from="info@yourcompany.com")
+    assert result.accepted, result
+    [received] = stack.sink.wait_for(1, timeout=30)
+    assert received.data.split(b"\r\n\r\n", 1)[1] == body
+    event = stack.milter.wait_for_event(  # type: ignore[union-attr]
+        "message", lambda e: (e.get("footer") or {}).get("result") == "unchanged-limit"
+    )
+    assert "MAX_HEADER_BYTES" in event["footer"]["reason"]
+    assert any(reason.startswith("footer not added (unchanged-limit): ") for reason in event["reasons"])
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    assert 'smtpplus_footer_total{result="unchanged-limit"} 1.0' in metrics
