@@ -335,18 +335,21 @@ def _type_of(value: str | None, default_type: str) -> str:
 
 
 def _find_blank_line(buf: Buffer, start: int, end: int) -> tuple[int, int] | None:
-    """(header_end, body_start) for the first empty line in [start, end), else None."""
-    pos = start
-    while True:
-        newline = buf.find(b"\n", pos, end)
-        if newline < 0:
-            return None
-        after = newline + 1
-        if buf[after : after + 1] == b"\n":
-            return after, after + 1
-        if buf[after : after + 2] == b"\r\n":
-            return after, after + 2
-        pos = after
+    """(header_end, body_start) for the first empty line in [start, end), else None.
+
+    Two ``find`` calls, not one per line: a part of millions of short lines without a blank line
+    took seconds. The line break that ends the last header line is in [start, end); the empty
+    line's own break may be the one that belongs to the next boundary line, just past ``end``.
+    """
+    found = [
+        (hit, len(pair))
+        for pair in (b"\n\n", b"\n\r\n")
+        if (hit := buf.find(pair, start, end - 1 + len(pair))) >= 0
+    ]
+    if not found:
+        return None
+    newline, size = min(found)
+    return newline + 1, newline + size
 
 
 def _check_single(headers: Message, where: str) -> None:

@@ -216,3 +216,17 @@ def test_twenty_megabytes_of_empty_lines_are_scanned_fast() -> None:
     assert elapsed < FAST, f"{elapsed:.2f} s"
     assert result.status == "added", result.reason
     assert result.body is not None and result.body.endswith(b"\r\n" * 1000 + b"--B--\r\n")
+
+
+def test_a_huge_part_without_a_blank_line_is_scanned_fast() -> None:
+    # Finding the end of a part's header block took one Python step per line: 6 million lines, 4.8 s.
+    headers = [("Content-Type", "multipart/mixed; boundary=B")]
+    body = (
+        b"--B\r\nContent-Type: text/plain\r\n\r\nHi\r\n--B\r\nContent-Type: application/octet-stream\r\n"
+        + b"a\r\n" * 6_000_000
+        + b"--B--\r\n"
+    )
+    elapsed, result = timed(lambda: inject(headers, body, BANNER, marker=MARKER))
+    assert elapsed < FAST, f"{elapsed:.2f} s"
+    assert (result.status, result.body) == ("unchanged-limit", None)
+    assert result.reason == "a MIME part header block of 18000038 bytes, over the bound of 8192 (MAX_HEADER_BYTES)"
