@@ -347,7 +347,7 @@ def _related_root(part: RawPart) -> RawPart | None:
 
 
 def _decode(buf: Buffer, part: RawPart, eol: str, bounds: _Bounds) -> _TextPart:
-    subtype = part.headers.get_content_subtype()
+    subtype = part.content_type.partition("/")[2]
     where = f"text/{subtype} part"
     cte = (part.headers.get("Content-Transfer-Encoding") or "7bit").strip().lower()
     if cte not in _KNOWN_CTES:
