@@ -26,7 +26,10 @@ MB = 1_000_000
 
 def _child(call: Callable[[], InjectionResult], conn: Connection) -> None:
     started = time.perf_counter()
-    result = call()
+    try:
+        result: InjectionResult | str = call()
+    except BaseException as exc:  # inject must not raise; report it rather than look like a hang
+        result = f"inject raised {exc!r}"
     conn.send((time.perf_counter() - started, result))
 
 
@@ -35,11 +38,12 @@ def timed(call: Callable[[], InjectionResult]) -> tuple[float, InjectionResult]:
     parent, child_end = multiprocessing.get_context("fork").Pipe(duplex=False)
     child = multiprocessing.get_context("fork").Process(target=_child, args=(call, child_end), daemon=True)
     child.start()
+    child_end.close()  # so that a child that dies shows up as EOF, not as a hang
     try:
         if not parent.poll(HARD_TIMEOUT):
             pytest.fail(f"inject still running after {HARD_TIMEOUT} s (killed)")
         elapsed, result = parent.recv()
-        assert isinstance(result, InjectionResult)
+        assert isinstance(result, InjectionResult), result
         return float(elapsed), result
     finally:
         child.kill()
