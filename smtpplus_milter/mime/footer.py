@@ -12,14 +12,16 @@ How a message is rewritten:
   other multipart) only the *first* displayed body gets the text, so an inline text part after
   an image is left alone; every variant of a multipart/alternative gets it; in
   multipart/related, the root part (the ``start`` parameter, else the first part) does.
-  ``message/*`` parts are never opened.
+  ``message/*`` parts are never opened. Two consecutive boundary lines enclose no part at all
+  (see :mod:`smtpplus_milter.mime.rawparts`), so nothing there can receive the text.
 - **Where.** Plain text: the banner, a blank line, the original text, a blank line, the footer.
   No ``-- `` separator is added: the footer is a disclaimer, not a signature, and a message that
   already has a signature would get two; an operator who wants one puts it in the footer text.
   HTML: the banner right after the ``<body ...>`` tag, the footer right before the last
   ``</body>`` (case-insensitive). Without ``<body>``, the banner goes after ``</head>``, else
   after ``<html ...>``, else after a ``<!DOCTYPE>``, else at the very start; without
-  ``</body>``, the footer goes before ``</html>``, else at the end.
+  ``</body>``, the footer goes before ``</html>``, else at the end. The tags are found by a
+  linear scan (:mod:`smtpplus_milter.mime.htmltags`), never by a backtracking regex.
 - **Variants.** A text part gets the ``text`` variant, an HTML part the ``html`` variant; when a
   list has only one, the other is derived (:mod:`smtpplus_milter.mime.convert`).
 - **Marker.** Each HTML insertion is preceded by ``<!-- {marker} -->``. Plain text has no
@@ -38,7 +40,15 @@ How a message is rewritten:
   application/pkcs7-mime part (outside attached messages), or inline PGP in a part we would
   change are skipped. Malformed input (see :mod:`smtpplus_milter.mime.rawparts`, plus bad
   base64, unknown or broken charsets and unknown transfer encodings in a part we would change)
-  is left unchanged. Any other exception is reported as ``error`` with no body.
+  is left unchanged. A charset is known only when it is IANA-registered
+  (:mod:`smtpplus_milter.mime.charsets`): Python-only codecs such as ``unicode_escape`` are not.
+  Any other exception is reported as ``error`` with no body.
+- **Bounds.** A message is hostile input processed while the milter holds the GIL, so one
+  injection is bounded: a displayed HTML part over :data:`MAX_HTML_BYTES` or a plain text part
+  over :data:`MAX_TEXT_BYTES` (transfer-decoded), a Content-Type/Content-Disposition or part
+  header block over :data:`~smtpplus_milter.mime.rawparts.MAX_HEADER_BYTES`, or more than
+  :data:`TIME_BUDGET` CPU seconds (checked at every boundary line, part and tag candidate) leave
+  the message unchanged as ``unchanged-limit``, with the bound and its value in the reason.
 
 Memory: a body passed as a real file is memory-mapped, not read, so the scan costs no heap;
 only the parts that change are decoded. The new body is built with one ``b"".join`` over
@@ -51,7 +61,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import codecs
 import io
 import mmap
 import re
@@ -62,9 +71,13 @@ from email.message import Message
 from email.utils import encode_rfc2231
 from typing import BinaryIO
 
+from smtpplus_milter.mime.charsets import codec_for
 from smtpplus_milter.mime.convert import html_to_text, text_to_html
+from smtpplus_milter.mime.htmltags import banner_position, footer_position
+from smtpplus_milter.mime.limits import Deadline, LimitExceeded
 from smtpplus_milter.mime.rawparts import (
     MAX_LINE,
+    MAX_PARTS,
     Buffer,
     MalformedMime,
     RawPart,
@@ -77,7 +90,17 @@ from smtpplus_milter.mime.rawparts import (
 ADDED = "added"
 SKIPPED = "skipped"
 MALFORMED = "unchanged-malformed"
+LIMIT = "unchanged-limit"
 ERROR = "error"
+
+# Work bounds of one injection (docs/footer.md, "Bounds"); inject() takes each as a keyword.
+# Decoded HTML is scanned for tags and spliced as text; 2 MiB is far above any real mail body.
+MAX_HTML_BYTES = 2 * 1024 * 1024
+# Plain text is only concatenated, but decoded it is held as bytes, str and the re-encoded copy at
+# once; 10 MiB keeps that near 60 MB even for 4-byte characters, and is more text than anyone reads.
+MAX_TEXT_BYTES = 10 * 1024 * 1024
+# CPU seconds one injection may hold (thread time). A 20 MB message takes about 0.1 s.
+TIME_BUDGET = 2.0
 
 PROTECTED_TYPES = frozenset(
     {"multipart/signed", "multipart/encrypted", "application/pkcs7-mime", "application/x-pkcs7-mime"}
@@ -88,12 +111,6 @@ _UNENCODED = frozenset({"7bit", "8bit", "binary"})
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _MARKER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=-]*")
 
-_BODY_OPEN = re.compile(r"<body(?:\s[^>]*)?>", re.IGNORECASE)
-_BODY_CLOSE = re.compile(r"</body\s*>", re.IGNORECASE)
-_HEAD_CLOSE = re.compile(r"</head\s*>", re.IGNORECASE)
-_HTML_OPEN = re.compile(r"<html(?:\s[^>]*)?>", re.IGNORECASE)
-_HTML_CLOSE = re.compile(r"</html\s*>", re.IGNORECASE)
-_DOCTYPE = re.compile(r"\A\s*<!doctype[^>]*>", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -114,7 +131,7 @@ class InjectionResult:
     value, adding it if absent"; only ever non-empty for a single-part message.
     """
 
-    status: str  # "added" | "skipped" | "unchanged-malformed" | "error"
+    status: str  # "added" | "skipped" | "unchanged-malformed" | "unchanged-limit" | "error"
     reason: str
     body: bytes | None = None
     header_changes: tuple[tuple[str, str], ...] = ()
@@ -137,14 +154,31 @@ class _TextPart:
     part: RawPart
     subtype: str  # "plain" | "html"
     charset: str  # as written in the header, or "us-ascii" by default
+    codec: str  # the Python codec for it (mime/charsets.py)
     cte: str
     text: str
     eol: str  # the line break inside the decoded text
     raw_ends_with_eol: bool  # whether the encoded bytes ended with a line break
 
 
+@dataclass(frozen=True)
+class _Bounds:
+    max_html_bytes: int
+    max_text_bytes: int
+    max_parts: int
+    deadline: Deadline
+
+
 def inject(
-    headers: Sequence[tuple[str, str]], body: BinaryIO | bytes, banner: Banner, *, marker: str
+    headers: Sequence[tuple[str, str]],
+    body: BinaryIO | bytes,
+    banner: Banner,
+    *,
+    marker: str,
+    max_html_bytes: int = MAX_HTML_BYTES,
+    max_text_bytes: int = MAX_TEXT_BYTES,
+    max_parts: int = MAX_PARTS,
+    time_budget: float = TIME_BUDGET,
 ) -> InjectionResult:
     """Add ``banner`` to the displayed body of a message; see the module docstring for the rules.
 
@@ -153,13 +187,21 @@ def inject(
     holding exactly the body from offset 0. ``marker`` is an identifier (letters, digits,
     ``._:/+=-``) written as an HTML comment; an unusable one is a programming error and raises
     ``ValueError``.
+
+    The bounds: a displayed HTML part over ``max_html_bytes`` or a plain text part over
+    ``max_text_bytes`` (after transfer decoding), or more than ``time_budget`` CPU seconds spent
+    on this call, end it with ``unchanged-limit`` and a reason naming the bound. More than
+    ``max_parts`` MIME parts make the body ``unchanged-malformed``.
     """
     if not _MARKER.fullmatch(marker):
         raise ValueError(f"marker {marker!r} must be letters, digits and ._:/+=- (it goes into an HTML comment)")
     try:
+        bounds = _Bounds(max_html_bytes, max_text_bytes, max_parts, Deadline(time_budget))
         with _open_body(body) as buf:
-            new_body, changes, reason = _inject(headers, buf, banner, marker)
+            new_body, changes, reason = _inject(headers, buf, banner, marker, bounds)
         return InjectionResult(ADDED, reason, new_body, changes)
+    except LimitExceeded as exc:
+        return InjectionResult(LIMIT, str(exc))
     except MalformedMime as exc:
         return InjectionResult(MALFORMED, str(exc))
     except _Skip as exc:
@@ -192,7 +234,7 @@ def _open_body(body: BinaryIO | bytes) -> Iterator[Buffer]:
 
 
 def _inject(
-    headers: Sequence[tuple[str, str]], buf: Buffer, banner: Banner, marker: str
+    headers: Sequence[tuple[str, str]], buf: Buffer, banner: Banner, marker: str, bounds: _Bounds
 ) -> tuple[bytes, tuple[tuple[str, str], ...], str]:
     variants = _variants(banner)
     if not (variants.header_text or variants.footer_text):
@@ -204,14 +246,14 @@ def _inject(
     if long_line is not None:
         raise MalformedMime(f"a line of {long_line} octets in the body (the limit is {MAX_LINE})")
     eol = detect_eol(buf).decode("ascii")
-    tree = parse_body(buf, top_headers)
+    tree = parse_body(buf, top_headers, deadline=bounds.deadline, max_parts=bounds.max_parts)
     for part in tree.walk():
         if part.content_type in PROTECTED_TYPES:
             raise _Skip(f"the message has a {part.content_type} part, which a changed body would break")
     targets = _first_body(tree)
     if not targets:
         raise _Skip("no displayed text/plain or text/html body part")
-    texts = [_decode(buf, part, eol) for part in targets]
+    texts = [_decode(buf, part, eol, bounds) for part in targets]
     for text_part in texts:
         if any(pgp in text_part.text for pgp in _PGP_MARKERS):
             raise _Skip(f"inline PGP in the text/{text_part.subtype} part, which a changed body would break")
@@ -221,8 +263,9 @@ def _inject(
     header_changes: tuple[tuple[str, str], ...] = ()
     notes: list[str] = []
     for text_part in texts:
+        bounds.deadline.check()
         if text_part.subtype == "html":
-            new_text = _add_html(text_part, variants, marker)
+            new_text = _add_html(text_part, variants, marker, bounds.deadline)
         else:
             new_text = _add_text(text_part, variants)
         charset, cte, payload = _encode(text_part, new_text, eol)
@@ -242,6 +285,7 @@ def _inject(
         else:
             head = _head_bytes(buf, part, changes, eol.encode("ascii"))
             edits.append((part.header_start, part.body_end, head + payload))
+    bounds.deadline.check()
     kinds = ", ".join(f"text/{text_part.subtype}" for text_part in texts)
     reason = f"added to {kinds}" + (f" ({'; '.join(notes)})" if notes else "")
     return _splice(buf, edits), header_changes, reason
@@ -273,12 +317,13 @@ def _is_attachment(part: RawPart) -> bool:
 def _first_body(part: RawPart) -> list[RawPart]:
     """The parts that make up the displayed body of ``part`` (empty when it has none)."""
     ctype = part.content_type
-    if _is_attachment(part):
+    displayable = ctype in ("text/plain", "text/html")
+    # The type first: a part that can never be a displayed body is ruled out without reading
+    # its other headers (rawparts parses a header block only when asked).
+    if not (displayable or ctype.startswith("multipart/")) or _is_attachment(part):
         return []
-    if ctype in ("text/plain", "text/html"):
+    if displayable:
         return [part]
-    if part.headers.get_content_maintype() != "multipart":
-        return []
     if ctype == "multipart/alternative":
         return [found for child in part.children for found in _first_body(child)]
     if ctype == "multipart/related":
@@ -301,8 +346,8 @@ def _related_root(part: RawPart) -> RawPart | None:
     return part.children[0] if part.children else None
 
 
-def _decode(buf: Buffer, part: RawPart, eol: str) -> _TextPart:
-    subtype = part.headers.get_content_subtype()
+def _decode(buf: Buffer, part: RawPart, eol: str, bounds: _Bounds) -> _TextPart:
+    subtype = part.content_type.partition("/")[2]
     where = f"text/{subtype} part"
     cte = (part.headers.get("Content-Transfer-Encoding") or "7bit").strip().lower()
     if cte not in _KNOWN_CTES:
@@ -317,13 +362,19 @@ def _decode(buf: Buffer, part: RawPart, eol: str) -> _TextPart:
         data = binascii.a2b_qp(raw)
     else:
         data = raw
+    limit, name = (
+        (bounds.max_html_bytes, "MAX_HTML_BYTES") if subtype == "html" else (bounds.max_text_bytes, "MAX_TEXT_BYTES")
+    )
+    if len(data) > limit:
+        raise LimitExceeded(f"the {where} is {len(data)} bytes decoded, over the bound of {limit} ({name})")
+    bounds.deadline.check()
     charset = part.headers.get_param("charset")
     label = charset.strip() if isinstance(charset, str) and charset.strip() else "us-ascii"
+    codec = codec_for(label)
+    if codec is None:
+        raise MalformedMime(f"unknown charset {label!r} in the {where} (not an IANA-registered MIME charset)")
     try:
-        codecs.lookup(label)
-        text = data.decode(label)
-    except LookupError as exc:
-        raise MalformedMime(f"unknown charset {label!r} in the {where}") from exc
+        text = data.decode(codec)
     except UnicodeDecodeError as exc:
         raise MalformedMime(f"the {where} is not valid {label}: {exc.reason} at byte {exc.start}") from exc
     if "\r\n" in text:
@@ -332,7 +383,7 @@ def _decode(buf: Buffer, part: RawPart, eol: str) -> _TextPart:
         inner_eol = "\n"
     else:  # nothing to go by: base64 content is canonical CRLF, anything else follows the message
         inner_eol = "\r\n" if cte == "base64" else eol
-    return _TextPart(part, subtype, label, cte, text, inner_eol, raw.endswith(b"\n"))
+    return _TextPart(part, subtype, label, codec, cte, text, inner_eol, raw.endswith(b"\n"))
 
 
 def _already_there(text_part: _TextPart, variants: _Variants, marker: str) -> bool:
@@ -362,11 +413,11 @@ def _add_text(text_part: _TextPart, variants: _Variants) -> str:
     return text
 
 
-def _add_html(text_part: _TextPart, variants: _Variants, marker: str) -> str:
+def _add_html(text_part: _TextPart, variants: _Variants, marker: str, deadline: Deadline) -> str:
     eol, text = text_part.eol, text_part.text
     comment = f"<!-- {marker} -->"
-    start = _banner_position(text)
-    end = _footer_position(text)
+    start = banner_position(text, deadline.check)
+    end = footer_position(text, deadline.check)
     if end < start:  # a stray </body> before <body>: append rather than insert inside the head
         end = len(text)
     head, middle, tail = text[:start], text[start:end], text[end:]
@@ -389,29 +440,13 @@ def _on_own_lines(before: str, snippet: str, after: str, eol: str) -> str:
     return lead + snippet + trail
 
 
-def _banner_position(text: str) -> int:
-    for pattern in (_BODY_OPEN, _HEAD_CLOSE, _HTML_OPEN, _DOCTYPE):
-        match = pattern.search(text)
-        if match:
-            return match.end()
-    return 0
-
-
-def _footer_position(text: str) -> int:
-    for pattern in (_BODY_CLOSE, _HTML_CLOSE):
-        starts = [match.start() for match in pattern.finditer(text)]
-        if starts:
-            return starts[-1]
-    return len(text)
-
-
 def _encode(text_part: _TextPart, new_text: str, eol: str) -> tuple[str, str, bytes]:
     """(charset, transfer encoding, encoded payload) for a changed part."""
     charset, cte = text_part.charset, text_part.cte
     try:
-        data = new_text.encode(charset)
+        data = new_text.encode(text_part.codec)
         fits = cte != "7bit" or data.isascii()
-    except (UnicodeEncodeError, LookupError):
+    except UnicodeEncodeError:
         fits = False
     if not fits:
         charset, cte = "utf-8", "quoted-printable"

@@ -136,3 +136,59 @@ def test_over_the_limit_without_size_is_refused_at_end_of_data(stack: Stack) -> 
         with pytest.raises(smtplib.SMTPDataError) as refused:
             client.sendmail("info@yourcompany.com", ["someone@example.org"], message.as_bytes(policy=policy.SMTP))
     assert refused.value.smtp_code == 552
+
+
+def test_empty_part_between_boundary_lines_gains_no_part(stack: Stack) -> None:
+    # "--B" directly followed by "--B": no header block, no blank line. Python's parser sees no
+    # part there; the footer must go to the real text part, not turn that nothing into a
+    # visible text/plain part.
+    head = (
+        b"From: Shop <info@yourcompany.com>\r\nTo: someone@example.org\r\nSubject: empty part\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n'
+    )
+    attachment = (
+        b"--B\r\nContent-Type: application/pdf; name=invoice.pdf\r\nContent-Disposition: attachment; filename=invoice.pdf\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--B--\r\n"
+    )
+    body = b"--B\r\n--B\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nYour order 1002 has shipped.\r\n" + attachment
+    result = stack.send(head + body, login="shop-frontend", mail_from="info@yourcompany.com")
+    assert result.accepted, result
+    [received] = stack.sink.wait_for(1, timeout=30)
+    original = message_from_bytes(head + body, policy=policy.default)
+    delivered = message_from_bytes(received.data, policy=policy.default)
+    assert [part.get_content_type() for part in delivered.walk()] == [part.get_content_type() for part in original.walk()]
+    [text] = [part for part in delivered.walk() if part.get_content_type() == "text/plain"]
+    assert isinstance(text, EmailMessage)
+    content = text.get_content().replace("\r\n", "\n")
+    assert content.startswith("ORDER NOTICE\n\nYour order 1002 has shipped.\n")
+    assert content.count("Example Shop GmbH") == 1
+    assert received.data.endswith(attachment)  # untouched, byte for byte
+
+
+def test_past_a_bound_the_message_is_unchanged_logged_and_counted(stack: Stack) -> None:
+    import urllib.request
+
+    # An attachment whose header block is over rawparts.MAX_HEADER_BYTES (8 KiB): the stdlib's
+    # parameter parser is quadratic, so such a block is not read and the message stays as it is.
+    padding = b"".join(b";\r\n x-pad%03d=%s" % (index, b"a" * 70) for index in range(120))
+    head = (
+        b"From: Shop <info@yourcompany.com>\r\nTo: someone@example.org\r\nSubject: big part header\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n'
+    )
+    body = (
+        b"--B\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nYour order 1003 has shipped.\r\n"
+        b"--B\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=invoice.pdf" + padding + b"\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--B--\r\n"
+    )
+    result = stack.send(head + body, login="shop-frontend", mail_from="info@yourcompany.com")
+    assert result.accepted, result
+    [received] = stack.sink.wait_for(1, timeout=30)
+    assert received.data.split(b"\r\n\r\n", 1)[1] == body
+    event = stack.milter.wait_for_event(  # type: ignore[union-attr]
+        "message", lambda e: (e.get("footer") or {}).get("result") == "unchanged-limit"
+    )
+    assert "MAX_HEADER_BYTES" in event["footer"]["reason"]
+    assert any(reason.startswith("footer not added (unchanged-limit): ") for reason in event["reasons"])
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    assert 'smtpplus_footer_total{result="unchanged-limit"} 1.0' in metrics

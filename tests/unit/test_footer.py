@@ -485,3 +485,52 @@ def test_boundary_prefix_of_nested_boundary() -> None:
     assert result.body is not None and result.body.endswith(
         b"--a\r\nContent-Type: image/gif\r\nContent-Transfer-Encoding: base64\r\n\r\nR0lGODlh\r\n--a--\r\n"
     )
+
+
+def structure(headers: list[tuple[str, str]], body: bytes) -> list[tuple[str, str]]:
+    """(content type, decoded text or '') of every part, as Python's email parser sees the message."""
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers).encode()
+    message = email.message_from_bytes(head + b"\r\n" + body)
+    out = []
+    for part in message.walk():
+        payload = part.get_payload(decode=True) if not part.is_multipart() else b""
+        out.append((part.get_content_type(), (payload or b"").decode("ascii", "replace")))
+    return out
+
+
+@pytest.mark.parametrize("eol", [pytest.param(b"\n", id="lf"), pytest.param(b"\r\n", id="crlf")])
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        pytest.param(b"--B\n--B\nContent-Type: text/plain\n\nHello\n--B--\n", "added", id="empty-before-text"),
+        pytest.param(b"--B\nContent-Type: image/gif\n\nGIF\n--B\n--B\nContent-Type: text/plain\n\nHello\n--B--\n", "added", id="empty-after-image"),
+        pytest.param(b"--B\nContent-Type: text/plain\n\nHello\n--B\n--B--\n", "added", id="empty-before-closing"),
+        pytest.param(b"--B\n--B\n--B--\n", "skipped", id="only-empty"),
+    ],
+)
+def test_empty_part_between_consecutive_boundary_lines_is_not_a_body(body: bytes, status: str, eol: bytes) -> None:
+    headers = [("MIME-Version", "1.0"), ("Content-Type", "multipart/mixed; boundary=B")]
+    body = with_eol(body, eol)
+    result = inject(headers, body, TEXT_ONLY, marker=MARKER)
+    assert result.status == status, result.reason
+    if status == "skipped":
+        assert result.reason == "no displayed text/plain or text/html body part"
+        return
+    assert result.body is not None
+    before, after = structure(headers, body), structure(headers, result.body)
+    assert [ctype for ctype, _ in after] == [ctype for ctype, _ in before]
+    [(_, hello)] = [(ctype, text) for ctype, text in after if "Hello" in text]
+    assert "All rights reserved." in hello
+    assert sum("All rights reserved." in text for _, text in after) == 1
+
+
+def test_blank_line_between_boundary_lines_is_an_empty_part() -> None:
+    # "--B" CRLF CRLF "--B": an empty header block and an empty body. Python's parser sees that
+    # part, so it is the first displayed body of the multipart/mixed and gets the footer.
+    headers = [("Content-Type", "multipart/mixed; boundary=B")]
+    body = b"--B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nHello\r\n--B--\r\n"
+    result = inject(headers, body, TEXT_ONLY, marker=MARKER)
+    assert result.status == "added" and result.body is not None
+    after = structure(headers, result.body)
+    assert [ctype for ctype, _ in after] == [ctype for ctype, _ in structure(headers, body)]
+    assert "All rights reserved." in after[1][1] and after[2][1] == "Hello"
