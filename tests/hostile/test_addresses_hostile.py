@@ -1,0 +1,161 @@
+"""Hostile From:/Sender: values and envelope senders: what a client can make the policy spend, and
+what it must never get authorized by.
+
+Each case here is something a logged-in client can send on purpose: huge or token-heavy headers,
+thousands of addresses, values that would fill the parse memo.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+import tracemalloc
+from collections.abc import Callable
+
+import pytest
+
+from smtpplus_milter.config import Config
+from smtpplus_milter.policy import addresses
+from smtpplus_milter.policy.authorization import decide_headers
+from smtpplus_milter.policy.decision import Decision, Verdict
+from smtpplus_milter.policy.users import User
+from tests.helpers import config_with
+
+# Generous for a loaded 2-core machine; an unbounded parse of these inputs takes 2-5 s.
+FAST = 0.5
+
+
+@pytest.fixture(scope="module")
+def block(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    return config_with(tmp_path_factory.mktemp("hostile"))
+
+
+@pytest.fixture(scope="module")
+def shop(block: Config) -> User:
+    user = block.directory.lookup("shop-frontend")
+    assert user is not None
+    return user
+
+
+def _from(block: Config, user: User, value: str) -> Decision:
+    return decide_headers(block.directory, user, [("From", value)])
+
+
+def _retained(work: Callable[[], None]) -> int:
+    """Bytes still allocated after *work* returned (tracemalloc, after a collection)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        work()
+        gc.collect()
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return after - before
+
+
+# --- size, token and address-count bounds ---------------------------------------------------
+
+
+def test_header_over_the_size_bound_is_refused(block: Config, shop: User) -> None:
+    limit = addresses.MAX_HEADER_BYTES
+    tail = " <info@yourcompany.com>"
+    at_limit = "x" * (limit - len(tail)) + tail
+    assert _from(block, shop, at_limit).verdict is Verdict.ACCEPT
+    over = "x" + at_limit
+    decision = _from(block, shop, over)
+    assert decision.verdict is Verdict.REJECT
+    assert f"From: header too long ({limit + 1} bytes, at most {limit})" in decision.unauthorized[0].reason
+
+
+def test_size_bound_counts_bytes_not_characters(block: Config, shop: User) -> None:
+    # 'ö' is two bytes on the wire: this value is within the bound in characters, not in bytes.
+    value = "ö" * (addresses.MAX_HEADER_BYTES // 2) + " <info@yourcompany.com>"
+    decision = _from(block, shop, value)
+    assert decision.verdict is Verdict.REJECT
+    assert "header too long" in decision.unauthorized[0].reason
+
+
+def test_eight_thousand_addresses_are_refused_fast(block: Config, shop: User) -> None:
+    value = ", ".join(f"user{i}@yourcompany.com" for i in range(8000))  # ~190 KB, every address allowed
+    started = time.perf_counter()
+    decision = _from(block, shop, value)
+    elapsed = time.perf_counter() - started
+    assert decision.verdict is Verdict.REJECT
+    assert elapsed < FAST, f"{elapsed:.2f} s"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("," * 16000, id="commas"),
+        pytest.param("a," * 8000, id="local-parts-without-domain"),
+        pytest.param("i" + "." * 16000 + "@yourcompany.com", id="dots"),
+        pytest.param("(a)" * 5000 + "info@yourcompany.com", id="comments"),
+        pytest.param('"a" ' * 4000 + "<info@yourcompany.com>", id="quoted-strings"),
+        pytest.param(", ".join(f"u{i}@yourcompany.com" for i in range(700)), id="700-addresses-in-16k"),
+    ],
+)
+def test_token_heavy_header_is_refused_fast(block: Config, shop: User, value: str) -> None:
+    started = time.perf_counter()
+    decision = _from(block, shop, value)
+    elapsed = time.perf_counter() - started
+    assert decision.verdict is Verdict.REJECT
+    assert elapsed < FAST, f"{elapsed:.2f} s"
+
+
+def test_address_count_bound(block: Config, shop: User) -> None:
+    limit = addresses.MAX_ADDRESSES
+    allowed = [f"user{i}@yourcompany.com" for i in range(limit + 1)]
+    assert _from(block, shop, ", ".join(allowed[:limit])).verdict is Verdict.ACCEPT
+    decision = _from(block, shop, ", ".join(allowed))
+    assert decision.verdict is Verdict.REJECT
+    assert f"holds {limit + 1} addresses (at most {limit})" in decision.unauthorized[0].reason
+
+
+def test_sender_header_has_the_same_bounds(block: Config, shop: User) -> None:
+    value = "x" * addresses.MAX_HEADER_BYTES + " <info@yourcompany.com>"
+    decision = decide_headers(block.directory, shop, [("From", "info@yourcompany.com"), ("Sender", value)])
+    assert decision.verdict is Verdict.REJECT
+    assert "Sender: header too long" in decision.unauthorized[0].reason
+
+
+# --- the parse memo stays small ---------------------------------------------------------------
+
+
+def test_rejected_huge_headers_are_not_retained(block: Config, shop: User) -> None:
+    """400 refused From: values with 100 KB display names once kept ~40 MB until restart."""
+
+    def send() -> None:
+        for i in range(400):
+            assert _from(block, shop, f"{i:06d}" + "x" * 100_000 + " <ceo@bank.example>").rejected
+
+    retained = _retained(send)
+    assert retained < 2_000_000, f"{retained} bytes retained"
+
+
+def test_long_allowed_values_do_not_grow_the_memo(block: Config, shop: User) -> None:
+    """A thousand distinct, long but authorized From: values: the memo does not keep them."""
+
+    def send() -> None:
+        for i in range(1000):
+            assert not _from(block, shop, f"{i:06d}" + "x" * 4000 + " <info@yourcompany.com>").rejected
+
+    retained = _retained(send)
+    assert retained < 2_000_000, f"{retained} bytes retained"
+
+
+def test_memo_keeps_only_short_values_with_few_addresses() -> None:
+    """What the memo may hold is bounded per entry (length, addresses) and in entries."""
+    memo = addresses._parse_memoised
+    memo.cache_clear()
+    addresses.parse_address_header("From", "x" * addresses.MEMO_MAX_CHARS + " <a@example.com>")
+    many = ", ".join(f"u{i}@example.com" for i in range(addresses.MEMO_MAX_AT + 1))
+    addresses.parse_address_header("From", many)
+    assert memo.cache_info().currsize == 0
+    for i in range(addresses.MEMO_ENTRIES + 50):
+        addresses.parse_address_header("From", f"n{i} <a@example.com>")
+    assert memo.cache_info().currsize == addresses.MEMO_ENTRIES
+    # Worst case per entry: MEMO_MAX_CHARS of key and MEMO_MAX_AT addresses (about 1.4 KB, measured).
+    assert addresses.MEMO_ENTRIES * (addresses.MEMO_MAX_CHARS + addresses.MEMO_MAX_AT * 200) < 4_000_000
