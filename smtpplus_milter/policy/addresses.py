@@ -54,7 +54,7 @@ def normalize_address(address: str) -> Address:
     local, sep, domain = text.rpartition("@")
     if not sep or not local or not domain:
         raise AddressError(f"{address!r} is not an address of the form local@domain")
-    if any(ord(ch) < 0x21 and ch != " " for ch in local) or any(0xD800 <= ord(ch) <= 0xDFFF for ch in local):
+    if any((ord(ch) < 0x21 and ch != " ") or ch == "\x7f" or 0xD800 <= ord(ch) <= 0xDFFF for ch in local):
         raise AddressError(f"{address!r} contains invalid characters")
     if "@" in local and not (local.startswith('"') and local.endswith('"')):
         # "a@@yourcompany.com" must not pass as a yourcompany.com address.
@@ -62,11 +62,26 @@ def normalize_address(address: str) -> Address:
     return Address(local.lower(), normalize_domain(domain))
 
 
+# The envelope (RFC 5321) allows no control character at all; a header value allows HT as
+# whitespace, and CR LF only as folding (unfolded first, a bare one is refused on its own).
+_ENVELOPE_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _describe_control(char: str) -> str:
+    return "a NUL byte" if char == "\x00" else f"control character 0x{ord(char):02x}"
+
+
 def parse_envelope_sender(mail_from: str) -> Address | None:
     """Read the MAIL FROM argument as Postfix hands it to a milter (``<a@b>`` or ``<>``).
 
-    Returns None for the null sender. Source routes (``<@relay:a@b>``) are dropped.
+    Returns None for the null sender. Source routes (``<@relay:a@b>``) are dropped. A control
+    character anywhere (even in a source route that is dropped) makes it unreadable: libmilter
+    hands values over as C strings, so what follows a NUL may not be what Postfix acts on.
     """
+    control = _ENVELOPE_CONTROL.search(mail_from)
+    if control:
+        raise AddressError(f"MAIL FROM contains {_describe_control(control.group())}")
     text = mail_from.strip()
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1]
@@ -132,6 +147,12 @@ def _parse(name: str, value: str) -> tuple[Address, ...]:
     value = _FOLD.sub("", value)
     if "\r" in value or "\n" in value:
         raise AddressError(f"{name}: contains a bare line break")
+    # Postfix and libmilter pass header values as C strings: with a NUL inside, what we would
+    # judge and what gets delivered may differ. Other controls have no business in an address
+    # header either; the stdlib parser only flags some of them, and not in every position.
+    control = _HEADER_CONTROL.search(value)
+    if control:
+        raise AddressError(f"{name}: contains {_describe_control(control.group())}")
     tokens = sum(1 for _ in _LEXEME.finditer(value))
     if tokens > MAX_HEADER_TOKENS:
         raise AddressError(f"{name}: too complex ({tokens} tokens, at most {MAX_HEADER_TOKENS})")

@@ -16,7 +16,7 @@ import pytest
 
 from smtpplus_milter.config import Config
 from smtpplus_milter.policy import addresses
-from smtpplus_milter.policy.authorization import decide_headers
+from smtpplus_milter.policy.authorization import decide_headers, decide_mail_from
 from smtpplus_milter.policy.decision import Decision, Verdict
 from smtpplus_milter.policy.users import User
 from tests.helpers import config_with
@@ -159,3 +159,61 @@ def test_memo_keeps_only_short_values_with_few_addresses() -> None:
     assert memo.cache_info().currsize == addresses.MEMO_ENTRIES
     # Worst case per entry: MEMO_MAX_CHARS of key and MEMO_MAX_AT addresses (about 1.4 KB, measured).
     assert addresses.MEMO_ENTRIES * (addresses.MEMO_MAX_CHARS + addresses.MEMO_MAX_AT * 200) < 4_000_000
+
+
+# --- NUL and other control characters ---------------------------------------------------------
+# Postfix hands header values and the MAIL FROM argument to milters as C strings: with a NUL
+# inside, the part we judge and the part that gets delivered may differ.
+
+NUL_HEADERS = [
+    pytest.param("info@yourcompany.com\x00, ceo@bank.example", id="nul-then-second-address"),
+    pytest.param("info@yourcompany.com\x00", id="nul-at-end"),
+    pytest.param("\x00info@yourcompany.com", id="nul-at-start"),
+    pytest.param('"Shop\x00" <info@yourcompany.com>', id="nul-in-quoted-name"),
+    pytest.param("Shop (a\x00b) <info@yourcompany.com>", id="nul-in-comment"),
+    pytest.param("<info@yourcompany.com> \x00", id="nul-after-angle-addr"),
+    pytest.param("Shop <info@yourcompany.com>,\x00", id="nul-after-comma"),
+]
+
+
+@pytest.mark.parametrize("value", NUL_HEADERS)
+@pytest.mark.parametrize("name", ["From", "Sender"])
+def test_nul_in_header_is_not_authorized(block: Config, shop: User, name: str, value: str) -> None:
+    headers = [("From", value)] if name == "From" else [("From", "info@yourcompany.com"), ("Sender", value)]
+    decision = decide_headers(block.directory, shop, headers)
+    assert decision.verdict is Verdict.REJECT
+    assert f"{name}: contains a NUL byte" in decision.unauthorized[0].reason, decision.reasons
+
+
+@pytest.mark.parametrize(
+    ("value", "described"),
+    [
+        pytest.param("Shop\x01 <info@yourcompany.com>", "control character 0x01", id="soh-in-name"),
+        pytest.param("info@yourcompany.com\x1b[31m", "control character 0x1b", id="escape-sequence"),
+        pytest.param("info@yourcompany.com\x0b", "control character 0x0b", id="vertical-tab"),
+        pytest.param("info@yourcompany.com\x7f", "control character 0x7f", id="del"),
+        pytest.param("(\x1b) info@yourcompany.com", "control character 0x1b", id="escape-in-comment"),
+    ],
+)
+def test_control_characters_in_header_are_not_authorized(block: Config, shop: User, value: str, described: str) -> None:
+    decision = _from(block, shop, value)
+    assert decision.verdict is Verdict.REJECT
+    assert f"From: contains {described}" in decision.unauthorized[0].reason, decision.reasons
+    # A tab is whitespace in a header, not a control character to refuse.
+    assert _from(block, shop, "Shop\t<info@yourcompany.com>\t(x)").verdict is Verdict.ACCEPT
+
+
+@pytest.mark.parametrize(
+    ("mail_from", "described"),
+    [
+        pytest.param("<@relay\x00:info@yourcompany.com>", "a NUL byte", id="nul-in-dropped-source-route"),
+        pytest.param("<info@yourcompany.com\x00>", "a NUL byte", id="nul-before-bracket"),
+        pytest.param("<info@yourcompany.com>\x00<ceo@bank.example>", "a NUL byte", id="nul-then-second-sender"),
+        pytest.param("<info\x7f@yourcompany.com>", "control character 0x7f", id="del-in-local-part"),
+        pytest.param("<info@yourcompany.com\t>", "control character 0x09", id="tab"),
+    ],
+)
+def test_control_characters_in_mail_from_are_not_authorized(block: Config, mail_from: str, described: str) -> None:
+    decision = decide_mail_from(block.directory, "shop-frontend", mail_from)
+    assert decision.verdict is Verdict.REJECT
+    assert f"MAIL FROM contains {described}" in decision.unauthorized[0].reason, decision.reasons

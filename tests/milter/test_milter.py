@@ -148,6 +148,22 @@ def test_unauthorized_from_rejected_at_end_of_headers(holder: ConfigHolder, logs
     assert len(_events(logs, "message")) == 1
 
 
+def test_nul_in_mail_from_or_header_is_not_authorized(holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
+    # libmilter hands values over as C strings: the half after a NUL may be what gets delivered.
+    session = Session(holder, "shop-frontend")
+    assert session.message("<@relay\x00:info@yourcompany.com>", []) == ("envfrom", Milter.REJECT)
+    session.ctx._abort = lambda: None
+    stage, rc = session.message(
+        "info@yourcompany.com", [("From", "info@yourcompany.com\x00, ceo@bank.example"), ("Subject", "x")]
+    )
+    assert (stage, rc) == ("eoh", Milter.REJECT)
+    assert session.reply is not None and session.reply[:2] == ("550", "5.7.1")
+    envelope, header = _events(logs, "message")
+    assert any("MAIL FROM contains a NUL byte" in reason for reason in envelope["reasons"]), envelope["reasons"]
+    assert any("From: contains a NUL byte" in reason for reason in header["reasons"]), header["reasons"]
+    assert "\x00" not in header["senders"]["header_from"][0]  # logged as '?'
+
+
 def test_second_message_in_session_judged_afresh(holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
     session = Session(holder, "shop-frontend")
     assert session.message("x@evil.net", [])[1] == Milter.REJECT
