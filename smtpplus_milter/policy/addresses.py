@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from email.policy import SMTP
+from email.errors import UndecodableBytesDefect
+from email.headerregistry import AddressHeader
+from typing import Any
 
 import idna
 
@@ -92,7 +94,6 @@ def parse_envelope_sender(mail_from: str) -> Address | None:
     return normalize_address(text)
 
 
-_header_factory = SMTP.header_factory
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 
 # Bounds on what one From:/Sender: value may make us do. The stdlib parser is roughly quadratic
@@ -157,16 +158,51 @@ def _parse(name: str, value: str) -> tuple[Address, ...]:
     if tokens > MAX_HEADER_TOKENS:
         raise AddressError(f"{name}: too complex ({tokens} tokens, at most {MAX_HEADER_TOKENS})")
     try:
-        header = _header_factory(name, value)
+        tree = AddressHeader.value_parser(value)
+        _check_defects(name, tree)
+        found = [mailbox for address in tree.addresses for mailbox in address.all_mailboxes]
+        if len(found) > MAX_ADDRESSES:
+            raise AddressError(f"{name}: holds {len(found)} addresses (at most {MAX_ADDRESSES})")
+        addresses: list[Address] = []
+        for mailbox in found:
+            local, domain = mailbox.local_part or "", mailbox.domain or ""
+            if not domain or "=?" in local or "=?" in domain:
+                raise AddressError(f"{name}: {f'{local}@{domain}'!r} is not a usable address")
+            addresses.append(normalize_address(f"{local}@{domain}"))
+    except AddressError:
+        raise
     except Exception as exc:  # the stdlib parser raises assorted errors on hostile input
         raise AddressError(f"{name}: cannot be parsed ({type(exc).__name__})") from None
-    if header.defects:
-        raise AddressError(f"{name}: malformed ({header.defects[0]})")
-    if len(header.addresses) > MAX_ADDRESSES:
-        raise AddressError(f"{name}: holds {len(header.addresses)} addresses (at most {MAX_ADDRESSES})")
-    addresses: list[Address] = []
-    for item in header.addresses:
-        if not item.domain or "=?" in item.addr_spec:
-            raise AddressError(f"{name}: {item.addr_spec!r} is not a usable address")
-        addresses.append(normalize_address(f"{item.username}@{item.domain}"))
     return tuple(addresses)
+
+
+# Parts of a header that are free text: raw 8-bit there says nothing about the address.
+_FREE_TEXT = frozenset({"display-name", "comment"})
+
+
+def _check_defects(name: str, tree: Any) -> None:
+    """Refuse a value the parser had to repair, except for raw 8-bit text in names and comments.
+
+    pymilter hands raw 8-bit bytes that are not UTF-8 (a Latin-1 ``Müller``) over as surrogate
+    escapes, which the parser reads as ordinary text characters (so the structure it finds is the
+    one an 8-bit-clean reader finds) and flags as undecodable. A flag inside a display name or a
+    comment is harmless: the address is judged on its own. Anywhere else, and any other defect,
+    makes the value unreadable.
+    """
+    defects = tree.all_defects
+    if not defects:
+        return
+    if any(isinstance(defect, UndecodableBytesDefect) for defect in defects):
+        # Walked with a stack (nested comments may be deep); the parse tree is lists of lists and
+        # str terminals, each with its own defects.
+        stack: list[tuple[Any, bool]] = [(tree, False)]
+        while stack:
+            token, free = stack.pop()
+            free = free or token.token_type in _FREE_TEXT
+            if not free and any(isinstance(defect, UndecodableBytesDefect) for defect in token.defects):
+                raise AddressError(f"{name}: raw 8-bit characters outside a display name or comment")
+            if isinstance(token, list):
+                stack.extend((child, free) for child in token)
+    other = [defect for defect in defects if not isinstance(defect, UndecodableBytesDefect)]
+    if other:
+        raise AddressError(f"{name}: malformed ({other[0]})")

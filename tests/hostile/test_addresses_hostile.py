@@ -217,3 +217,65 @@ def test_control_characters_in_mail_from_are_not_authorized(block: Config, mail_
     decision = decide_mail_from(block.directory, "shop-frontend", mail_from)
     assert decision.verdict is Verdict.REJECT
     assert f"MAIL FROM contains {described}" in decision.unauthorized[0].reason, decision.reasons
+
+
+# --- raw 8-bit display names --------------------------------------------------------------------
+# pymilter decodes header bytes as UTF-8 with surrogate escapes: a Latin-1 'ü' (0xFC) arrives as
+# '\udcfc'. Such a name is decided by its address when the address part is clean ASCII.
+
+EIGHT_BIT = "not authorized: From: raw 8-bit characters outside a display name or comment"
+EIGHT_BIT_CASES = [
+    pytest.param("M\udcfcller <info@yourcompany.com>", None, id="latin1-name"),
+    pytest.param('"M\udcfcller, J\udcf6rg" <info@yourcompany.com>', None, id="latin1-quoted-name-with-comma"),
+    pytest.param("info@yourcompany.com (M\udcfcller)", None, id="latin1-comment"),
+    pytest.param("M\udcfcller <info@yourcompany.com> (B\udce4ckerei)", None, id="latin1-name-and-comment"),
+    pytest.param("info(M\udcfcller)@yourcompany.com", None, id="latin1-comment-inside-addr-spec"),
+    pytest.param("M\udcfcller\udcfc<info@yourcompany.com>", None, id="latin1-name-touching-bracket"),
+    pytest.param("=?utf-8?q?M=C3=BCller?= \udcfc <info@yourcompany.com>", None, id="encoded-word-and-latin1"),
+    pytest.param("Gr\udcfcppe: info@yourcompany.com;", None, id="latin1-group-name"),
+    pytest.param(
+        "M\udcfcller <info@yourcompany.com>, M\udcfcller <sales@marketing.yourcompany.com>",
+        None,
+        id="two-latin1-names-both-allowed",
+    ),
+    # The parser must read every address Postfix delivers, not stop at the 8-bit name.
+    pytest.param(
+        "M\udcfcller <info@yourcompany.com>, <ceo@bank.example>", "ceo@bank.example", id="second-address-seen"
+    ),
+    pytest.param(
+        '"M\udcfcller" <info@yourcompany.com>, ceo@bank.example', "ceo@bank.example", id="second-bare-address-seen"
+    ),
+    pytest.param("M\udcfcller <ceo@bank.example>", "ceo@bank.example", id="latin1-name-foreign-address"),
+    # 8-bit in the address itself stays refused.
+    pytest.param("M\udcfcller <m\udcfcller@yourcompany.com>", EIGHT_BIT, id="latin1-local-part"),
+    pytest.param("m\udcfcller@yourcompany.com", EIGHT_BIT, id="latin1-bare-local-part"),
+    pytest.param('"m\udcfc"@yourcompany.com', EIGHT_BIT, id="latin1-quoted-local-part"),
+    pytest.param("M\udcfcller <info@yourcompany.c\udcf6m>", EIGHT_BIT, id="latin1-domain"),
+    pytest.param("info@yourcompany.com\udcff", EIGHT_BIT, id="latin1-after-bare-address"),
+    # Encoded-words that hide an address stay refused whatever the name looks like.
+    pytest.param(
+        "M\udcfcller <=?utf-8?q?info@yourcompany.com?=>",
+        "malformed (addr-spec local part with no domain)",
+        id="encoded-word-in-angle-addr",
+    ),
+    pytest.param(
+        "M\udcfcller <=?utf-8?q?info?=@yourcompany.com>",
+        "malformed (missing trailing whitespace after encoded-word)",
+        id="encoded-word-local-part",
+    ),
+]
+
+
+@pytest.mark.parametrize(("value", "refused"), EIGHT_BIT_CASES)
+def test_raw_8bit_display_names(block: Config, shop: User, value: str, refused: str | None) -> None:
+    decision = _from(block, shop, value)
+    if refused is None:
+        assert decision.verdict is Verdict.ACCEPT, decision.reasons
+        return
+    assert decision.verdict is Verdict.REJECT
+    [bad] = decision.unauthorized
+    if "@" in refused:
+        assert bad.address == refused, decision.reasons  # judged by its address, not refused as unreadable
+        assert "neither the address nor its domain is listed" in bad.reason
+    else:
+        assert refused in bad.reason, decision.reasons

@@ -164,6 +164,17 @@ def test_nul_in_mail_from_or_header_is_not_authorized(holder: ConfigHolder, logs
     assert "\x00" not in header["senders"]["header_from"][0]  # logged as '?'
 
 
+def test_latin1_display_name_is_judged_by_its_address(holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
+    # Older mailers send the name as raw Latin-1 bytes; pymilter hands them over surrogate-escaped.
+    session = Session(holder, "shop-frontend")
+    headers = [("From", b"M\xfcller <info@yourcompany.com>".decode("utf-8", "surrogateescape"))]
+    assert session.message("info@yourcompany.com", headers) == ("eom", Milter.CONTINUE)
+    session.ctx._abort = lambda: None
+    headers = [("From", b"M\xfcller <m\xfcller@yourcompany.com>".decode("utf-8", "surrogateescape"))]
+    assert session.message("info@yourcompany.com", headers) == ("eoh", Milter.REJECT)
+    assert [event["decision"] for event in _events(logs, "message")] == ["accepted", "rejected"]
+
+
 def test_second_message_in_session_judged_afresh(holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
     session = Session(holder, "shop-frontend")
     assert session.message("x@evil.net", [])[1] == Milter.REJECT

@@ -140,6 +140,9 @@ HEADER_CASES = [
     pytest.param([("From", "")], REJECT, "sender not authorized", id="empty-from"),
     pytest.param([("From", "info@yourcompany.com\udcff")], REJECT, "sender not authorized", id="8bit-garbage"),
     pytest.param([("From", "Jörg <j@bücher.example>")], ACCEPT, None, id="idn-in-header"),
+    # A raw Latin-1 name (not UTF-8: pymilter hands it over surrogate-escaped) is judged by the address.
+    pytest.param([("From", "M\udcfcller <info@yourcompany.com>")], ACCEPT, None, id="latin1-display-name"),
+    pytest.param([("From", "M\udcfcller <x@evil.net>")], REJECT, "<x@evil.net>: sender", id="latin1-display-name-foreign"),
     pytest.param(
         [("From", "info@yourcompany.com"), ("Sender", "x@evil.net")], REJECT, "<x@evil.net>", id="sender-foreign"
     ),
