@@ -118,8 +118,27 @@ MEMO_ENTRIES = 2048
 _LEXEME = re.compile(r'[()<>\[\]:;@\\,."]|[ \t]+|[^()<>\[\]:;@\\,." \t]+')
 
 
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    """One address of a From:/Sender: value, with the free text shown next to it.
+
+    ``names`` are its display name and, inside a group, the group's name (encoded-words decoded);
+    ``comments`` the comments around it, as written. Neither decides anything: they are kept to
+    notice a name that shows a different address (display-name spoofing).
+    """
+
+    address: Address
+    names: tuple[str, ...] = ()
+    comments: tuple[str, ...] = ()
+
+
 def parse_address_header(name: str, value: str) -> tuple[Address, ...]:
-    """Return every address in one From:/Sender: header value.
+    """Return every address in one From:/Sender: header value (see :func:`parse_mailboxes`)."""
+    return tuple(mailbox.address for mailbox in parse_mailboxes(name, value))
+
+
+def parse_mailboxes(name: str, value: str) -> tuple[Mailbox, ...]:
+    """Return every mailbox in one From:/Sender: header value.
 
     The stdlib parser repairs a lot of broken input silently (``info@a <x@b>`` becomes
     ``info@a``, an encoded-word that hides an address becomes a local part). Any defect the
@@ -140,11 +159,11 @@ def parse_address_header(name: str, value: str) -> tuple[Address, ...]:
 
 
 @functools.lru_cache(maxsize=MEMO_ENTRIES)
-def _parse_memoised(name: str, value: str) -> tuple[Address, ...]:
+def _parse_memoised(name: str, value: str) -> tuple[Mailbox, ...]:
     return _parse(name, value)
 
 
-def _parse(name: str, value: str) -> tuple[Address, ...]:
+def _parse(name: str, value: str) -> tuple[Mailbox, ...]:
     value = _FOLD.sub("", value)
     if "\r" in value or "\n" in value:
         raise AddressError(f"{name}: contains a bare line break")
@@ -160,20 +179,34 @@ def _parse(name: str, value: str) -> tuple[Address, ...]:
     try:
         tree = AddressHeader.value_parser(value)
         _check_defects(name, tree)
-        found = [mailbox for address in tree.addresses for mailbox in address.all_mailboxes]
+        found = [(address, mailbox) for address in tree.addresses for mailbox in address.all_mailboxes]
         if len(found) > MAX_ADDRESSES:
             raise AddressError(f"{name}: holds {len(found)} addresses (at most {MAX_ADDRESSES})")
-        addresses: list[Address] = []
-        for mailbox in found:
+        mailboxes: list[Mailbox] = []
+        for address, mailbox in found:
             local, domain = mailbox.local_part or "", mailbox.domain or ""
             if not domain or "=?" in local or "=?" in domain:
                 raise AddressError(f"{name}: {f'{local}@{domain}'!r} is not a usable address")
-            addresses.append(normalize_address(f"{local}@{domain}"))
+            names = tuple(text for text in (mailbox.display_name, address.display_name) if text)
+            mailboxes.append(Mailbox(normalize_address(f"{local}@{domain}"), names, _comments(mailbox)))
     except AddressError:
         raise
     except Exception as exc:  # the stdlib parser raises assorted errors on hostile input
         raise AddressError(f"{name}: cannot be parsed ({type(exc).__name__})") from None
-    return tuple(addresses)
+    return tuple(mailboxes)
+
+
+def _comments(token: Any) -> tuple[str, ...]:
+    """The contents of every comment inside *token* (nested ones again on their own)."""
+    found: list[str] = []
+    stack = [token]
+    while stack:
+        item = stack.pop()
+        if getattr(item, "token_type", None) == "comment":
+            found.append(str(item.content))
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+    return tuple(found)
 
 
 # Parts of a header that are free text: raw 8-bit there says nothing about the address.

@@ -279,3 +279,98 @@ def test_raw_8bit_display_names(block: Config, shop: User, value: str, refused: 
         assert "neither the address nor its domain is listed" in bad.reason
     else:
         assert refused in bad.reason, decision.reasons
+
+
+# --- display-name spoofing ----------------------------------------------------------------------
+# Authorized (the address decides) but what phishing looks like: reported, never refused.
+
+SPOOF_CASES = [
+    pytest.param('"ceo@bank.example" <info@yourcompany.com>', [("ceo@bank.example", "display_name")], id="quoted-name"),
+    pytest.param("CEO ceo@bank.example <info@yourcompany.com>", [], id="unquoted-name-is-unreadable-and-refused"),
+    pytest.param(
+        "=?utf-8?q?ceo@bank.example?= <info@yourcompany.com>",
+        [("ceo@bank.example", "display_name")],
+        id="encoded-word-q",
+    ),
+    pytest.param(
+        "=?utf-8?b?Y2VvQGJhbmsuZXhhbXBsZQ==?= <info@yourcompany.com>",
+        [("ceo@bank.example", "display_name")],
+        id="encoded-word-b",
+    ),
+    pytest.param("info@yourcompany.com (ceo@bank.example)", [("ceo@bank.example", "comment")], id="comment"),
+    pytest.param(
+        "info@yourcompany.com (=?utf-8?q?ceo=40bank.example?=)", [("ceo@bank.example", "comment")], id="encoded-comment"
+    ),
+    pytest.param(
+        "info@yourcompany.com (a (ceo@bank.example) b)", [("ceo@bank.example", "comment")], id="nested-comment"
+    ),
+    pytest.param(
+        '"ceo\uff20bank\uff0eexample" <info@yourcompany.com>',
+        [("ceo@bank.example", "display_name")],
+        id="fullwidth-at-and-dot",
+    ),
+    pytest.param(
+        '"CEO <ceo@bank.example>" <info@yourcompany.com>', [("ceo@bank.example", "display_name")], id="angle-in-name"
+    ),
+    pytest.param(
+        '"Bank ceo@bank.example": info@yourcompany.com;', [("ceo@bank.example", "display_name")], id="group-name"
+    ),
+    pytest.param(
+        '"M\udcfcller ceo@bank.example" <info@yourcompany.com>',
+        [("ceo@bank.example", "display_name")],
+        id="latin1-name",
+    ),
+    pytest.param(
+        '"sales@yourcompany.com" <info@yourcompany.com>',
+        [("sales@yourcompany.com", "display_name")],
+        id="same-domain-other-address",
+    ),
+    pytest.param(
+        '"info@yourcompany.com.evil.example" <info@yourcompany.com>',
+        [("info@yourcompany.com.evil.example", "display_name")],
+        id="other-domain-same-prefix",
+    ),
+    pytest.param(
+        '"ceo@bank.example, cfo@bank.example" <info@yourcompany.com>',
+        [("ceo@bank.example", "display_name"), ("cfo@bank.example", "display_name")],
+        id="two-shown",
+    ),
+    # Not spoofing: the name shows the real address, or nothing address-like.
+    pytest.param('"INFO@YourCompany.COM" <info@yourcompany.com>', [], id="same-address-other-case"),
+    pytest.param('"x@b\u00fccher.example" <x@xn--bcher-kva.example>', [], id="same-address-unicode-domain"),
+    pytest.param('"Shop @ Your Company" <info@yourcompany.com>', [], id="spaced-at"),
+    pytest.param('"Follow @shop" <info@yourcompany.com>', [], id="handle"),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), SPOOF_CASES)
+def test_display_name_spoofing_is_found(block: Config, shop: User, value: str, expected: list[tuple[str, str]]) -> None:
+    decision = _from(block, shop, value)
+    if value.startswith("CEO "):
+        assert decision.verdict is Verdict.REJECT  # the parser had to repair it: not authorized, as before
+    else:
+        assert decision.verdict is Verdict.ACCEPT, decision.reasons
+    assert [(item.shown, item.where) for item in decision.spoofing] == expected
+    assert {item.address for item in decision.spoofing} <= {"info@yourcompany.com"}
+
+
+def test_spoofing_in_sender_header(block: Config, shop: User) -> None:
+    headers = [("From", "info@yourcompany.com"), ("Sender", '"ceo@bank.example" <sales@yourcompany.com>')]
+    decision = decide_headers(block.directory, shop, headers)
+    assert decision.verdict is Verdict.ACCEPT
+    assert [(item.field, item.address, item.shown) for item in decision.spoofing] == [
+        ("header_sender", "sales@yourcompany.com", "ceo@bank.example")
+    ]
+
+
+def test_spoofing_text_is_safe_to_log(block: Config, shop: User) -> None:
+    decision = _from(block, shop, '"ce%o\udcfc@bank.example" <info@yourcompany.com>')
+    [item] = decision.spoofing
+    assert item.shown == "ce?o?@bank.example"
+
+
+def test_spoofing_reports_are_bounded(block: Config, shop: User) -> None:
+    shown = ", ".join(f"ceo{i}@bank.example" for i in range(50))
+    decision = _from(block, shop, f'"{shown}" <info@yourcompany.com>')
+    assert decision.verdict is Verdict.ACCEPT
+    assert [item.shown for item in decision.spoofing] == [f"ceo{i}@bank.example" for i in range(10)]

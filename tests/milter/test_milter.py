@@ -183,6 +183,42 @@ def test_second_message_in_session_judged_afresh(holder: ConfigHolder, logs: lis
     assert [event["decision"] for event in _events(logs, "message")] == ["rejected", "accepted"]
 
 
+@pytest.mark.parametrize("setting", ["alert", "log", "off"])
+def test_display_name_spoofing_is_logged_and_counted(tmp_path: Path, logs: list[dict[str, Any]], setting: str) -> None:
+    holder = ConfigHolder(config_with(tmp_path, settings={"authorization": {"display_name_spoofing": setting}}))
+    before = _count("smtpplus_display_name_spoofing_total", user="shop-frontend")
+    session = Session(holder, "shop-frontend")
+    headers = [("From", '"ceo@bank.example" <info@yourcompany.com>'), ("Subject", "Invoice")]
+    assert session.message("info@yourcompany.com", headers) == ("eom", Milter.CONTINUE)  # the address decides
+    [message] = _events(logs, "message")
+    assert message["decision"] == "accepted"
+    found = _events(logs, "display_name_spoofing")
+    counted = _count("smtpplus_display_name_spoofing_total", user="shop-frontend") - before
+    if setting == "off":
+        assert found == [] and counted == 0
+        return
+    [event] = found
+    assert event["log_level"] == "warning"
+    assert (event["field"], event["sender"], event["shown"], event["where"], event["action"]) == (
+        "header_from",
+        "info@yourcompany.com",
+        "ceo@bank.example",
+        "display_name",
+        "delivered",
+    )
+    assert counted == 1
+
+
+def test_display_name_spoofing_metric_respects_per_user_labels(tmp_path: Path) -> None:
+    holder = ConfigHolder(config_with(tmp_path, settings={"metrics": {"listen": None, "per_user_labels": False}}))
+    before = _count("smtpplus_display_name_spoofing_total", user="_all")
+    session = Session(holder, "shop-frontend")
+    assert session.message("info@yourcompany.com", [("From", "info@yourcompany.com (ceo@bank.example)")])[1] == (
+        Milter.CONTINUE
+    )
+    assert _count("smtpplus_display_name_spoofing_total", user="_all") - before == 1
+
+
 def test_unauthenticated_passes_untouched(holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
     session = Session(holder, None)
     assert session.message("anyone@evil.net", [("From", "anyone@evil.net")]) == ("envfrom", Milter.ACCEPT)
