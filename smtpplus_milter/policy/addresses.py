@@ -1,5 +1,8 @@
 """Normalising mail addresses and domains, and reading the addresses out of From:/Sender:.
 
+It also owns the bounds on that reading (size, tokens, addresses, NUL and control characters)
+and the memo of parsed values, both sized so that no client input costs unbounded time or memory.
+
 Every comparison of senders goes through here so that "the same address" means one thing:
 case-folded, IDNA (UTS #46) A-labels, no trailing dot. Anything that cannot be read with
 certainty raises :class:`AddressError`; callers treat that as *not authorized*.
@@ -108,10 +111,10 @@ MAX_HEADER_BYTES = 16 * 1024
 MAX_HEADER_TOKENS = 2000
 #: Most addresses in one header value.
 MAX_ADDRESSES = 100
-#: Only values of at most MEMO_MAX_CHARS characters and MEMO_MAX_AT '@' signs are memoised, and at
-#: most MEMO_ENTRIES of them: the memo stays under about 4 MB whatever clients send (measured in
-#: tests/hostile/), while the From: a user repeats (one address, a short name) always fits.
-MEMO_MAX_CHARS = 512
+#: Only values of at most MEMO_MAX_BYTES bytes and MEMO_MAX_AT '@' signs are memoised, and at
+#: most MEMO_ENTRIES of them: the memo stays at a few MB whatever clients send (see docs/design.md),
+#: while the From: a user repeats (one address, a short name) always fits.
+MEMO_MAX_BYTES = 512
 MEMO_MAX_AT = 4
 MEMO_ENTRIES = 2048
 
@@ -153,7 +156,8 @@ def parse_mailboxes(name: str, value: str) -> tuple[Mailbox, ...]:
     size = len(value.encode("utf-8", "surrogateescape"))
     if size > MAX_HEADER_BYTES:
         raise AddressError(f"{name}: header too long ({size} bytes, at most {MAX_HEADER_BYTES})")
-    if len(value) <= MEMO_MAX_CHARS and value.count("@") <= MEMO_MAX_AT:
+    # Bytes, not characters: a Python string of non-ASCII text takes up to 4 bytes per character.
+    if size <= MEMO_MAX_BYTES and value.count("@") <= MEMO_MAX_AT:
         return _parse_memoised(name, value)
     return _parse(name, value)
 
@@ -197,14 +201,18 @@ def _parse(name: str, value: str) -> tuple[Mailbox, ...]:
 
 
 def _comments(token: Any) -> tuple[str, ...]:
-    """The contents of every comment inside *token* (nested ones again on their own)."""
+    """The contents of the outermost comments inside *token*.
+
+    A nested comment is part of its outer one's content; keeping it again on its own would let
+    deep nesting multiply what the memo holds.
+    """
     found: list[str] = []
     stack = [token]
     while stack:
         item = stack.pop()
         if getattr(item, "token_type", None) == "comment":
             found.append(str(item.content))
-        if isinstance(item, list):
+        elif isinstance(item, list):
             stack.extend(reversed(item))
     return tuple(found)
 

@@ -122,7 +122,11 @@ def decide_headers(directory: Directory, user: User, headers: Sequence[tuple[str
 MAX_SPOOFING = 10
 
 # Text that looks like an address: something@something.tld, no spaces or address delimiters.
-_ADDRESS_LIKE = re.compile(r"[^\s<>()\[\]\",;:@]+@[^\s<>()\[\]\",;:@]+\.[^\s<>()\[\]\",;:@]+")
+# The local part may only start after a delimiter (the lookbehind): otherwise every position of
+# a long run without '@' would start a scan to its end, quadratic in the length of the name.
+_ADDRESS_LIKE = re.compile(
+    r"(?<![^\s<>()\[\]\",;:@])[^\s<>()\[\]\",;:@]+@[^\s<>()\[\]\",;:@]+\.[^\s<>()\[\]\",;:@]+"
+)
 
 
 def _spoofing(field: str, mailbox: Mailbox) -> list[Spoofing]:
@@ -137,7 +141,10 @@ def _spoofing(field: str, mailbox: Mailbox) -> list[Spoofing]:
     for text, where in texts:
         variants = {text, _decoded(text)} if "=?" in text else {text}
         for variant in variants:
-            for match in _ADDRESS_LIKE.finditer(unicodedata.normalize("NFKC", variant)):
+            folded = unicodedata.normalize("NFKC", variant)
+            if "@" not in folded:
+                continue
+            for match in _ADDRESS_LIKE.finditer(folded):
                 candidate = match.group().strip(".'`")
                 try:
                     shown = str(normalize_address(candidate))

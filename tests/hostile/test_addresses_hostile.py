@@ -150,15 +150,16 @@ def test_memo_keeps_only_short_values_with_few_addresses() -> None:
     """What the memo may hold is bounded per entry (length, addresses) and in entries."""
     memo = addresses._parse_memoised
     memo.cache_clear()
-    addresses.parse_address_header("From", "x" * addresses.MEMO_MAX_CHARS + " <a@example.com>")
+    addresses.parse_address_header("From", "x" * addresses.MEMO_MAX_BYTES + " <a@example.com>")
     many = ", ".join(f"u{i}@example.com" for i in range(addresses.MEMO_MAX_AT + 1))
     addresses.parse_address_header("From", many)
     assert memo.cache_info().currsize == 0
     for i in range(addresses.MEMO_ENTRIES + 50):
         addresses.parse_address_header("From", f"n{i} <a@example.com>")
     assert memo.cache_info().currsize == addresses.MEMO_ENTRIES
-    # Worst case per entry: MEMO_MAX_CHARS of key and MEMO_MAX_AT addresses (about 1.4 KB, measured).
-    assert addresses.MEMO_ENTRIES * (addresses.MEMO_MAX_CHARS + addresses.MEMO_MAX_AT * 200) < 4_000_000
+    # Worst case per entry: a MEMO_MAX_BYTES key, MEMO_MAX_AT addresses, their names and comments
+    # (about 2.6 KB, measured): the memo stays under 6 MB.
+    assert addresses.MEMO_ENTRIES * 2600 < 6_000_000
 
 
 # --- NUL and other control characters ---------------------------------------------------------
@@ -374,3 +375,31 @@ def test_spoofing_reports_are_bounded(block: Config, shop: User) -> None:
     decision = _from(block, shop, f'"{shown}" <info@yourcompany.com>')
     assert decision.verdict is Verdict.ACCEPT
     assert [item.shown for item in decision.spoofing] == [f"ceo{i}@bank.example" for i in range(10)]
+
+
+def test_memo_bounds_count_bytes_and_outer_comments_only() -> None:
+    memo = addresses._parse_memoised
+    memo.cache_clear()
+    # 300 characters, 600 bytes: over the bound in bytes (non-ASCII strings take more memory).
+    addresses.parse_address_header("From", "\u00e9" * 300 + " <a@example.com>")
+    assert memo.cache_info().currsize == 0
+    # Deep nesting must not multiply the comment text an entry keeps.
+    nested = "(" * 60 + "x" * 100 + ")" * 60 + " a@example.com"
+    [mailbox] = addresses.parse_mailboxes("From", nested)
+    assert len(mailbox.comments) == 1 and sum(map(len, mailbox.comments)) < len(nested)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("x" * 16000, id="long-run"),
+        pytest.param("x" * 16000 + "@", id="long-run-then-at"),
+        pytest.param("x" * 8000 + "@" + "x" * 7900, id="at-in-the-middle-no-dot"),
+    ],
+)
+def test_spoofing_search_on_a_long_name_is_fast(block: Config, shop: User, name: str) -> None:
+    started = time.perf_counter()
+    decision = _from(block, shop, f'"{name}" <info@yourcompany.com>')
+    elapsed = time.perf_counter() - started
+    assert decision.verdict is Verdict.ACCEPT and decision.spoofing == ()
+    assert elapsed < FAST, f"{elapsed:.2f} s"
