@@ -124,22 +124,21 @@ MAX_SPOOFING = 10
 # Text that looks like an address: something@something.tld, no spaces or address delimiters.
 # The local part may only start after a delimiter (the lookbehind): otherwise every position of
 # a long run without '@' would start a scan to its end, quadratic in the length of the name.
-_ADDRESS_LIKE = re.compile(
-    r"(?<![^\s<>()\[\]\",;:@])[^\s<>()\[\]\",;:@]+@[^\s<>()\[\]\",;:@]+\.[^\s<>()\[\]\",;:@]+"
-)
+_ADDRESS_LIKE = re.compile(r"(?<![^\s<>()\[\]\",;:@])[^\s<>()\[\]\",;:@]+@[^\s<>()\[\]\",;:@]+\.[^\s<>()\[\]\",;:@]+")
 
 
 def _spoofing(field: str, mailbox: Mailbox) -> list[Spoofing]:
     """Address-like text in the names or comments of *mailbox* that is not its own address.
 
-    NFKC first, so a fullwidth at sign (U+FF20) or letters count as the ASCII ones a reader takes them for;
-    encoded-words in comments are decoded too (the parser decodes them only in names).
+    NFKC first, so a fullwidth at sign (U+FF20) or letters count as the ASCII ones a reader takes
+    them for. Encoded-words in comments are decoded too (the parser decodes them only in names);
+    the text as written is searched first, so the order of what is found is stable.
     """
     real = str(mailbox.address)
     found: dict[str, Spoofing] = {}
     texts = [(text, "display_name") for text in mailbox.names] + [(text, "comment") for text in mailbox.comments]
     for text, where in texts:
-        variants = {text, _decoded(text)} if "=?" in text else {text}
+        variants = dict.fromkeys((text, _decoded(text))) if "=?" in text else (text,)
         for variant in variants:
             folded = unicodedata.normalize("NFKC", variant)
             if "@" not in folded:

@@ -403,3 +403,9 @@ def test_spoofing_search_on_a_long_name_is_fast(block: Config, shop: User, name:
     elapsed = time.perf_counter() - started
     assert decision.verdict is Verdict.ACCEPT and decision.spoofing == ()
     assert elapsed < FAST, f"{elapsed:.2f} s"
+
+
+def test_spoofing_order_is_stable_with_encoded_comments(block: Config, shop: User) -> None:
+    # The text as written first, then its decoded form: the same order in every process.
+    decision = _from(block, shop, "info@yourcompany.com (=?utf-8?q?cfo=40bank.example?= ceo@bank.example)")
+    assert [item.shown for item in decision.spoofing] == ["ceo@bank.example", "cfo@bank.example"]
