@@ -60,14 +60,19 @@ RESULTS = ("sent", "failed", "dropped", "suppressed")
 
 UNAUTHORIZED_SENDER = "unauthorized_sender"
 DISABLED_USER = "disabled_user"
-ALERTNAMES = {UNAUTHORIZED_SENDER: "SMTPPlusUnauthorizedSender", DISABLED_USER: "SMTPPlusDisabledUserAttempt"}
+DISPLAY_NAME_SPOOFING = "display_name_spoofing"
+ALERTNAMES = {
+    UNAUTHORIZED_SENDER: "SMTPPlusUnauthorizedSender",
+    DISABLED_USER: "SMTPPlusDisabledUserAttempt",
+    DISPLAY_NAME_SPOOFING: "SMTPPlusDisplayNameSpoofing",
+}
 
 
 @dataclass(frozen=True)
 class Alert:
     """One thing an operator should know about; built by the milter from a Decision."""
 
-    kind: str  # unauthorized_sender | disabled_user
+    kind: str  # unauthorized_sender | disabled_user | display_name_spoofing
     user: str
     sender: str
     field: str  # envelope_from | header_from | header_sender, comma-joined when several
@@ -77,6 +82,8 @@ class Alert:
     queue_id: str | None
     at: float = dataclasses.field(default_factory=time.time)  # wall clock: becomes startsAt
     host: str = dataclasses.field(default_factory=lambda: _HOST)
+    # display_name_spoofing: the other address the display name or comment shows.
+    shown: str = ""
 
     @property
     def alertname(self) -> str:
@@ -90,6 +97,11 @@ class Alert:
     def summary(self) -> str:
         if self.kind == DISABLED_USER:
             return f"disabled SMTP+ user {self.user} tried to send as {self.sender or '<>'}"
+        if self.kind == DISPLAY_NAME_SPOOFING:
+            return (
+                f"SMTP+ user {self.user} sent as {self.sender} ({self.field}) with another address "
+                f"in its display name or comment: {self.shown}; {self.action}"
+            )
         verb = "refused" if self.action == "rejected" else "delivered anyway (alert mode)"
         return f"SMTP+ user {self.user} used unauthorized sender {self.sender} ({self.field}); {verb}"
 
@@ -163,14 +175,20 @@ class Alertmanager:
         labels = {"alertname": alert.alertname, "user": alert.user, "sender": alert.sender or "<>"}
         if alert.kind == UNAUTHORIZED_SENDER:
             labels["mode"] = alert.mode
+        if alert.kind == DISPLAY_NAME_SPOOFING:
+            description = f"{alert.sender} is authorized; its display name or comment shows {alert.shown}"
+        else:
+            description = alert.reply or "delivered (authorization.mode: alert)"
         annotations = {
             "summary": alert.summary,
-            "description": alert.reply or "delivered (authorization.mode: alert)",
+            "description": description,
             "field": alert.field,
             "action": alert.action,
             "queue_id": alert.queue_id or "",
             "host": alert.host,
         }
+        if alert.shown:
+            annotations["shown"] = alert.shown
         return [
             {
                 "labels": labels,
@@ -215,6 +233,7 @@ class Email:
             f"user:     {alert.user}",
             f"sender:   {alert.sender or '<>'}",
             f"field:    {alert.field}",
+            *([f"shown:    {alert.shown}"] if alert.shown else []),
             f"mode:     {alert.mode}",
             f"action:   {alert.action}",
             f"reply:    {alert.reply or '-'}",

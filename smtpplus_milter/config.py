@@ -103,6 +103,15 @@ class AuthorizationSection(_Strict):
         "header_from",
         "header_sender",
     )
+    # An authorized From:/Sender: whose display name or comment shows another address: alert
+    # (log, count, alert), log (log and count), off. Never changes the verdict.
+    display_name_spoofing: Literal["alert", "log", "off"] = "alert"
+
+    @field_validator("display_name_spoofing", mode="before")
+    @classmethod
+    def _spoofing_off(cls, value: object) -> object:
+        # YAML 1.1 reads an unquoted `off` as false; that is what the operator wrote.
+        return "off" if value is False else value
 
 
 class LimitsSection(_Strict):

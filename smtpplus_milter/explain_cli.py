@@ -101,6 +101,13 @@ def to_record(config: Config, result: Explanation, *, assumed_from: bool = False
             {"field": item.field, "address": item.address, "reason": item.reason} for item in decision.unauthorized
         ],
         "mode": config.settings.authorization.mode,
+        "display_name_spoofing": {
+            "setting": config.settings.authorization.display_name_spoofing,
+            "found": [
+                {"field": item.field, "address": item.address, "shown": item.shown, "where": item.where}
+                for item in decision.spoofing
+            ],
+        },
         "user": None
         if user is None
         else {
@@ -169,6 +176,13 @@ def to_text(record: dict[str, Any]) -> str:
     lines += [f"  - {reason}" for reason in record["reasons"]] or ["  - (no rule applied)"]
     if record["unauthorized"] and record["verdict"] == "accepted":
         lines.append(f"Alert: unauthorized sender(s) delivered anyway (authorization.mode: {record['mode']})")
+    spoofing = record["display_name_spoofing"]
+    for item in spoofing["found"]:
+        where = "display name" if item["where"] == "display_name" else "a comment"
+        lines.append(
+            f"Spoofing: {item['field']} {item['address']} shows {item['shown']} in {where} "
+            f"(authorization.display_name_spoofing: {spoofing['setting']}; the address decides)"
+        )
     if record["priority"]:
         priority = record["priority"]
         lines.append(

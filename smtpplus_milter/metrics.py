@@ -24,6 +24,12 @@ MESSAGES = Counter(
 UNAUTHORIZED = Counter(
     "smtpplus_unauthorized", "Messages with a sender the SMTP+ user may not use", ["user", "mode"], registry=REGISTRY
 )
+SPOOFING = Counter(
+    "smtpplus_display_name_spoofing",
+    "Messages whose authorized From:/Sender: shows another address in its display name or a comment",
+    ["user"],
+    registry=REGISTRY,
+)
 PRIORITY = Counter("smtpplus_priority", "Messages by effective priority", ["effective"], registry=REGISTRY)
 QUEUE = Counter("smtpplus_queue", "Messages by Postfix queue chosen", ["queue"], registry=REGISTRY)
 FOOTER = Counter("smtpplus_footer", "Header/footer injection results", ["result"], registry=REGISTRY)

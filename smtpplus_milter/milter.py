@@ -22,12 +22,12 @@ from typing import Any, ClassVar, TypeVar
 import Milter
 
 from smtpplus_milter import metrics
-from smtpplus_milter.alerts import DISABLED_USER, UNAUTHORIZED_SENDER, Alert, AlertDispatcher
+from smtpplus_milter.alerts import DISABLED_USER, DISPLAY_NAME_SPOOFING, UNAUTHORIZED_SENDER, Alert, AlertDispatcher
 from smtpplus_milter.config import Config, ConfigError, load_config
 from smtpplus_milter.log import get_logger
 from smtpplus_milter.mime.footer import Banner, InjectionResult, inject
 from smtpplus_milter.policy.authorization import decide_headers, decide_mail_from
-from smtpplus_milter.policy.decision import Decision, Reply, Verdict, safe_text
+from smtpplus_milter.policy.decision import Decision, Reply, Spoofing, Verdict, safe_text
 from smtpplus_milter.policy.priority import HeaderEdit, PriorityPlan, plan_priority
 from smtpplus_milter.policy.users import User
 
@@ -266,6 +266,7 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
         self.started = 0.0
         self.reasons: list[str] = []
         self.unauthorized: list[Any] = []
+        self.spoofing: list[Spoofing] = []
         self.failure: Exception | None = None
         self.finished = False
         self.priority: PriorityPlan | None = None
@@ -444,6 +445,7 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
     def _note(self, decision: Decision) -> None:
         self.reasons.extend(decision.reasons)
         self.unauthorized.extend(decision.unauthorized)
+        self.spoofing.extend(decision.spoofing)
 
     def _refuse(self, decision: Decision) -> int:
         """Answer a decided refusal. Nothing that fails from here on may turn it into anything else."""
@@ -519,6 +521,21 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
                     mode=mode,
                     action="rejected" if decision.verdict is Verdict.REJECT else "delivered",
                 )
+        # Kept by _note from decide_headers (the decision given here may be built later, e.g. at
+        # end of message); what it shows never changed the verdict.
+        if self.spoofing and config.settings.authorization.display_name_spoofing != "off":
+            metrics.SPOOFING.labels(user=label).inc()
+            for found in self.spoofing:
+                log.warning(
+                    "display_name_spoofing",
+                    queue_id=self.queue_id,
+                    user=self.login,
+                    field=found.field,
+                    sender=found.address,
+                    shown=found.shown,
+                    where=found.where,
+                    action="rejected" if decision.verdict is Verdict.REJECT else "delivered",
+                )
         self._submit_alerts(decision, config)
         log.info(
             "message",
@@ -565,6 +582,29 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
         for address, names in fields.items():
             fields_seen = ",".join(names)
             alerts.submit(Alert(UNAUTHORIZED_SENDER, login, address, fields_seen, mode, action, reply, self.queue_id))
+        if self.spoofing and config.settings.authorization.display_name_spoofing == "alert":
+            # One alert per real address, like unauthorized senders; every other address it showed.
+            spoofed: dict[str, tuple[list[str], list[str]]] = {}
+            for found in self.spoofing:
+                where, shown = spoofed.setdefault(found.address, ([], []))
+                if found.field not in where:
+                    where.append(found.field)
+                if found.shown not in shown:
+                    shown.append(found.shown)
+            for address, (where, shown) in spoofed.items():
+                alerts.submit(
+                    Alert(
+                        DISPLAY_NAME_SPOOFING,
+                        login,
+                        address,
+                        ",".join(where),
+                        mode,
+                        action,
+                        reply,
+                        self.queue_id,
+                        shown=", ".join(shown),
+                    )
+                )
         if decision.verdict is Verdict.REJECT and user is not None and not user.active:
             sender = safe_text(self.mail_from.strip("<>"), 200)
             alerts.submit(Alert(DISABLED_USER, login, sender, "envelope_from", mode, action, reply, self.queue_id))

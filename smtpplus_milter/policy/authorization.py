@@ -7,16 +7,22 @@ a :class:`~smtpplus_milter.policy.decision.Decision`; nothing here has side effe
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from email.header import decode_header, make_header
 
 from smtpplus_milter.policy.addresses import (
     Address,
     AddressError,
-    parse_address_header,
+    Mailbox,
+    normalize_address,
     parse_envelope_sender,
+    parse_mailboxes,
 )
-from smtpplus_milter.policy.decision import Decision, Reply, Unauthorized, Verdict, safe_text
+from smtpplus_milter.policy.decision import Decision, Reply, Spoofing, Unauthorized, Verdict, safe_text
 from smtpplus_milter.policy.users import Check, Directory, Mode, User
 
 REPLY_TO_HINT = "a visitor's address from a web form belongs in Reply-To, not From"
@@ -34,6 +40,7 @@ class _Seen:
     shown: str
     address: Address | None
     problem: str | None = None
+    mailbox: Mailbox | None = None  # header addresses: the names and comments shown with it
 
 
 AUTH_REQUIRED = Reply("530", "5.7.0", "Authentication required: log in with SMTP AUTH to send through this relay")
@@ -103,7 +110,61 @@ def decide_headers(directory: Directory, user: User, headers: Sequence[tuple[str
         seen += _read_header(headers, "Sender", required=False)
     if not seen:
         return Decision(Verdict.ACCEPT, reasons=("no header sender checked",))
-    return _judge(directory, user, seen)
+    decision = _judge(directory, user, seen)
+    # Only authorized addresses: an unauthorized one is reported as such already.
+    spoofing = tuple(
+        found
+        for item in seen
+        if item.mailbox is not None and (user.unrestricted or user.authorizes(item.mailbox.address))
+        for found in _spoofing(item.field, item.mailbox)
+    )[:MAX_SPOOFING]
+    return dataclasses.replace(decision, spoofing=spoofing) if spoofing else decision
+
+
+# The first few are enough to see what a message pretends; a hostile header cannot make the log
+# lines and alerts that follow from them many.
+MAX_SPOOFING = 10
+
+# Text that looks like an address: something@something.tld, no spaces or address delimiters.
+# The local part may only start after a delimiter (the lookbehind): otherwise every position of
+# a long run without '@' would start a scan to its end, quadratic in the length of the name.
+_ADDRESS_LIKE = re.compile(r"(?<![^\s<>()\[\]\",;:@])[^\s<>()\[\]\",;:@]+@[^\s<>()\[\]\",;:@]+\.[^\s<>()\[\]\",;:@]+")
+
+
+def _spoofing(field: str, mailbox: Mailbox) -> list[Spoofing]:
+    """Address-like text in the names or comments of *mailbox* that is not its own address.
+
+    NFKC first, so a fullwidth at sign (U+FF20) or letters count as the ASCII ones a reader takes
+    them for. Encoded-words in comments are decoded too (the parser decodes them only in names);
+    the text as written is searched first, so the order of what is found is stable.
+    """
+    real = str(mailbox.address)
+    found: dict[str, Spoofing] = {}
+    texts = [(text, "display_name") for text in mailbox.names] + [(text, "comment") for text in mailbox.comments]
+    for text, where in texts:
+        variants = dict.fromkeys((text, _decoded(text))) if "=?" in text else (text,)
+        for variant in variants:
+            folded = unicodedata.normalize("NFKC", variant)
+            if "@" not in folded:
+                continue
+            for match in _ADDRESS_LIKE.finditer(folded):
+                candidate = match.group().strip(".'`")
+                try:
+                    shown = str(normalize_address(candidate))
+                except AddressError:
+                    shown = candidate.lower()
+                if shown != real and shown not in found:
+                    found[shown] = Spoofing(field, real, safe_text(candidate), where)
+                    if len(found) >= MAX_SPOOFING:
+                        return list(found.values())
+    return list(found.values())
+
+
+def _decoded(text: str) -> str:
+    try:
+        return str(make_header(decode_header(text)))
+    except Exception:  # a broken encoded-word: the raw text is searched anyway
+        return text
 
 
 def _read_header(headers: Sequence[tuple[str, str]], name: str, *, required: bool) -> list[_Seen]:
@@ -116,14 +177,14 @@ def _read_header(headers: Sequence[tuple[str, str]], name: str, *, required: boo
             _Seen(field, f"({len(values)} {name}: headers)", None, f"the message has {len(values)} {name}: headers")
         ]
     try:
-        addresses = parse_address_header(name, values[0])
+        mailboxes = parse_mailboxes(name, values[0])
     except AddressError as exc:
         return [_Seen(field, safe_text(values[0].strip()), None, str(exc))]
-    if not addresses:
+    if not mailboxes:
         return [_Seen(field, safe_text(values[0].strip()), None, f"{name}: holds no address")]
-    if name == "Sender" and len(addresses) > 1:
+    if name == "Sender" and len(mailboxes) > 1:
         return [_Seen(field, safe_text(values[0].strip()), None, "Sender: must hold exactly one address")]
-    return [_Seen(field, str(address), address) for address in addresses]
+    return [_Seen(field, str(mailbox.address), mailbox.address, mailbox=mailbox) for mailbox in mailboxes]
 
 
 def _judge(directory: Directory, user: User, seen: list[_Seen]) -> Decision:

@@ -58,6 +58,20 @@ class Unauthorized:
 
 
 @dataclass(frozen=True)
+class Spoofing:
+    """An authorized From:/Sender: address shown next to a different one (display-name spoofing).
+
+    ``"ceo@bank.example" <info@yourcompany.com>`` is authorized (the address decides), but a
+    reader sees the bank: this is what phishing looks like, so the milter reports it.
+    """
+
+    field: str  # header_from | header_sender
+    address: str  # the real, authorized address
+    shown: str  # the other address-like text, safe to log
+    where: str  # display_name | comment
+
+
+@dataclass(frozen=True)
 class Decision:
     verdict: Verdict
     reply: Reply | None = None
@@ -66,6 +80,9 @@ class Decision:
     # True when the message is not SMTP+ traffic (unauthenticated, or an unknown login let
     # through): the adapter stops looking at it.
     bypass: bool = False
+    # Authorized header addresses whose name or comment shows another address; never changes
+    # the verdict.
+    spoofing: tuple[Spoofing, ...] = ()
 
     @property
     def rejected(self) -> bool:

@@ -49,8 +49,8 @@ def explain(
     reasons = (*first.reasons, *second.reasons)
     unauthorized = (*first.unauthorized, *second.unauthorized)
     if second.rejected:
-        final = Decision(second.verdict, second.reply, reasons, unauthorized)
+        final = Decision(second.verdict, second.reply, reasons, unauthorized, spoofing=second.spoofing)
         return Explanation(login, mail_from, headers, "end_of_headers", final, user, None)
     plan = plan_priority(headers, user_priority=user.priority, queues=queues)
-    final = Decision(Verdict.ACCEPT, None, (*reasons, *plan.reading.problems), unauthorized)
+    final = Decision(Verdict.ACCEPT, None, (*reasons, *plan.reading.problems), unauthorized, spoofing=second.spoofing)
     return Explanation(login, mail_from, headers, "end_of_message", final, user, plan)

@@ -120,3 +120,15 @@ def test_explain_refuses_bad_config_and_bad_options(tmp_path: Path, capsys: pyte
     with pytest.raises(SystemExit) as exc:
         cli.main(["explain", "-c", str(good)])  # --mail-from is required
     assert exc.value.code == 2
+
+
+def test_explain_shows_display_name_spoofing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path, settings={"authorization": {"display_name_spoofing": "log"}})
+    argv = ["explain", "-c", str(path), "--user", "shop-frontend", "--mail-from", "info@yourcompany.com"]
+    assert cli.main([*argv, "--header-from", '"ceo@bank.example" <info@yourcompany.com>']) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ACCEPTED")
+    assert (
+        "Spoofing: header_from info@yourcompany.com shows ceo@bank.example in display name "
+        "(authorization.display_name_spoofing: log; the address decides)"
+    ) in out

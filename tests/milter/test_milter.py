@@ -148,12 +148,75 @@ def test_unauthorized_from_rejected_at_end_of_headers(holder: ConfigHolder, logs
     assert len(_events(logs, "message")) == 1
 
 
+def test_nul_in_mail_from_or_header_is_not_authorized(holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
+    # libmilter hands values over as C strings: the half after a NUL may be what gets delivered.
+    session = Session(holder, "shop-frontend")
+    assert session.message("<@relay\x00:info@yourcompany.com>", []) == ("envfrom", Milter.REJECT)
+    session.ctx._abort = lambda: None
+    stage, rc = session.message(
+        "info@yourcompany.com", [("From", "info@yourcompany.com\x00, ceo@bank.example"), ("Subject", "x")]
+    )
+    assert (stage, rc) == ("eoh", Milter.REJECT)
+    assert session.reply is not None and session.reply[:2] == ("550", "5.7.1")
+    envelope, header = _events(logs, "message")
+    assert any("MAIL FROM contains a NUL byte" in reason for reason in envelope["reasons"]), envelope["reasons"]
+    assert any("From: contains a NUL byte" in reason for reason in header["reasons"]), header["reasons"]
+    assert "\x00" not in header["senders"]["header_from"][0]  # logged as '?'
+
+
+def test_latin1_display_name_is_judged_by_its_address(holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
+    # Older mailers send the name as raw Latin-1 bytes; pymilter hands them over surrogate-escaped.
+    session = Session(holder, "shop-frontend")
+    headers = [("From", b"M\xfcller <info@yourcompany.com>".decode("utf-8", "surrogateescape"))]
+    assert session.message("info@yourcompany.com", headers) == ("eom", Milter.CONTINUE)
+    session.ctx._abort = lambda: None
+    headers = [("From", b"M\xfcller <m\xfcller@yourcompany.com>".decode("utf-8", "surrogateescape"))]
+    assert session.message("info@yourcompany.com", headers) == ("eoh", Milter.REJECT)
+    assert [event["decision"] for event in _events(logs, "message")] == ["accepted", "rejected"]
+
+
 def test_second_message_in_session_judged_afresh(holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
     session = Session(holder, "shop-frontend")
     assert session.message("x@evil.net", [])[1] == Milter.REJECT
     session.ctx._abort = lambda: None  # Postfix sends no abort between a refused MAIL and the next
     assert session.message("info@yourcompany.com", [("From", "info@yourcompany.com")]) == ("eom", Milter.CONTINUE)
     assert [event["decision"] for event in _events(logs, "message")] == ["rejected", "accepted"]
+
+
+@pytest.mark.parametrize("setting", ["alert", "log", "off"])
+def test_display_name_spoofing_is_logged_and_counted(tmp_path: Path, logs: list[dict[str, Any]], setting: str) -> None:
+    holder = ConfigHolder(config_with(tmp_path, settings={"authorization": {"display_name_spoofing": setting}}))
+    before = _count("smtpplus_display_name_spoofing_total", user="shop-frontend")
+    session = Session(holder, "shop-frontend")
+    headers = [("From", '"ceo@bank.example" <info@yourcompany.com>'), ("Subject", "Invoice")]
+    assert session.message("info@yourcompany.com", headers) == ("eom", Milter.CONTINUE)  # the address decides
+    [message] = _events(logs, "message")
+    assert message["decision"] == "accepted"
+    found = _events(logs, "display_name_spoofing")
+    counted = _count("smtpplus_display_name_spoofing_total", user="shop-frontend") - before
+    if setting == "off":
+        assert found == [] and counted == 0
+        return
+    [event] = found
+    assert event["log_level"] == "warning"
+    assert (event["field"], event["sender"], event["shown"], event["where"], event["action"]) == (
+        "header_from",
+        "info@yourcompany.com",
+        "ceo@bank.example",
+        "display_name",
+        "delivered",
+    )
+    assert counted == 1
+
+
+def test_display_name_spoofing_metric_respects_per_user_labels(tmp_path: Path) -> None:
+    holder = ConfigHolder(config_with(tmp_path, settings={"metrics": {"listen": None, "per_user_labels": False}}))
+    before = _count("smtpplus_display_name_spoofing_total", user="_all")
+    session = Session(holder, "shop-frontend")
+    assert session.message("info@yourcompany.com", [("From", "info@yourcompany.com (ceo@bank.example)")])[1] == (
+        Milter.CONTINUE
+    )
+    assert _count("smtpplus_display_name_spoofing_total", user="_all") - before == 1
 
 
 def test_unauthenticated_passes_untouched(holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:

@@ -22,10 +22,13 @@ def receiver() -> Iterator[WebhookReceiver]:
         yield running
 
 
-def _holder(tmp_path: Path, receiver: WebhookReceiver, mode: str) -> ConfigHolder:
+def _holder(tmp_path: Path, receiver: WebhookReceiver, mode: str, spoofing: str = "alert") -> ConfigHolder:
     config = config_with(
         tmp_path,
-        settings={"authorization": {"mode": mode}, "alerts": {"webhook": {"url": receiver.url, "timeout": 2}}},
+        settings={
+            "authorization": {"mode": mode, "display_name_spoofing": spoofing},
+            "alerts": {"webhook": {"url": receiver.url, "timeout": 2}},
+        },
     )
     return ConfigHolder(config, AlertDispatcher.from_config(config.settings))
 
@@ -74,6 +77,38 @@ def test_block_mode_and_disabled_user(tmp_path: Path, receiver: WebhookReceiver)
             "crm@yourcompany.com",
         )
         assert "disabled" in disabled["reply"]
+    finally:
+        assert holder.alerts is not None
+        holder.alerts.stop(1)
+
+
+@pytest.mark.parametrize("spoofing", ["alert", "log"])
+def test_display_name_spoofing_alert(tmp_path: Path, receiver: WebhookReceiver, spoofing: str) -> None:
+    holder = _holder(tmp_path, receiver, "block", spoofing)
+    try:
+        session = Session(holder, "shop-frontend")
+        headers = [("From", '"ceo@bank.example" <info@yourcompany.com>'), ("Sender", "ceo@bank.example")]
+        assert session.message("info@yourcompany.com", headers)[1] == Milter.REJECT  # the Sender: is foreign
+        session.ctx._abort = lambda: None
+        headers = [("From", '"ceo@bank.example" <info@yourcompany.com>')]
+        assert session.message("info@yourcompany.com", headers)[1] == Milter.CONTINUE
+        expected = 2 if spoofing == "alert" else 1  # the unauthorized Sender:, and one spoofing alert (dedup)
+        bodies = receiver.wait_for(expected)
+        time.sleep(0.2)
+        assert len(receiver.requests) == expected
+        kinds = sorted(body["kind"] for body in bodies)
+        if spoofing == "log":
+            assert kinds == ["unauthorized_sender"]
+            return
+        assert kinds == ["display_name_spoofing", "unauthorized_sender"]
+        [spoofed] = [body for body in bodies if body["kind"] == "display_name_spoofing"]
+        assert (spoofed["alertname"], spoofed["user"], spoofed["sender"], spoofed["shown"], spoofed["action"]) == (
+            "SMTPPlusDisplayNameSpoofing",
+            "shop-frontend",
+            "info@yourcompany.com",
+            "ceo@bank.example",
+            "rejected",
+        )
     finally:
         assert holder.alerts is not None
         holder.alerts.stop(1)

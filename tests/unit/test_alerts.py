@@ -19,6 +19,7 @@ import pytest
 from smtpplus_milter import metrics
 from smtpplus_milter.alerts import (
     DISABLED_USER,
+    DISPLAY_NAME_SPOOFING,
     UNAUTHORIZED_SENDER,
     Alert,
     AlertDispatcher,
@@ -329,3 +330,54 @@ def test_email_reaches_an_smtp_server() -> None:
     assert parsed["Auto-Submitted"] == "auto-generated"
     body = parsed.get_content()
     assert "queue id: 4XyZ1abc" in body and "reply:    550 5.7.1 <x@evil.example>" in body
+
+
+def _spoofing_alert() -> Alert:
+    return Alert(
+        DISPLAY_NAME_SPOOFING,
+        "shop-frontend",
+        "info@yourcompany.com",
+        "header_from",
+        "block",
+        "delivered",
+        "",
+        "4XyZ1abc",
+        shown="ceo@bank.example",
+    )
+
+
+def test_display_name_spoofing_alert_on_every_sink(dispatchers: list[AlertDispatcher]) -> None:
+    alert = _spoofing_alert()
+    assert alert.alertname == "SMTPPlusDisplayNameSpoofing"
+    assert "ceo@bank.example" in alert.summary and "info@yourcompany.com" in alert.summary
+    with WebhookReceiver() as receiver:
+        Webhook(WebhookSink(url=receiver.url, timeout=2)).send(alert)
+        [(_, body)] = receiver.requests
+    assert (body["kind"], body["alertname"], body["sender"], body["shown"]) == (
+        "display_name_spoofing",
+        "SMTPPlusDisplayNameSpoofing",
+        "info@yourcompany.com",
+        "ceo@bank.example",
+    )
+    [item] = Alertmanager(AlertmanagerSink(url="http://127.0.0.1:9093")).payload(alert)
+    assert item["labels"] == {
+        "alertname": "SMTPPlusDisplayNameSpoofing",
+        "user": "shop-frontend",
+        "sender": "info@yourcompany.com",
+    }
+    annotations = item["annotations"]
+    assert isinstance(annotations, dict)
+    assert annotations["shown"] == "ceo@bank.example" and "ceo@bank.example" in annotations["description"]
+    config = EmailSink.model_validate({"to": ["it@example.com"], "from": "smtpplus@relay.test"})
+    message = Email(config).message(alert)
+    assert "SMTPPlusDisplayNameSpoofing" in message.get_content()
+    assert "shown:    ceo@bank.example" in message.get_content()
+    # De-duplicated per (kind, user, sender), apart from an unauthorized-sender alert for the same pair.
+    sink, clock = FakeSink(), FakeClock()
+    dispatcher = AlertDispatcher([sink], dedup_seconds=300, clock=clock)
+    dispatchers.append(dispatcher)
+    dispatcher.submit(alert)
+    dispatcher.submit(_spoofing_alert())
+    dispatcher.submit(_alert(sender="info@yourcompany.com"))
+    _eventually(lambda: len(sink.sent) == 2)
+    assert _count(sink.name, "suppressed") == 1

@@ -8,7 +8,8 @@ import pytest
 
 from smtpplus_milter.config import Config
 from smtpplus_milter.policy.authorization import decide_headers, decide_mail_from
-from smtpplus_milter.policy.decision import Verdict
+from smtpplus_milter.policy.decision import Spoofing, Verdict
+from smtpplus_milter.policy.explain import explain
 from tests.helpers import config_with
 
 
@@ -140,6 +141,11 @@ HEADER_CASES = [
     pytest.param([("From", "")], REJECT, "sender not authorized", id="empty-from"),
     pytest.param([("From", "info@yourcompany.com\udcff")], REJECT, "sender not authorized", id="8bit-garbage"),
     pytest.param([("From", "Jörg <j@bücher.example>")], ACCEPT, None, id="idn-in-header"),
+    # A raw Latin-1 name (not UTF-8: pymilter hands it over surrogate-escaped) is judged by the address.
+    pytest.param([("From", "M\udcfcller <info@yourcompany.com>")], ACCEPT, None, id="latin1-display-name"),
+    pytest.param(
+        [("From", "M\udcfcller <x@evil.net>")], REJECT, "<x@evil.net>: sender", id="latin1-display-name-foreign"
+    ),
     pytest.param(
         [("From", "info@yourcompany.com"), ("Sender", "x@evil.net")], REJECT, "<x@evil.net>", id="sender-foreign"
     ),
@@ -199,3 +205,27 @@ def test_reply_text_is_safe_for_smtp(block: Config) -> None:
     decision = decide_headers(block.directory, user, [("From", "100% <bad\udcff@x>")])
     assert decision.reply is not None
     assert "%" not in decision.reply.text and all(" " <= ch <= "~" for ch in decision.reply.text)
+
+
+def test_display_name_spoofing_is_reported_and_never_decides(block: Config) -> None:
+    user = block.directory.lookup("shop-frontend")
+    assert user is not None
+    spoofed = decide_headers(block.directory, user, [("From", '"ceo@bank.example" <info@yourcompany.com>')])
+    assert spoofed.verdict is ACCEPT and not spoofed.unauthorized
+    assert spoofed.spoofing == (Spoofing("header_from", "info@yourcompany.com", "ceo@bank.example", "display_name"),)
+    # An unauthorized address is reported as unauthorized, not as spoofing as well.
+    foreign = decide_headers(block.directory, user, [("From", '"info@yourcompany.com" <x@evil.net>')])
+    assert foreign.verdict is REJECT and foreign.spoofing == ()
+    # A user without restriction is authorized for any address, so spoofing is reported for it too.
+    anyone = block.directory.lookup("open-user")
+    assert anyone is not None
+    assert decide_headers(block.directory, anyone, [("From", '"ceo@bank.example" <me@x.example>')]).spoofing
+    # explain carries it through to its final decision.
+    explained = explain(
+        block.directory,
+        block.settings.priority.queues,
+        "shop-frontend",
+        "<info@yourcompany.com>",
+        [("From", "info@yourcompany.com (ceo@bank.example)")],
+    )
+    assert explained.accepted and [item.where for item in explained.decision.spoofing] == ["comment"]

@@ -72,6 +72,13 @@ def test_product_example_is_valid(tmp_path: Path) -> None:
     assert config.directory.lookup("listed") is not None
 
 
+@pytest.mark.parametrize("value", ["alert", "log", "off"])
+def test_display_name_spoofing_setting(tmp_path: Path, value: str) -> None:
+    assert load_config(_write(tmp_path)).settings.authorization.display_name_spoofing == "alert"  # the default
+    main = GOOD_MAIN.replace("  mode: block\n", f"  mode: block\n  display_name_spoofing: {value}\n")
+    assert load_config(_write(tmp_path, main)).settings.authorization.display_name_spoofing == value
+
+
 def test_shipped_example_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "deploy" / "smtpplus.yaml"
     assert load_config(example).directory.users
@@ -94,6 +101,14 @@ MAIN_CASES = [
         2,
         "'block' or 'alert'",
         id="bad-enum",
+    ),
+    pytest.param(
+        "authorization:\n  display_name_spoofing: warn\n",
+        "smtpplus.yaml",
+        "authorization.display_name_spoofing",
+        2,
+        "'alert', 'log' or 'off'",
+        id="bad-display-name-spoofing",
     ),
     pytest.param(
         "priority:\n  default: 7\n", "smtpplus.yaml", "priority.default", 2, "1 (very high) to 5", id="bad-priority"

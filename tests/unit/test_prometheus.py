@@ -156,6 +156,7 @@ def test_rules_cover_the_issue() -> None:
     assert names == {
         "SMTPPlusMilterDown",
         "SMTPPlusUnauthorizedSenders",
+        "SMTPPlusDisplayNameSpoofingSeen",
         "SMTPPlusHighRejectRatio",
         "SMTPPlusConfigReloadFailed",
         "SMTPPlusAlertSinkFailing",
