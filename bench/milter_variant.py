@@ -13,7 +13,7 @@ Variants:
     (``@nocallback``), and the header decision moves from end-of-headers to end-of-message.
     The client sees a refusal at the same moment (Postfix hands the message to milters only
     after the final dot, so end of headers and end of message answer the same SMTP reply). Over
-    TCP dropping DATA brings back a delayed-ACK stall (FIELD-NOTES), so this is for unix sockets.
+    TCP dropping DATA brings back a delayed-ACK stall (docs/benchmarks.md), so this is for unix sockets.
 ``cache``
     Memoise the From:/Sender: parser (``email.headerregistry`` plus IDNA) by header value: an
     SMTP+ user sends from the same few From: values all day.

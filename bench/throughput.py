@@ -235,7 +235,8 @@ class Rig:
 
     def _start(self) -> None:
         smtp_sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-        # smtp-sink: Postfix's C test server, one process, event driven. Never -M (FIELD-NOTES).
+        # smtp-sink: Postfix's C test server, one process, event driven. Never -M: it exits after
+        # the Nth message before replying, so Postfix retries and delivers that one twice.
         self.sink = subprocess.Popen(
             [smtp_sink, "-u", "postfix", "-4", "-m", "512", f"{LOOPBACK}:{self.sink_port}", "1024"],
             stdin=subprocess.DEVNULL,

@@ -1,4 +1,4 @@
-"""Alerts to operators (PRODUCT §8): sinks behind one small interface, sent off the mail path.
+"""Alerts to operators: sinks behind one small interface, sent off the mail path.
 
 The milter calls :meth:`AlertDispatcher.submit` from libmilter's worker threads. ``submit`` does
 no I/O and never blocks or raises: it de-duplicates per (kind, user, sender) within
@@ -160,7 +160,8 @@ class Alertmanager:
     """``POST {url}/api/v2/alerts`` with a list of one alert.
 
     Labels identify the alert (Alertmanager groups and de-duplicates by them, also across relay
-    hosts: PRODUCT §10), so nothing per message or per host is a label; those are annotations.
+    hosts that share one Alertmanager), so nothing per message or per host is a label; those are
+    annotations.
     """
 
     name = "alertmanager"

@@ -1,4 +1,4 @@
-"""The ``smtpplus-milter`` command line (PRODUCT §9). Exit codes: 0 ok, 1 refused/invalid, 2 usage."""
+"""The ``smtpplus-milter`` command line. Exit codes: 0 ok, 1 refused/invalid, 2 usage."""
 
 from __future__ import annotations
 

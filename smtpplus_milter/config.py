@@ -1,4 +1,4 @@
-"""YAML config + users file -> validated, frozen, typed objects (PRODUCT §3).
+"""YAML config + users file -> validated, frozen, typed objects.
 
 One declarative schema (pydantic models below) is the table of every key. Every problem is
 reported as a :class:`ConfigProblem` naming the file, the key path, the line and what to do;
@@ -257,7 +257,7 @@ class Settings(_Strict):
 
 
 def _entries(value: object, kind: str) -> tuple[str, ...]:
-    """Accept ``"a;b"`` or a YAML list; a ``,`` is always a mistake (PRODUCT §3)."""
+    """Accept ``"a;b"`` or a YAML list; a ``,`` is always a mistake."""
     if value is None:
         return ()
     if isinstance(value, str):

@@ -1,4 +1,4 @@
-"""DNS for domain verification (PRODUCT §9a): the ``_smtpplus-verify`` TXT token, DMARC and SPF.
+"""DNS for domain verification: the ``_smtpplus-verify`` TXT token, DMARC and SPF.
 
 ``verify check`` proves control of a domain by the TXT record the customer published, and warns
 about what would still stop the domain's mail: a DMARC policy of ``reject``/``quarantine`` that

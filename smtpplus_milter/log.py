@@ -1,4 +1,4 @@
-"""Structured logging: JSON lines for journald/log shippers, key=value on a terminal (PRODUCT §8)."""
+"""Structured logging: JSON lines for journald/log shippers, key=value on a terminal."""
 
 from __future__ import annotations
 

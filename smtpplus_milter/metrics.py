@@ -1,4 +1,7 @@
-"""Every Prometheus metric the milter exports, defined once (names are part of PRODUCT §8)."""
+"""Every Prometheus metric the milter exports, defined once.
+
+The names and labels are a contract: the shipped rules, the dashboard and operators rely on them.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Dovecot passwd-file that Postfix's SASL logins are checked against (PRODUCT §1, §3).
+"""The Dovecot passwd-file that Postfix's SASL logins are checked against.
 
 One line per login: ``login:{SHA512-CRYPT}$6$salt$hash`` (more ``:``-fields may follow and are
 kept). Logins are lowercase because Dovecot lowercases a login before the lookup. A disabled

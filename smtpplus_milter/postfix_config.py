@@ -1,4 +1,4 @@
-"""What Postfix needs for priority routing (PRODUCT §5), generated from the current config.
+"""What Postfix needs for priority routing, generated from the current config.
 
 The milter adds ``X-SMTPPlus-Queue: high|normal|low``; Postfix's ``milter_header_checks`` (which
 only sees headers a milter produced, never what a client sent) turns ``high`` and ``low`` into a

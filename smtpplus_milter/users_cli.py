@@ -1,4 +1,4 @@
-"""``smtpplus-milter users ...``: manage SMTP+ users and their SASL credentials (PRODUCT §1, §9).
+"""``smtpplus-milter users ...``: manage SMTP+ users and their SASL credentials.
 
 Every write follows one path (:func:`_transaction`): lock the users file and the passwd-file,
 read both, make the change in memory, validate the new users file with the loader that

@@ -1,4 +1,4 @@
-"""Verification attempts of new senders and domains (PRODUCT §9a): codes, tokens and their state file.
+"""Verification attempts of new senders and domains: codes, tokens and their state file.
 
 An *attempt* belongs to one (SMTP+ user, kind, entry). For an address it holds a one-time code
 that was e-mailed to it; for a domain, the token the customer publishes in DNS. Codes are random

@@ -1,4 +1,4 @@
-"""``smtpplus-milter verify ...``: prove new senders and domains before they authorize anything (PRODUCT §9a).
+"""``smtpplus-milter verify ...``: prove new senders and domains before they authorize anything.
 
 ``start`` e-mails a one-time code to a pending address, or prints the DNS TXT record a pending
 domain needs; ``confirm`` (address + code) and ``check`` (domain, by DNS) move the entry from

@@ -1,7 +1,7 @@
 """YAML loading that remembers where every key came from.
 
 PyYAML's safe loader forgets line numbers and silently keeps the last of two duplicate keys.
-Config errors must name the line (PRODUCT §3), so we compose the node tree ourselves and keep a
+Config errors must name the line, so we compose the node tree ourselves and keep a
 map from key path to line.
 """
 

@@ -1,4 +1,4 @@
-"""Pure message rewriting (PRODUCT §6, §7): bytes in, bytes out.
+"""Pure message rewriting: bytes in, bytes out.
 
 Nothing here talks to libmilter, reads configuration or counts metrics. The milter adapter hands
 over the top-level headers and the body, and gets back a value describing the new body and the

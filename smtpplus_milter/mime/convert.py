@@ -1,4 +1,4 @@
-"""The missing variant of a banner: plain text as HTML, and HTML as plain text (PRODUCT §6).
+"""The missing variant of a banner: plain text as HTML, and HTML as plain text.
 
 A list may configure only ``text`` or only ``html`` for its header or footer, while a message may
 carry both a text/plain and a text/html part. Rather than leave one of them bare, the other

@@ -1,4 +1,4 @@
-"""Header (banner) and footer injection that never breaks a message (PRODUCT §6, §7).
+"""Header (banner) and footer injection that never breaks a message.
 
 :func:`inject` takes what a milter sees at end of message (the top-level headers and the body)
 and returns an :class:`InjectionResult`: either a new body plus the top-level header changes, or

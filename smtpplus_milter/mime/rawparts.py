@@ -1,4 +1,4 @@
-"""Where each MIME part of a body lies, as byte offsets, and whether the structure is sound (PRODUCT §7).
+"""Where each MIME part of a body lies, as byte offsets, and whether the structure is sound.
 
 The footer injector must leave every part it does not change byte-for-byte as it was, and
 ``email``'s generator re-folds headers and re-encodes payloads when it writes a message back. So

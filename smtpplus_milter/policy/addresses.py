@@ -54,7 +54,7 @@ class Address:
 
 
 def normalize_address(address: str) -> Address:
-    """Normalise ``local@domain``; the local part is compared case-insensitively (PRODUCT §4)."""
+    """Normalise ``local@domain``; the local part is compared case-insensitively."""
     text = address.strip()
     local, sep, domain = text.rpartition("@")
     if not sep or not local or not domain:

@@ -1,4 +1,4 @@
-"""Sender authorization (PRODUCT §4): may this SMTP+ user send as these addresses?
+"""Sender authorization: may this SMTP+ user send as these addresses?
 
 Two entry points mirror the two moments the milter can refuse a message: ``decide_mail_from``
 (who logged in, and the envelope sender) and ``decide_headers`` (From: and Sender:). Both return

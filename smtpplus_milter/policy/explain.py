@@ -1,4 +1,4 @@
-"""What the milter would do with one message, and why (``smtpplus-milter explain``, PRODUCT §9).
+"""What the milter would do with one message, and why (``smtpplus-milter explain``).
 
 :func:`explain` runs the same decisions, in the same order and with the same inputs, as the
 milter adapter does across its callbacks: :func:`decide_mail_from` at MAIL FROM (a rejection or

@@ -1,4 +1,4 @@
-"""Message priority (PRODUCT §5): read it, combine it with the user's, and plan the header edits.
+"""Message priority: read it, combine it with the user's, and plan the header edits.
 
 Levels: 1 very high, 2 high, 3 normal, 4 low, 5 very low. The edits are values
 (:class:`HeaderEdit`) that the milter adapter turns into ``chgheader``/``addheader`` at end of
@@ -166,7 +166,7 @@ class PriorityPlan:
 def plan_priority(headers: Sequence[tuple[str, str]], *, user_priority: int, queues: Mapping[int, str]) -> PriorityPlan:
     reading = read_priority(headers)
     # The user's priority is their *default*: a message that says nothing about its priority
-    # gets it as is (docs/priority.md explains this reading of PRODUCT §5).
+    # gets it as is (docs/priority.md explains this reading of the rule).
     effective = effective_priority(user_priority, reading.level) if reading.carried else user_priority
     queue = queues[effective]
     edits = plan_header_edits(headers, effective=effective, carried=reading.carried, queue=queue)

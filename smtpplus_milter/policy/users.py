@@ -36,7 +36,7 @@ class User:
 
     @property
     def unrestricted(self) -> bool:
-        """True when the user has no sender restriction at all (PRODUCT §4: empty lists allow all).
+        """True when the user has no sender restriction at all (empty lists allow every sender).
 
         Pending entries count as a restriction: a user whose only entries await verification
         must not be able to send as anybody in the meantime.
@@ -75,7 +75,7 @@ class Directory:
 
 
 def normalize_login(login: str) -> str:
-    """SASL logins are compared case-insensitively (PRODUCT §4)."""
+    """SASL logins are compared case-insensitively."""
     return login.strip().lower()
 
 

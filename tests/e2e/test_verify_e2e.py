@@ -1,4 +1,4 @@
-"""Sender verification against the real thing (PRODUCT §9a).
+"""Sender verification against the real thing.
 
 Addresses: the code mail arrives in a real SMTP sink (``verification.smtp``, never through Postfix
 or the milter), and the sender is refused by the real Postfix + milter until the code is confirmed.

@@ -1,4 +1,4 @@
-"""Sender authorization (PRODUCT §4), table-driven, through the real config loader."""
+"""Sender authorization, table-driven, through the real config loader."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Config validation (PRODUCT §3): every refusal names file, key path, line and a hint."""
+"""Config validation: every refusal names file, key path, line and a hint."""
 
 from __future__ import annotations
 

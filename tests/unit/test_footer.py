@@ -1,4 +1,4 @@
-"""Header/footer injection (PRODUCT §6, §7): golden .eml pairs, what is left alone, and targeted checks.
+"""Header/footer injection: golden .eml pairs, what is left alone, and targeted checks.
 
 Each ``tests/data/footer/NAME.in.eml`` is a hand-written message (LF line breaks in the file; every
 case also runs with CRLF, as Postfix passes bodies). For cases that get the footer,

@@ -1,4 +1,4 @@
-"""Priority (PRODUCT §5): reading every header form, the effective level, and the header edits."""
+"""Priority: reading every header form, the effective level, and the header edits."""
 
 from __future__ import annotations
 

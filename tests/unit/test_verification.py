@@ -1,4 +1,4 @@
-"""Verification codes and tokens (PRODUCT §9a): expiry, single use, lockout, hashing, the state file."""
+"""Verification codes and tokens: expiry, single use, lockout, hashing, the state file."""
 
 from __future__ import annotations
 
