@@ -151,3 +151,18 @@ def test_local_listener_refuses_starttls_less_auth(stack: Stack) -> None:
             return
         client.ehlo()
         assert not client.has_extn("auth")
+
+
+def test_latin1_display_name_is_judged_by_its_address(stack: Stack) -> None:
+    # Raw 8-bit (Latin-1, not UTF-8) bytes, as older clients send them: the name is free text.
+    message = make_message(from_="info@yourcompany.com", subject="latin1-name").replace(
+        b"From: info@yourcompany.com", b"From: M\xfcller <info@yourcompany.com>"
+    )
+    assert stack.send(message, login="shop-frontend", mail_from="info@yourcompany.com").accepted
+    assert _arrived(stack, "latin1-name")
+    # 8-bit bytes in the address itself stay unreadable, so not authorized.
+    message = make_message(from_="info@yourcompany.com", subject="latin1-address").replace(
+        b"From: info@yourcompany.com", b"From: inf\xf6@yourcompany.com"
+    )
+    result = stack.send(message, login="shop-frontend", mail_from="info@yourcompany.com")
+    assert (result.accepted, result.stage, result.code) == (False, "data", 550), result
