@@ -126,6 +126,9 @@ def to_record(config: Config, result: Explanation, *, assumed_from: bool = False
         else {
             "message": plan.message,
             "message_source": plan.reading.source,
+            # False: no priority header at all; "message" is then only the reading's default and
+            # the user's priority applies as it is (policy/priority.py plan_priority).
+            "message_carried": plan.reading.carried,
             "user": plan.user,
             "effective": plan.effective,
         },
@@ -185,10 +188,16 @@ def to_text(record: dict[str, Any]) -> str:
         )
     if record["priority"]:
         priority = record["priority"]
-        lines.append(
-            f"Priority: message {priority['message']} ({priority['message_source']}), user {priority['user']}, "
-            f"effective {priority['effective']} -> queue {record['queue']}"
-        )
+        if priority["message_carried"]:
+            lines.append(
+                f"Priority: message {priority['message']} ({priority['message_source']}), user {priority['user']}, "
+                f"effective {priority['effective']} -> queue {record['queue']}"
+            )
+        else:
+            lines.append(
+                f"Priority: message none (no priority header; the user's priority {priority['user']} applies), "
+                f"effective {priority['effective']} -> queue {record['queue']}"
+            )
         lines += [f"  header edit: {edit}" for edit in record["header_edits"]]
     if record["list"]:
         item = record["list"]

@@ -42,3 +42,20 @@ def test_explain_of_a_restricted_user_says_nothing_about_any_sender(
     assert record["verdict"] == "rejected" and record["user"]["any_sender"] is False
     assert explain(conf, "ceo-outlook") == 0
     assert "ANY" not in capsys.readouterr().out
+
+
+def test_a_message_without_priority_headers_takes_the_users_priority(
+    conf: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["explain", "-c", str(conf), "--user", "newsletter", "--mail-from", "news@news.yourcompany.com"]
+    assert cli.main(base) == 0
+    out = capsys.readouterr().out
+    assert "Priority: message none (no priority header; the user's priority 5 applies), effective 5" in out
+    assert "(default)" not in out
+    assert cli.main([*base, "--json"]) == 0
+    priority = json.loads(capsys.readouterr().out)["priority"]
+    assert priority["message_carried"] is False and priority["user"] == 5 and priority["effective"] == 5
+    assert {"message", "message_source", "user", "effective"} <= set(priority)
+    # With a priority header the message's own level is shown, and the higher of the two applies.
+    assert cli.main([*base, "--x-priority", "2 (High)"]) == 0
+    assert "Priority: message 2 (X-Priority), user 5, effective 2" in capsys.readouterr().out
