@@ -45,6 +45,7 @@ from smtpplus_milter.users_cli import (
 )
 from smtpplus_milter.usersfile import ALLOW_ANY_SENDER, EditProblem, UsersDocument, any_sender_refusal
 from smtpplus_milter.verification import (
+    CODE_DIGITS,
     MAX_FAILURES,
     TOKEN_PREFIX,
     Kind,
@@ -55,6 +56,7 @@ from smtpplus_milter.verification import (
     format_age,
     format_code,
     kind_of,
+    normalize_code,
     state_path,
     txt_name,
     txt_record,
@@ -81,7 +83,8 @@ def add_parsers(commands: Any, add_config: Callable[[argparse.ArgumentParser], N
     add_config(confirm)
     confirm.add_argument("user", metavar="USER")
     confirm.add_argument("entry", metavar="ADDRESS")
-    confirm.add_argument("code", metavar="CODE")
+    # nargs="+": the code mail shows it as "4827 1930", and typed like that unquoted it is two arguments.
+    confirm.add_argument("code", metavar="CODE", nargs="+", help="the code, e.g. 48271930 or 4827 1930")
     reload_options(confirm)
 
     check = actions.add_parser("check", help="look up the domain's TXT record; authorize it if it is there")
@@ -126,7 +129,7 @@ def _dispatch(args: argparse.Namespace, clock: Clock) -> int:
     if command == "start":
         return start_one(config, user, kind, entry, now=clock())
     if command == "confirm":
-        return _confirm(args, config, user, entry, args.code, now=clock())
+        return _confirm(args, config, user, entry, _code(args.code), now=clock())
     if command == "check":
         return _check(args, config, user, entry)
     if command == "cancel":
@@ -155,6 +158,18 @@ def _entry(text: str, *, address_only: bool = False, domain_only: bool = False) 
         return kind, (str(normalize_address(text)) if kind == "sender" else normalize_domain(text))
     except AddressError as exc:
         raise Refused(f"{exc}; give an address as local@domain or a bare domain") from None
+
+
+def _code(parts: list[str]) -> str:
+    """The code from its arguments ("4827 1930", "4827-1930", "48271930"): exactly CODE_DIGITS digits.
+
+    A code of the wrong shape is a typo, refused before it is compared, so it costs no try.
+    """
+    code = normalize_code("".join(parts))
+    if not (len(code) == CODE_DIGITS and code.isascii() and code.isdigit()):
+        given = " ".join(parts)
+        raise Refused(f"{given!r} is not a code: a code has {CODE_DIGITS} digits, as in the mail (e.g. 4827 1930)")
+    return code
 
 
 def _pending(user: User, kind: Kind, entry: str) -> None:

@@ -178,3 +178,31 @@ def test_delete_forgets_attempts(conf: Path, sink: Sink) -> None:
     assert "a@b.example" in (conf.parent / "verification.json").read_text()
     assert run(conf, "users", "delete", "ceo-outlook") == 0
     assert "a@b.example" not in (conf.parent / "verification.json").read_text()
+
+
+def attempts(conf: Path) -> str:
+    path = conf.parent / "verification.json"
+    return path.read_text(encoding="utf-8") if path.exists() else ""
+
+
+@pytest.mark.parametrize("typed", [["{a}", "{b}"], ["{a} {b}"], ["{a}-{b}"], ["{a}{b}"]], ids=str)
+def test_confirm_takes_the_code_as_the_mail_shows_it(
+    conf: Path, sink: Sink, capsys: pytest.CaptureFixture[str], typed: list[str]
+) -> None:
+    run(conf, "users", "edit", "ceo-outlook", "--authorized-sender", "a@b.example")
+    code = code_from(sink)
+    args = [part.format(a=code[:4], b=code[4:]) for part in typed]
+    assert run(conf, "verify", "confirm", "ceo-outlook", "a@b.example", *args) == 0
+    assert "a@b.example" in user(conf).authorized_senders
+
+
+@pytest.mark.parametrize("typed", [["1234", "567"], ["1234", "56789"], ["1234 567x"], ["12345678", "9"]], ids=str)
+def test_confirm_refuses_a_code_of_the_wrong_shape_without_counting_a_try(
+    conf: Path, sink: Sink, capsys: pytest.CaptureFixture[str], typed: list[str]
+) -> None:
+    run(conf, "users", "edit", "ceo-outlook", "--authorized-sender", "a@b.example")
+    capsys.readouterr()
+    assert run(conf, "verify", "confirm", "ceo-outlook", "a@b.example", *typed) == 1
+    err = capsys.readouterr().err
+    assert "is not a code: a code has 8 digits" in err and "Traceback" not in err
+    assert '"failures": 0' in attempts(conf)
