@@ -20,8 +20,9 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import YAMLError
+from ruamel.yaml.error import CommentMark, YAMLError
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+from ruamel.yaml.tokens import CommentToken
 
 from smtpplus_milter.policy.addresses import AddressError, normalize_address, normalize_domain
 from smtpplus_milter.policy.users import User, normalize_login
@@ -122,7 +123,7 @@ class UsersDocument:
     def apply(self, login: str, edit: Edit, *, pending: bool) -> None:
         entry = self.entry(login)
         if edit.active is not None:
-            entry["active"] = edit.active
+            _put(entry, "active", edit.active)
         _set_or_clear(entry, "priority", edit.priority, edit.clear_priority)
         _set_or_clear(entry, "list", edit.list_name, edit.clear_list)
         note = DoubleQuotedScalarString(edit.note) if edit.note is not None else None
@@ -150,7 +151,7 @@ class UsersDocument:
         if kept:
             _store(entry, pending, kept, entry.get(pending))
         else:
-            del entry[pending]
+            _delete_key(entry, pending)
         if verified:
             target = f"authorized_{kind}s"
             present = {norm(item) for item in _items(entry.get(target))}
@@ -184,7 +185,7 @@ class UsersDocument:
                     if kept:
                         _store(entry, key, kept, entry.get(key))
                     else:
-                        del entry[key]
+                        _delete_key(entry, key)
                     break
             else:
                 raise EditProblem(f"{value} is not listed in authorized_{kind} or pending_{kind}")
@@ -207,9 +208,10 @@ def any_sender_refusal(users: Sequence[User], again: str) -> str:
 
 def _set_or_clear(entry: CommentedMap, key: str, value: object, clear: bool) -> None:
     if clear:
-        entry.pop(key, None)
+        if key in entry:
+            _delete_key(entry, key)
     elif value is not None:
-        entry[key] = value
+        _put(entry, key, value)
 
 
 def _items(value: object) -> list[str]:
@@ -226,13 +228,80 @@ def _items(value: object) -> list[str]:
 def _store(entry: CommentedMap, key: str, items: list[str], old: object) -> None:
     """Write *items* back in the style the key already had (list or ';'-string)."""
     if isinstance(old, CommentedSeq):
+        following = _take_following(entry, key)  # it hangs on the last item, which may go
         del old[:]
         old.extend(items)
+        if following:
+            _append_following(entry, key, following)
         return
     joined = ";".join(items)
     # Keep the scalar's quoting style (ruamel's str subclasses); plain strings become "...".
     style: type[str] = type(old) if isinstance(old, str) and type(old) is not str else DoubleQuotedScalarString
-    entry[key] = style(joined)
+    _put(entry, key, style(joined))
+
+
+def _delete_key(entry: CommentedMap, key: str) -> None:
+    """Delete *key*, keeping the blank lines and comment lines that follow its value in the file.
+
+    ruamel hangs whatever follows a value (the blank line before the next user, a comment line
+    above it) on the key before it. A plain ``del`` of the last key of a user deleted them too,
+    and the next user's entry stuck to this one. Only the key's own end-of-line comment goes.
+    """
+    keys = list(entry)
+    index = keys.index(key)
+    following = _take_following(entry, key)
+    del entry[key]
+    if following and index > 0:
+        _append_following(entry, keys[index - 1], following)
+
+
+def _put(entry: CommentedMap, key: str, value: object) -> None:
+    """``entry[key] = value``; a new key goes after the last one, so it takes over what followed that.
+
+    Without this, a key added to the last user of a block landed after the blank line that
+    separated it from the next user.
+    """
+    if key in entry or not entry:
+        entry[key] = value
+        return
+    last = str(list(entry)[-1])
+    following = _take_following(entry, last)
+    entry[key] = value
+    if following:
+        _append_following(entry, key, following)
+
+
+def _trailing_slot(entry: CommentedMap, key: str) -> tuple[list[Any], int]:
+    """Where ruamel keeps the comment token that follows *key*'s value: (slot, index in it)."""
+    value = entry.get(key)
+    if isinstance(value, CommentedSeq) and value and value.fa.flow_style() is False:
+        # A block list: what follows it hangs on its last item.
+        return value.ca.items.setdefault(len(value) - 1, [None, None, None, None]), 0
+    return entry.ca.items.setdefault(key, [None, None, None, None]), 2
+
+
+def _take_following(entry: CommentedMap, key: str) -> str:
+    """Remove and return the lines after *key*'s own line (blank lines, comment lines) from its token."""
+    slot, position = _trailing_slot(entry, key)
+    token = slot[position]
+    if token is None:
+        return ""
+    first, newline, rest = str(token.value).partition("\n")
+    if not newline:
+        return ""
+    if first.strip():
+        token.value = first + "\n"  # the key's own end-of-line comment stays with it
+    else:
+        slot[position] = None
+    return rest
+
+
+def _append_following(entry: CommentedMap, key: str, lines: str) -> None:
+    slot, position = _trailing_slot(entry, key)
+    if slot[position] is None:
+        slot[position] = CommentToken("\n" + lines, CommentMark(0), None)
+    else:
+        slot[position].value = str(slot[position].value) + lines
 
 
 def _domain_key(value: str) -> str:

@@ -206,3 +206,33 @@ def test_confirm_refuses_a_code_of_the_wrong_shape_without_counting_a_try(
     err = capsys.readouterr().err
     assert "is not a code: a code has 8 digits" in err and "Traceback" not in err
     assert '"failures": 0' in attempts(conf)
+
+
+def test_cancel_keeps_the_blank_line_between_users(conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    users_file = conf.parent / "users.yaml"
+    # A pending entry written by hand as the last key of a user, followed by a blank line and the next user.
+    text = users_file.read_text(encoding="utf-8")
+    text = text.replace(
+        '  authorized_senders: "ceo@yourcompany.com"\n',
+        '  authorized_senders: "ceo@yourcompany.com"\n  pending_domains: "private.example"\n',
+    )
+    text = text.replace(
+        "  authorized_domains: [news.yourcompany.com]\n",
+        "  authorized_domains: [news.yourcompany.com]\n  pending_domains:\n    - news2.example\n",
+    )
+    users_file.write_text(text, encoding="utf-8")
+    assert run(conf, "verify", "cancel", "ceo-outlook", "private.example") == 0
+    assert run(conf, "verify", "cancel", "newsletter", "news2.example") == 0
+    expected = text.replace('  pending_domains: "private.example"\n', "").replace(
+        "  pending_domains:\n    - news2.example\n", ""
+    )
+    assert users_file.read_text(encoding="utf-8") == expected
+
+
+def test_edit_then_cancel_gives_back_the_file_as_it_was(conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    users_file = conf.parent / "users.yaml"
+    shipped = users_file.read_text(encoding="utf-8")
+    assert run(conf, "users", "edit", "newsletter", "--authorized-domain", "news2.example") == 0
+    assert user(conf, "newsletter").pending_domains == {"news2.example"}
+    assert run(conf, "verify", "cancel", "newsletter", "news2.example") == 0
+    assert users_file.read_text(encoding="utf-8") == shipped
