@@ -371,13 +371,19 @@ def _add(args: argparse.Namespace, edit: Edit) -> int:
     return 0
 
 
-def _after_entries(args: argparse.Namespace, old: Config, name: str, before: User | None) -> None:
-    """Start verification of the entries that just became pending, or log the operator's attestation."""
+def _after_entries(
+    args: argparse.Namespace, old: Config, name: str, before: User | None, *, promoted: bool = False
+) -> None:
+    """Start verification of the entries that just became pending, or log the operator's attestation.
+
+    *promoted*: ``--verified`` moved entries that waited for verification to authorized_*; that is
+    an attestation even where verification.required is off now.
+    """
     config = load(old.path)
     user = config.directory.lookup(name)
     if user is None:
         return
-    if args.verified and config.settings.verification.required:
+    if args.verified and (config.settings.verification.required or promoted):
         senders = sorted(user.authorized_senders - (before.authorized_senders if before else frozenset()))
         domains = sorted(user.authorized_domains - (before.authorized_domains if before else frozenset()))
         if senders or domains:
@@ -400,7 +406,7 @@ def _edit(args: argparse.Namespace, edit: Edit) -> int:
         key = files.document.key_of(args.name) or args.name
         before = files.config.directory.lookup(key)
         pending = files.config.settings.verification.required and not args.verified
-        files.document.apply(args.name, edit, pending=pending)
+        files.document.apply(args.name, edit, pending=pending, promote=args.verified)
         text = _validated(
             files,
             allow_any_sender=args.allow_any_sender,
@@ -419,8 +425,9 @@ def _edit(args: argparse.Namespace, edit: Edit) -> int:
     any_sender_chosen(files.widened, "users edit")
     if user is not None and user.unrestricted and not files.widened:
         _err(f"note: {user.login} has no authorized domains or senders: it may send as ANY sender")
+    _forget_promoted(files.config, key, files.document.promoted)
     print(f"SMTP+ user {key} changed.")
-    _after_entries(args, files.config, key, before)
+    _after_entries(args, files.config, key, before, promoted=bool(files.document.promoted))
     reload_milter(args)
     return 0
 
@@ -481,6 +488,19 @@ def _reset_password(args: argparse.Namespace) -> int:
     _print_credentials(key, password, created=False, active=active)
     # Dovecot rereads the passwd-file by itself; the milter does not read it.
     return 0
+
+
+def _forget_promoted(config: Config, login: str, promoted: list[tuple[str, str]]) -> None:
+    """Drop the open verification attempts of entries --verified authorized: their code or token must not
+    linger in the state file (nor show in 'verify list') once the entry no longer waits for it."""
+    from smtpplus_milter.verification import StateFile, state_path
+
+    path = state_path(config.users_path)
+    if not promoted or not path.exists():
+        return
+    with StateFile(path).edit() as state:
+        for kind, entry in promoted:
+            state.drop(normalize_login(login), "sender" if kind == "sender" else "domain", entry)
 
 
 def _forget_verifications(config: Config, login: str) -> None:

@@ -76,6 +76,8 @@ class UsersDocument:
             raise EditProblem("the users file must be a YAML mapping of login: settings")
         self.data: CommentedMap = data
         self.notes: list[str] = []
+        # (kind, normalised entry) that --verified moved from pending_* to authorized_*
+        self.promoted: list[tuple[str, str]] = []
 
     def dump(self) -> str:
         out = io.StringIO()
@@ -120,7 +122,12 @@ class UsersDocument:
             raise EditProblem(f"there is no SMTP+ user {login!r}; see 'smtpplus-milter users list'")
         del self.data[key]
 
-    def apply(self, login: str, edit: Edit, *, pending: bool) -> None:
+    def apply(self, login: str, edit: Edit, *, pending: bool, promote: bool = False) -> None:
+        """Make *edit*: new entries go to pending_* if *pending*, else to authorized_*.
+
+        With *promote* (the operator's ``--verified``), an entry that is already pending moves to
+        authorized_* (recorded in :attr:`promoted`) instead of being left as it is.
+        """
         entry = self.entry(login)
         if edit.active is not None:
             _put(entry, "active", edit.active)
@@ -129,8 +136,9 @@ class UsersDocument:
         note = DoubleQuotedScalarString(edit.note) if edit.note is not None else None
         _set_or_clear(entry, "note", note, edit.clear_note)
         target = "pending" if pending else "authorized"
-        self._add_items(entry, f"{target}_domains", edit.add_domains, _domain_key, "domains")
-        self._add_items(entry, f"{target}_senders", edit.add_senders, _sender_key, "senders")
+        promote = promote and not pending
+        self._add_items(login, entry, f"{target}_domains", edit.add_domains, "domain", promote=promote)
+        self._add_items(login, entry, f"{target}_senders", edit.add_senders, "sender", promote=promote)
         self._remove_items(entry, "domains", edit.remove_domains, _domain_key)
         self._remove_items(entry, "senders", edit.remove_senders, _sender_key)
 
@@ -159,21 +167,38 @@ class UsersDocument:
                 written = next(item for item in items if norm(item) == norm(value))
                 _store(entry, target, [*_items(entry.get(target)), written], entry.get(target))
 
-    def _add_items(self, entry: CommentedMap, key: str, values: Sequence[str], norm: Any, kind: str) -> None:
+    def _add_items(self, login: str, entry: CommentedMap, key: str, values: Sequence[str], kind: str, *,
+                   promote: bool) -> None:
         if not values:
             return
+        norm = _domain_key if kind == "domain" else _sender_key
         # An option may carry several entries ("a.example;b.example"), as the file does.
         wanted = [part.strip() for value in values for part in value.split(";") if part.strip()]
-        present = {norm(item) for name in (f"authorized_{kind}", f"pending_{kind}") for item in _items(entry.get(name))}
-        new = []
+        authorized = {norm(item) for item in _items(entry.get(f"authorized_{kind}s"))}
+        pending = {norm(item) for item in _items(entry.get(f"pending_{kind}s"))}
+        new: list[str] = []
+        promoted: list[str] = []
         for item in wanted:
-            if norm(item) in present:
-                self.notes.append(f"{item} is already listed in {kind}; left as it is")
+            if norm(item) in pending and promote:
+                pending.discard(norm(item))
+                promoted.append(item)
                 continue
-            present.add(norm(item))
+            if norm(item) in pending:
+                self.notes.append(
+                    f"{item} is already in pending_{kind}s, waiting for verification; left as it is. To authorize "
+                    f"it on your own word add --verified; to verify it: smtpplus-milter verify start {login} {item}"
+                )
+                continue
+            if norm(item) in authorized or norm(item) in {norm(n) for n in new}:
+                self.notes.append(f"{item} is already listed in authorized_{kind}s; left as it is")
+                continue
             new.append(item)
         if new:
             _store(entry, key, [*_items(entry.get(key)), *new], entry.get(key))
+        for item in promoted:
+            self.settle(login, kind, item, verified=True)
+            self.promoted.append((kind, norm(item)))
+            self.notes.append(f"{item} was pending verification; moved to authorized_{kind}s (--verified)")
 
     def _remove_items(self, entry: CommentedMap, kind: str, values: Sequence[str], norm: Any) -> None:
         for value in values:

@@ -185,6 +185,44 @@ def attempts(conf: Path) -> str:
     return path.read_text(encoding="utf-8") if path.exists() else ""
 
 
+@pytest.mark.parametrize(
+    ("option", "entry", "field"),
+    [
+        pytest.param("--authorized-domain", "private.example", "domains", id="domain"),
+        pytest.param("--authorized-sender", "ceo@private.example", "senders", id="sender"),
+    ],
+)
+def test_verified_promotes_an_entry_that_is_pending(
+    conf: Path, sink: Sink, capsys: pytest.CaptureFixture[str], option: str, entry: str, field: str
+) -> None:
+    # The install guide's way out of "(awaiting verification)": the same edit again, with --verified.
+    assert run(conf, "users", "edit", "ceo-outlook", option, entry) == 0
+    assert entry in attempts(conf)
+    capsys.readouterr()
+    # Without --verified it is left pending, and the note says how to authorize it.
+    assert run(conf, "users", "edit", "ceo-outlook", option, entry) == 0
+    err = capsys.readouterr().err
+    assert f"{entry} is already in pending_{field}" in err and "--verified" in err and "verify start" in err
+    before = (conf.parent / "users.yaml").read_text(encoding="utf-8")
+
+    assert run(conf, "users", "edit", "ceo-outlook", option, entry.upper(), "--verified") == 0
+    err = capsys.readouterr().err
+    found = user(conf)
+    authorized = found.authorized_domains if field == "domains" else found.authorized_senders
+    assert entry in authorized and not found.pending_domains and not found.pending_senders
+    assert f"moved to authorized_{field} (--verified)" in err
+    event = json.loads(next(line for line in err.splitlines() if line.startswith("{")))
+    assert event["event"] == "verification_attested" and event[field] == [entry] and event["user"] == "ceo-outlook"
+    assert entry not in attempts(conf)  # its code or token is gone with it
+    # The rest of the file is untouched: comments, the other users, the blank lines between them.
+    after = (conf.parent / "users.yaml").read_text(encoding="utf-8")
+    assert after.split("ceo-outlook:")[0] == before.split("ceo-outlook:")[0]
+    assert after.split("newsletter:")[1] == before.split("newsletter:")[1]
+    assert "\n\nnewsletter:" in after
+    assert run(conf, "verify", "list") == 0
+    assert "Nothing is pending" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("typed", [["{a}", "{b}"], ["{a} {b}"], ["{a}-{b}"], ["{a}{b}"]], ids=str)
 def test_confirm_takes_the_code_as_the_mail_shows_it(
     conf: Path, sink: Sink, capsys: pytest.CaptureFixture[str], typed: list[str]
