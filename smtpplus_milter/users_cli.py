@@ -526,14 +526,27 @@ def _print_credentials(login: str, password: str, *, created: bool, active: bool
         print(f"The user is disabled: the login works only after 'smtpplus-milter users enable {login}'.")
 
 
+NOT_RUNNING = "note: no running milter found; it reads the new users file when it starts"
+
+
 def reload_milter(args: argparse.Namespace) -> None:
     if not args.reload:
-        _err(f"note: the running milter keeps the old users file until it reloads: {RELOAD_HINT} (or pass --reload)")
+        # The hint only where there is something to reload: right after the install (milter not
+        # started yet) it sent the operator to a reload that fails.
+        if milter_seems_running(args):
+            _err(
+                f"note: the running milter keeps the old users file until it reloads: {RELOAD_HINT} (or pass --reload)"
+            )
+        else:
+            _err(NOT_RUNNING)
         return
     pid_file: Path = args.pid_file
     try:
         pid = int(pid_file.read_text(encoding="ascii").strip())
     except (OSError, ValueError):
+        if not milter_seems_running(args):
+            _err(NOT_RUNNING)
+            return
         _err(f"note: no milter pid in {pid_file}; reload it yourself: {RELOAD_HINT}")
         return
     if pid <= 1:
@@ -554,6 +567,25 @@ def reload_milter(args: argparse.Namespace) -> None:
     finally:
         if pidfd is not None:
             os.close(pidfd)
+
+
+def milter_seems_running(args: argparse.Namespace) -> bool:
+    """Whether a milter appears to run: only to choose the words of a note, never to signal anything.
+
+    Passive looks only (no connection to the milter socket, which would be a milter session):
+    the pid file names a live smtpplus process, something listens on the configured milter
+    socket, or systemd has a main process for the unit.
+    """
+    try:
+        pid = int(Path(args.pid_file).read_text(encoding="ascii").strip())
+        if pid > 1 and b"smtpplus" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return True
+    except (OSError, ValueError):
+        pass
+    spec = _milter_socket(args)
+    if spec is not None and _listening_socket_inodes(spec):
+        return True
+    return _systemd_main_pid() is not None
 
 
 def _signal_if_milter(args: argparse.Namespace, pid_file: Path, pid: int, pidfd: int | None) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from smtpplus_milter import cli
+from smtpplus_milter import cli, users_cli
 from smtpplus_milter.config import load_config
 from smtpplus_milter.files import locked
 from smtpplus_milter.lab.harness import free_port
@@ -384,6 +384,9 @@ def test_reload_signals_the_milter_that_holds_the_socket(
         assert child.stdout is not None and child.stdout.readline() == b"ready\n"
         pid_file = tmp_path / "milter.pid"
         pid_file.write_text(f"{child.pid}\n", encoding="ascii")
+        # Something runs: without --reload, the note asks for the reload.
+        assert users(conf, "edit", "shop-frontend", "--note", "w", "--pid-file", str(pid_file)) == 0
+        assert "keeps the old users file until it reloads" in capsys.readouterr().err
         assert users(conf, "edit", "shop-frontend", "--note", "x", "--reload", "--pid-file", str(pid_file)) == 0
         err = capsys.readouterr().err
         assert f"sent SIGHUP to the milter (pid {child.pid}): it holds the milter socket {spec}" in err
@@ -397,13 +400,47 @@ def test_reload_signals_the_milter_that_holds_the_socket(
         shutil.rmtree(short, ignore_errors=True)
 
 
-def test_reload_without_pid_file_says_what_to_do(
-    conf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def no_milter_here(conf: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A config whose milter socket nobody listens on, whatever else runs on this machine."""
+    spec = f"unix:{conf.parent}/no-milter.sock"
+    text = conf.read_text(encoding="utf-8").replace("unix:/var/spool/postfix/smtpplus/milter.sock", spec)
+    conf.write_text(text, encoding="utf-8")
+    monkeypatch.setattr(users_cli, "_systemd_main_pid", lambda: None)
+    return conf.parent / "milter.pid"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("delete", "old-crm"),
+        ("edit", "shop-frontend", "--note", "x"),
+        ("disable", "newsletter"),
+        ("add", "new-app", "--authorized-domain", "example.com"),
+    ],
+    ids=lambda command: command[0],
+)
+def test_without_a_running_milter_no_reload_is_asked_for(
+    conf: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: tuple[str, ...]
 ) -> None:
-    assert users(conf, "edit", "shop-frontend", "--note", "x") == 0
-    assert "systemctl reload smtpplus-milter" in capsys.readouterr().err
-    missing = tmp_path / "missing.pid"
+    pid_file = no_milter_here(conf, monkeypatch)
+    assert users(conf, *command, "--pid-file", str(pid_file)) == 0
+    err = capsys.readouterr().err
+    assert "no running milter found; it reads the new users file when it starts" in err
+    assert "systemctl reload" not in err and "keeps the old users file" not in err
+
+
+def test_reload_without_pid_file_says_what_to_do(
+    conf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = no_milter_here(conf, monkeypatch)
     assert users(conf, "edit", "shop-frontend", "--note", "y", "--reload", "--pid-file", str(missing)) == 0
+    err = capsys.readouterr().err
+    assert "no running milter found" in err and "systemctl reload" not in err
+    # A milter that runs (systemd knows it) but left no pid file: the operator reloads it.
+    monkeypatch.setattr(users_cli, "_systemd_main_pid", lambda: 4242)
+    assert users(conf, "edit", "shop-frontend", "--note", "x", "--pid-file", str(missing)) == 0
+    assert "keeps the old users file until it reloads: systemctl reload smtpplus-milter" in capsys.readouterr().err
+    assert users(conf, "edit", "shop-frontend", "--note", "z", "--reload", "--pid-file", str(missing)) == 0
     err = capsys.readouterr().err
     assert f"no milter pid in {missing}" in err and "systemctl reload smtpplus-milter" in err
     # A pid file naming some other process is never signalled.
