@@ -185,6 +185,8 @@ class Setup:
         try:
             return self._group("smtpplus")
         except SetupError:
+            if self.options.dry_run:
+                return 0  # deploy/install.sh --dry-run: the user would have been created first
             raise SetupError(
                 "user smtpplus does not exist: create it first (deploy/install.sh does, guide step 2), "
                 "or give --no-user to own everything by root"

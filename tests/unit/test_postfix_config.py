@@ -97,3 +97,34 @@ def test_shipped_dovecot_snippet_needs_no_certificate() -> None:
     root = Path(__file__).resolve().parents[2]
     lines = (root / "deploy/dovecot/10-smtpplus-auth.conf").read_text(encoding="utf-8").splitlines()
     assert "ssl = no" in [line.strip() for line in lines]
+
+
+def _guide_section(number: int) -> str:
+    guide = (Path(__file__).resolve().parents[2] / "deploy/README-install.md").read_text(encoding="utf-8")
+    return guide.split(f"\n## {number}. ", 1)[1].split("\n## ", 1)[0]
+
+
+def test_guide_gets_a_base_main_cf_and_looks_at_milters_before_postconf_e() -> None:
+    section = _guide_section(7)
+    first_change = section.index("```sh\npostconf -e")
+    assert section.index("main.cf.debian") < first_change
+    assert section.index("postconf smtpd_milters non_smtpd_milters") < first_change
+
+
+def test_guide_main_cf_agrees_with_the_installer() -> None:
+    import re
+
+    from smtpplus_milter.setup_cli import MAIN_CF_FIXED
+
+    section = _guide_section(7)
+    block = section.split("```sh\npostconf -e \\\n", 1)[1].split("```", 1)[0]
+    guide = dict(line.partition("=")[::2] for line in re.findall(r"'([^']*)'", block))
+    for name, value in MAIN_CF_FIXED.items():
+        assert guide.get(name) == value, name
+
+
+def test_guide_names_the_listener_as_postconf_does() -> None:
+    section = _guide_section(11)
+    assert "'127.0.0.1:10025/inet" in section
+    # The only other spelling may appear as the warning about it.
+    assert section.count("smtpplus-alerts/inet") == section.count("only warns")
