@@ -157,9 +157,13 @@ class Options:
 
 
 class Setup:
-    def __init__(self, options: Options, out: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, options: Options, out: Callable[[str], None] = print, warn: Callable[[str], None] | None = None
+    ) -> None:
         self.options = options
         self.out = out
+        # Warnings go to stderr, so that a second run's stdout is only "unchanged" lines.
+        self.warn = warn or (lambda text: print(f"WARNING: {text}", file=sys.stderr))
         self.changed = 0
 
     # --- reporting ------------------------------------------------------------------------
@@ -319,7 +323,6 @@ class Setup:
 
     def _socket_dir(self) -> None:
         if self.options.systemd:
-            root = self.options.source / "systemd"
             self._install_file(
                 self.options.tmpfiles_dir / "smtpplus-milter.conf",
                 self._source_file("systemd/smtpplus-milter.tmpfiles"),
@@ -327,7 +330,7 @@ class Setup:
             )
             self._install_file(
                 self.options.systemd_dir / "smtpplus-milter.service",
-                (root / "smtpplus-milter.service").read_bytes(),
+                self._source_file("systemd/smtpplus-milter.service"),
                 Ownership(0o644, 0, 0),
             )
             if not self.options.dry_run:
@@ -416,6 +419,8 @@ class Setup:
             relayhost=current.get("relayhost", ""),
             chroot=options.chroot,
         )
+        for warning in snippets.warnings:
+            self.warn(warning)
         main_cf.update(snippets.main_cf)
         main_cf.update(snippets.local_listener_main_cf)
         chroot = "y" if options.chroot else "n"
@@ -546,6 +551,11 @@ def main(args: argparse.Namespace) -> int:
         setup.run()
     except (SetupError, FileProblem) as exc:
         print(f"smtpplus-milter setup: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # A directory or file setup had to create or change (permissions, read-only file system).
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"smtpplus-milter setup: cannot change{where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     if options.dry_run:
         print(f"dry run: {setup.changed} change(s) not made")

@@ -127,3 +127,16 @@ def test_install_sh_is_valid_bash() -> None:
     script = Path(__file__).resolve().parents[2] / "deploy" / "install.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True, check=False).returncode == 0
     assert os.access(script, os.X_OK)
+
+
+def test_warnings_go_to_stderr_and_a_path_problem_is_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(_args(tmp_path)) == 0
+    assert "WARNING: FILTER overrides content_filter" in capsys.readouterr().err
+    (tmp_path / "plain-file").write_text("")
+    args = _args(tmp_path)
+    args[args.index("--etc") + 1] = str(tmp_path / "plain-file" / "etc")
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "smtpplus-milter setup: cannot change" in err and "plain-file" in err and "Traceback" not in err
