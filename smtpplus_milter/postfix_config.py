@@ -36,6 +36,7 @@ def postfix_size_limits(max_message_bytes: int) -> dict[str, str]:
         result["mailbox_size_limit"] = "0"
     return result
 
+
 # Delivery settings per routed queue, and why:
 # - high gets many parallel deliveries at once (no slow start) so a burst of urgent mail leaves
 #   immediately, independent of what the default transport is busy with;

@@ -399,10 +399,20 @@ class Setup:
                 f"changed. Give --force to put {ours} first and keep the others after it (a DKIM signer "
                 "must come after smtpplus, which changes what it signs)"
             )
+        milters = ", ".join([ours, *others])
+        if "{" in current.get("smtpd_milters", ""):
+            # Per-milter settings ({ inet:host:port, connect_timeout=... }): splitting and joining
+            # the list would break them, so such a list is only accepted with ours already first.
+            if existing[:1] != [ours]:
+                raise SetupError(
+                    f"smtpd_milters {current['smtpd_milters']!r} uses {{ }} per-milter settings; put {ours} "
+                    "first in it by hand (postconf -e), then run setup again. Nothing was changed."
+                )
+            milters = current["smtpd_milters"]
         main_cf = {
             **MAIN_CF_FIXED,
             "smtpd_sasl_path": options.sasl_path,
-            "smtpd_milters": ", ".join([ours, *others]),
+            "smtpd_milters": milters,
         }
         if options.tls_cert:
             main_cf["smtpd_tls_cert_file"] = options.tls_cert

@@ -159,3 +159,21 @@ def test_install_sh_passes_its_options_to_setup(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "would change: main.cf: smtpd_milters = unix:smtpplus/milter.sock" in done.stdout
     assert not (tmp_path / "postfix").exists() and not (tmp_path / "bin").exists()
+
+
+def test_milters_with_per_milter_settings_are_never_rewritten(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    postfix = tmp_path / "postfix"
+    postfix.mkdir()
+    shutil.copyfile("/usr/share/postfix/master.cf.dist", postfix / "master.cf")
+    braced = "{ inet:localhost:8891, default_action=accept }"
+    (postfix / "main.cf").write_text(f"compatibility_level = 3.6\nsmtpd_milters = {braced}\n")
+    # Splitting at commas would have written "unix:smtpplus/milter.sock, {, inet:localhost:8891, ...".
+    assert main(_args(tmp_path, "--force")) == 1
+    assert "per-milter settings" in capsys.readouterr().err
+    assert _postconf(tmp_path, "-h", "smtpd_milters").strip() == braced
+    ours_first = f"unix:smtpplus/milter.sock, {braced}"
+    _postconf(tmp_path, "-e", f"smtpd_milters={ours_first}")
+    assert main(_args(tmp_path)) == 0
+    assert _postconf(tmp_path, "-h", "smtpd_milters").strip() == ours_first
