@@ -433,6 +433,11 @@ class Setup:
             self.warn(warning)
         main_cf.update(snippets.main_cf)
         main_cf.update(snippets.local_listener_main_cf)
+        mailbox = current.get("mailbox_size_limit", "")
+        wanted = int(main_cf["message_size_limit"])
+        if "mailbox_size_limit" not in main_cf and mailbox.isdigit() and 0 < int(mailbox) < wanted:
+            # Postfix does not start with mailbox_size_limit below message_size_limit.
+            main_cf["mailbox_size_limit"] = str(wanted)
         chroot = "y" if options.chroot else "n"
         submission = Service(
             options.submission_service, "inet", ("n", "-", chroot, "-", "-", "smtpd"), dict(SUBMISSION_PARAMS)

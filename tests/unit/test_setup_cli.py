@@ -177,3 +177,14 @@ def test_milters_with_per_milter_settings_are_never_rewritten(
     _postconf(tmp_path, "-e", f"smtpd_milters={ours_first}")
     assert main(_args(tmp_path)) == 0
     assert _postconf(tmp_path, "-h", "smtpd_milters").strip() == ours_first
+
+
+def test_a_smaller_mailbox_size_limit_is_raised(tmp_path: Path) -> None:
+    postfix = tmp_path / "postfix"
+    postfix.mkdir()
+    shutil.copyfile("/usr/share/postfix/master.cf.dist", postfix / "master.cf")
+    (postfix / "main.cf").write_text("compatibility_level = 3.6\nmailbox_size_limit = 15000000\n")
+    assert main(_args(tmp_path)) == 0
+    limits = _postconf(tmp_path, "-h", "message_size_limit", "mailbox_size_limit").split()
+    # Postfix does not start when mailbox_size_limit < message_size_limit.
+    assert limits[0] == limits[1] == str(21 * 1024 * 1024)
