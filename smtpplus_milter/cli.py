@@ -13,7 +13,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from smtpplus_milter import __version__, explain_cli, users_cli, verify_cli
+from smtpplus_milter import __version__, explain_cli, setup_cli, users_cli, verify_cli
 from smtpplus_milter.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 
 # On SIGTERM, queued alerts get this long to go out before the process exits.
@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain_cli.add_parser(commands, _add_config)
     users_cli.add_parsers(commands, _add_config)
     verify_cli.add_parsers(commands, _add_config)
+    setup_cli.add_parser(commands)
     return parser
 
 
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         return users_cli.main(args)
     if args.command == "verify":
         return verify_cli.main(args)
+    if args.command == "setup":
+        return setup_cli.main(args)
     if args.command == "postfix-config":
         return postfix_config(
             args.config, args.postfix_dir, args.nexthop, args.relayhost, not args.no_chroot, args.write_files

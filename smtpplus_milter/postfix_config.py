@@ -17,6 +17,26 @@ from smtpplus_milter.config import Settings, split_host_port
 MILTER_CHECKS = "smtpplus_milter_header_checks"
 SMTP_CHECKS = "smtpplus_smtp_header_checks"
 
+# Postfix's message_size_limit must sit a little ABOVE limits.max_message_bytes, so that our 552
+# (which names limits.max_message_bytes) is the refusal a client sees, not Postfix's "message size
+# exceeds fixed limit". Both count different things: we count header and body bytes as they
+# arrive (base64 already included); Postfix counts its queue file, which adds its own Received:
+# header and envelope records. 1 MiB covers that with room to spare.
+SIZE_LIMIT_MARGIN = 1024 * 1024
+# Postfix refuses to start when mailbox_size_limit (default 51200000) is below message_size_limit.
+POSTFIX_DEFAULT_MAILBOX_SIZE_LIMIT = 51_200_000
+
+
+def postfix_size_limits(max_message_bytes: int) -> dict[str, str]:
+    """main.cf size settings that let the milter's own limit be the one that fires."""
+    limit = max_message_bytes + SIZE_LIMIT_MARGIN
+    result = {"message_size_limit": str(limit)}
+    if limit > POSTFIX_DEFAULT_MAILBOX_SIZE_LIMIT:
+        # 0 = no limit: this relay delivers no mailboxes, and a smaller value stops Postfix.
+        result["mailbox_size_limit"] = "0"
+    return result
+
+
 # Delivery settings per routed queue, and why:
 # - high gets many parallel deliveries at once (no slow start) so a burst of urgent mail leaves
 #   immediately, independent of what the default transport is busy with;
@@ -77,6 +97,7 @@ def generate(
         "message_strip_characters": "\\0",
         "milter_header_checks": f"regexp:{directory / MILTER_CHECKS}",
         "smtp_header_checks": f"regexp:{directory / SMTP_CHECKS}",
+        **postfix_size_limits(settings.limits.max_message_bytes),
     }
     master_lines = []
     checks = [

@@ -59,3 +59,72 @@ def test_cli_prints_everything(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "FILTER smtpplus-high:[relay.example]:25" in out and "# WARNING: FILTER overrides content_filter" in out
     assert (tmp_path / "smtpplus_milter_header_checks").read_text().count("FILTER") == 2
     assert main(["postfix-config", "-c", str(path), "--relayhost", "", "--nexthop", "medium=x"]) == 2
+
+
+def test_postfix_size_limit_lies_just_above_ours(tmp_path: Path) -> None:
+    # Postfix's default message_size_limit (10240000) is below our 20 MiB: the milter's 552 would
+    # never fire and 10-20 MB messages would get Postfix's own refusal.
+    snippets = generate(config_with(tmp_path).settings)
+    ours = 20 * 1024 * 1024
+    postfix = int(snippets.main_cf["message_size_limit"])
+    assert ours < postfix <= ours + 2 * 1024 * 1024
+    assert "mailbox_size_limit" not in snippets.main_cf  # Postfix's default 51200000 is above it
+
+
+def test_large_limit_lifts_mailbox_size_limit(tmp_path: Path) -> None:
+    # Postfix refuses to start when mailbox_size_limit < message_size_limit.
+    settings = config_with(tmp_path, settings={"limits": {"max_message_bytes": 60 * 1024 * 1024}}).settings
+    snippets = generate(settings)
+    assert int(snippets.main_cf["message_size_limit"]) > 60 * 1024 * 1024
+    assert snippets.main_cf["mailbox_size_limit"] == "0"
+
+
+def test_shipped_snippets_agree_with_the_default_limit() -> None:
+    from smtpplus_milter.postfix_config import postfix_size_limits
+
+    root = Path(__file__).resolve().parents[2]
+    snippet = (root / "deploy/postfix/main.cf.snippet").read_text(encoding="utf-8")
+    expected = postfix_size_limits(20 * 1024 * 1024)["message_size_limit"]
+    assert f"\nmessage_size_limit = {expected}\n" in snippet
+    guide = (root / "deploy/README-install.md").read_text(encoding="utf-8")
+    assert f"'message_size_limit={expected}'" in guide
+
+
+def test_shipped_dovecot_snippet_needs_no_certificate() -> None:
+    # Debian's dovecot-core without the snakeoil certificate does not start with ssl enabled
+    # ("ssl_cert: Can't open file /etc/dovecot/private/dovecot.pem"); the auth-only Dovecot
+    # of this set-up needs no TLS.
+    root = Path(__file__).resolve().parents[2]
+    lines = (root / "deploy/dovecot/10-smtpplus-auth.conf").read_text(encoding="utf-8").splitlines()
+    assert "ssl = no" in [line.strip() for line in lines]
+
+
+def _guide_section(number: int) -> str:
+    guide = (Path(__file__).resolve().parents[2] / "deploy/README-install.md").read_text(encoding="utf-8")
+    return guide.split(f"\n## {number}. ", 1)[1].split("\n## ", 1)[0]
+
+
+def test_guide_gets_a_base_main_cf_and_looks_at_milters_before_postconf_e() -> None:
+    section = _guide_section(7)
+    first_change = section.index("```sh\npostconf -e")
+    assert section.index("main.cf.debian") < first_change
+    assert section.index("postconf smtpd_milters non_smtpd_milters") < first_change
+
+
+def test_guide_main_cf_agrees_with_the_installer() -> None:
+    import re
+
+    from smtpplus_milter.setup_cli import MAIN_CF_FIXED
+
+    section = _guide_section(7)
+    block = section.split("```sh\npostconf -e \\\n", 1)[1].split("```", 1)[0]
+    guide = dict(line.partition("=")[::2] for line in re.findall(r"'([^']*)'", block))
+    for name, value in MAIN_CF_FIXED.items():
+        assert guide.get(name) == value, name
+
+
+def test_guide_names_the_listener_as_postconf_does() -> None:
+    section = _guide_section(11)
+    assert "'127.0.0.1:10025/inet" in section
+    # The only other spelling may appear as the warning about it.
+    assert section.count("smtpplus-alerts/inet") == section.count("only warns")
