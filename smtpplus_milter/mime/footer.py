@@ -110,6 +110,13 @@ _KNOWN_CTES = frozenset({"7bit", "8bit", "binary", "quoted-printable", "base64"}
 _UNENCODED = frozenset({"7bit", "8bit", "binary"})
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _MARKER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=-]*")
+# The start of a Content-Type value: type "/" subtype, both tokens (anchored: linear).
+_TYPE_SUBTYPE = re.compile(r"\s*[!#$%&'*+\-.^_`|~0-9A-Za-z]+\s*/\s*[!#$%&'*+\-.^_`|~0-9A-Za-z]+\s*(;|$)")
+
+
+def safe_label(text: str) -> str:
+    """A header value short enough for a log reason."""
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 
@@ -349,6 +356,11 @@ def _related_root(part: RawPart) -> RawPart | None:
 def _decode(buf: Buffer, part: RawPart, eol: str, bounds: _Bounds) -> _TextPart:
     subtype = part.content_type.partition("/")[2]
     where = f"text/{subtype} part"
+    declared = part.headers.get("Content-Type")
+    if declared is not None and not _TYPE_SUBTYPE.match(str(declared)):
+        # Readers fall back to text/plain, but rewriting the field would mean guessing what the
+        # sender meant by it ("charset=x" alone once became "charset; charset=utf-8").
+        raise MalformedMime(f"Content-Type {safe_label(str(declared))!r} has no type/subtype")
     cte = (part.headers.get("Content-Transfer-Encoding") or "7bit").strip().lower()
     if cte not in _KNOWN_CTES:
         raise MalformedMime(f"unknown Content-Transfer-Encoding {cte!r} in the {where}")

@@ -534,3 +534,18 @@ def test_blank_line_between_boundary_lines_is_an_empty_part() -> None:
     after = structure(headers, result.body)
     assert [ctype for ctype, _ in after] == [ctype for ctype, _ in structure(headers, body)]
     assert "All rights reserved." in after[1][1] and after[2][1] == "Hello"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        pytest.param('charset="iso-8859-1"', "unchanged-malformed", id="parameter-only"),
+        pytest.param("plain; charset=us-ascii", "unchanged-malformed", id="no-subtype"),
+        pytest.param("text/plain", "added", id="no-parameters"),
+    ],
+)
+def test_content_type_without_type_and_subtype_is_not_rewritten(content_type: str, status: str) -> None:
+    # Found by the property test: "charset=x" alone was rewritten to "charset; charset=utf-8".
+    headers = [("From", "shop@example.com"), ("Content-Type", content_type), ("Content-Transfer-Encoding", "8bit")]
+    result = inject(headers, b"Hello.\r\n", Banner(footer_text="Legal - Shop Inc."), marker="smtpplus-footer")
+    assert result.status == status, result.reason
