@@ -141,21 +141,17 @@ def _postconf_relayhost(postfix_dir: str) -> str:
 def postfix_config(
     path: Path, postfix_dir: str, nexthop_args: list[str], relayhost: str | None, chroot: bool, write: bool
 ) -> int:
-    from smtpplus_milter.postfix_config import generate, render
+    from smtpplus_milter.files import FileProblem, Ownership, replace_atomically
+    from smtpplus_milter.postfix_config import generate, parse_nexthops, render
 
     config = _load_or_report(path)
     if config is None:
         return 1
-    nexthops: dict[str, str] = {}
-    for item in nexthop_args:
-        queue, sep, hop = item.partition("=")
-        if sep and queue in ("high", "low") and hop:
-            nexthops[queue] = hop
-        elif not sep and item:
-            nexthops.update(high=item, low=item)
-        else:
-            print(f"smtpplus-milter: --nexthop {item!r}: use NEXTHOP or high=NEXTHOP / low=NEXTHOP", file=sys.stderr)
-            return 2
+    try:
+        nexthops = parse_nexthops(nexthop_args)
+    except ValueError as exc:
+        print(f"smtpplus-milter: {exc}", file=sys.stderr)
+        return 2
     if relayhost is None:
         relayhost = _postconf_relayhost(postfix_dir)
     snippets = generate(config.settings, postfix_dir=postfix_dir, nexthops=nexthops, relayhost=relayhost, chroot=chroot)
@@ -163,9 +159,13 @@ def postfix_config(
     if write:
         for name, text in snippets.files.items():
             target = Path(postfix_dir) / name
-            temporary = target.with_name(f".{name}.tmp")
-            temporary.write_text(text, encoding="utf-8")
-            temporary.replace(target)
+            try:
+                # Postfix's daemons (user postfix) read the tables: world-readable, like main.cf.
+                owner = Ownership(0o644, os.geteuid(), os.getegid())
+                replace_atomically(target, text.encode("utf-8"), new_file=owner)
+            except FileProblem as exc:
+                print(f"smtpplus-milter: {exc}", file=sys.stderr)
+                return 1
             print(f"# wrote {target}", file=sys.stderr)
     return 0
 

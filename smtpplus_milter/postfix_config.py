@@ -68,6 +68,23 @@ class PostfixSnippets:
     local_listener_main_cf: dict[str, str] = field(default_factory=dict)
 
 
+def parse_nexthops(items: list[str]) -> dict[str, str]:
+    """``--nexthop`` values: ``NEXTHOP`` for both routed queues, or ``high=NEXTHOP`` / ``low=NEXTHOP``.
+
+    Raises ValueError naming the value that is neither.
+    """
+    nexthops: dict[str, str] = {}
+    for item in items:
+        queue, sep, hop = item.partition("=")
+        if sep and queue in ("high", "low") and hop:
+            nexthops[queue] = hop
+        elif not sep and item:
+            nexthops.update(high=item, low=item)
+        else:
+            raise ValueError(f"--nexthop {item!r}: use NEXTHOP or high=NEXTHOP / low=NEXTHOP")
+    return nexthops
+
+
 def transport_name(queue: str) -> str:
     return f"smtpplus-{queue}"
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from smtpplus_milter.config import ConfigError, Settings, load_config
 from smtpplus_milter.files import FileProblem, Ownership, replace_atomically
+from smtpplus_milter.postfix_config import parse_nexthops
 
 SOURCE_GUESS = Path(__file__).resolve().parents[1]
 OUR_MILTER = "unix:smtpplus/milter.sock"
@@ -533,16 +534,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def main(args: argparse.Namespace) -> int:
-    nexthops: dict[str, str] = {}
-    for item in args.nexthop:
-        queue, sep, hop = item.partition("=")
-        if sep and queue in ("high", "low") and hop:
-            nexthops[queue] = hop
-        elif not sep and item:
-            nexthops.update(high=item, low=item)
-        else:
-            print(f"smtpplus-milter: --nexthop {item!r}: use NEXTHOP or high=NEXTHOP / low=NEXTHOP", file=sys.stderr)
-            return 2
+    try:
+        nexthops = parse_nexthops(args.nexthop)
+    except ValueError as exc:
+        print(f"smtpplus-milter: {exc}", file=sys.stderr)
+        return 2
     options = Options(
         postfix_dir=args.postfix_dir,
         dovecot_dir=args.dovecot_dir,

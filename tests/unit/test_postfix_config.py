@@ -58,6 +58,9 @@ def test_cli_prints_everything(tmp_path: Path, capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     assert "FILTER smtpplus-high:[relay.example]:25" in out and "# WARNING: FILTER overrides content_filter" in out
     assert (tmp_path / "smtpplus_milter_header_checks").read_text().count("FILTER") == 2
+    # Written atomically, readable by Postfix's daemons, nothing left behind.
+    assert (tmp_path / "smtpplus_milter_header_checks").stat().st_mode & 0o777 == 0o644
+    assert not [item.name for item in tmp_path.iterdir() if item.name.startswith(".")]
     assert main(["postfix-config", "-c", str(path), "--relayhost", "", "--nexthop", "medium=x"]) == 2
 
 
