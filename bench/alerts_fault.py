@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import smtplib
 import statistics
+import sys
 import threading
 import time
 import urllib.request
@@ -25,9 +26,12 @@ from pathlib import Path
 
 import yaml
 
-from smtpplus_milter.lab.harness import Alertmanager, Sink, free_port
-from smtpplus_milter.lab.milter_process import MilterProcess, prepare_socket_dir
-from smtpplus_milter.lab.stack import Stack, client_tls, deep_merge, make_message
+# The lab is a folder of this repository, not part of the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lab.harness import Alertmanager, Sink, free_port
+from lab.milter_process import MilterProcess, prepare_socket_dir
+from lab.stack import Stack, client_tls, deep_merge, make_message
 
 SESSIONS = 10
 

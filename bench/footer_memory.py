@@ -15,12 +15,17 @@ import argparse
 import hashlib
 import os
 import smtplib
+import sys
 import threading
 import time
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from pathlib import Path
 
-from smtpplus_milter.lab.stack import Stack, client_tls
+# The lab is a folder of this repository, not part of the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lab.stack import Stack, client_tls
 
 FOOTER = "This message was sent by the Example Shop."
 

@@ -3,7 +3,7 @@
     python bench/throughput.py [--messages N] [--repeat R] [--quick] [--noop] [--json FILE]
 
 Everything is real and on loopback (needs root, Postfix, Dovecot): one private Postfix with
-Dovecot SASL from :class:`smtpplus_milter.lab.stack.Stack`, relaying to Postfix's own C
+Dovecot SASL from :class:`lab.stack.Stack`, relaying to Postfix's own C
 ``smtp-sink``; ``smtpplus-milter run`` twice, on a unix socket and on TCP. Postfix gets one
 extra smtpd listener per scenario ("bench listeners", added to its master.cf), identical except
 for ``smtpd_milters``: none, the unix-socket milter, the TCP milter (and, with ``--noop``, a
@@ -46,9 +46,12 @@ from typing import Any
 import Milter
 import yaml
 
-from smtpplus_milter.lab.harness import LOOPBACK, free_port
-from smtpplus_milter.lab.milter_process import MilterProcess, prepare_socket_dir
-from smtpplus_milter.lab.stack import DEPLOY, Stack, deep_merge
+# The lab is a folder of this repository, not part of the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lab.harness import LOOPBACK, free_port
+from lab.milter_process import MilterProcess, prepare_socket_dir
+from lab.stack import DEPLOY, Stack, deep_merge
 
 HERE = Path(__file__).resolve().parent
 LOADGEN = HERE / "loadgen.py"

@@ -19,13 +19,18 @@ from __future__ import annotations
 import argparse
 import smtplib
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
-from smtpplus_milter.lab.stack import Stack, client_tls, make_message
+# The lab is a folder of this repository, not part of the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lab.stack import Stack, client_tls, make_message
 
 
 @dataclass

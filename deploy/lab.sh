@@ -4,4 +4,5 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$repo/deploy/bootstrap.sh"
-exec "$repo/.venv/bin/python" -m smtpplus_milter.lab "$@"
+cd "$repo"  # the lab is a folder of the repository, not part of the installed package
+exec "$repo/.venv/bin/python" -m lab "$@"

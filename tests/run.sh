@@ -5,5 +5,5 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$repo/deploy/bootstrap.sh"
 cd "$repo"
 .venv/bin/python -m ruff check .
-.venv/bin/python -m mypy smtpplus_milter
+.venv/bin/python -m mypy smtpplus_milter lab
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

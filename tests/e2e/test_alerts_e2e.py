@@ -18,8 +18,8 @@ from email import policy as email_policy
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from smtpplus_milter.lab.harness import Alertmanager, Sink, free_port, make_workdir, remove_workdir
-from smtpplus_milter.lab.stack import Stack, make_message
+from lab.harness import Alertmanager, Sink, free_port, make_workdir, remove_workdir
+from lab.stack import Stack, make_message
 from tests.webhook import WebhookReceiver
 
 pytestmark = [

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
-from smtpplus_milter.lab.stack import OUTSIDER, Stack, make_message
+from lab.stack import OUTSIDER, Stack, make_message
 
 pytestmark = [
     pytest.mark.e2e,
@@ -128,7 +128,7 @@ def test_unauthenticated_mail_passes_untouched(stack: Stack) -> None:
 def test_several_messages_in_one_session(stack: Stack) -> None:
     import smtplib
 
-    from smtpplus_milter.lab.stack import client_tls
+    from lab.stack import client_tls
 
     assert stack.postfix is not None
     with smtplib.SMTP("127.0.0.1", stack.postfix.submission_port, timeout=30) as client:

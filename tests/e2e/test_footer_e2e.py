@@ -9,7 +9,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from smtpplus_milter.lab.stack import Stack
+from lab.stack import Stack
 
 pytestmark = [
     pytest.mark.e2e,
@@ -123,7 +123,7 @@ def test_over_the_limit_refused_with_552(stack: Stack) -> None:
 def test_over_the_limit_without_size_is_refused_at_end_of_data(stack: Stack) -> None:
     import smtplib
 
-    from smtpplus_milter.lab.stack import client_tls
+    from lab.stack import client_tls
 
     assert stack.postfix is not None
     message = _message("too big, no SIZE")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from smtpplus_milter.lab.harness import (
+from lab.harness import (
     Dovecot,
     LabError,
     Postfix,
@@ -246,7 +246,7 @@ def test_stop_orphans_stops_instances_whose_owner_was_killed() -> None:
     child = textwrap.dedent(
         """
         import os, signal, sys
-        from smtpplus_milter.lab.harness import Dovecot, Postfix, free_port, make_workdir
+        from lab.harness import Dovecot, Postfix, free_port, make_workdir
         lab = make_workdir("orphan")
         Dovecot.write_passwd_file(lab / "passwd", {"alice": "x"})
         dovecot = Dovecot(lab / "dovecot", lab / "passwd")

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smtpplus_milter.lab.harness import Dovecot, Postfix, Sink, _smtp_banner, free_port, make_workdir, remove_workdir
-from smtpplus_milter.lab.milter_process import MilterProcess
-from smtpplus_milter.lab.stack import DEPLOY, deep_merge, make_message, submit
+from lab.harness import Dovecot, Postfix, Sink, _smtp_banner, free_port, make_workdir, remove_workdir
+from lab.milter_process import MilterProcess
+from lab.stack import DEPLOY, deep_merge, make_message, submit
 
 pytestmark = [
     pytest.mark.e2e,

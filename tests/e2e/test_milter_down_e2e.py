@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from smtpplus_milter.lab.stack import Stack, make_message
+from lab.stack import Stack, make_message
 
 pytestmark = [
     pytest.mark.e2e,

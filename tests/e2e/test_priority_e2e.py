@@ -9,8 +9,8 @@ from email import message_from_bytes, policy
 
 import pytest
 
-from smtpplus_milter.lab.harness import Sink
-from smtpplus_milter.lab.stack import Stack, make_message
+from lab.harness import Sink
+from lab.stack import Stack, make_message
 
 pytestmark = [
     pytest.mark.e2e,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from smtpplus_milter.lab.stack import SendResult, Stack, client_tls, make_message
+from lab.stack import SendResult, Stack, client_tls, make_message
 
 pytestmark = [
     pytest.mark.e2e,

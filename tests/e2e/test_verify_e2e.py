@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lab.harness import DnsServer, Sink, make_workdir, remove_workdir
+from lab.stack import SendResult, Stack, make_message
 from smtpplus_milter.config import load_config
-from smtpplus_milter.lab.harness import DnsServer, Sink, make_workdir, remove_workdir
-from smtpplus_milter.lab.stack import SendResult, Stack, make_message
 
 pytestmark = [pytest.mark.e2e]
 

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from smtpplus_milter.lab.harness import free_port
-from smtpplus_milter.lab.stack import Stack, client_tls, make_message
+from lab.harness import free_port
+from lab.stack import Stack, client_tls, make_message
 
 pytestmark = [
     pytest.mark.e2e,

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from lab.harness import Sink
 from smtpplus_milter import metrics
 from smtpplus_milter.alerts import (
     DISABLED_USER,
@@ -29,7 +30,6 @@ from smtpplus_milter.alerts import (
     Webhook,
 )
 from smtpplus_milter.config import AlertmanagerSink, EmailSink, Settings, WebhookSink
-from smtpplus_milter.lab.harness import Sink
 from tests.webhook import WebhookReceiver
 
 

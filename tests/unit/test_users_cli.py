@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from lab.harness import free_port
 from smtpplus_milter import cli, users_cli
 from smtpplus_milter.config import load_config
 from smtpplus_milter.files import locked
-from smtpplus_milter.lab.harness import free_port
 from smtpplus_milter.passwd import DISABLED, PasswdFile, hash_password, verify_password
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

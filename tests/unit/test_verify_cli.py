@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lab.harness import Sink, free_port
 from smtpplus_milter import cli
 from smtpplus_milter.config import load_config
-from smtpplus_milter.lab.harness import Sink, free_port
 from smtpplus_milter.policy.users import User
 from smtpplus_milter.verification import MAX_FAILURES
 

@@ -516,7 +516,7 @@ class Dovecot:
         # Without its anvil socket the auth process disables the penalty (mode 0: not created).
         no_penalty = _NO_AUTH_PENALTY if not self.auth_penalty else ""
         return f"""\
-# Written by smtpplus_milter.lab.harness: a private auth-only Dovecot for one lab.
+# Written by lab.harness: a private auth-only Dovecot for one lab.
 protocols =
 # Nothing listens on the network (Dovecot refuses an empty listen).
 listen = {LOOPBACK}
@@ -840,7 +840,7 @@ class Postfix:
     def _write_main_cf(self, overrides: dict[str, str]) -> None:
         params = self._main_cf()
         params.update(overrides)
-        lines = ["# Written by smtpplus_milter.lab.harness: a private Postfix for one lab."]
+        lines = ["# Written by lab.harness: a private Postfix for one lab."]
         for name, value in params.items():
             if "\n" in value:
                 raise ValueError(f"main.cf value for {name} contains a newline")
@@ -851,7 +851,7 @@ class Postfix:
         # chroot = n everywhere: `postfix start` does not populate a chroot, and absolute socket
         # paths (Dovecot, the milter) only work unchrooted.
         return f"""\
-# Written by smtpplus_milter.lab.harness. Only the services the lab needs, none chrooted.
+# Written by lab.harness. Only the services the lab needs, none chrooted.
 # service type  private unpriv  chroot  wakeup  maxproc command + args
 {LOOPBACK}:{self.smtp_port} inet n - n - - smtpd
   -o syslog_name=postfix/smtp-in
@@ -1202,7 +1202,7 @@ class Alertmanager(_ForegroundServer):
 
     def _config_text(self) -> str:
         return """\
-# Written by smtpplus_milter.lab.harness: keep every alert, send none.
+# Written by lab.harness: keep every alert, send none.
 route:
   receiver: "null"
   group_wait: 1s

@@ -1,4 +1,4 @@
-"""``python -m smtpplus_milter.lab``: the SMTP+ lab on loopback, with a guided tour.
+"""``python -m lab``: the SMTP+ lab on loopback, with a guided tour.
 
 Starts a private Postfix (submission with STARTTLS + SASL), a private Dovecot auth (passwd-file)
 and smtpplus-milter with the example config, sends sample messages, and prints what each client
@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.request
 
-from smtpplus_milter.lab.stack import OUTSIDER, SendResult, Stack, make_message
+from lab.stack import OUTSIDER, SendResult, Stack, make_message
 
 
 def _show(title: str, result: SendResult) -> None:
@@ -23,7 +23,7 @@ def _show(title: str, result: SendResult) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m smtpplus_milter.lab", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__)
     parser.add_argument("--keep", action="store_true", help="stay up after the tour until Ctrl-C / SIGTERM")
     args = parser.parse_args(argv)
 

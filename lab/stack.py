@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
-from smtpplus_milter.lab.harness import Dovecot, Postfix, Sink, free_port, make_workdir, remove_workdir
-from smtpplus_milter.lab.milter_process import MilterProcess, prepare_socket_dir
+from lab.harness import Dovecot, Postfix, Sink, free_port, make_workdir, remove_workdir
+from lab.milter_process import MilterProcess, prepare_socket_dir
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
 # A login Dovecot accepts but that is not an SMTP+ user (for unknown_user tests and the demo).
 OUTSIDER = "not-in-users-file"
