@@ -33,10 +33,10 @@ import logging, sys, tempfile, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import Milter, structlog
-from tests.helpers import config_with
+from tests.support.builders import config_with
 from tests.milter.test_milter import Session
-from smtpplus_milter.milter import ConfigHolder
-import smtpplus_milter.milter as loaded
+from smtpplus_milter.services.milter import ConfigHolder
+import smtpplus_milter.services.milter as loaded
 assert loaded.__file__.startswith(sys.argv[1]), loaded.__file__
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
 count = int(sys.argv[2])

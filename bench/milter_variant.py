@@ -44,8 +44,8 @@ from typing import Any
 import Milter
 
 from smtpplus_milter import cli
-from smtpplus_milter import milter as adapter
-from smtpplus_milter.policy import addresses, authorization
+from smtpplus_milter.core import addresses, authorization
+from smtpplus_milter.services import milter as adapter
 
 VARIANTS = ("lean", "cache", "nolog", "fastlog", "timing")
 
@@ -160,7 +160,7 @@ def _report_timing() -> None:
 
 
 def apply_timing() -> None:
-    from smtpplus_milter import metrics
+    from smtpplus_milter.observe import metrics
 
     cls = adapter.SmtpPlusMilter
     for name in ("__init__", "envfrom", "data", "header", "eoh", "eom", "abort", "close"):

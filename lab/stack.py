@@ -162,8 +162,8 @@ class Stack:
     def _routing(self) -> tuple[dict[str, str], str, dict[str, str]]:
         """The priority transports (and the local listener) exactly as ``smtpplus-milter
         postfix-config`` prints them."""
+        from smtpplus_milter.admin.postfix import generate
         from smtpplus_milter.config import load_config
-        from smtpplus_milter.postfix_config import generate
 
         if not self.priority_routing:
             if not self.local_listener:

@@ -119,7 +119,6 @@ def safe_label(text: str) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-
 @dataclass(frozen=True)
 class Banner:
     """What one list wants added. Empty strings count as absent."""

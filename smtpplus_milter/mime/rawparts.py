@@ -274,7 +274,13 @@ def _child(buf: Buffer, start: int, end: int, depth: int, digest: bool) -> RawPa
         if counts[name] > 1:
             raise MalformedMime(f"{counts[name]} {name} headers in a MIME part")
     return RawPart(
-        start, header_end, body_start, end, _type_of(content_type, default_type), depth, block=block,
+        start,
+        header_end,
+        body_start,
+        end,
+        _type_of(content_type, default_type),
+        depth,
+        block=block,
         default_type=default_type,
     )
 
@@ -341,9 +347,7 @@ def _find_blank_line(buf: Buffer, start: int, end: int) -> tuple[int, int] | Non
     line's own break may be the one that belongs to the next boundary line, just past ``end``.
     """
     found = [
-        (hit, len(pair))
-        for pair in (b"\n\n", b"\n\r\n")
-        if (hit := buf.find(pair, start, end - 1 + len(pair))) >= 0
+        (hit, len(pair)) for pair in (b"\n\n", b"\n\r\n") if (hit := buf.find(pair, start, end - 1 + len(pair))) >= 0
     ]
     if not found:
         return None

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lab.harness import Alertmanager, Sink, free_port, make_workdir, remove_workdir
 from lab.stack import Stack, make_message
-from tests.webhook import WebhookReceiver
+from tests.support.webhook import WebhookReceiver
 
 pytestmark = [
     pytest.mark.e2e,

@@ -150,13 +150,17 @@ def test_empty_part_between_boundary_lines_gains_no_part(stack: Stack) -> None:
         b"--B\r\nContent-Type: application/pdf; name=invoice.pdf\r\nContent-Disposition: attachment; filename=invoice.pdf\r\n"
         b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--B--\r\n"
     )
-    body = b"--B\r\n--B\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nYour order 1002 has shipped.\r\n" + attachment
+    body = (
+        b"--B\r\n--B\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nYour order 1002 has shipped.\r\n" + attachment
+    )
     result = stack.send(head + body, login="shop-frontend", mail_from="info@yourcompany.com")
     assert result.accepted, result
     [received] = stack.sink.wait_for(1, timeout=30)
     original = message_from_bytes(head + body, policy=policy.default)
     delivered = message_from_bytes(received.data, policy=policy.default)
-    assert [part.get_content_type() for part in delivered.walk()] == [part.get_content_type() for part in original.walk()]
+    assert [part.get_content_type() for part in delivered.walk()] == [
+        part.get_content_type() for part in original.walk()
+    ]
     [text] = [part for part in delivered.walk() if part.get_content_type() == "text/plain"]
     assert isinstance(text, EmailMessage)
     content = text.get_content().replace("\r\n", "\n")
@@ -177,7 +181,9 @@ def test_past_a_bound_the_message_is_unchanged_logged_and_counted(stack: Stack) 
     )
     body = (
         b"--B\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nYour order 1003 has shipped.\r\n"
-        b"--B\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=invoice.pdf" + padding + b"\r\n"
+        b"--B\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=invoice.pdf"
+        + padding
+        + b"\r\n"
         b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--B--\r\n"
     )
     result = stack.send(head + body, login="shop-frontend", mail_from="info@yourcompany.com")

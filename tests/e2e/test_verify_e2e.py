@@ -89,7 +89,7 @@ def test_address_is_refused_until_the_emailed_code_is_confirmed(stack: Stack, co
     added = reloading(stack, "users", "add", LOGIN, "--authorized-sender", SENDER)
     password = re.search(r"^  password: (\S+)$", added.stdout, re.MULTILINE).group(1)  # type: ignore[union-attr]
     assert f"A verification code was e-mailed to {SENDER}" in added.stdout
-    assert f"pending_senders: \"{SENDER}\"" in stack.users_path.read_text()
+    assert f'pending_senders: "{SENDER}"' in stack.users_path.read_text()
 
     # The code mail: straight into the sink named by verification.smtp, not through Postfix/milter.
     (mail,) = code_sink.wait_for(1)
@@ -161,7 +161,9 @@ def use_resolver(conf: Path, dns: DnsServer) -> None:
 
 def token_of(conf: Path, domain: str) -> str:
     done = cli(conf, "verify", "start", "shop", domain)
-    match = re.search(rf'^  _smtpplus-verify\.{re.escape(domain)} TXT "smtpplus-verify=([A-Za-z0-9_-]+)"$', done.stdout, re.M)
+    match = re.search(
+        rf'^  _smtpplus-verify\.{re.escape(domain)} TXT "smtpplus-verify=([A-Za-z0-9_-]+)"$', done.stdout, re.M
+    )
     assert match, done.stdout
     return match.group(1)
 

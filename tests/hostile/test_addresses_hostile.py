@@ -15,11 +15,11 @@ from collections.abc import Callable
 import pytest
 
 from smtpplus_milter.config import Config
-from smtpplus_milter.policy import addresses
-from smtpplus_milter.policy.authorization import decide_headers, decide_mail_from
-from smtpplus_milter.policy.decision import Decision, Verdict
-from smtpplus_milter.policy.users import User
-from tests.helpers import config_with
+from smtpplus_milter.core import addresses
+from smtpplus_milter.core.authorization import decide_headers, decide_mail_from
+from smtpplus_milter.core.decision import Decision, Verdict
+from smtpplus_milter.core.users import User
+from tests.support.builders import config_with
 
 # Generous for a loaded 2-core machine; an unbounded parse of these inputs takes 2-5 s.
 FAST = 0.5

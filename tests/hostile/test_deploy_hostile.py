@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from smtpplus_milter.admin.postfix import generate
 from smtpplus_milter.cli import main
 from smtpplus_milter.config import ConfigError, load_config
-from smtpplus_milter.postfix_config import generate
-from tests.helpers import config_with, write_config
+from tests.support.builders import config_with, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 

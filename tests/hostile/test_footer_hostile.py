@@ -90,7 +90,11 @@ def test_body_run_ended_by_a_late_gt_is_linear() -> None:
 
 @pytest.mark.parametrize(
     "piece",
-    [pytest.param("</body ", id="close-body-run"), pytest.param("<bodyx", id="bodyx-run"), pytest.param("</head\t", id="head-run")],
+    [
+        pytest.param("</body ", id="close-body-run"),
+        pytest.param("<bodyx", id="bodyx-run"),
+        pytest.param("</head\t", id="head-run"),
+    ],
 )
 def test_other_tag_runs_are_linear(piece: str) -> None:
     text = "<html><head>\n" + run_of(piece) + "<p>x</p></html>\n"
@@ -128,7 +132,10 @@ def test_size_bounds_are_keywords_and_count_decoded_bytes(content_type: str, key
 
 def test_time_budget_leaves_the_message_unchanged() -> None:
     attachment = b"Content-Type: application/octet-stream\r\n\r\nAAAA\r\n"
-    body = b"".join(b"--B\r\n" + attachment for _ in range(500)) + b"--B\r\nContent-Type: text/plain\r\n\r\nHi\r\n--B--\r\n"
+    body = (
+        b"".join(b"--B\r\n" + attachment for _ in range(500))
+        + b"--B\r\nContent-Type: text/plain\r\n\r\nHi\r\n--B--\r\n"
+    )
     headers = [("Content-Type", "multipart/mixed; boundary=B")]
     assert inject(headers, body, BANNER, marker=MARKER).status == "added"
     result = inject(headers, body, BANNER, marker=MARKER, time_budget=1e-6)
@@ -168,8 +175,27 @@ def test_quadratic_header_parameters_are_bounded(where: str) -> None:
 
 
 PYTHON_ONLY_CODECS = [
-    "unicode_escape", "raw_unicode_escape", "rot13", "rot_13", "hex", "base64", "zlib", "uu", "bz2", "quopri",
-    "punycode", "idna", "utf-8-sig", "utf_8", "utf8", "latin_1", "cp65001", "mbcs", "undefined", "palmos", "oem",
+    "unicode_escape",
+    "raw_unicode_escape",
+    "rot13",
+    "rot_13",
+    "hex",
+    "base64",
+    "zlib",
+    "uu",
+    "bz2",
+    "quopri",
+    "punycode",
+    "idna",
+    "utf-8-sig",
+    "utf_8",
+    "utf8",
+    "latin_1",
+    "cp65001",
+    "mbcs",
+    "undefined",
+    "palmos",
+    "oem",
 ]
 
 
@@ -180,7 +206,9 @@ def test_python_only_codecs_are_not_charsets(codec: str, subtype: str) -> None:
     body = b"Total: \\x41\\r\\nline two\r\n"  # unicode_escape would read "\x41" as "A" and "\r\n" as a line break
     result = inject(headers, body, BANNER, marker=MARKER)
     assert (result.status, result.body, result.header_changes) == ("unchanged-malformed", None, ())
-    assert result.reason == f"unknown charset {codec!r} in the text/{subtype} part (not an IANA-registered MIME charset)"
+    assert (
+        result.reason == f"unknown charset {codec!r} in the text/{subtype} part (not an IANA-registered MIME charset)"
+    )
 
 
 def test_many_empty_parts_stop_at_the_part_cap() -> None:
@@ -205,7 +233,10 @@ def test_part_cap_counts_every_level(count: int, status: str) -> None:
     result = inject(headers, body, BANNER, marker=MARKER)
     assert result.status == status, result.reason
     assert inject(headers, body, BANNER, marker=MARKER, max_parts=count).status == "added"
-    assert inject(headers, body, BANNER, marker=MARKER, max_parts=count - 1).reason == f"more than {count - 1} MIME parts (MAX_PARTS)"
+    assert (
+        inject(headers, body, BANNER, marker=MARKER, max_parts=count - 1).reason
+        == f"more than {count - 1} MIME parts (MAX_PARTS)"
+    )
 
 
 def test_twenty_megabytes_of_empty_lines_are_scanned_fast() -> None:

@@ -10,11 +10,11 @@ import Milter
 import pytest
 from Milter import testctx
 
-from smtpplus_milter import metrics
-from smtpplus_milter.milter import MACROS, ConfigHolder, SmtpPlusMilter, factory_for
-from smtpplus_milter.policy.decision import MAX_REPLY_TEXT
-from tests.helpers import config_with
+from smtpplus_milter.core.decision import MAX_REPLY_TEXT
+from smtpplus_milter.observe import metrics
+from smtpplus_milter.services.milter import MACROS, ConfigHolder, SmtpPlusMilter, factory_for
 from tests.milter.test_milter import RecordingCtx, Session
+from tests.support.builders import config_with
 
 # libmilter refuses a reply longer than this (code, enhanced code, text, separators).
 LIBMILTER_MAX_REPLY = 980
@@ -137,7 +137,7 @@ def test_internal_error_keeps_unauthorized_findings(tmp_path: Path, monkeypatch:
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("bug in header checks")
 
-    monkeypatch.setattr("smtpplus_milter.milter.decide_headers", broken)
+    monkeypatch.setattr("smtpplus_milter.services.milter.decide_headers", broken)
     session = _session(holder, "shop-frontend", RecordingCtx)
     assert session.message("ceo@paypal.com", FROM_OK) == ("eoh", Milter.ACCEPT)
     assert _count("smtpplus_unauthorized_total", user="shop-frontend", mode="alert") == before + 1

@@ -23,15 +23,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smtpplus_milter import cli, files
+from smtpplus_milter import cli
 from smtpplus_milter.config import load_config
-from smtpplus_milter.files import FileProblem, Ownership, locked, replace_atomically
-from smtpplus_milter.policy.explain import explain
+from smtpplus_milter.core.explain import explain
+from smtpplus_milter.infra import files
+from smtpplus_milter.infra.files import FileProblem, Ownership, locked, replace_atomically
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 WIDENS = "would have no authorized domains or senders left and could then send as ANY sender"
 
-# --- files.py ---------------------------------------------------------------------------------------
+# --- infra/files.py------------------------------------------------------------------------------------
 
 
 def _no_fchown(fd: int, uid: int, gid: int) -> None:
@@ -147,7 +148,9 @@ EDITS = [
         id="domain-and-sender-at-once",
     ),
     pytest.param('  pending_domains: "bank.com"\n', ["--remove-authorized-domain", "bank.com"], id="pending-domain"),
-    pytest.param('  pending_senders: "pay@bank.com"\n', ["--remove-authorized-sender", "pay@bank.com"], id="pending-sender"),
+    pytest.param(
+        '  pending_senders: "pay@bank.com"\n', ["--remove-authorized-sender", "pay@bank.com"], id="pending-sender"
+    ),
     pytest.param(
         '  authorized_domains: "bank.com"\n  pending_senders: "pay@bank.com"\n',
         ["--remove-authorized-sender", "pay@bank.com", "--remove-authorized-domain", "bank.com", "--note", "x"],

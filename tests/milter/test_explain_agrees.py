@@ -16,9 +16,9 @@ import pytest
 
 from smtpplus_milter import cli
 from smtpplus_milter.config import load_config
-from smtpplus_milter.milter import ConfigHolder
-from tests.helpers import write_config
+from smtpplus_milter.services.milter import ConfigHolder
 from tests.milter.test_milter import Session
+from tests.support.builders import write_config
 from tests.unit.test_authorization import ENVELOPE_CASES, HEADER_CASES
 
 H = list[tuple[str, str]]

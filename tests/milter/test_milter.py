@@ -11,10 +11,10 @@ import pytest
 from Milter import testctx
 from structlog.testing import capture_logs
 
-from smtpplus_milter import metrics
-from smtpplus_milter import milter as adapter
-from smtpplus_milter.milter import ConfigHolder, factory_for
-from tests.helpers import config_with, write_config
+from smtpplus_milter.observe import metrics
+from smtpplus_milter.services import milter as adapter
+from smtpplus_milter.services.milter import ConfigHolder, factory_for
+from tests.support.builders import config_with, write_config
 
 
 class RecordingCtx(testctx.TestCtx):  # type: ignore[misc]
@@ -433,7 +433,7 @@ def test_size_limit_while_receiving(footer_holder: ConfigHolder) -> None:
 def test_injection_budget_makes_big_rewrites_take_turns() -> None:
     import threading
 
-    from smtpplus_milter.milter import ByteBudget
+    from smtpplus_milter.services.milter import ByteBudget
 
     budget = ByteBudget(100)
     order: list[str] = []
@@ -465,7 +465,7 @@ def test_injection_budget_makes_big_rewrites_take_turns() -> None:
 def test_tcp_nodelay_is_set_on_connected_sockets_only() -> None:
     import socket
 
-    from smtpplus_milter.milter import set_tcp_nodelay
+    from smtpplus_milter.services.milter import set_tcp_nodelay
 
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))

@@ -9,11 +9,11 @@ from pathlib import Path
 import Milter
 import pytest
 
-from smtpplus_milter.alerts import AlertDispatcher
-from smtpplus_milter.milter import ConfigHolder
-from tests.helpers import config_with
+from smtpplus_milter.observe.alerts import AlertDispatcher
+from smtpplus_milter.services.milter import ConfigHolder
 from tests.milter.test_milter import Session
-from tests.webhook import WebhookReceiver
+from tests.support.builders import config_with
+from tests.support.webhook import WebhookReceiver
 
 
 @pytest.fixture

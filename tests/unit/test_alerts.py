@@ -17,8 +17,9 @@ from datetime import datetime, timedelta
 import pytest
 
 from lab.harness import Sink
-from smtpplus_milter import metrics
-from smtpplus_milter.alerts import (
+from smtpplus_milter.config import AlertmanagerSink, EmailSink, Settings, WebhookSink
+from smtpplus_milter.observe import metrics
+from smtpplus_milter.observe.alerts import (
     DISABLED_USER,
     DISPLAY_NAME_SPOOFING,
     UNAUTHORIZED_SENDER,
@@ -29,8 +30,7 @@ from smtpplus_milter.alerts import (
     SinkWorker,
     Webhook,
 )
-from smtpplus_milter.config import AlertmanagerSink, EmailSink, Settings, WebhookSink
-from tests.webhook import WebhookReceiver
+from tests.support.webhook import WebhookReceiver
 
 
 def _alert(sender: str = "x@evil.example", user: str = "shop-frontend", kind: str = UNAUTHORIZED_SENDER) -> Alert:

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from smtpplus_milter.config import Config
-from smtpplus_milter.policy.authorization import decide_headers, decide_mail_from
-from smtpplus_milter.policy.decision import Spoofing, Verdict
-from smtpplus_milter.policy.explain import explain
-from tests.helpers import config_with
+from smtpplus_milter.core.authorization import decide_headers, decide_mail_from
+from smtpplus_milter.core.decision import Spoofing, Verdict
+from smtpplus_milter.core.explain import explain
+from tests.support.builders import config_with
 
 
 @pytest.fixture(scope="module")

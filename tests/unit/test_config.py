@@ -9,7 +9,7 @@ import pytest
 
 from smtpplus_milter.cli import main
 from smtpplus_milter.config import ConfigError, load_config
-from tests.helpers import write_config
+from tests.support.builders import write_config
 
 GOOD_MAIN = """\
 milter:

@@ -9,7 +9,7 @@ import ipaddress
 
 import pytest
 
-from smtpplus_milter.dnscheck import (
+from smtpplus_milter.core.dnscheck import (
     DnsFailure,
     IPAddress,
     check_spf,
@@ -21,7 +21,10 @@ from smtpplus_milter.dnscheck import (
 
 class FakeDns:
     def __init__(
-        self, txt: dict[str, list[str]], hosts: dict[str, list[str]] | None = None, mx: dict[str, list[str]] | None = None
+        self,
+        txt: dict[str, list[str]],
+        hosts: dict[str, list[str]] | None = None,
+        mx: dict[str, list[str]] | None = None,
     ) -> None:
         self._txt, self._hosts, self._mx = txt, hosts or {}, mx or {}
         self.asked: list[str] = []

@@ -503,7 +503,11 @@ def structure(headers: list[tuple[str, str]], body: bytes) -> list[tuple[str, st
     ("body", "status"),
     [
         pytest.param(b"--B\n--B\nContent-Type: text/plain\n\nHello\n--B--\n", "added", id="empty-before-text"),
-        pytest.param(b"--B\nContent-Type: image/gif\n\nGIF\n--B\n--B\nContent-Type: text/plain\n\nHello\n--B--\n", "added", id="empty-after-image"),
+        pytest.param(
+            b"--B\nContent-Type: image/gif\n\nGIF\n--B\n--B\nContent-Type: text/plain\n\nHello\n--B--\n",
+            "added",
+            id="empty-after-image",
+        ),
         pytest.param(b"--B\nContent-Type: text/plain\n\nHello\n--B\n--B--\n", "added", id="empty-before-closing"),
         pytest.param(b"--B\n--B\n--B--\n", "skipped", id="only-empty"),
     ],

@@ -224,7 +224,7 @@ def mutated(draw: st.DrawFn) -> bytes:
 
 # Found by this test: an attachment whose charset the stdlib cannot read (a NUL in it).
 NUL_CHARSET_ATTACHMENT = (
-    b"From: a@b.example\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"B\"\r\n\r\n"
+    b'From: a@b.example\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n'
     b"--B\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nHello\r\n"
     b'--B\r\nContent-Type: text/plain; charset="us-ascii\x00"\r\n'
     b"Content-Disposition: attachment; filename=a.txt\r\n\r\nData\r\n--B--\r\n"

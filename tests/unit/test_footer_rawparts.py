@@ -72,8 +72,14 @@ def test_headers_are_parsed_only_when_asked() -> None:
 @pytest.mark.parametrize(
     ("block", "reason"),
     [
-        pytest.param(b"Content-Type: text/plain\r\ncontent-type: text/html\r\n", "2 content-type headers", id="two-types"),
-        pytest.param(b"Content-Transfer-Encoding: 7bit\r\nContent-Transfer-Encoding: base64\r\n", "2 content-transfer-encoding headers", id="two-ctes"),
+        pytest.param(
+            b"Content-Type: text/plain\r\ncontent-type: text/html\r\n", "2 content-type headers", id="two-types"
+        ),
+        pytest.param(
+            b"Content-Transfer-Encoding: 7bit\r\nContent-Transfer-Encoding: base64\r\n",
+            "2 content-transfer-encoding headers",
+            id="two-ctes",
+        ),
         pytest.param(b" folded: first\r\n", "malformed header block", id="first-line-continuation"),
         pytest.param(b"no colon here\r\n", "malformed header block", id="no-colon"),
         pytest.param(b": empty name\r\n", "malformed header block", id="empty-name"),

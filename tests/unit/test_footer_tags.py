@@ -17,11 +17,15 @@ def _after(text: str, piece: str) -> int:
         pytest.param("<html><body><p>x</p></body></html>", "<body>", id="plain-body"),
         pytest.param("<HTML><BODY BGCOLOR=white><p>x</p></BODY></HTML>", "<BODY BGCOLOR=white>", id="uppercase"),
         pytest.param("<html><BoDy\tclass='a'>x</bOdY></html>", "<BoDy\tclass='a'>", id="mixed-case-tab"),
-        pytest.param('<body onload="if (a > b) go()">x</body>', '<body onload="if (a > b) go()">', id="gt-in-double-quotes"),
-        pytest.param("<body data-x = 'a>b' id=c>x</body>", "<body data-x = 'a>b' id=c>", id="gt-in-single-quotes-spaced"),
-        pytest.param("<body class=a\"b>x</body>", "<body class=a\"b>", id="quote-inside-unquoted-value"),
+        pytest.param(
+            '<body onload="if (a > b) go()">x</body>', '<body onload="if (a > b) go()">', id="gt-in-double-quotes"
+        ),
+        pytest.param(
+            "<body data-x = 'a>b' id=c>x</body>", "<body data-x = 'a>b' id=c>", id="gt-in-single-quotes-spaced"
+        ),
+        pytest.param('<body class=a"b>x</body>', '<body class=a"b>', id="quote-inside-unquoted-value"),
         pytest.param("<body/>x", "<body/>", id="self-closing-slash"),
-        pytest.param("<body\n  class=\"m\"\n>x", "<body\n  class=\"m\"\n>", id="attributes-over-lines"),
+        pytest.param('<body\n  class="m"\n>x', '<body\n  class="m"\n>', id="attributes-over-lines"),
         pytest.param("<bodyx>no</bodyx><body>yes", "<body>", id="bodyx-is-another-tag"),
         pytest.param("<html><head><title>t</title></head><p>x</p></html>", "</head>", id="head-close"),
         pytest.param("<html><head></HEAD  ><p>x</p>", "</HEAD  >", id="head-close-spaces-uppercase"),

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from smtpplus_milter.admin.postfix import generate
 from smtpplus_milter.cli import main
-from smtpplus_milter.postfix_config import generate
-from tests.helpers import config_with
+from tests.support.builders import config_with
 
 
 def test_routed_queues_and_transports(tmp_path: Path) -> None:
@@ -83,7 +83,7 @@ def test_large_limit_lifts_mailbox_size_limit(tmp_path: Path) -> None:
 
 
 def test_shipped_snippets_agree_with_the_default_limit() -> None:
-    from smtpplus_milter.postfix_config import postfix_size_limits
+    from smtpplus_milter.admin.postfix import postfix_size_limits
 
     root = Path(__file__).resolve().parents[2]
     snippet = (root / "deploy/postfix/main.cf.snippet").read_text(encoding="utf-8")
@@ -117,7 +117,7 @@ def test_guide_gets_a_base_main_cf_and_looks_at_milters_before_postconf_e() -> N
 def test_guide_main_cf_agrees_with_the_installer() -> None:
     import re
 
-    from smtpplus_milter.setup_cli import MAIN_CF_FIXED
+    from smtpplus_milter.cli.setup import MAIN_CF_FIXED
 
     section = _guide_section(7)
     block = section.split("```sh\npostconf -e \\\n", 1)[1].split("```", 1)[0]

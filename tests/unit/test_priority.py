@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from smtpplus_milter.policy.priority import (
+from smtpplus_milter.core.priority import (
     HeaderEdit,
     effective_priority,
     plan_header_edits,

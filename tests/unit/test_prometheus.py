@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from smtpplus_milter import metrics
+from smtpplus_milter.observe import metrics
 
 PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULES = PROMETHEUS / "smtpplus-rules.yml"
@@ -133,7 +133,9 @@ def test_every_metric_used_is_exported(source: Any) -> None:
     for expr in expressions:
         used = metric_names(expr)
         assert used, f"no metric found in {expr!r}"
-        assert used <= exported, f"{sorted(used - exported)} in {expr!r} are not defined in smtpplus_milter/metrics.py"
+        assert used <= exported, (
+            f"{sorted(used - exported)} in {expr!r} are not defined in smtpplus_milter/observe/metrics.py"
+        )
 
 
 def test_dashboard_covers_the_issue() -> None:

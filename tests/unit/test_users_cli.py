@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from lab.harness import free_port
-from smtpplus_milter import cli, users_cli
+from smtpplus_milter import cli
+from smtpplus_milter.cli import users as users_cli
 from smtpplus_milter.config import load_config
-from smtpplus_milter.files import locked
-from smtpplus_milter.passwd import DISABLED, PasswdFile, hash_password, verify_password
+from smtpplus_milter.infra.files import locked
+from smtpplus_milter.infra.passwd import DISABLED, PasswdFile, hash_password, verify_password
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PASSWORD = re.compile(r"^  password: (\S+)$", re.MULTILINE)
@@ -208,9 +209,7 @@ def test_removing_the_last_restriction_needs_allow_any_sender(conf: Path, capsys
     assert user is not None and user.unrestricted
 
 
-def test_add_without_entries_says_the_user_may_send_as_anybody(
-    conf: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_add_without_entries_says_the_user_may_send_as_anybody(conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert users(conf, "add", "open-app") == 0
     assert "note: open-app has no authorized domains or senders: it may send as ANY sender" in capsys.readouterr().err
     assert users(conf, "add", "open-app2", "--allow-any-sender") == 0
@@ -339,9 +338,7 @@ def test_list_and_show(conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "authorized_domains: marketing.yourcompany.com;yourcompany.com" in capsys.readouterr().out
 
 
-def test_show_says_plainly_when_a_user_may_send_as_any_sender(
-    conf: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_show_says_plainly_when_a_user_may_send_as_any_sender(conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
     add(conf, capsys, "open-app")
     assert users(conf, "show", "open-app") == 0
     assert re.search(r"^senders:\s+ANY \(no authorized domains or senders\)$", capsys.readouterr().out, re.MULTILINE)

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from smtpplus_milter import verification
-from smtpplus_milter.verification import MAX_FAILURES, Outcome, State, StateFile, normalize_code
+from smtpplus_milter.core import verification
+from smtpplus_milter.core.verification import MAX_FAILURES, Outcome, State, normalize_code
+from smtpplus_milter.infra.files import FileProblem
+from smtpplus_milter.infra.state import StateFile
 
 LOGIN = "wp-site"
 ADDRESS = "info@example.com"
@@ -126,7 +128,9 @@ def test_domain_token_is_stable_until_dropped_and_matches_only_itself() -> None:
     assert state.token_matches(LOGIN, "example.com", f"smtpplus-verify={token}")
     assert not state.token_matches(LOGIN, "example.com", f"smtpplus-verify={token}x")
     assert not state.token_matches("other", "example.com", f"smtpplus-verify={token}")
-    assert verification.txt_record("example.com", token) == f'_smtpplus-verify.example.com TXT "smtpplus-verify={token}"'
+    assert (
+        verification.txt_record("example.com", token) == f'_smtpplus-verify.example.com TXT "smtpplus-verify={token}"'
+    )
     state.drop(LOGIN, "domain", "example.com")
     assert state.start_domain(LOGIN, "example.com", now=T0).token != token
 
@@ -151,5 +155,5 @@ def test_state_file_is_0600_atomic_and_round_trips(tmp_path: Path) -> None:
 def test_corrupt_state_file_is_reported_with_a_hint(tmp_path: Path) -> None:
     path = tmp_path / "verification.json"
     path.write_text("{not json")
-    with pytest.raises(verification.FileProblem, match="move it away"):
+    with pytest.raises(FileProblem, match="move it away"):
         StateFile(path).read()

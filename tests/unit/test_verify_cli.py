@@ -17,8 +17,8 @@ import yaml
 from lab.harness import Sink, free_port
 from smtpplus_milter import cli
 from smtpplus_milter.config import load_config
-from smtpplus_milter.policy.users import User
-from smtpplus_milter.verification import MAX_FAILURES
+from smtpplus_milter.core.users import User
+from smtpplus_milter.core.verification import MAX_FAILURES
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 

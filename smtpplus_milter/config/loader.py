@@ -20,9 +20,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
 
-from smtpplus_milter.policy.addresses import AddressError, normalize_address, normalize_domain
-from smtpplus_milter.policy.users import AuthPolicy, Check, Directory, Mode, User, normalize_login
-from smtpplus_milter.yamlsrc import Located, YamlProblem, load_yaml
+from smtpplus_milter.config.yamlsrc import Located, YamlProblem, load_yaml
+from smtpplus_milter.core.addresses import AddressError, normalize_address, normalize_domain
+from smtpplus_milter.core.users import AuthPolicy, Check, Directory, Mode, User, normalize_login
 
 DEFAULT_CONFIG = Path("/etc/smtpplus/smtpplus.yaml")
 

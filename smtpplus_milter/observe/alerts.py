@@ -38,9 +38,9 @@ from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
 from typing import Protocol
 
-from smtpplus_milter import metrics
 from smtpplus_milter.config import AlertmanagerSink, AlertsSection, EmailSink, Settings, WebhookSink
-from smtpplus_milter.log import get_logger
+from smtpplus_milter.observe import metrics
+from smtpplus_milter.observe.log import get_logger
 
 log = get_logger()
 

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from smtpplus_milter.config import Config, ConfigError, load_config
-from smtpplus_milter.files import FileProblem, Ownership, locked, read_text, replace_atomically
-from smtpplus_milter.passwd import PasswdFile, PasswdProblem, generate_password, hash_password, passwd_login
-from smtpplus_milter.policy.users import Directory, User, newly_unrestricted, normalize_login
-from smtpplus_milter.usersfile import ALLOW_ANY_SENDER, Edit, EditProblem, UsersDocument, any_sender_refusal
+from smtpplus_milter.core.users import Directory, User, newly_unrestricted, normalize_login
+from smtpplus_milter.infra.files import FileProblem, Ownership, locked, read_text, replace_atomically
+from smtpplus_milter.infra.passwd import PasswdFile, PasswdProblem, generate_password, hash_password, passwd_login
+from smtpplus_milter.infra.usersfile import ALLOW_ANY_SENDER, Edit, EditProblem, UsersDocument, any_sender_refusal
 
 DEFAULT_PID_FILE = Path("/run/smtpplus/milter.pid")
 RELOAD_HINT = "systemctl reload smtpplus-milter"
@@ -220,7 +220,7 @@ def _err(text: str) -> None:
 
 def audit_event(event: str, **fields: Any) -> None:
     """A structured log line (stderr: JSON, or key=value on a terminal) for the audit trail."""
-    from smtpplus_milter import log as logsetup
+    from smtpplus_milter.observe import log as logsetup
 
     logsetup.configure()
     operator = os.environ.get("SUDO_USER") or getpass.getuser()
@@ -394,7 +394,7 @@ def _after_entries(
     domains = sorted(user.pending_domains - (before.pending_domains if before else frozenset()))
     if not (senders or domains):
         return
-    from smtpplus_milter.verify_cli import start_new
+    from smtpplus_milter.cli.verify import start_new
 
     _err("note: verification.required is on: the new entries authorize nothing until they are verified")
     for problem in start_new(config, user.login, senders, domains, now=time.time()):
@@ -493,7 +493,7 @@ def _reset_password(args: argparse.Namespace) -> int:
 def _forget_promoted(config: Config, login: str, promoted: list[tuple[str, str]]) -> None:
     """Drop the open verification attempts of entries --verified authorized: their code or token must not
     linger in the state file (nor show in 'verify list') once the entry no longer waits for it."""
-    from smtpplus_milter.verification import StateFile, state_path
+    from smtpplus_milter.infra.state import StateFile, state_path
 
     path = state_path(config.users_path)
     if not promoted or not path.exists():
@@ -504,7 +504,7 @@ def _forget_promoted(config: Config, login: str, promoted: list[tuple[str, str]]
 
 
 def _forget_verifications(config: Config, login: str) -> None:
-    from smtpplus_milter.verification import StateFile, state_path
+    from smtpplus_milter.infra.state import StateFile, state_path
 
     path = state_path(config.users_path)
     if path.exists():

@@ -2,7 +2,7 @@
 
 Two entry points mirror the two moments the milter can refuse a message: ``decide_mail_from``
 (who logged in, and the envelope sender) and ``decide_headers`` (From: and Sender:). Both return
-a :class:`~smtpplus_milter.policy.decision.Decision`; nothing here has side effects.
+a :class:`~smtpplus_milter.core.decision.Decision`; nothing here has side effects.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from email.header import decode_header, make_header
 
-from smtpplus_milter.policy.addresses import (
+from smtpplus_milter.core.addresses import (
     Address,
     AddressError,
     Mailbox,
@@ -22,8 +22,8 @@ from smtpplus_milter.policy.addresses import (
     parse_envelope_sender,
     parse_mailboxes,
 )
-from smtpplus_milter.policy.decision import Decision, Reply, Spoofing, Unauthorized, Verdict, safe_text
-from smtpplus_milter.policy.users import Check, Directory, Mode, User
+from smtpplus_milter.core.decision import Decision, Reply, Spoofing, Unauthorized, Verdict, safe_text
+from smtpplus_milter.core.users import Check, Directory, Mode, User
 
 REPLY_TO_HINT = "a visitor's address from a web form belongs in Reply-To, not From"
 

@@ -13,7 +13,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from smtpplus_milter import __version__, explain_cli, setup_cli, users_cli, verify_cli
+from smtpplus_milter import __version__
+from smtpplus_milter.cli import explain as explain_cli
+from smtpplus_milter.cli import setup as setup_cli
+from smtpplus_milter.cli import users as users_cli
+from smtpplus_milter.cli import verify as verify_cli
 from smtpplus_milter.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 
 # On SIGTERM, queued alerts get this long to go out before the process exits.
@@ -141,8 +145,8 @@ def _postconf_relayhost(postfix_dir: str) -> str:
 def postfix_config(
     path: Path, postfix_dir: str, nexthop_args: list[str], relayhost: str | None, chroot: bool, write: bool
 ) -> int:
-    from smtpplus_milter.files import FileProblem, Ownership, replace_atomically
-    from smtpplus_milter.postfix_config import generate, parse_nexthops, render
+    from smtpplus_milter.admin.postfix import generate, parse_nexthops, render
+    from smtpplus_milter.infra.files import FileProblem, Ownership, replace_atomically
 
     config = _load_or_report(path)
     if config is None:
@@ -284,10 +288,10 @@ def _run(config: Config) -> int:
     # Imported here so check-config works without libmilter loaded.
     import Milter
 
-    from smtpplus_milter import log as logsetup
-    from smtpplus_milter import metrics
-    from smtpplus_milter.alerts import AlertDispatcher
-    from smtpplus_milter.milter import FLAGS, ConfigHolder, factory_for
+    from smtpplus_milter.observe import log as logsetup
+    from smtpplus_milter.observe import metrics
+    from smtpplus_milter.observe.alerts import AlertDispatcher
+    from smtpplus_milter.services.milter import FLAGS, ConfigHolder, factory_for
 
     logsetup.configure(cache=True)
     log = logsetup.get_logger()

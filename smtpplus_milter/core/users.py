@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from smtpplus_milter.policy.addresses import Address
+from smtpplus_milter.core.addresses import Address
 
 
 class Mode(StrEnum):

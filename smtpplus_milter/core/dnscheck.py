@@ -11,7 +11,7 @@ DNS-querying terms; no macros, ``ptr`` never matches). It only feeds a warning, 
 the full implementation, resolves through its own DNS layer that cannot be pointed at the
 configured resolver without patching its internals.
 
-Lookups go through the small :class:`Lookup` interface; :class:`Resolver` implements it with
+Lookups go through the small :class:`Lookup` interface; :class:`smtpplus_milter.infra.dns.Resolver` implements it with
 dnspython, and unit tests use a dictionary.
 """
 
@@ -23,12 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from smtpplus_milter.verification import TOKEN_PREFIX, txt_name
+from smtpplus_milter.core.verification import TOKEN_PREFIX, txt_name
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 SPF_LOOKUP_LIMIT = 10  # RFC 7208 §4.6.4
-DNS_TIMEOUT = 5.0
 
 
 class DnsFailure(Exception):
@@ -44,53 +43,6 @@ class Lookup(Protocol):
 
     def mx(self, name: str) -> list[str]:
         """MX host names at *name*, best first; [] if none."""
-
-
-class Resolver:
-    """:class:`Lookup` over dnspython; *address* ``HOST:PORT`` or None for the system's resolver."""
-
-    def __init__(self, address: str | None = None, *, timeout: float = DNS_TIMEOUT) -> None:
-        import dns.resolver
-
-        if address is None:
-            try:
-                self._resolver = dns.resolver.Resolver()
-            except dns.resolver.NoResolverConfiguration:
-                raise DnsFailure(
-                    "no system resolver (/etc/resolv.conf); set verification.resolver to HOST:PORT"
-                ) from None
-        else:
-            host, _, port = address.rpartition(":")
-            self._resolver = dns.resolver.Resolver(configure=False)
-            self._resolver.nameservers = [host.strip("[]")]
-            self._resolver.port = int(port)
-        self._resolver.lifetime = timeout
-        self._resolver.timeout = timeout
-        self.address = address or "the system resolver"
-
-    def _ask(self, name: str, rdtype: str) -> list[object]:
-        import dns.exception
-        import dns.resolver
-
-        try:
-            return list(self._resolver.resolve(name, rdtype, search=False))
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return []
-        except dns.exception.DNSException as exc:
-            raise DnsFailure(f"{rdtype} {name}: {exc} (asked {self.address})") from None
-
-    def txt(self, name: str) -> list[str]:
-        return [b"".join(r.strings).decode("utf-8", "replace") for r in self._ask(name, "TXT")]  # type: ignore[attr-defined]
-
-    def addresses(self, name: str) -> list[IPAddress]:
-        found: list[IPAddress] = []
-        for rdtype in ("A", "AAAA"):
-            found += [ipaddress.ip_address(r.address) for r in self._ask(name, rdtype)]  # type: ignore[attr-defined]
-        return found
-
-    def mx(self, name: str) -> list[str]:
-        records = sorted(self._ask(name, "MX"), key=lambda r: r.preference)  # type: ignore[attr-defined]
-        return [r.exchange.to_text(omit_final_dot=True) for r in records]  # type: ignore[attr-defined]
 
 
 # --- the token -----------------------------------------------------------------------------------

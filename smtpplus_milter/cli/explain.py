@@ -1,6 +1,6 @@
 """``smtpplus-milter explain``: what the milter would do with a given user, sender and priority.
 
-The decision comes from :func:`smtpplus_milter.policy.explain.explain`, which runs the milter's
+The decision comes from :func:`smtpplus_milter.core.explain.explain`, which runs the milter's
 own policy calls; this module only builds the message headers from the options and prints.
 """
 
@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from smtpplus_milter.config import Config, ConfigError, load_config
-from smtpplus_milter.policy.explain import Explanation, explain
+from smtpplus_milter.core.explain import Explanation, explain
 
 
 def add_parser(commands: Any, add_config: Any) -> None:

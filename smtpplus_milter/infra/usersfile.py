@@ -1,6 +1,6 @@
 """Editing the users file in place, keeping the operator's comments and formatting.
 
-The milter reads the users file with PyYAML (:mod:`smtpplus_milter.yamlsrc`, which keeps line
+The milter reads the users file with PyYAML (:mod:`smtpplus_milter.config.yamlsrc`, which keeps line
 numbers for error messages). Writing it back with PyYAML would drop every comment and re-quote
 every string, so edits go through ruamel.yaml's round-trip mode, which keeps comments, key
 order, quoting and flow/block style of everything it was not asked to change.
@@ -24,8 +24,8 @@ from ruamel.yaml.error import CommentMark, YAMLError
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 from ruamel.yaml.tokens import CommentToken
 
-from smtpplus_milter.policy.addresses import AddressError, normalize_address, normalize_domain
-from smtpplus_milter.policy.users import User, normalize_login
+from smtpplus_milter.core.addresses import AddressError, normalize_address, normalize_domain
+from smtpplus_milter.core.users import User, normalize_login
 
 ALLOW_ANY_SENDER = "--allow-any-sender"
 
@@ -167,8 +167,9 @@ class UsersDocument:
                 written = next(item for item in items if norm(item) == norm(value))
                 _store(entry, target, [*_items(entry.get(target)), written], entry.get(target))
 
-    def _add_items(self, login: str, entry: CommentedMap, key: str, values: Sequence[str], kind: str, *,
-                   promote: bool) -> None:
+    def _add_items(
+        self, login: str, entry: CommentedMap, key: str, values: Sequence[str], kind: str, *, promote: bool
+    ) -> None:
         if not values:
             return
         norm = _domain_key if kind == "domain" else _sender_key

@@ -8,26 +8,21 @@ after :data:`MAX_FAILURES` wrong tries. A domain token is not a secret (it is pu
 publishing it is the proof), so it is kept in clear and can be shown again.
 
 The state lives in ``verification.json`` next to the users file (:func:`state_path`), mode 0600,
-replaced atomically under the same kind of lock as the users file (:mod:`smtpplus_milter.files`).
+replaced atomically under the same kind of lock as the users file (:mod:`smtpplus_milter.infra.files`).
 Everything that decides takes ``now`` (seconds since the epoch) from the caller: tests bring
 their own clock.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
-import os
 import secrets
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
-
-from smtpplus_milter.files import FileProblem, Ownership, locked, read_text, replace_atomically
 
 STATE_FILE = "verification.json"
 MAX_FAILURES = 5
@@ -42,8 +37,8 @@ _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 Kind = Literal["sender", "domain"]
 
 
-def state_path(users_path: Path) -> Path:
-    return users_path.with_name(STATE_FILE)
+class StateProblem(ValueError):
+    """The state file's text is not a verification state (the message says what to do)."""
 
 
 def kind_of(entry: str) -> Kind:
@@ -130,7 +125,7 @@ class State:
             data = json.loads(text)
             attempts = [Attempt(**item) for item in data["attempts"]]
         except (ValueError, KeyError, TypeError) as exc:
-            raise FileProblem(
+            raise StateProblem(
                 f"{where} is not a verification state file ({exc}); move it away to start all verifications afresh"
             ) from None
         return cls(attempts)
@@ -201,32 +196,6 @@ class State:
         if attempt is None or attempt.token is None:
             return False
         return hmac.compare_digest(published.encode(), f"{TOKEN_PREFIX}{attempt.token}".encode())
-
-
-class StateFile:
-    """``verification.json``: read and written only under its lock, replaced atomically, mode 0600."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def read(self) -> State:
-        return State.parse(read_text(self.path, missing_ok=True), self.path)
-
-    @contextlib.contextmanager
-    def edit(self) -> Iterator[State]:
-        """Lock, read, let the caller change the state, write it back if it changed.
-
-        An exception in the body writes nothing.
-        """
-        with locked(self.path):
-            old = read_text(self.path, missing_ok=True)
-            state = State.parse(old, self.path)
-            yield state
-            new = state.render()
-            if new != (old or State().render()):
-                replace_atomically(
-                    self.path, new.encode("utf-8"), new_file=Ownership(0o600, os.geteuid(), os.getegid())
-                )
 
 
 def describe(attempt: Attempt | None, now: float) -> str:

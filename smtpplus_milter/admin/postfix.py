@@ -185,8 +185,11 @@ def local_listener(settings: Settings, *, chroot: bool = True) -> tuple[str, dic
     email = settings.alerts.email
     for what, hostport, sender in (
         ("alerts.email.smtp", email.smtp if email else None, email.from_ if email else None),
-        ("verification.smtp", settings.verification.smtp if settings.verification.from_ else None,
-         settings.verification.from_),
+        (
+            "verification.smtp",
+            settings.verification.smtp if settings.verification.from_ else None,
+            settings.verification.from_,
+        ),
     ):
         if hostport is None or sender is None:
             continue

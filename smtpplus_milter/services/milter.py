@@ -1,4 +1,4 @@
-"""The pymilter adapter: collect what Postfix says, ask :mod:`policy`, apply the answer.
+"""The pymilter adapter: collect what Postfix says, ask the core, apply the answer.
 
 One :class:`SmtpPlusMilter` instance lives per SMTP connection (libmilter calls it from its
 worker threads). It snapshots the current config at MAIL FROM, so a reload never changes the
@@ -21,15 +21,21 @@ from typing import Any, ClassVar, TypeVar
 
 import Milter
 
-from smtpplus_milter import metrics
-from smtpplus_milter.alerts import DISABLED_USER, DISPLAY_NAME_SPOOFING, UNAUTHORIZED_SENDER, Alert, AlertDispatcher
 from smtpplus_milter.config import Config, ConfigError, load_config
-from smtpplus_milter.log import get_logger
+from smtpplus_milter.core.authorization import decide_headers, decide_mail_from
+from smtpplus_milter.core.decision import Decision, Reply, Spoofing, Verdict, safe_text
+from smtpplus_milter.core.priority import HeaderEdit, PriorityPlan, plan_priority
+from smtpplus_milter.core.users import User
 from smtpplus_milter.mime.footer import Banner, InjectionResult, inject
-from smtpplus_milter.policy.authorization import decide_headers, decide_mail_from
-from smtpplus_milter.policy.decision import Decision, Reply, Spoofing, Verdict, safe_text
-from smtpplus_milter.policy.priority import HeaderEdit, PriorityPlan, plan_priority
-from smtpplus_milter.policy.users import User
+from smtpplus_milter.observe import metrics
+from smtpplus_milter.observe.alerts import (
+    DISABLED_USER,
+    DISPLAY_NAME_SPOOFING,
+    UNAUTHORIZED_SENDER,
+    Alert,
+    AlertDispatcher,
+)
+from smtpplus_milter.observe.log import get_logger
 
 log = get_logger()
 

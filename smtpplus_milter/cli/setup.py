@@ -27,11 +27,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from smtpplus_milter.admin.postfix import parse_nexthops
 from smtpplus_milter.config import ConfigError, Settings, load_config
-from smtpplus_milter.files import FileProblem, Ownership, replace_atomically
-from smtpplus_milter.postfix_config import parse_nexthops
+from smtpplus_milter.infra.files import FileProblem, Ownership, replace_atomically
 
-SOURCE_GUESS = Path(__file__).resolve().parents[1]
+SOURCE_GUESS = Path(__file__).resolve().parents[2]
 OUR_MILTER = "unix:smtpplus/milter.sock"
 POSTCONF_TIMEOUT = 30.0
 # Debian's own base for a new main.cf (what its postinst copies); the upstream proto otherwise.
@@ -387,7 +387,7 @@ class Setup:
         return fields, params
 
     def _postfix_plan(self, settings: Settings) -> tuple[dict[str, str], list[Service], dict[str, str], list[str]]:
-        from smtpplus_milter.postfix_config import generate
+        from smtpplus_milter.admin.postfix import generate
 
         options = self.options
         current = self._current_main_cf()

@@ -7,7 +7,7 @@ domain needs; ``confirm`` (address + code) and ``check`` (domain, by DNS) move t
 last entry a user has would let it send as any sender: it is refused unless the operator
 passes ``--allow-any-sender``. Every write of the users file here checks that rule.
 
-Locks are always taken in the same order: the state file (:mod:`smtpplus_milter.verification`),
+Locks are always taken in the same order: the state file (:mod:`smtpplus_milter.core.verification`),
 then the users file. ``users add/edit`` take the users file's lock, release it, and only then
 start verifications, so the two commands can never wait for each other.
 """
@@ -29,12 +29,7 @@ from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any
 
-from smtpplus_milter.config import Config, ConfigError, load_config, split_host_port
-from smtpplus_milter.dnscheck import DnsFailure, Resolver, check_token, deliverability_warnings
-from smtpplus_milter.files import FileProblem, locked, read_text, replace_atomically
-from smtpplus_milter.policy.addresses import AddressError, normalize_address, normalize_domain
-from smtpplus_milter.policy.users import User, newly_unrestricted, normalize_login
-from smtpplus_milter.users_cli import (
+from smtpplus_milter.cli.users import (
     Refused,
     allow_any_sender_option,
     any_sender_chosen,
@@ -43,24 +38,29 @@ from smtpplus_milter.users_cli import (
     reload_milter,
     reload_options,
 )
-from smtpplus_milter.usersfile import ALLOW_ANY_SENDER, EditProblem, UsersDocument, any_sender_refusal
-from smtpplus_milter.verification import (
+from smtpplus_milter.config import Config, ConfigError, load_config, split_host_port
+from smtpplus_milter.core.addresses import AddressError, normalize_address, normalize_domain
+from smtpplus_milter.core.dnscheck import DnsFailure, check_token, deliverability_warnings
+from smtpplus_milter.core.users import User, newly_unrestricted, normalize_login
+from smtpplus_milter.core.verification import (
     CODE_DIGITS,
     MAX_FAILURES,
     TOKEN_PREFIX,
     Kind,
     Outcome,
-    StateFile,
     as_record,
     describe,
     format_age,
     format_code,
     kind_of,
     normalize_code,
-    state_path,
     txt_name,
     txt_record,
 )
+from smtpplus_milter.infra.dns import Resolver
+from smtpplus_milter.infra.files import FileProblem, locked, read_text, replace_atomically
+from smtpplus_milter.infra.state import StateFile, state_path
+from smtpplus_milter.infra.usersfile import ALLOW_ANY_SENDER, EditProblem, UsersDocument, any_sender_refusal
 
 Clock = Callable[[], float]
 
@@ -188,7 +188,7 @@ def _pending(user: User, kind: Kind, entry: str) -> None:
 
 
 def _event(event: str, **fields: Any) -> None:
-    """A line for the audit trail (see :func:`smtpplus_milter.users_cli.audit_event`)."""
+    """A line for the audit trail (see :func:`smtpplus_milter.cli.users.audit_event`)."""
     audit_event(event, **fields)
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from smtpplus_milter.policy.authorization import decide_headers, decide_mail_from
-from smtpplus_milter.policy.decision import Decision, Verdict
-from smtpplus_milter.policy.priority import PriorityPlan, plan_priority
-from smtpplus_milter.policy.users import Directory, User
+from smtpplus_milter.core.authorization import decide_headers, decide_mail_from
+from smtpplus_milter.core.decision import Decision, Verdict
+from smtpplus_milter.core.priority import PriorityPlan, plan_priority
+from smtpplus_milter.core.users import Directory, User
 
 
 @dataclass(frozen=True)
