@@ -35,7 +35,7 @@ sys.path.insert(0, sys.argv[1])
 import Milter, structlog
 from tests.support.builders import config_with
 from tests.milter.test_milter import Session
-from smtpplus_milter.services.milter import ConfigHolder
+from smtpplus_milter.services.runtime import Runtime
 import smtpplus_milter.services.milter as loaded
 assert loaded.__file__.startswith(sys.argv[1]), loaded.__file__
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
@@ -43,7 +43,7 @@ count = int(sys.argv[2])
 headers = [("From", "Shop <info@yourcompany.com>"), ("To", "someone@example.org"), ("Subject", "Order 1001"),
            ("Message-ID", "<1@client.test>"), ("X-Priority", "1 (Highest)")]
 with tempfile.TemporaryDirectory() as directory:
-    holder = ConfigHolder(config_with(Path(directory), settings={"lists": {"shop": {}}}))
+    holder = Runtime(config_with(Path(directory), settings={"lists": {"shop": {}}}))
     for warm in range(200):
         session = Session(holder, "shop-frontend")
         session.message("info@yourcompany.com", headers, b"Hello.\r\n" * 10)

@@ -70,7 +70,10 @@ MODE_LABELS = {
     "lean": "lean no-op milter unix",
 }
 NOOP_MODES = {"noop": [], "lean": ["--lean"]}
-VARIANT_PREFIX = "v:"  # v:lean+cache = smtpplus-milter on a unix socket with bench/milter_variant.py changes
+VARIANT_PREFIX = "v:"  # v:timing = smtpplus-milter on a unix socket with bench/milter_variant.py changes
+# rev:e83ef40 = smtpplus-milter as it was at that git revision (its package extracted with git archive),
+# so an earlier version and this one are measured side by side in one run.
+REVISION_PREFIX = "rev:"
 
 
 TCP_SUFFIX = "@tcp"  # lean@tcp, v:cache@tcp: an extra milter on TCP instead of a unix socket
@@ -80,6 +83,8 @@ def mode_label(mode: str) -> str:
     base, tcp, _ = mode.partition(TCP_SUFFIX)
     if base.startswith(VARIANT_PREFIX):
         label = f"milter unix [{base[len(VARIANT_PREFIX) :]}]"
+    elif base.startswith(REVISION_PREFIX):
+        label = f"milter unix @{base[len(REVISION_PREFIX) :]}"
     else:
         label = MODE_LABELS[base]
     return label.replace("unix", "TCP") if tcp else label
@@ -89,7 +94,19 @@ def known_mode(mode: str) -> bool:
     base, tcp, rest = mode.partition(TCP_SUFFIX)
     if rest or (tcp and base in ("none", "unix", "inet", "footer")):
         return False
-    return base.startswith(VARIANT_PREFIX) or base in MODE_LABELS
+    return base.startswith((VARIANT_PREFIX, REVISION_PREFIX)) or base in MODE_LABELS
+
+
+def package_at(revision: str, target: Path) -> Path:
+    """Extract the smtpplus_milter package as it was at *revision* into *target*; return it for PYTHONPATH."""
+    target.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(HERE.parent), "archive", "--format=tar", revision, "smtpplus_milter"],
+        capture_output=True,
+        check=True,
+    )
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target
 
 
 # --- /proc -----------------------------------------------------------------------------------
@@ -307,18 +324,29 @@ class Rig:
                 socket_dir = stack.workdir / f"extra-{number}"
                 prepare_socket_dir(socket_dir)
                 spec = postfix_spec = f"unix:{socket_dir}/milter.sock"
-            if base.startswith(VARIANT_PREFIX):
+            env = dict(os.environ)
+            if base.startswith((VARIANT_PREFIX, REVISION_PREFIX)):
                 config = stack.etc / f"smtpplus-extra-{number}.yaml"
                 settings = deep_merge(
                     stack.settings, {"milter": {"socket": spec}, "metrics": {"listen": f"{LOOPBACK}:{free_port()}"}}
                 )
                 config.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
-                command = [str(MILTER_VARIANT), base[len(VARIANT_PREFIX) :], "-c", str(config)]
+                if base.startswith(VARIANT_PREFIX):
+                    command = [str(MILTER_VARIANT), base[len(VARIANT_PREFIX) :], "-c", str(config)]
+                else:
+                    revision = base[len(REVISION_PREFIX) :]
+                    env["PYTHONPATH"] = str(package_at(revision, stack.workdir / f"rev-{number}"))
+                    command = ["-m", "smtpplus_milter", "run", "-c", str(config)]
             else:
                 command = [str(NOOP_MILTER), *NOOP_MODES[base], spec]
             with (stack.workdir / f"extra-{number}.log").open("ab") as log:
                 process = subprocess.Popen(
-                    [sys.executable, *command], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                    [sys.executable, *command],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=env.get("PYTHONPATH"),  # python -m puts the working directory first on sys.path
                 )
             self.extra_milters.append(process)
             # MilterProcess only as a probe of the socket (it never starts anything here).
@@ -518,9 +546,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--modes",
         default="none,unix,inet",
-        help="comma-separated subset of none,unix,inet,noop,lean,v:VARIANTS (default: the first 3). noop and lean "
-        "are bench/noop_milter.py without and with --lean; v:lean+cache is smtpplus-milter with the changes of "
-        "bench/milter_variant.py; all three on a unix socket, or on TCP with @tcp appended (lean@tcp)",
+        help="comma-separated subset of none,unix,inet,noop,lean,v:VARIANTS,rev:REVISION (default: the first 3). "
+        "noop and lean are bench/noop_milter.py without and with --lean; v:timing is smtpplus-milter with the "
+        "changes of bench/milter_variant.py; rev:e83ef40 is smtpplus-milter as of that git revision; all on a "
+        "unix socket, or on TCP with @tcp appended (lean@tcp)",
     )
     parser.add_argument("--noop", action="store_true", help="add the no-op milter (unix socket) as a fourth mode")
     parser.add_argument("--concurrency", default="10,50", help="comma-separated concurrencies (default 10,50)")

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from smtpplus_milter.config import Config, ConfigError, load_config
+from smtpplus_milter.config.rules import rules_of
 from smtpplus_milter.core.explain import Explanation, explain
 
 
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 1
     mail_from = args.mail_from if args.mail_from.startswith("<") else f"<{args.mail_from}>"
-    result = explain(config.directory, config.settings.priority.queues, args.user or None, mail_from, headers)
+    result = explain(rules_of(config), args.user or None, mail_from, headers)
     record = to_record(config, result, assumed_from=args.header_from is None and not args.no_header_from)
     if args.json:
         print(json.dumps(record, indent=2, ensure_ascii=False))

@@ -135,9 +135,10 @@ def _run(config: Config) -> int:
     import Milter
 
     from smtpplus_milter.observe import log as logsetup
-    from smtpplus_milter.observe import metrics
     from smtpplus_milter.observe.alerts import AlertDispatcher
-    from smtpplus_milter.services.milter import FLAGS, ConfigHolder, factory_for
+    from smtpplus_milter.observe.metrics import Metrics, serve_metrics
+    from smtpplus_milter.services.milter import FLAGS, factory_for
+    from smtpplus_milter.services.runtime import Runtime
 
     logsetup.configure(cache=True)
     log = logsetup.get_logger()
@@ -148,18 +149,20 @@ def _run(config: Config) -> int:
         return 1
     if spec.startswith(("unix:", "local:")):
         Path(spec.split(":", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+    metrics = Metrics()
     if settings.metrics.listen:
         try:
-            metrics.serve(settings.metrics.listen)
+            serve_metrics(settings.metrics.listen, metrics.registry)
         except OSError as exc:
             log.error("startup_failed", reason=f"cannot serve metrics on {settings.metrics.listen}: {exc.strerror}")
             return 1
 
     # Alerts go out from threads of their own; the mail path only queues them.
-    alerts = AlertDispatcher.from_config(settings)
-    holder = ConfigHolder(config, alerts)
-    milter_class = factory_for(holder)
-    Milter.factory = milter_class
+    alerts = AlertDispatcher.from_config(settings, metrics)
+    # The per-message log lines are written by a thread of their own, off libmilter's threads.
+    writer = logsetup.EventWriter()
+    runtime = Runtime(config, metrics=metrics, alerts=alerts, emit=writer.emit)
+    Milter.factory = factory_for(runtime)
     Milter.set_flags(FLAGS)
     # The socket must be usable by Postfix's smtpd (user postfix): group access, nothing for others.
     # Its group is the socket directory's when that directory is setgid (deploy/README-install.md).
@@ -178,7 +181,7 @@ def _run(config: Config) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
             # Reload off the signal handler: it reads files and may take a while.
-            threading.Thread(target=holder.reload, name="reload", daemon=True).start()
+            threading.Thread(target=runtime.reload, name="reload", daemon=True).start()
             return
         if not stopping.is_set():
             stopping.set()
@@ -211,11 +214,13 @@ def _run(config: Config) -> int:
         thread.join(0.5)
     if failure:
         alerts.stop(ALERTS_DRAIN_SECONDS)
+        writer.stop()
         log.error("startup_failed" if not stopping.is_set() else "stopped_with_error", reason=str(failure[0]))
         return 1
     deadline = time.monotonic() + settings.milter.timeout
-    while milter_class.active_connections() and time.monotonic() < deadline:
+    while runtime.connections.open and time.monotonic() < deadline:
         time.sleep(0.1)
     alerts.stop(ALERTS_DRAIN_SECONDS)
-    log.info("stopped", unfinished_connections=milter_class.active_connections())
+    writer.stop()
+    log.info("stopped", unfinished_connections=runtime.connections.open)
     return 0

@@ -1,20 +1,20 @@
 """What the milter would do with one message, and why (``smtpplus-milter explain``).
 
-:func:`explain` runs the same decisions, in the same order and with the same inputs, as the
-milter adapter does across its callbacks: :func:`decide_mail_from` at MAIL FROM (a rejection or
-a bypass ends it there), then :func:`decide_headers` and :func:`plan_priority` at end of headers.
-tests/milter/test_explain_agrees.py holds the two to the same answers.
+:func:`explain` drives a :class:`~smtpplus_milter.core.session.MessageSession`, the very object
+the milter adapter drives from libmilter's callbacks, with the login, envelope sender and headers
+the operator gave. The two cannot disagree: there is only one place where the rules are applied.
+No body is given, so no header/footer is added (the list's banner is shown from the config).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from smtpplus_milter.core.authorization import decide_headers, decide_mail_from
 from smtpplus_milter.core.decision import Decision, Verdict
-from smtpplus_milter.core.priority import PriorityPlan, plan_priority
-from smtpplus_milter.core.users import Directory, User
+from smtpplus_milter.core.priority import PriorityPlan
+from smtpplus_milter.core.session import Action, MessageSession, Rules
+from smtpplus_milter.core.users import User
 
 
 @dataclass(frozen=True)
@@ -33,24 +33,23 @@ class Explanation:
 
 
 def explain(
-    directory: Directory,
-    queues: Mapping[int, str],
+    rules: Rules,
     login: str | None,
     mail_from: str,
     headers: Sequence[tuple[str, str]],
+    *,
+    daemon_name: str | None = None,
 ) -> Explanation:
     headers = tuple(headers)
-    first = decide_mail_from(directory, login, mail_from)
-    if first.bypass or first.rejected:
-        return Explanation(login, mail_from, headers, "mail_from", first, directory.lookup(login or ""), None)
-    user = directory.lookup(login or "")
-    assert user is not None  # decide_mail_from accepted a known user
-    second = decide_headers(directory, user, headers)
-    reasons = (*first.reasons, *second.reasons)
-    unauthorized = (*first.unauthorized, *second.unauthorized)
-    if second.rejected:
-        final = Decision(second.verdict, second.reply, reasons, unauthorized, spoofing=second.spoofing)
-        return Explanation(login, mail_from, headers, "end_of_headers", final, user, None)
-    plan = plan_priority(headers, user_priority=user.priority, queues=queues)
-    final = Decision(Verdict.ACCEPT, None, (*reasons, *plan.reading.problems), unauthorized, spoofing=second.spoofing)
-    return Explanation(login, mail_from, headers, "end_of_message", final, user, plan)
+    session = MessageSession(rules)
+    step = session.mail_from(login, mail_from, daemon_name=daemon_name)
+    if step.action is Action.CONTINUE:
+        for name, value in headers:
+            session.header(name, value)
+        step = session.end_of_headers()
+        if step.action is Action.CONTINUE and not session.end_of_message().step.refused:
+            session.accept()
+    outcome = session.outcome()
+    assert outcome is not None  # every path above ends decided
+    priority = outcome.priority if not outcome.decision.bypass else None
+    return Explanation(login, mail_from, headers, outcome.stage, outcome.decision, outcome.user, priority)

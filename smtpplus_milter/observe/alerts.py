@@ -39,8 +39,9 @@ from email.utils import format_datetime, make_msgid
 from typing import Protocol
 
 from smtpplus_milter.config import AlertmanagerSink, AlertsSection, EmailSink, Settings, WebhookSink
-from smtpplus_milter.observe import metrics
+from smtpplus_milter.core.session import DISABLED_USER, DISPLAY_NAME_SPOOFING, UNAUTHORIZED_SENDER
 from smtpplus_milter.observe.log import get_logger
+from smtpplus_milter.observe.metrics import Metrics
 
 log = get_logger()
 
@@ -58,9 +59,6 @@ _HOST = socket.gethostname()
 
 RESULTS = ("sent", "failed", "dropped", "suppressed")
 
-UNAUTHORIZED_SENDER = "unauthorized_sender"
-DISABLED_USER = "disabled_user"
-DISPLAY_NAME_SPOOFING = "display_name_spoofing"
 ALERTNAMES = {
     UNAUTHORIZED_SENDER: "SMTPPlusUnauthorizedSender",
     DISABLED_USER: "SMTPPlusDisabledUserAttempt",
@@ -70,7 +68,7 @@ ALERTNAMES = {
 
 @dataclass(frozen=True)
 class Alert:
-    """One thing an operator should know about; built by the milter from a Decision."""
+    """One thing an operator should know about (a :class:`~smtpplus_milter.core.session.Notice`, sent)."""
 
     kind: str  # unauthorized_sender | disabled_user | display_name_spoofing
     user: str
@@ -284,8 +282,10 @@ class SinkWorker:
         backoff: float,
         queue_size: int = QUEUE_SIZE,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.sink = sink
+        self.counter = (metrics or Metrics()).alerts
         self.name = sink.name
         self.attempts = attempts
         self.backoff = backoff
@@ -297,18 +297,18 @@ class SinkWorker:
         self._deadline: float | None = None  # set by stop(): last moment to keep trying
         self._thread = threading.Thread(target=self._run, name=f"alerts-{self.name}", daemon=True)
         for result in RESULTS:  # every series exists from the start, so rate() and alerts see 0
-            metrics.ALERTS.labels(sink=self.name, result=result)
+            self.counter.labels(sink=self.name, result=result)
         self._thread.start()
 
     def offer(self, alert: Alert) -> None:
         """Never blocks: a full queue drops the alert (and counts it)."""
         if self._deadline is not None:
-            metrics.ALERTS.labels(sink=self.name, result="dropped").inc()
+            self.counter.labels(sink=self.name, result="dropped").inc()
             return
         try:
             self._queue.put_nowait(alert)
         except queue.Full:
-            metrics.ALERTS.labels(sink=self.name, result="dropped").inc()
+            self.counter.labels(sink=self.name, result="dropped").inc()
 
     def stop(self, timeout: float) -> None:
         """Stop taking alerts; send what is queued (one try each) until *timeout*, then give up."""
@@ -368,14 +368,14 @@ class SinkWorker:
                 gave_up=final,
             )
             if final:
-                metrics.ALERTS.labels(sink=self.name, result="failed").inc()
+                self.counter.labels(sink=self.name, result="failed").inc()
             elif len(self._retries) >= self.queue_size:
-                metrics.ALERTS.labels(sink=self.name, result="dropped").inc()
+                self.counter.labels(sink=self.name, result="dropped").inc()
             else:
                 due = self.clock() + self.backoff_for(attempt)
                 heapq.heappush(self._retries, _Retry(due, next(self._order), alert, attempt + 1))
             return
-        metrics.ALERTS.labels(sink=self.name, result="sent").inc()
+        self.counter.labels(sink=self.name, result="sent").inc()
         log.info("alert_sent", sink=self.name, alertname=alert.alertname, user=alert.user, sender=alert.sender)
 
     def _abandon(self) -> None:
@@ -388,7 +388,7 @@ class SinkWorker:
                 break
             lost += isinstance(item, Alert)
         if lost:
-            metrics.ALERTS.labels(sink=self.name, result="failed").inc(lost)
+            self.counter.labels(sink=self.name, result="failed").inc(lost)
             log.warning("alerts_abandoned", sink=self.name, count=lost, reason="stopping")
 
 
@@ -408,25 +408,30 @@ class AlertDispatcher:
         backoff: float = 2.0,
         queue_size: int = QUEUE_SIZE,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.clock = clock
+        # smtpplus_alerts_total lives here; without one given, a private set (tests).
+        self.metrics = metrics = metrics or Metrics()
         self.dedup_seconds = dedup_seconds
         self._lock = threading.Lock()
         self._seen: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._signature: tuple[object, ...] | None = None
         self._stopped = False
         self.workers = [
-            SinkWorker(sink, attempts=attempts, backoff=backoff, queue_size=queue_size, clock=clock) for sink in sinks
+            SinkWorker(sink, attempts=attempts, backoff=backoff, queue_size=queue_size, clock=clock, metrics=metrics)
+            for sink in sinks
         ]
 
     @classmethod
-    def from_config(cls, settings: Settings) -> AlertDispatcher:
+    def from_config(cls, settings: Settings, metrics: Metrics | None = None) -> AlertDispatcher:
         section = settings.alerts
         dispatcher = cls(
             sinks_from(section),
             dedup_seconds=section.dedup_seconds,
             attempts=section.attempts,
             backoff=section.backoff_seconds,
+            metrics=metrics,
         )
         dispatcher._signature = _signature(section)
         return dispatcher
@@ -444,7 +449,7 @@ class AlertDispatcher:
                     return
                 if self._duplicate(alert.key):
                     for worker in workers:
-                        metrics.ALERTS.labels(sink=worker.name, result="suppressed").inc()
+                        self.metrics.alerts.labels(sink=worker.name, result="suppressed").inc()
                     return
             for worker in workers:
                 worker.offer(alert)
@@ -479,7 +484,13 @@ class AlertDispatcher:
             old, self.workers = (
                 self.workers,
                 [
-                    SinkWorker(sink, attempts=section.attempts, backoff=section.backoff_seconds, clock=self.clock)
+                    SinkWorker(
+                        sink,
+                        attempts=section.attempts,
+                        backoff=section.backoff_seconds,
+                        clock=self.clock,
+                        metrics=self.metrics,
+                    )
                     for sink in sinks_from(section)
                 ],
             )

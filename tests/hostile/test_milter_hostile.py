@@ -11,8 +11,7 @@ import pytest
 from Milter import testctx
 
 from smtpplus_milter.core.decision import MAX_REPLY_TEXT
-from smtpplus_milter.observe import metrics
-from smtpplus_milter.services.milter import MACROS, ConfigHolder, SmtpPlusMilter, factory_for
+from smtpplus_milter.services.milter import MACROS, Runtime, SmtpPlusMilter, factory_for
 from tests.milter.test_milter import RecordingCtx, Session
 from tests.support.builders import config_with
 
@@ -50,7 +49,7 @@ class NoSymlistCtx(RecordingCtx):
             testctx.TestCtx.default_opts = offered
 
 
-def _session(holder: ConfigHolder, login: str | None, ctx_class: type[RecordingCtx], **macros: str) -> Session:
+def _session(holder: Runtime, login: str | None, ctx_class: type[RecordingCtx], **macros: str) -> Session:
     """A Session (tests/milter) on a context of *ctx_class*, with Postfix's macros set."""
     session = Session.__new__(Session)
     Milter.factory = factory_for(holder)
@@ -64,12 +63,12 @@ def _session(holder: ConfigHolder, login: str | None, ctx_class: type[RecordingC
     return session
 
 
-def _count(name: str, **labels: str) -> float:
-    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+def _count(runtime: Runtime, name: str, **labels: str) -> float:
+    return runtime.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-def _holder(tmp_path: Path, **settings: Any) -> ConfigHolder:
-    return ConfigHolder(config_with(tmp_path, settings=settings or None))
+def _holder(tmp_path: Path, **settings: Any) -> Runtime:
+    return Runtime(config_with(tmp_path, settings=settings or None))
 
 
 LONG_LOCAL = "a" * 1500
@@ -78,7 +77,7 @@ LONG_LOCAL = "a" * 1500
 @pytest.mark.parametrize("on_internal_error", ["tempfail", "accept"])
 def test_long_envelope_sender_is_still_refused_550(tmp_path: Path, on_internal_error: str) -> None:
     holder = _holder(tmp_path, milter={"socket": f"unix:{tmp_path}/m.sock", "on_internal_error": on_internal_error})
-    before = _count("smtpplus_unauthorized_total", user="shop-frontend", mode="block")
+    before = _count(holder, "smtpplus_unauthorized_total", user="shop-frontend", mode="block")
     session = _session(holder, "shop-frontend", StrictReplyCtx)
     stage, rc = session.message(f"{LONG_LOCAL}@evil.example", FROM_OK)
     assert (stage, rc) == ("envfrom", Milter.REJECT)
@@ -87,7 +86,7 @@ def test_long_envelope_sender_is_still_refused_550(tmp_path: Path, on_internal_e
     assert (code, xcode) == ("550", "5.7.1")
     assert len(text) <= MAX_REPLY_TEXT
     assert text.startswith("<aaaa") and "...>: sender not authorized for SMTP+ user shop-frontend" in text
-    assert _count("smtpplus_unauthorized_total", user="shop-frontend", mode="block") == before + 1
+    assert _count(holder, "smtpplus_unauthorized_total", user="shop-frontend", mode="block") == before + 1
 
 
 @pytest.mark.parametrize("on_internal_error", ["tempfail", "accept"])
@@ -104,22 +103,22 @@ def test_long_from_address_is_still_refused_550(tmp_path: Path, on_internal_erro
 @pytest.mark.parametrize("on_internal_error", ["tempfail", "accept"])
 def test_a_reply_that_cannot_be_set_still_rejects(tmp_path: Path, on_internal_error: str) -> None:
     holder = _holder(tmp_path, milter={"socket": f"unix:{tmp_path}/m.sock", "on_internal_error": on_internal_error})
-    before = _count("smtpplus_messages_total", user="shop-frontend", result="rejected")
+    before = _count(holder, "smtpplus_messages_total", user="shop-frontend", result="rejected")
     session = _session(holder, "shop-frontend", BrokenReplyCtx)
     assert session.message("ceo@paypal.com", FROM_OK) == ("envfrom", Milter.REJECT)
     session = _session(holder, "shop-frontend", BrokenReplyCtx)
     spoofed = [("From", "ceo@paypal.com"), ("To", "someone@example.org"), ("Subject", "x")]
     assert session.message("info@yourcompany.com", spoofed) == ("eoh", Milter.REJECT)
-    assert _count("smtpplus_messages_total", user="shop-frontend", result="rejected") == before + 2
+    assert _count(holder, "smtpplus_messages_total", user="shop-frontend", result="rejected") == before + 2
 
 
 def test_failure_after_a_refusal_keeps_the_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     holder = _holder(tmp_path, milter={"socket": f"unix:{tmp_path}/m.sock", "on_internal_error": "accept"})
 
-    def broken_finish(self: SmtpPlusMilter, decision: Any) -> None:
+    def broken_report(self: SmtpPlusMilter) -> None:
         raise RuntimeError("logging failed")
 
-    monkeypatch.setattr(SmtpPlusMilter, "_finish", broken_finish)
+    monkeypatch.setattr(SmtpPlusMilter, "_report", broken_report)
     session = _session(holder, "shop-frontend", RecordingCtx)
     assert session.message("ceo@paypal.com", FROM_OK) == ("envfrom", Milter.REJECT)
 
@@ -132,15 +131,15 @@ def test_internal_error_keeps_unauthorized_findings(tmp_path: Path, monkeypatch:
         milter={"socket": f"unix:{tmp_path}/m.sock", "on_internal_error": "accept"},
         authorization={"mode": "alert"},
     )
-    before = _count("smtpplus_unauthorized_total", user="shop-frontend", mode="alert")
+    before = _count(holder, "smtpplus_unauthorized_total", user="shop-frontend", mode="alert")
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("bug in header checks")
 
-    monkeypatch.setattr("smtpplus_milter.services.milter.decide_headers", broken)
+    monkeypatch.setattr("smtpplus_milter.core.session.decide_headers", broken)
     session = _session(holder, "shop-frontend", RecordingCtx)
     assert session.message("ceo@paypal.com", FROM_OK) == ("eoh", Milter.ACCEPT)
-    assert _count("smtpplus_unauthorized_total", user="shop-frontend", mode="alert") == before + 1
+    assert _count(holder, "smtpplus_unauthorized_total", user="shop-frontend", mode="alert") == before + 1
 
 
 def test_macros_are_requested_at_negotiation(tmp_path: Path) -> None:

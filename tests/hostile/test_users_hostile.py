@@ -25,6 +25,7 @@ import yaml
 
 from smtpplus_milter import cli
 from smtpplus_milter.config import load_config
+from smtpplus_milter.config.rules import rules_of
 from smtpplus_milter.core.explain import explain
 from smtpplus_milter.infra import files
 from smtpplus_milter.infra.files import FileProblem, Ownership, locked, replace_atomically
@@ -132,9 +133,7 @@ def snapshot(conf: Path) -> dict[str, bytes]:
 
 def may_send_as(conf: Path, sender: str, login: str = "app") -> bool:
     """What the milter would decide for *login* sending as *sender* with the files as they are now."""
-    config = load_config(conf)
-    queues = config.settings.priority.queues
-    return explain(config.directory, queues, login, f"<{sender}>", [("From", sender)]).accepted
+    return explain(rules_of(load_config(conf)), login, f"<{sender}>", [("From", sender)]).accepted
 
 
 EDITS = [

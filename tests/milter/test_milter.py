@@ -11,9 +11,10 @@ import pytest
 from Milter import testctx
 from structlog.testing import capture_logs
 
-from smtpplus_milter.observe import metrics
-from smtpplus_milter.services import milter as adapter
-from smtpplus_milter.services.milter import ConfigHolder, factory_for
+from smtpplus_milter.core import session as core_session
+from smtpplus_milter.core.session import INTERNAL_ERROR_REPLY
+from smtpplus_milter.services.milter import factory_for
+from smtpplus_milter.services.runtime import Runtime
 from tests.support.builders import config_with, write_config
 
 
@@ -38,7 +39,7 @@ class RecordingCtx(testctx.TestCtx):  # type: ignore[misc]
 class Session:
     """One SMTP connection as libmilter would drive it, with Postfix's macros."""
 
-    def __init__(self, holder: ConfigHolder, login: str | None, queue_id: str = "4XyZ1abc") -> None:
+    def __init__(self, holder: Runtime, login: str | None, queue_id: str = "4XyZ1abc") -> None:
         Milter.factory = factory_for(holder)
         self.ctx = RecordingCtx()
         if login is not None:
@@ -85,8 +86,8 @@ class Session:
 
 
 @pytest.fixture
-def holder(tmp_path: Path) -> ConfigHolder:
-    return ConfigHolder(config_with(tmp_path))
+def holder(tmp_path: Path) -> Runtime:
+    return Runtime(config_with(tmp_path))
 
 
 @pytest.fixture
@@ -99,12 +100,12 @@ def _events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [entry for entry in logs if entry["event"] == name]
 
 
-def _count(name: str, **labels: str) -> float:
-    value = metrics.REGISTRY.get_sample_value(name, labels)
+def _count(runtime: Runtime, name: str, **labels: str) -> float:
+    value = runtime.metrics.registry.get_sample_value(name, labels)
     return value or 0.0
 
 
-def test_negotiation_skips_unused_steps(holder: ConfigHolder) -> None:
+def test_negotiation_skips_unused_steps(holder: Runtime) -> None:
     session = Session(holder, "shop-frontend")
     protocol = session.ctx._protocol
     for flag in (Milter.P_NOCONNECT, Milter.P_NOHELO, Milter.P_NORCPT, Milter.P_NR_HDR, Milter.P_NR_BODY):
@@ -113,8 +114,8 @@ def test_negotiation_skips_unused_steps(holder: ConfigHolder) -> None:
         assert not protocol & flag, hex(flag)
 
 
-def test_authorized_message_passes(holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
-    before = _count("smtpplus_messages_total", user="shop-frontend", result="accepted")
+def test_authorized_message_passes(holder: Runtime, logs: list[dict[str, Any]]) -> None:
+    before = _count(holder, "smtpplus_messages_total", user="shop-frontend", result="accepted")
     session = Session(holder, "shop-frontend")
     stage, rc = session.message("info@yourcompany.com", [("From", "Shop <info@yourcompany.com>"), ("Subject", "Order")])
     assert (stage, rc) == ("eom", Milter.CONTINUE)
@@ -126,10 +127,10 @@ def test_authorized_message_passes(holder: ConfigHolder, logs: list[dict[str, An
     assert event["decision"] == "accepted" and event["user"] == "shop-frontend" and event["queue_id"] == "4XyZ1abc"
     assert event["senders"]["header_from"] == ["Shop <info@yourcompany.com>"]
     assert any("authorized_domains yourcompany.com" in reason for reason in event["reasons"])
-    assert _count("smtpplus_messages_total", user="shop-frontend", result="accepted") == before + 1
+    assert _count(holder, "smtpplus_messages_total", user="shop-frontend", result="accepted") == before + 1
 
 
-def test_unauthorized_envelope_rejected_at_mail_from(holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
+def test_unauthorized_envelope_rejected_at_mail_from(holder: Runtime, logs: list[dict[str, Any]]) -> None:
     session = Session(holder, "shop-frontend")
     assert session.message("x@evil.net", [("From", "info@yourcompany.com")]) == ("envfrom", Milter.REJECT)
     assert session.reply == ("550", "5.7.1", "<x@evil.net>: sender not authorized for SMTP+ user shop-frontend")
@@ -139,7 +140,7 @@ def test_unauthorized_envelope_rejected_at_mail_from(holder: ConfigHolder, logs:
     assert (alert["field"], alert["sender"], alert["action"]) == ("envelope_from", "x@evil.net", "rejected")
 
 
-def test_unauthorized_from_rejected_at_end_of_headers(holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
+def test_unauthorized_from_rejected_at_end_of_headers(holder: Runtime, logs: list[dict[str, Any]]) -> None:
     session = Session(holder, "shop-frontend")
     stage, rc = session.message("info@yourcompany.com", [("From", '"info@yourcompany.com" <x@evil.net>')])
     assert (stage, rc) == ("eoh", Milter.REJECT)
@@ -148,7 +149,7 @@ def test_unauthorized_from_rejected_at_end_of_headers(holder: ConfigHolder, logs
     assert len(_events(logs, "message")) == 1
 
 
-def test_nul_in_mail_from_or_header_is_not_authorized(holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
+def test_nul_in_mail_from_or_header_is_not_authorized(holder: Runtime, logs: list[dict[str, Any]]) -> None:
     # libmilter hands values over as C strings: the half after a NUL may be what gets delivered.
     session = Session(holder, "shop-frontend")
     assert session.message("<@relay\x00:info@yourcompany.com>", []) == ("envfrom", Milter.REJECT)
@@ -164,7 +165,7 @@ def test_nul_in_mail_from_or_header_is_not_authorized(holder: ConfigHolder, logs
     assert "\x00" not in header["senders"]["header_from"][0]  # logged as '?'
 
 
-def test_latin1_display_name_is_judged_by_its_address(holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
+def test_latin1_display_name_is_judged_by_its_address(holder: Runtime, logs: list[dict[str, Any]]) -> None:
     # Older mailers send the name as raw Latin-1 bytes; pymilter hands them over surrogate-escaped.
     session = Session(holder, "shop-frontend")
     headers = [("From", b"M\xfcller <info@yourcompany.com>".decode("utf-8", "surrogateescape"))]
@@ -175,7 +176,7 @@ def test_latin1_display_name_is_judged_by_its_address(holder: ConfigHolder, logs
     assert [event["decision"] for event in _events(logs, "message")] == ["accepted", "rejected"]
 
 
-def test_second_message_in_session_judged_afresh(holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
+def test_second_message_in_session_judged_afresh(holder: Runtime, logs: list[dict[str, Any]]) -> None:
     session = Session(holder, "shop-frontend")
     assert session.message("x@evil.net", [])[1] == Milter.REJECT
     session.ctx._abort = lambda: None  # Postfix sends no abort between a refused MAIL and the next
@@ -185,15 +186,15 @@ def test_second_message_in_session_judged_afresh(holder: ConfigHolder, logs: lis
 
 @pytest.mark.parametrize("setting", ["alert", "log", "off"])
 def test_display_name_spoofing_is_logged_and_counted(tmp_path: Path, logs: list[dict[str, Any]], setting: str) -> None:
-    holder = ConfigHolder(config_with(tmp_path, settings={"authorization": {"display_name_spoofing": setting}}))
-    before = _count("smtpplus_display_name_spoofing_total", user="shop-frontend")
+    holder = Runtime(config_with(tmp_path, settings={"authorization": {"display_name_spoofing": setting}}))
+    before = _count(holder, "smtpplus_display_name_spoofing_total", user="shop-frontend")
     session = Session(holder, "shop-frontend")
     headers = [("From", '"ceo@bank.example" <info@yourcompany.com>'), ("Subject", "Invoice")]
     assert session.message("info@yourcompany.com", headers) == ("eom", Milter.CONTINUE)  # the address decides
     [message] = _events(logs, "message")
     assert message["decision"] == "accepted"
     found = _events(logs, "display_name_spoofing")
-    counted = _count("smtpplus_display_name_spoofing_total", user="shop-frontend") - before
+    counted = _count(holder, "smtpplus_display_name_spoofing_total", user="shop-frontend") - before
     if setting == "off":
         assert found == [] and counted == 0
         return
@@ -210,16 +211,16 @@ def test_display_name_spoofing_is_logged_and_counted(tmp_path: Path, logs: list[
 
 
 def test_display_name_spoofing_metric_respects_per_user_labels(tmp_path: Path) -> None:
-    holder = ConfigHolder(config_with(tmp_path, settings={"metrics": {"listen": None, "per_user_labels": False}}))
-    before = _count("smtpplus_display_name_spoofing_total", user="_all")
+    holder = Runtime(config_with(tmp_path, settings={"metrics": {"listen": None, "per_user_labels": False}}))
+    before = _count(holder, "smtpplus_display_name_spoofing_total", user="_all")
     session = Session(holder, "shop-frontend")
     assert session.message("info@yourcompany.com", [("From", "info@yourcompany.com (ceo@bank.example)")])[1] == (
         Milter.CONTINUE
     )
-    assert _count("smtpplus_display_name_spoofing_total", user="_all") - before == 1
+    assert _count(holder, "smtpplus_display_name_spoofing_total", user="_all") - before == 1
 
 
-def test_unauthenticated_passes_untouched(holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
+def test_unauthenticated_passes_untouched(holder: Runtime, logs: list[dict[str, Any]]) -> None:
     session = Session(holder, None)
     assert session.message("anyone@evil.net", [("From", "anyone@evil.net")]) == ("envfrom", Milter.ACCEPT)
     assert session.reply is None
@@ -227,7 +228,7 @@ def test_unauthenticated_passes_untouched(holder: ConfigHolder, logs: list[dict[
     assert event["decision"] == "accepted" and event["user"] is None
 
 
-def test_unknown_and_inactive_users(holder: ConfigHolder) -> None:
+def test_unknown_and_inactive_users(holder: Runtime) -> None:
     unknown = Session(holder, "somebody")
     assert unknown.message("x@yourcompany.com", []) == ("envfrom", Milter.REJECT)
     assert unknown.reply is not None and "not an SMTP+ user" in unknown.reply[2]
@@ -237,14 +238,14 @@ def test_unknown_and_inactive_users(holder: ConfigHolder) -> None:
 
 
 def test_alert_mode_delivers_and_logs(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
-    holder = ConfigHolder(config_with(tmp_path, settings={"authorization": {"mode": "alert"}}))
-    before = _count("smtpplus_unauthorized_total", user="shop-frontend", mode="alert")
+    holder = Runtime(config_with(tmp_path, settings={"authorization": {"mode": "alert"}}))
+    before = _count(holder, "smtpplus_unauthorized_total", user="shop-frontend", mode="alert")
     session = Session(holder, "shop-frontend")
     assert session.message("x@evil.net", [("From", "x@evil.net")]) == ("eom", Milter.CONTINUE)
     assert session.reply is None
     alerts = _events(logs, "unauthorized_sender")
     assert [(a["field"], a["action"]) for a in alerts] == [("envelope_from", "delivered"), ("header_from", "delivered")]
-    assert _count("smtpplus_unauthorized_total", user="shop-frontend", mode="alert") == before + 1
+    assert _count(holder, "smtpplus_unauthorized_total", user="shop-frontend", mode="alert") == before + 1
 
 
 @pytest.mark.parametrize(
@@ -253,25 +254,25 @@ def test_alert_mode_delivers_and_logs(tmp_path: Path, logs: list[dict[str, Any]]
 def test_internal_error_answer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logs: list[dict[str, Any]], policy: str, expected: int
 ) -> None:
-    holder = ConfigHolder(
+    holder = Runtime(
         config_with(tmp_path, settings={"milter": {"socket": f"unix:{tmp_path}/m.sock", "on_internal_error": policy}})
     )
 
     def broken(*args: Any) -> Any:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(adapter, "decide_headers", broken)
+    monkeypatch.setattr(core_session, "decide_headers", broken)
     session = Session(holder, "shop-frontend")
     assert session.message("info@yourcompany.com", [("From", "info@yourcompany.com")]) == ("eoh", expected)
     if policy == "tempfail":
-        assert session.reply == ("451", "4.3.0", adapter.INTERNAL_ERROR_REPLY.text)
+        assert session.reply == ("451", "4.3.0", INTERNAL_ERROR_REPLY.text)
     assert _events(logs, "internal_error")
     assert [event["decision"] for event in _events(logs, "message")] == [
         "tempfailed" if policy == "tempfail" else "accepted"
     ]
 
 
-def test_error_in_noreply_callback_surfaces_at_next_answer(holder: ConfigHolder) -> None:
+def test_error_in_noreply_callback_surfaces_at_next_answer(holder: Runtime) -> None:
     session = Session(holder, "shop-frontend")
 
     class Exploding(list[tuple[str, str]]):
@@ -279,14 +280,14 @@ def test_error_in_noreply_callback_surfaces_at_next_answer(holder: ConfigHolder)
             raise MemoryError("simulated")
 
     session.ctx._envfrom("<info@yourcompany.com>")
-    session.ctx._priv.headers = Exploding()
+    session.ctx._priv.session.headers = Exploding()
     assert session.ctx._priv.header_bytes("From", b"info@yourcompany.com") in (Milter.CONTINUE, Milter.NOREPLY)
     assert session.ctx._eoh() == Milter.TEMPFAIL
 
 
 def test_reload_keeps_old_config_on_error_and_snapshots_per_message(tmp_path: Path) -> None:
     path = write_config(tmp_path)
-    holder = ConfigHolder(config_with(tmp_path))
+    holder = Runtime(config_with(tmp_path))
     session = Session(holder, "shop-frontend")
     session.ctx._envfrom("<info@yourcompany.com>")
     # Remove the user's domain while the message is in flight: this message keeps the old rules.
@@ -295,21 +296,21 @@ def test_reload_keeps_old_config_on_error_and_snapshots_per_message(tmp_path: Pa
     session.ctx._priv.header_bytes("From", b"info@yourcompany.com")
     assert session.ctx._eoh() == Milter.CONTINUE
     assert Session(holder, "shop-frontend").message("info@yourcompany.com", [])[1] == Milter.REJECT
-    failed_before = _count("smtpplus_config_reloads_total", result="failed")
+    failed_before = _count(holder, "smtpplus_config_reloads_total", result="failed")
     (tmp_path / "users.yaml").write_text("shop-frontend:\n  authorized_domains: a.example,b.example\n")
     assert holder.reload() is False
-    assert _count("smtpplus_config_reloads_total", result="failed") == failed_before + 1
+    assert _count(holder, "smtpplus_config_reloads_total", result="failed") == failed_before + 1
     assert holder.config.directory.lookup("shop-frontend").authorized_domains == {"other.example"}  # type: ignore[union-attr]
     assert path.exists()
 
 
-def test_percent_in_reply_is_escaped(holder: ConfigHolder) -> None:
+def test_percent_in_reply_is_escaped(holder: Runtime) -> None:
     session = Session(holder, "shop-frontend")
     assert session.message("info@yourcompany.com", [("From", "100%@evil.net")])[1] == Milter.REJECT
     assert session.reply is not None and "%" not in session.reply[2].replace("%%", "")
 
 
-def test_priority_rewrite_and_forged_queue_header(holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
+def test_priority_rewrite_and_forged_queue_header(holder: Runtime, logs: list[dict[str, Any]]) -> None:
     session = Session(holder, "shop-frontend")
     headers = [
         ("From", "info@yourcompany.com"),
@@ -335,8 +336,8 @@ def test_priority_rewrite_and_forged_queue_header(holder: ConfigHolder, logs: li
 
 def test_user_priority_routes_high(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
     users = {"vip": {"priority": 1}}
-    holder = ConfigHolder(config_with(tmp_path, users=users))
-    before = _count("smtpplus_queue_total", queue="high")
+    holder = Runtime(config_with(tmp_path, users=users))
+    before = _count(holder, "smtpplus_queue_total", queue="high")
     session = Session(holder, "vip")
     assert session.message("ceo@example.com", [("From", "ceo@example.com")]) == ("eom", Milter.CONTINUE)
     assert sorted(session.ctx.edits) == sorted(
@@ -347,11 +348,11 @@ def test_user_priority_routes_high(tmp_path: Path, logs: list[dict[str, Any]]) -
             ("add", "X-SMTPPlus-Queue", -1, "high"),
         ]
     )
-    assert _count("smtpplus_queue_total", queue="high") == before + 1
+    assert _count(holder, "smtpplus_queue_total", queue="high") == before + 1
     assert _events(logs, "message")[0]["priority"] == {"message": None, "user": 1, "effective": 1}
 
 
-def test_unauthenticated_message_gets_no_queue_header(holder: ConfigHolder) -> None:
+def test_unauthenticated_message_gets_no_queue_header(holder: Runtime) -> None:
     session = Session(holder, None)
     session.message("a@b.example", [("From", "a@b.example"), ("X-SMTPPlus-Queue", "high")])
     assert session.ctx.edits == []
@@ -366,24 +367,22 @@ FOOTER_LISTS = {
 
 
 @pytest.fixture
-def footer_holder(tmp_path: Path) -> ConfigHolder:
-    return ConfigHolder(
-        config_with(tmp_path, settings={"lists": FOOTER_LISTS, "limits": {"max_message_bytes": 600_000}})
-    )
+def footer_holder(tmp_path: Path) -> Runtime:
+    return Runtime(config_with(tmp_path, settings={"lists": FOOTER_LISTS, "limits": {"max_message_bytes": 600_000}}))
 
 
-def test_footer_added_to_text_body(footer_holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
-    before = _count("smtpplus_footer_total", result="added")
+def test_footer_added_to_text_body(footer_holder: Runtime, logs: list[dict[str, Any]]) -> None:
+    before = _count(footer_holder, "smtpplus_footer_total", result="added")
     session = Session(footer_holder, "shop-frontend")
     headers = [("From", "info@yourcompany.com"), ("Content-Type", "text/plain; charset=us-ascii")]
     assert session.message("info@yourcompany.com", headers, b"Your order shipped.\r\n")[1] == Milter.CONTINUE
     assert session.new_body == b"ORDER NOTICE\r\n\r\nYour order shipped.\r\n\r\nExample Shop, Main St 1\r\n"
     [event] = _events(logs, "message")
     assert event["footer"]["result"] == "added"
-    assert _count("smtpplus_footer_total", result="added") == before + 1
+    assert _count(footer_holder, "smtpplus_footer_total", result="added") == before + 1
 
 
-def test_footer_skipped_for_dkim_signed(footer_holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
+def test_footer_skipped_for_dkim_signed(footer_holder: Runtime, logs: list[dict[str, Any]]) -> None:
     session = Session(footer_holder, "shop-frontend")
     headers = [("DKIM-Signature", "v=1; a=rsa-sha256; d=x"), ("From", "info@yourcompany.com")]
     assert session.message("info@yourcompany.com", headers, b"signed\r\n")[1] == Milter.CONTINUE
@@ -391,14 +390,14 @@ def test_footer_skipped_for_dkim_signed(footer_holder: ConfigHolder, logs: list[
     assert _events(logs, "message")[0]["footer"]["result"] == "skipped"
 
 
-def test_no_body_collected_without_a_footer(holder: ConfigHolder) -> None:
+def test_no_body_collected_without_a_footer(holder: Runtime) -> None:
     session = Session(holder, "shop-frontend")
     session.message("info@yourcompany.com", [("From", "info@yourcompany.com")], b"x" * 100)
     assert session.new_body is None
     assert session.ctx._priv.spool is None
 
 
-def test_large_body_is_spooled_to_disk(footer_holder: ConfigHolder) -> None:
+def test_large_body_is_spooled_to_disk(footer_holder: Runtime) -> None:
     session = Session(footer_holder, "shop-frontend")
     body = b"".join(b"line %06d of a long order confirmation\r\n" % i for i in range(12_000))  # ~490 KB
     headers = [("From", "info@yourcompany.com"), ("Content-Type", "text/plain")]
@@ -415,13 +414,13 @@ def test_large_body_is_spooled_to_disk(footer_holder: ConfigHolder) -> None:
     assert new is not None and new.startswith(b"ORDER NOTICE\r\n\r\nline 000000") and body in new
 
 
-def test_size_limit_at_mail_from(footer_holder: ConfigHolder, logs: list[dict[str, Any]]) -> None:
+def test_size_limit_at_mail_from(footer_holder: Runtime, logs: list[dict[str, Any]]) -> None:
     session = Session(footer_holder, "shop-frontend")
     assert session.message("info@yourcompany.com", [], params=("SIZE=700000",)) == ("envfrom", Milter.REJECT)
     assert session.reply is not None and session.reply[:2] == ("552", "5.3.4") and "600000" in session.reply[2]
 
 
-def test_size_limit_while_receiving(footer_holder: ConfigHolder) -> None:
+def test_size_limit_while_receiving(footer_holder: Runtime) -> None:
     session = Session(footer_holder, "shop-frontend")
     body = b"y" * 70 + b"\r\n"
     stage, rc = session.message("info@yourcompany.com", [("From", "info@yourcompany.com")], body * 9000)
@@ -433,7 +432,7 @@ def test_size_limit_while_receiving(footer_holder: ConfigHolder) -> None:
 def test_injection_budget_makes_big_rewrites_take_turns() -> None:
     import threading
 
-    from smtpplus_milter.services.milter import ByteBudget
+    from smtpplus_milter.services.runtime import ByteBudget
 
     budget = ByteBudget(100)
     order: list[str] = []
@@ -465,7 +464,7 @@ def test_injection_budget_makes_big_rewrites_take_turns() -> None:
 def test_tcp_nodelay_is_set_on_connected_sockets_only() -> None:
     import socket
 
-    from smtpplus_milter.services.milter import set_tcp_nodelay
+    from smtpplus_milter.services.runtime import TcpNoDelay
 
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
@@ -474,7 +473,7 @@ def test_tcp_nodelay_is_set_on_connected_sockets_only() -> None:
             accepted, _ = server.accept()
             with accepted:
                 assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
-                set_tcp_nodelay()
+                TcpNoDelay().apply()
                 assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
                 assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
                 assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0

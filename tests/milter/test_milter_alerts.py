@@ -10,7 +10,8 @@ import Milter
 import pytest
 
 from smtpplus_milter.observe.alerts import AlertDispatcher
-from smtpplus_milter.services.milter import ConfigHolder
+from smtpplus_milter.observe.metrics import Metrics
+from smtpplus_milter.services.runtime import Runtime
 from tests.milter.test_milter import Session
 from tests.support.builders import config_with
 from tests.support.webhook import WebhookReceiver
@@ -22,7 +23,7 @@ def receiver() -> Iterator[WebhookReceiver]:
         yield running
 
 
-def _holder(tmp_path: Path, receiver: WebhookReceiver, mode: str, spoofing: str = "alert") -> ConfigHolder:
+def _holder(tmp_path: Path, receiver: WebhookReceiver, mode: str, spoofing: str = "alert") -> Runtime:
     config = config_with(
         tmp_path,
         settings={
@@ -30,7 +31,8 @@ def _holder(tmp_path: Path, receiver: WebhookReceiver, mode: str, spoofing: str 
             "alerts": {"webhook": {"url": receiver.url, "timeout": 2}},
         },
     )
-    return ConfigHolder(config, AlertDispatcher.from_config(config.settings))
+    metrics = Metrics()
+    return Runtime(config, metrics=metrics, alerts=AlertDispatcher.from_config(config.settings, metrics))
 
 
 def test_alert_mode_one_alert_per_sender(tmp_path: Path, receiver: WebhookReceiver) -> None:

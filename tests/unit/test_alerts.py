@@ -18,7 +18,6 @@ import pytest
 
 from lab.harness import Sink
 from smtpplus_milter.config import AlertmanagerSink, EmailSink, Settings, WebhookSink
-from smtpplus_milter.observe import metrics
 from smtpplus_milter.observe.alerts import (
     DISABLED_USER,
     DISPLAY_NAME_SPOOFING,
@@ -68,8 +67,9 @@ class FakeSink:
         self.sent.append(alert)
 
 
-def _count(sink: str, result: str) -> float:
-    return metrics.REGISTRY.get_sample_value("smtpplus_alerts_total", {"sink": sink, "result": result}) or 0.0
+def _count(dispatcher: AlertDispatcher, sink: str, result: str) -> float:
+    labels = {"sink": sink, "result": result}
+    return dispatcher.metrics.registry.get_sample_value("smtpplus_alerts_total", labels) or 0.0
 
 
 def _eventually(condition: object, timeout: float = 5.0) -> None:
@@ -108,11 +108,11 @@ def test_dedup_per_user_and_sender_within_window(dispatchers: list[AlertDispatch
     clock.now += 299
     dispatcher.submit(_alert())
     _eventually(lambda: len(sink.sent) == 4)
-    assert _count(sink.name, "suppressed") == 6
+    assert _count(dispatcher, sink.name, "suppressed") == 6
     clock.now += 1  # the window has passed: the next one goes out again
     dispatcher.submit(_alert())
     _eventually(lambda: len(sink.sent) == 5)
-    assert _count(sink.name, "sent") == 5
+    assert _count(dispatcher, sink.name, "sent") == 5
 
 
 def test_dedup_zero_sends_everything(dispatchers: list[AlertDispatcher]) -> None:
@@ -122,7 +122,7 @@ def test_dedup_zero_sends_everything(dispatchers: list[AlertDispatcher]) -> None
     for _ in range(3):
         dispatcher.submit(_alert())
     _eventually(lambda: len(sink.sent) == 3)
-    assert _count(sink.name, "suppressed") == 0
+    assert _count(dispatcher, sink.name, "suppressed") == 0
 
 
 def test_retry_with_exponential_backoff_then_sent(dispatchers: list[AlertDispatcher]) -> None:
@@ -137,7 +137,7 @@ def test_retry_with_exponential_backoff_then_sent(dispatchers: list[AlertDispatc
     for gap, expected in zip(gaps, (0.05, 0.1, 0.2), strict=True):
         assert gap >= expected * 0.9, gaps
     assert gaps[0] < gaps[1] < gaps[2]
-    assert (_count(sink.name, "sent"), _count(sink.name, "failed")) == (1, 0)
+    assert (_count(dispatcher, sink.name, "sent"), _count(dispatcher, sink.name, "failed")) == (1, 0)
 
 
 def test_gives_up_after_bounded_attempts(dispatchers: list[AlertDispatcher]) -> None:
@@ -145,7 +145,7 @@ def test_gives_up_after_bounded_attempts(dispatchers: list[AlertDispatcher]) -> 
     dispatcher = AlertDispatcher([sink], attempts=3, backoff=0.01)
     dispatchers.append(dispatcher)
     dispatcher.submit(_alert())
-    _eventually(lambda: _count(sink.name, "failed") == 1)
+    _eventually(lambda: _count(dispatcher, sink.name, "failed") == 1)
     time.sleep(0.1)
     assert len(sink.tries) == 3 and not sink.sent
 
@@ -169,7 +169,7 @@ def test_full_queue_drops_and_counts_without_blocking(dispatchers: list[AlertDis
     for number in range(10):
         dispatcher.submit(_alert(f"a{number}@evil.example"))
     assert time.monotonic() - started < 0.05  # submit never waits for a sink
-    assert _count(sink.name, "dropped") == 7  # 3 fit in the queue
+    assert _count(dispatcher, sink.name, "dropped") == 7  # 3 fit in the queue
     sink.release.set()
     _eventually(lambda: len(sink.sent) == 4)
 
@@ -215,7 +215,7 @@ def test_stop_sends_what_is_queued_and_is_bounded() -> None:
     stuck.stop(timeout=0.2)
     assert time.monotonic() - started < 2.0
     hanging.release.set()
-    _eventually(lambda: _count(hanging.name, "failed") == 2)  # the two still queued are given up
+    _eventually(lambda: _count(stuck, hanging.name, "failed") == 2)  # the two still queued are given up
 
 
 def test_submit_never_raises() -> None:
@@ -380,4 +380,4 @@ def test_display_name_spoofing_alert_on_every_sink(dispatchers: list[AlertDispat
     dispatcher.submit(_spoofing_alert())
     dispatcher.submit(_alert(sender="info@yourcompany.com"))
     _eventually(lambda: len(sink.sent) == 2)
-    assert _count(sink.name, "suppressed") == 1
+    assert _count(dispatcher, sink.name, "suppressed") == 1

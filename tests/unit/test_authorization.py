@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from smtpplus_milter.config import Config
+from smtpplus_milter.config.rules import rules_of
 from smtpplus_milter.core.authorization import decide_headers, decide_mail_from
 from smtpplus_milter.core.decision import Spoofing, Verdict
 from smtpplus_milter.core.explain import explain
@@ -222,8 +223,7 @@ def test_display_name_spoofing_is_reported_and_never_decides(block: Config) -> N
     assert decide_headers(block.directory, anyone, [("From", '"ceo@bank.example" <me@x.example>')]).spoofing
     # explain carries it through to its final decision.
     explained = explain(
-        block.directory,
-        block.settings.priority.queues,
+        rules_of(block),
         "shop-frontend",
         "<info@yourcompany.com>",
         [("From", "info@yourcompany.com (ceo@bank.example)")],

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from smtpplus_milter.observe import metrics
+from smtpplus_milter.observe.metrics import Metrics
 
 PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULES = PROMETHEUS / "smtpplus-rules.yml"
@@ -33,7 +33,7 @@ _LABEL_VALUES = re.compile(r"^\s*label_values\(\s*(?:(?P<expr>.*),\s*)?(?P<label
 def exported_names() -> set[str]:
     """Every series name metrics.py exposes, suffixes included."""
     names: set[str] = set()
-    for family in metrics.REGISTRY.collect():
+    for family in Metrics().registry.collect():
         if family.type == "counter":
             names.add(f"{family.name}_total")
         elif family.type == "histogram":

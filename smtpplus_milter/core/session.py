@@ -1,0 +1,441 @@
+"""One message's whole story, without I/O: what Postfix said goes in, what to answer comes out.
+
+A :class:`MessageSession` is driven step by step by whatever door the message came through: the
+milter adapter calls it from libmilter's callbacks, ``explain`` calls the same steps with what the
+operator typed. Each step returns a :class:`Step` (go on, stop looking, refuse with a reply); the
+end of the message returns the header edits and, for a list with a header/footer, the banner to
+add. When the session is over, :meth:`MessageSession.outcome` is the one value that the reporter
+turns into the ``message`` log line, the metrics and the alerts (and, later, the tracking record).
+
+The rules, in the order they apply:
+
+1. MAIL FROM: a session without a SASL login is only judged when Postfix agreed to send us the
+   macros we asked for (otherwise "no login" may just mean a trimmed macro list: 451). Then
+   :func:`~smtpplus_milter.core.authorization.decide_mail_from` (unauthenticated / unknown /
+   disabled user, envelope sender). A ``SIZE=`` over ``limits.max_message_bytes`` is refused here.
+2. End of headers: :func:`~smtpplus_milter.core.authorization.decide_headers` (From:/Sender:), then
+   the priority plan (headers read, combined with the user's priority, one queue).
+3. End of message: the size actually received is checked again (a client may lie in SIZE= or
+   send none); then the priority edits and the banner of the user's list.
+
+A refusal, once decided, stays that refusal whatever fails afterwards; a failure before any
+decision answers what ``milter.on_internal_error`` says (:meth:`MessageSession.fail`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import BinaryIO, Literal
+
+from smtpplus_milter.core.authorization import decide_headers, decide_mail_from
+from smtpplus_milter.core.decision import Decision, Reply, Spoofing, Unauthorized, Verdict, safe_text
+from smtpplus_milter.core.priority import HeaderEdit, PriorityPlan, plan_priority
+from smtpplus_milter.core.users import Directory, User
+from smtpplus_milter.mime.footer import Banner, InjectionResult, inject
+
+INTERNAL_ERROR_REPLY = Reply("451", "4.3.0", "SMTP+ relay: temporary internal error, try again later")
+MACROS_MISSING_REPLY = Reply(
+    "451", "4.3.0", "SMTP+ relay: cannot tell whether this session is authenticated, try again later"
+)
+# Put into every HTML banner/footer so a forwarded or resent message never gets a second one.
+FOOTER_MARKER = "smtpplus-footer"
+
+# Metric label values that are not logins.
+UNAUTHENTICATED = "_unauthenticated"
+UNKNOWN = "_unknown"
+ALL_USERS = "_all"
+
+# Alert kinds (the sinks turn them into alertnames).
+UNAUTHORIZED_SENDER = "unauthorized_sender"
+DISABLED_USER = "disabled_user"
+DISPLAY_NAME_SPOOFING = "display_name_spoofing"
+
+
+def size_reply(limit: int) -> Reply:
+    return Reply(
+        "552", "5.3.4", f"message too big: this relay accepts at most {limit} bytes (limits.max_message_bytes)"
+    )
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The part of the configuration a message is judged by, snapshotted at MAIL FROM."""
+
+    directory: Directory
+    queues: Mapping[int, str]
+    max_message_bytes: int
+    # List name -> what it adds; only lists that add something are here.
+    banners: Mapping[str, Banner] = field(default_factory=dict)
+    on_internal_error: Literal["tempfail", "accept"] = "tempfail"
+    display_name_spoofing: Literal["alert", "log", "off"] = "alert"
+    per_user_labels: bool = True
+
+    @property
+    def mode(self) -> str:
+        return self.directory.policy.mode.value
+
+
+class Action(StrEnum):
+    CONTINUE = "continue"  # go on with the next step
+    ACCEPT = "accept"  # accept the message unchanged and stop looking at it
+    REJECT = "reject"
+    TEMPFAIL = "tempfail"
+
+
+@dataclass(frozen=True)
+class Step:
+    action: Action
+    reply: Reply | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.action in (Action.REJECT, Action.TEMPFAIL)
+
+
+GO_ON = Step(Action.CONTINUE)
+
+
+@dataclass(frozen=True)
+class EndOfMessage:
+    """What to do at the end of an accepted message: header edits first, then the banner."""
+
+    step: Step
+    edits: tuple[HeaderEdit, ...] = ()
+    banner: Banner | None = None
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something an operator should be alerted about (one per address and kind)."""
+
+    kind: str  # unauthorized_sender | disabled_user | display_name_spoofing
+    user: str
+    sender: str
+    field: str  # envelope_from | header_from | header_sender, comma-joined when several
+    action: str  # rejected | delivered
+    reply: str  # the reply the client got, "" when delivered
+    shown: str = ""  # display_name_spoofing: the other addresses it showed
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Everything that is known about one message once it is decided."""
+
+    decision: Decision
+    stage: str  # mail_from | end_of_headers | end_of_message: where the final answer was given
+    login: str | None
+    user: User | None
+    user_label: str  # the smtpplus_*{user} label: a login, _unknown, _unauthenticated or _all
+    queue_id: str | None
+    mail_from: str
+    headers: tuple[tuple[str, str], ...]
+    size: int | None  # bytes received (or announced with SIZE= when nothing was received)
+    priority: PriorityPlan | None  # only for an accepted message
+    footer: InjectionResult | None
+    mode: str
+    spoofing: tuple[Spoofing, ...]  # only those the operator wants to hear about
+    notices: tuple[Notice, ...]
+
+    @property
+    def verdict(self) -> Verdict:
+        return self.decision.verdict
+
+    @property
+    def action(self) -> str:
+        return "rejected" if self.decision.verdict is Verdict.REJECT else "delivered"
+
+    def header_values(self, name: str) -> list[str]:
+        return [safe_text(value.strip(), 200) for key, value in self.headers if key.lower() == name]
+
+    def log_fields(self, elapsed: float) -> dict[str, object]:
+        """The fields of the one ``message`` log event (*elapsed*: seconds from MAIL FROM)."""
+        accepted = self.decision.verdict is Verdict.ACCEPT
+        plan = self.priority if accepted else None
+        return {
+            "queue_id": self.queue_id,
+            "user": self.login,
+            "senders": {
+                "envelope_from": safe_text(self.mail_from.strip("<>"), 200),
+                "header_from": self.header_values("from"),
+                "header_sender": self.header_values("sender"),
+            },
+            "decision": self.decision.verdict.value,
+            "reply": str(self.decision.reply) if self.decision.reply else None,
+            "reasons": list(self.decision.reasons),
+            "priority": (
+                {
+                    "message": plan.message if plan.reading.carried else None,
+                    "user": plan.user,
+                    "effective": plan.effective,
+                }
+                if plan
+                else None
+            ),
+            "queue": plan.queue if plan else None,
+            "footer": {"result": self.footer.status, "reason": self.footer.reason} if self.footer else None,
+            "size": self.size,
+            "ms": round(elapsed * 1000, 2),
+        }
+
+
+class MessageSession:
+    """One message from MAIL FROM to the final answer. Not thread-safe: one per connection.
+
+    *macros_requested*: Postfix agreed at negotiation to send the macros asked for; without
+    that, a missing login proves nothing.
+    """
+
+    def __init__(self, rules: Rules, *, macros_requested: bool = True) -> None:
+        self.rules = rules
+        self.macros_requested = macros_requested
+        self.login: str | None = None
+        self.user: User | None = None
+        self.queue_id: str | None = None
+        self.envelope_from = ""
+        self.announced_size: int | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.received = 0  # header and body bytes as they arrived
+        self.reasons: list[str] = []
+        self.unauthorized: list[Unauthorized] = []
+        self.spoofing: list[Spoofing] = []
+        self.priority: PriorityPlan | None = None
+        self.banner: Banner | None = None
+        self.footer: InjectionResult | None = None
+        self.stage = "mail_from"
+        self.bypass = False
+        # Set once a refusal is decided: nothing that fails afterwards may change it.
+        self.refusal: Decision | None = None
+        self._outcome: Outcome | None = None
+        self._oversize = False
+
+    # --- the steps ------------------------------------------------------------------------
+
+    def mail_from(
+        self,
+        login: str | None,
+        mail_from: str,
+        params: tuple[str, ...] = (),
+        *,
+        queue_id: str | None = None,
+        daemon_name: str | None = None,
+    ) -> Step:
+        self.login = login or None
+        self.envelope_from = mail_from
+        self.queue_id = queue_id or None
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.upper() == "SIZE" and value.isdigit():
+                self.announced_size = int(value)
+        if self.login is None and not self.macros_requested:
+            reason = "no {auth_authen}: Postfix did not agree to send the macros this milter needs"
+            return self._refuse(Decision(Verdict.TEMPFAIL, MACROS_MISSING_REPLY, reasons=(reason,)))
+        directory = self.rules.directory
+        decision = decide_mail_from(directory, self.login, mail_from, daemon_name=daemon_name)
+        self._note(decision)
+        if decision.bypass:
+            self.bypass = True
+            self._decide(decision)
+            return Step(Action.ACCEPT)
+        if decision.rejected:
+            return self._refuse(decision)
+        self.user = directory.lookup(self.login or "")
+        limit = self.rules.max_message_bytes
+        if self.announced_size is not None and self.announced_size > limit:
+            self.reasons.append(f"SIZE={self.announced_size} is over limits.max_message_bytes ({limit})")
+            return self._refuse(Decision(Verdict.REJECT, size_reply(limit)))
+        return GO_ON
+
+    def header(self, name: str, value: str) -> None:
+        self.headers.append((name, value))
+        self.received += len(name) + len(value) + 4  # "name: value\r\n"
+
+    def end_of_headers(self, queue_id: str | None = None) -> Step:
+        user = self.user
+        if user is None or self.decided:  # MAIL FROM was not judged here: nothing to judge
+            return Step(Action.ACCEPT)
+        self.stage = "end_of_headers"
+        self.queue_id = queue_id or self.queue_id
+        self.received += 2  # the empty line that ends the header
+        decision = decide_headers(self.rules.directory, user, self.headers)
+        self._note(decision)
+        if decision.rejected:
+            return self._refuse(decision)
+        self.priority = plan_priority(self.headers, user_priority=user.priority, queues=self.rules.queues)
+        self.reasons.extend(self.priority.reading.problems)
+        self.banner = self.rules.banners.get(user.list) if user.list else None
+        return GO_ON
+
+    @property
+    def wants_body(self) -> bool:
+        """True when the body must be kept for :meth:`add_banner` (the user's list adds one)."""
+        return self.banner is not None and not self._oversize
+
+    def body(self, size: int) -> bool:
+        """Count *size* more body bytes; False once the message is over the limit (stop keeping it)."""
+        if self._oversize:
+            return False
+        self.received += size
+        if self.received > self.rules.max_message_bytes:
+            self._oversize = True
+        return not self._oversize
+
+    def end_of_message(self, queue_id: str | None = None) -> EndOfMessage:
+        if self.decided:
+            return EndOfMessage(GO_ON)
+        self.stage = "end_of_message"
+        self.queue_id = queue_id or self.queue_id
+        limit = self.rules.max_message_bytes
+        if self._oversize or self.received > limit:
+            self.reasons.append(f"{self.received} bytes received, over limits.max_message_bytes ({limit})")
+            return EndOfMessage(self._refuse(Decision(Verdict.REJECT, size_reply(limit))))
+        edits = self.priority.edits if self.priority is not None else ()
+        return EndOfMessage(GO_ON, edits, self.banner)
+
+    def add_banner(self, body: BinaryIO | bytes) -> InjectionResult:
+        """Run the header/footer injection on the kept body and remember its result.
+
+        The caller applies ``header_changes`` and the new body when the status is ``added``.
+        """
+        assert self.banner is not None
+        result = inject(self.headers, body, self.banner, marker=FOOTER_MARKER)
+        self.footer = result
+        if result.status not in ("added", "skipped"):
+            self.reasons.append(f"footer not added ({result.status}): {result.reason}; delivered unchanged")
+        return result
+
+    def accept(self) -> None:
+        """The message was accepted with every change applied."""
+        if not self.decided:
+            self._decide(
+                Decision(
+                    Verdict.ACCEPT,
+                    reasons=tuple(self.reasons),
+                    unauthorized=tuple(self.unauthorized),
+                    spoofing=tuple(self.spoofing),
+                )
+            )
+
+    def fail(self, description: str) -> Step:
+        """Something failed in the adapter or here: what to answer now.
+
+        A refusal decided before the failure stays that refusal. Otherwise the answer is what
+        ``milter.on_internal_error`` says: tempfail (the client retries, nothing is lost) or
+        accept unchanged. What was found before the failure (an unauthorized sender) is kept.
+        """
+        if self.refusal is not None:
+            return _step(self.refusal)
+        if self.rules.on_internal_error == "accept":
+            decision = Decision(Verdict.ACCEPT, None, (*self.reasons, "internal error: accepted unchanged"))
+        else:
+            decision = Decision(
+                Verdict.TEMPFAIL, INTERNAL_ERROR_REPLY, (*self.reasons, f"internal error: {description}")
+            )
+        self._decide(
+            Decision(
+                decision.verdict,
+                decision.reply,
+                decision.reasons,
+                tuple(self.unauthorized),
+                spoofing=tuple(self.spoofing),
+            )
+        )
+        return _step(decision) if decision.rejected else Step(Action.ACCEPT)
+
+    # --- the result -----------------------------------------------------------------------
+
+    @property
+    def decided(self) -> bool:
+        return self._outcome is not None
+
+    def outcome(self) -> Outcome | None:
+        """The final outcome, once decided (None while the message is still going on)."""
+        return self._outcome
+
+    def _note(self, decision: Decision) -> None:
+        self.reasons.extend(decision.reasons)
+        self.unauthorized.extend(decision.unauthorized)
+        self.spoofing.extend(decision.spoofing)
+
+    def _refuse(self, decision: Decision) -> Step:
+        reply = decision.reply or INTERNAL_ERROR_REPLY
+        final = Decision(
+            decision.verdict, reply, tuple(self.reasons), tuple(self.unauthorized), spoofing=tuple(self.spoofing)
+        )
+        self.refusal = final
+        self._decide(final)
+        return _step(final)
+
+    def _decide(self, decision: Decision) -> None:
+        if self._outcome is not None:
+            return
+        self._outcome = self._build(decision)
+
+    def _build(self, decision: Decision) -> Outcome:
+        rules = self.rules
+        accepted = decision.verdict is Verdict.ACCEPT
+        spoofing = tuple(self.spoofing) if rules.display_name_spoofing != "off" else ()
+        return Outcome(
+            decision=decision,
+            stage=self.stage,
+            login=self.login,
+            user=self.user if self.user is not None else rules.directory.lookup(self.login or ""),
+            user_label=self._user_label(decision),
+            queue_id=self.queue_id,
+            mail_from=self.envelope_from,
+            headers=tuple(self.headers),
+            size=self.received or self.announced_size,
+            priority=self.priority if accepted else None,
+            footer=self.footer,
+            mode=rules.mode,
+            spoofing=spoofing,
+            notices=self._notices(decision, spoofing),
+        )
+
+    def _user_label(self, decision: Decision) -> str:
+        if not self.rules.per_user_labels:
+            return ALL_USERS
+        if decision.bypass:
+            return UNKNOWN if self.login else UNAUTHENTICATED
+        if self.user is not None:
+            return self.user.login
+        if self.login and self.rules.directory.lookup(self.login) is None:
+            return UNKNOWN
+        return self.login or UNAUTHENTICATED
+
+    def _notices(self, decision: Decision, spoofing: tuple[Spoofing, ...]) -> tuple[Notice, ...]:
+        """Which alerts this message raises: one per address and kind."""
+        if not self.login:
+            return ()
+        user = self.user or self.rules.directory.lookup(self.login)
+        login = user.login if user is not None else self.login
+        reply = str(decision.reply) if decision.reply else ""
+        action = "rejected" if decision.verdict is Verdict.REJECT else "delivered"
+        notices = []
+        # In alert mode the same sender is often both envelope and From: one alert for both.
+        fields: dict[str, list[str]] = {}
+        for item in decision.unauthorized:
+            fields.setdefault(item.address, []).append(item.field)
+        for address, names in fields.items():
+            notices.append(Notice(UNAUTHORIZED_SENDER, login, address, ",".join(names), action, reply))
+        if spoofing and self.rules.display_name_spoofing == "alert":
+            spoofed: dict[str, tuple[list[str], list[str]]] = {}
+            for found in spoofing:
+                where, shown = spoofed.setdefault(found.address, ([], []))
+                if found.field not in where:
+                    where.append(found.field)
+                if found.shown not in shown:
+                    shown.append(found.shown)
+            for address, (where, shown) in spoofed.items():
+                notices.append(
+                    Notice(DISPLAY_NAME_SPOOFING, login, address, ",".join(where), action, reply, ", ".join(shown))
+                )
+        if decision.verdict is Verdict.REJECT and user is not None and not user.active:
+            sender = safe_text(self.envelope_from.strip("<>"), 200)
+            notices.append(Notice(DISABLED_USER, login, sender, "envelope_from", action, reply))
+        return tuple(notices)
+
+
+def _step(decision: Decision) -> Step:
+    return Step(Action.REJECT if decision.verdict is Verdict.REJECT else Action.TEMPFAIL, decision.reply)

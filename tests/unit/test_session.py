@@ -1,0 +1,177 @@
+"""The message core (core/session.py) driven step by step with values: no milter, no files."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import pytest
+
+from smtpplus_milter.core.decision import Verdict
+from smtpplus_milter.core.session import (
+    ALL_USERS,
+    DISABLED_USER,
+    DISPLAY_NAME_SPOOFING,
+    INTERNAL_ERROR_REPLY,
+    MACROS_MISSING_REPLY,
+    UNAUTHENTICATED,
+    UNAUTHORIZED_SENDER,
+    UNKNOWN,
+    Action,
+    MessageSession,
+    Rules,
+    size_reply,
+)
+from smtpplus_milter.core.users import AuthPolicy, Directory, Mode, User
+from smtpplus_milter.mime.footer import Banner
+
+QUEUES = {1: "high", 2: "high", 3: "normal", 4: "low", 5: "low"}
+SHOP = User("shop", authorized_domains=frozenset({"shop.example"}), list="news")
+OFF = User("off", active=False, authorized_domains=frozenset({"shop.example"}))
+
+
+def rules(mode: Mode = Mode.BLOCK, **changes: object) -> Rules:
+    directory = Directory({"shop": SHOP, "off": OFF}, AuthPolicy(mode=mode))
+    base = Rules(directory, QUEUES, max_message_bytes=10_000, banners={"news": Banner(footer_text="Unsubscribe")})
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def run(session: MessageSession, login: str | None, sender: str, headers: list[tuple[str, str]], body: bytes = b""):
+    """Drive a whole message the way the milter does; return the last step's action."""
+    step = session.mail_from(login, f"<{sender}>", queue_id="Q1")
+    if step.action is not Action.CONTINUE:
+        return step.action
+    for name, value in headers:
+        session.header(name, value)
+    step = session.end_of_headers()
+    if step.action is not Action.CONTINUE:
+        return step.action
+    session.body(len(body))
+    end = session.end_of_message()
+    if end.step.refused:
+        return end.step.action
+    if end.banner is not None:
+        session.add_banner(io.BytesIO(body))
+    session.accept()
+    return Action.CONTINUE
+
+
+def test_authorized_message_plan_and_outcome() -> None:
+    session = MessageSession(rules())
+    assert run(session, "shop", "info@shop.example", [("From", "info@shop.example"), ("X-Priority", "1")]) == (
+        Action.CONTINUE
+    )
+    outcome = session.outcome()
+    assert outcome is not None
+    assert outcome.verdict is Verdict.ACCEPT and outcome.stage == "end_of_message"
+    assert outcome.priority is not None and (outcome.priority.effective, outcome.priority.queue) == (1, "high")
+    assert outcome.user_label == "shop" and outcome.notices == ()
+    assert outcome.footer is not None and outcome.footer.status == "added"
+    fields = outcome.log_fields(0.0123)
+    assert fields["decision"] == "accepted" and fields["queue"] == "high" and fields["ms"] == 12.3
+    assert fields["footer"] == {"result": "added", "reason": outcome.footer.reason}
+
+
+def test_unauthorized_envelope_is_refused_at_mail_from_with_a_notice() -> None:
+    session = MessageSession(rules())
+    assert run(session, "shop", "ceo@bank.example", []) is Action.REJECT
+    outcome = session.outcome()
+    assert outcome is not None and outcome.stage == "mail_from" and outcome.decision.reply is not None
+    assert outcome.decision.reply.code == "550"
+    [notice] = outcome.notices
+    assert (notice.kind, notice.sender, notice.field, notice.action) == (
+        UNAUTHORIZED_SENDER,
+        "ceo@bank.example",
+        "envelope_from",
+        "rejected",
+    )
+
+
+def test_alert_mode_delivers_and_merges_fields_of_one_address() -> None:
+    session = MessageSession(rules(Mode.ALERT))
+    assert run(session, "shop", "x@evil.example", [("From", "x@evil.example")]) is Action.CONTINUE
+    outcome = session.outcome()
+    assert outcome is not None and outcome.verdict is Verdict.ACCEPT
+    [notice] = outcome.notices
+    assert (notice.field, notice.action, notice.reply) == ("envelope_from,header_from", "delivered", "")
+
+
+def test_size_refused_at_mail_from_and_at_end_of_message() -> None:
+    announced = MessageSession(rules())
+    step = announced.mail_from("shop", "<info@shop.example>", ("SIZE=20000",))
+    assert (step.action, step.reply) == (Action.REJECT, size_reply(10_000))
+    received = MessageSession(rules())
+    assert run(received, "shop", "info@shop.example", [("From", "info@shop.example")], b"x" * 20_000) is Action.REJECT
+    outcome = received.outcome()
+    assert outcome is not None and outcome.stage == "end_of_message"
+    assert not received.wants_body  # over the limit: the adapter stops keeping the body
+
+
+@pytest.mark.parametrize(
+    ("login", "label", "action"),
+    [
+        pytest.param(None, UNAUTHENTICATED, Action.ACCEPT, id="unauthenticated-bypass"),
+        pytest.param("stranger", UNKNOWN, Action.REJECT, id="unknown-user"),
+        pytest.param("off", "off", Action.REJECT, id="disabled-user"),
+    ],
+)
+def test_metric_label_rules(login: str | None, label: str, action: Action) -> None:
+    session = MessageSession(rules())
+    assert run(session, login, "info@shop.example", []) is action
+    outcome = session.outcome()
+    assert outcome is not None and outcome.user_label == label
+    kinds = [notice.kind for notice in outcome.notices]
+    assert kinds == ([DISABLED_USER] if login == "off" else [])
+
+
+def test_per_user_labels_off_gives_one_label() -> None:
+    session = MessageSession(rules(per_user_labels=False))
+    run(session, "shop", "info@shop.example", [])
+    outcome = session.outcome()
+    assert outcome is not None and outcome.user_label == ALL_USERS
+
+
+def test_no_macros_means_no_verdict_on_missing_login() -> None:
+    session = MessageSession(rules(), macros_requested=False)
+    step = session.mail_from(None, "<a@b.example>")
+    assert (step.action, step.reply) == (Action.TEMPFAIL, MACROS_MISSING_REPLY)
+
+
+@pytest.mark.parametrize("setting", ["alert", "log", "off"])
+def test_display_name_spoofing_setting(setting: str) -> None:
+    session = MessageSession(rules(display_name_spoofing=setting))
+    run(session, "shop", "info@shop.example", [("From", '"ceo@bank.example" <info@shop.example>')])
+    outcome = session.outcome()
+    assert outcome is not None and outcome.verdict is Verdict.ACCEPT
+    assert bool(outcome.spoofing) == (setting != "off")
+    assert [n.kind for n in outcome.notices] == ([DISPLAY_NAME_SPOOFING] if setting == "alert" else [])
+
+
+@pytest.mark.parametrize("policy", ["tempfail", "accept"])
+def test_failure_before_a_decision_follows_on_internal_error(policy: str) -> None:
+    session = MessageSession(rules(on_internal_error=policy))
+    session.mail_from("shop", "<info@shop.example>")
+    step = session.fail("RuntimeError('bug')")
+    outcome = session.outcome()
+    assert outcome is not None
+    if policy == "tempfail":
+        assert (step.action, step.reply) == (Action.TEMPFAIL, INTERNAL_ERROR_REPLY)
+        assert outcome.verdict is Verdict.TEMPFAIL and "internal error: RuntimeError('bug')" in outcome.decision.reasons
+    else:
+        assert step.action is Action.ACCEPT and outcome.verdict is Verdict.ACCEPT
+
+
+def test_failure_after_a_refusal_keeps_the_refusal() -> None:
+    session = MessageSession(rules(on_internal_error="accept"))
+    refused = session.mail_from("shop", "<ceo@bank.example>")
+    assert refused.action is Action.REJECT
+    assert session.fail("RuntimeError('late')") == refused
+
+
+def test_outcome_is_decided_once() -> None:
+    session = MessageSession(rules())
+    run(session, "shop", "info@shop.example", [("From", "info@shop.example")])
+    first = session.outcome()
+    session.accept()
+    session.fail("again")
+    assert session.outcome() is first
