@@ -21,6 +21,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Protocol
 
 from smtpplus_milter.core.verification import TOKEN_PREFIX, txt_name
@@ -86,7 +87,7 @@ def _tags(text: str) -> dict[str, str]:
 
 # --- SPF -----------------------------------------------------------------------------------------
 
-_QUALIFIERS = {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}
+_QUALIFIERS = MappingProxyType({"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"})
 _MODIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*=")
 _MECHANISM = re.compile(r"^([A-Za-z0-9]+)(?::([^/]+))?(?:/(\d+))?(?://(\d+))?$")
 

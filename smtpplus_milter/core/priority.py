@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 NORMAL = 3
 
-X_PRIORITY_LABELS = {1: "Highest", 2: "High", 3: "Normal", 4: "Low", 5: "Lowest"}
-MSMAIL_LABELS = {1: "High", 2: "High", 3: "Normal", 4: "Low", 5: "Low"}
+X_PRIORITY_LABELS = MappingProxyType({1: "Highest", 2: "High", 3: "Normal", 4: "Low", 5: "Lowest"})
+MSMAIL_LABELS = MappingProxyType({1: "High", 2: "High", 3: "Normal", 4: "Low", 5: "Low"})
 
 # Header names we own: every one is written at the effective level, or removed.
 PRIORITY_HEADERS = ("X-Priority", "X-MSMail-Priority", "Importance", "Priority")
@@ -22,8 +23,8 @@ QUEUE_HEADER = "X-SMTPPlus-Queue"
 OWN_PREFIX = "x-smtpplus-"
 
 _X_PRIORITY = re.compile(r"^\s*([1-5])(?:\s|\(|$)")
-_WORDS = {"high": 1, "normal": 3, "low": 5}
-_PRIORITY_WORDS = {"urgent": 1, "normal": 3, "non-urgent": 5}
+_WORDS = MappingProxyType({"high": 1, "normal": 3, "low": 5})
+_PRIORITY_WORDS = MappingProxyType({"urgent": 1, "normal": 3, "non-urgent": 5})
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import secrets
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 STATE_FILE = "verification.json"
@@ -32,7 +33,7 @@ TXT_LABEL = "_smtpplus-verify"
 
 # scrypt rather than a bare HMAC: a code has only 8 digits, so a stolen state file must not let
 # anyone try all 10^8 of them in seconds. These parameters cost about 50 ms per check.
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
+_SCRYPT = MappingProxyType({"n": 2**14, "r": 8, "p": 1, "dklen": 32})
 
 Kind = Literal["sender", "domain"]
 

@@ -36,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
+from types import MappingProxyType
 from typing import Protocol
 
 from smtpplus_milter.config import AlertmanagerSink, AlertsSection, EmailSink, Settings, WebhookSink
@@ -59,11 +60,13 @@ _HOST = socket.gethostname()
 
 RESULTS = ("sent", "failed", "dropped", "suppressed")
 
-ALERTNAMES = {
-    UNAUTHORIZED_SENDER: "SMTPPlusUnauthorizedSender",
-    DISABLED_USER: "SMTPPlusDisabledUserAttempt",
-    DISPLAY_NAME_SPOOFING: "SMTPPlusDisplayNameSpoofing",
-}
+ALERTNAMES = MappingProxyType(
+    {
+        UNAUTHORIZED_SENDER: "SMTPPlusUnauthorizedSender",
+        DISABLED_USER: "SMTPPlusDisabledUserAttempt",
+        DISPLAY_NAME_SPOOFING: "SMTPPlusDisplayNameSpoofing",
+    }
+)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import functools
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import Milter
@@ -41,18 +42,22 @@ FLAGS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGBODY | Milter.SETSYMLIST
 # exactly these whatever main.cf's milter_*_macros say, so an operator who trims
 # milter_mail_macros for another milter cannot make every session look unauthenticated.
 # ({auth_authen}: the SASL login; i: the queue id; {daemon_name}: which Postfix service.)
-MACROS: dict[int, str] = {
-    Milter.M_ENVFROM: "{auth_authen} i {daemon_name}",
-    Milter.M_EOH: "i",
-    Milter.M_EOM: "i",
-}
+MACROS: Mapping[int, str] = MappingProxyType(
+    {
+        Milter.M_ENVFROM: "{auth_authen} i {daemon_name}",
+        Milter.M_EOH: "i",
+        Milter.M_EOM: "i",
+    }
+)
 
-_ANSWERS = {
-    Action.CONTINUE: Milter.CONTINUE,
-    Action.ACCEPT: Milter.ACCEPT,
-    Action.REJECT: Milter.REJECT,
-    Action.TEMPFAIL: Milter.TEMPFAIL,
-}
+_ANSWERS = MappingProxyType(
+    {
+        Action.CONTINUE: Milter.CONTINUE,
+        Action.ACCEPT: Milter.ACCEPT,
+        Action.REJECT: Milter.REJECT,
+        Action.TEMPFAIL: Milter.TEMPFAIL,
+    }
+)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
