@@ -1,18 +1,32 @@
-"""Helpers every command shares: loading the config with its problems printed, error lines."""
+"""What more than one command shares: loading the config with its problems printed, error lines."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from smtpplus_milter.config import Config, ConfigError, load_config
+from smtpplus_milter.config import Config, ConfigError, ConfigProblem, load_config
+
+PROGRAM = "smtpplus-milter"
 
 
-def load_or_report(path: Path) -> Config | None:
+def err(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def report_problems(problems: Sequence[ConfigProblem], *, command: str = "", headline: str = "") -> None:
+    """``smtpplus-milter[ COMMAND]: HEADLINE:`` and one indented line per problem, on stderr."""
+    prefix = f"{PROGRAM} {command}" if command else PROGRAM
+    err(f"{prefix}: {headline or f'{len(problems)} problem(s) in the configuration'}:")
+    for problem in problems:
+        err(f"  {problem}")
+
+
+def load_or_report(path: Path, *, command: str = "", headline: str = "") -> Config | None:
+    """The configuration at *path*, or None after its problems were printed (see :func:`report_problems`)."""
     try:
         return load_config(path)
     except ConfigError as exc:
-        print(f"smtpplus-milter: {len(exc.problems)} problem(s) in the configuration:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        report_problems(exc.problems, command=command, headline=headline)
         return None
