@@ -11,7 +11,8 @@ import json
 import sys
 from typing import Any
 
-from smtpplus_milter.config import Config, ConfigError, load_config
+from smtpplus_milter.cli.common import load_or_report
+from smtpplus_milter.config import Config
 from smtpplus_milter.config.rules import rules_of
 from smtpplus_milter.core.explain import Explanation, explain
 
@@ -64,12 +65,8 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(headers, str):
         print(f"smtpplus-milter explain: {headers}", file=sys.stderr)
         return 2
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"smtpplus-milter: {len(exc.problems)} problem(s) in the configuration:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+    config = load_or_report(args.config)
+    if config is None:
         return 1
     mail_from = args.mail_from if args.mail_from.startswith("<") else f"<{args.mail_from}>"
     result = explain(rules_of(config), args.user or None, mail_from, headers)

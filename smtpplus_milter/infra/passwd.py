@@ -99,6 +99,10 @@ class PasswdFile:
                 return index, entry
         return None
 
+    def entries(self) -> list[Entry]:
+        """The login lines, disabled ones included, in file order (comments and foreign lines left out)."""
+        return [entry for entry in map(self._entry, self.lines) if entry is not None]
+
     def get(self, login: str) -> Entry | None:
         found = self._find(login)
         return found[1] if found else None

@@ -117,7 +117,7 @@ def test_guide_gets_a_base_main_cf_and_looks_at_milters_before_postconf_e() -> N
 def test_guide_main_cf_agrees_with_the_installer() -> None:
     import re
 
-    from smtpplus_milter.cli.setup import MAIN_CF_FIXED
+    from smtpplus_milter.admin.setup import MAIN_CF_FIXED
 
     section = _guide_section(7)
     block = section.split("```sh\npostconf -e \\\n", 1)[1].split("```", 1)[0]

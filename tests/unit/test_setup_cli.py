@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from smtpplus_milter.admin.setup import Options, Setup, SetupError, parse_master_cf
 from smtpplus_milter.cli import main
-from smtpplus_milter.cli.setup import Options, Setup, SetupError, parse_master_cf
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("postconf") is None, reason="needs Postfix's postconf"),

@@ -18,8 +18,8 @@ import pytest
 
 from lab.harness import free_port
 from smtpplus_milter import cli
-from smtpplus_milter.cli import users as users_cli
 from smtpplus_milter.config import load_config
+from smtpplus_milter.infra import process as infra_process
 from smtpplus_milter.infra.files import locked
 from smtpplus_milter.infra.passwd import DISABLED, PasswdFile, hash_password, verify_password
 
@@ -402,7 +402,7 @@ def no_milter_here(conf: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     spec = f"unix:{conf.parent}/no-milter.sock"
     text = conf.read_text(encoding="utf-8").replace("unix:/var/spool/postfix/smtpplus/milter.sock", spec)
     conf.write_text(text, encoding="utf-8")
-    monkeypatch.setattr(users_cli, "_systemd_main_pid", lambda: None)
+    monkeypatch.setattr(infra_process, "systemd_main_pid", lambda unit: None)
     return conf.parent / "milter.pid"
 
 
@@ -434,7 +434,7 @@ def test_reload_without_pid_file_says_what_to_do(
     err = capsys.readouterr().err
     assert "no running milter found" in err and "systemctl reload" not in err
     # A milter that runs (systemd knows it) but left no pid file: the operator reloads it.
-    monkeypatch.setattr(users_cli, "_systemd_main_pid", lambda: 4242)
+    monkeypatch.setattr(infra_process, "systemd_main_pid", lambda unit: 4242)
     assert users(conf, "edit", "shop-frontend", "--note", "x", "--pid-file", str(missing)) == 0
     assert "keeps the old users file until it reloads: systemctl reload smtpplus-milter" in capsys.readouterr().err
     assert users(conf, "edit", "shop-frontend", "--note", "z", "--reload", "--pid-file", str(missing)) == 0
