@@ -14,28 +14,27 @@ from typing import Any
 
 from smtpplus_milter import __version__
 from smtpplus_milter.cli.common import load_or_report
-from smtpplus_milter.config import Config
+from smtpplus_milter.config import Config, SocketSpec
 
 # On SIGTERM, queued alerts get this long to go out before the process exits.
 ALERTS_DRAIN_SECONDS = 5.0
 
 
-def _socket_in_use(spec: str) -> bool:
+def _socket_in_use(spec: SocketSpec) -> bool:
     """True when another process already answers on the milter socket we are about to take."""
-    kind, _, rest = spec.partition(":")
     try:
-        if kind in ("unix", "local"):
-            if not os.path.exists(rest):
+        if spec.path is not None:
+            if not spec.path.exists():
                 return False
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
                 probe.settimeout(1)
-                probe.connect(rest)
+                probe.connect(str(spec.path))
                 return True
-        port, _, host = rest.partition("@")
-        family = socket.AF_INET6 if kind == "inet6" else socket.AF_INET
+        assert spec.host is not None and spec.port is not None
+        family = socket.AF_INET6 if spec.kind == "inet6" else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.settimeout(1)
-            probe.connect((host or ("::1" if kind == "inet6" else "127.0.0.1"), int(port)))
+            probe.connect((spec.host, spec.port))
             return True
     except OSError:
         return False
@@ -146,8 +145,8 @@ def _run(config: Config) -> int:
     if _socket_in_use(spec):
         log.error("startup_failed", reason=f"another process already answers on {spec}; stop it first")
         return 1
-    if spec.startswith(("unix:", "local:")):
-        Path(spec.split(":", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+    if spec.path is not None:
+        spec.path.parent.mkdir(parents=True, exist_ok=True)
     if settings.metrics.listen:
         try:
             metrics.serve(settings.metrics.listen)
@@ -156,7 +155,7 @@ def _run(config: Config) -> int:
             return 1
 
     # Alerts go out from threads of their own; the mail path only queues them.
-    alerts = AlertDispatcher.from_config(settings)
+    alerts = AlertDispatcher.from_config(settings.alerts)
     holder = ConfigHolder(config, alerts)
     milter_class = factory_for(holder)
     Milter.factory = milter_class
@@ -169,7 +168,7 @@ def _run(config: Config) -> int:
 
     def serve() -> None:
         try:
-            Milter.runmilter("smtpplus", spec, settings.milter.timeout)
+            Milter.runmilter("smtpplus", str(spec), settings.milter.timeout)
         except BaseException as exc:  # reported by the main thread
             failure.append(exc)
 
@@ -194,17 +193,17 @@ def _run(config: Config) -> int:
         signal.signal(signum, on_signal)
     thread = threading.Thread(target=serve, name="libmilter", daemon=True)
     thread.start()
-    if spec.startswith(("unix:", "local:")):
-        _give_socket_to_postfix(Path(spec.split(":", 1)[1]), thread, log)
+    if spec.path is not None:
+        _give_socket_to_postfix(spec.path, thread, log)
     for warning in config.warnings:
         log.warning("config_warning", reason=warning)
     log.info(
         "started",
         version=__version__,
-        socket=spec,
+        socket=str(spec),
         config=str(config.path),
         users=len(config.directory.users),
-        metrics=settings.metrics.listen,
+        metrics=str(settings.metrics.listen) if settings.metrics.listen else None,
         alert_sinks=alerts.sink_names,
     )
     while thread.is_alive():

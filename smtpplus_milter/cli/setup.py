@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smtpplus_milter.admin.postfix import parse_nexthops
-from smtpplus_milter.config import ConfigError, Settings, load_config
+from smtpplus_milter.config import ConfigError, Settings, load_config, postfix_inputs
 from smtpplus_milter.infra.files import FileProblem, Ownership, replace_atomically
 
 SOURCE_GUESS = Path(__file__).resolve().parents[2]
@@ -424,7 +424,7 @@ class Setup:
             # Local submissions have no login and are not SMTP+ traffic.
             main_cf["non_smtpd_milters"] = ", ".join(milter for milter in non_smtpd if milter != ours)
         snippets = generate(
-            settings,
+            postfix_inputs(settings),
             postfix_dir=str(options.postfix_dir),
             nexthops=options.nexthops,
             relayhost=current.get("relayhost", ""),

@@ -622,7 +622,7 @@ def _signal_if_milter(args: argparse.Namespace, pid_file: Path, pid: int, pidfd:
 
 def _milter_socket(args: argparse.Namespace) -> str | None:
     try:
-        return load_config(args.config).settings.milter.socket
+        return str(load_config(args.config).settings.milter.socket)
     except ConfigError:
         return None
 

@@ -38,7 +38,7 @@ from smtpplus_milter.cli.users import (
     reload_milter,
     reload_options,
 )
-from smtpplus_milter.config import Config, ConfigError, load_config, split_host_port
+from smtpplus_milter.config import Config, ConfigError, load_config
 from smtpplus_milter.core.addresses import AddressError, normalize_address, normalize_domain
 from smtpplus_milter.core.dnscheck import DnsFailure, check_token, deliverability_warnings
 from smtpplus_milter.core.users import User, newly_unrestricted, normalize_login
@@ -249,9 +249,8 @@ def _send_code(config: Config, user: User, address: str, code: str, now: float) 
         f"    {format_code(code)}\n\n"
         f"If you did not expect this message, ignore it: without the code nothing changes.\n"
     )
-    host, port = split_host_port(settings.smtp)
     try:
-        with smtplib.SMTP(host, port, timeout=30) as client:
+        with smtplib.SMTP(settings.smtp.host, settings.smtp.port, timeout=30) as client:
             client.send_message(message, from_addr=settings.from_, to_addrs=[address])
     except (OSError, smtplib.SMTPException) as exc:
         raise Refused(

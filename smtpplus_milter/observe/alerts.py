@@ -38,7 +38,7 @@ from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
 from typing import Protocol
 
-from smtpplus_milter.config import AlertmanagerSink, AlertsSection, EmailSink, Settings, WebhookSink
+from smtpplus_milter.config import AlertmanagerSink, AlertsSection, EmailSink, WebhookSink
 from smtpplus_milter.observe import metrics
 from smtpplus_milter.observe.log import get_logger
 
@@ -213,8 +213,7 @@ class Email:
     name = "email"
 
     def __init__(self, config: EmailSink, timeout: float = EMAIL_TIMEOUT) -> None:
-        host, _, port = config.smtp.rpartition(":")
-        self.host, self.port = host.strip("[]"), int(port)
+        self.host, self.port = config.smtp.host, config.smtp.port
         self.sender = config.from_
         self.recipients = list(config.to)
         self.timeout = timeout
@@ -420,8 +419,8 @@ class AlertDispatcher:
         ]
 
     @classmethod
-    def from_config(cls, settings: Settings) -> AlertDispatcher:
-        section = settings.alerts
+    def from_config(cls, section: AlertsSection) -> AlertDispatcher:
+        """A dispatcher for the config's ``alerts:`` section."""
         dispatcher = cls(
             sinks_from(section),
             dedup_seconds=section.dedup_seconds,
@@ -468,9 +467,8 @@ class AlertDispatcher:
             self._seen.popitem(last=False)
         return False
 
-    def reconfigure(self, settings: Settings) -> None:
+    def reconfigure(self, section: AlertsSection) -> None:
         """Apply a reloaded ``alerts:`` section; unchanged sinks keep their queues and retries."""
-        section = settings.alerts
         with self._lock:
             self.dedup_seconds = section.dedup_seconds
             signature = _signature(section)

@@ -15,6 +15,7 @@ from prometheus_client import (
 )
 
 from smtpplus_milter import __version__
+from smtpplus_milter.config.values import HostPort
 
 # The *_created series double the scrape size and nothing in deploy/prometheus uses them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -62,7 +63,6 @@ def user_label(login: str | None, per_user: bool) -> str:
     return login or "_unauthenticated"
 
 
-def serve(listen: str) -> None:
-    """Serve /metrics on HOST:PORT in a daemon thread."""
-    host, _, port = listen.rpartition(":")
-    start_http_server(int(port), addr=host.strip("[]"), registry=REGISTRY)
+def serve(listen: HostPort) -> None:
+    """Serve /metrics on *listen* (``metrics.listen``) in a daemon thread."""
+    start_http_server(listen.port, addr=listen.host, registry=REGISTRY)

@@ -183,7 +183,7 @@ class ConfigHolder:
                 return False
             self.config = new
             if self.alerts is not None:
-                self.alerts.reconfigure(new.settings)
+                self.alerts.reconfigure(new.settings.alerts)
             metrics.RELOADS.labels(result="ok").inc()
             log.info("config_reloaded", config=str(new.path), users=len(new.directory.users))
             return True
@@ -228,7 +228,7 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
         global _active
         with _active_lock:
             _active += 1
-        if self.holder.config.settings.milter.socket.startswith("inet"):
+        if not self.holder.config.settings.milter.socket.is_unix:
             set_tcp_nodelay()
         self._closed = False
         # True once Postfix has agreed to send MACROS (negotiate); until then a missing

@@ -30,7 +30,7 @@ def _holder(tmp_path: Path, receiver: WebhookReceiver, mode: str, spoofing: str 
             "alerts": {"webhook": {"url": receiver.url, "timeout": 2}},
         },
     )
-    return ConfigHolder(config, AlertDispatcher.from_config(config.settings))
+    return ConfigHolder(config, AlertDispatcher.from_config(config.settings.alerts))
 
 
 def test_alert_mode_one_alert_per_sender(tmp_path: Path, receiver: WebhookReceiver) -> None:
