@@ -261,8 +261,7 @@ def load(config_path: Path) -> Config:
 
 
 def passwd_path_of(config: Config) -> Path:
-    path = Path(config.settings.sasl.passwd_file)
-    return path if path.is_absolute() else config.path.parent / path
+    return config.passwd_path
 
 
 @contextlib.contextmanager
@@ -493,9 +492,9 @@ def _reset_password(args: argparse.Namespace) -> int:
 def _forget_promoted(config: Config, login: str, promoted: list[tuple[str, str]]) -> None:
     """Drop the open verification attempts of entries --verified authorized: their code or token must not
     linger in the state file (nor show in 'verify list') once the entry no longer waits for it."""
-    from smtpplus_milter.infra.state import StateFile, state_path
+    from smtpplus_milter.infra.state import StateFile
 
-    path = state_path(config.users_path)
+    path = config.state_path
     if not promoted or not path.exists():
         return
     with StateFile(path).edit() as state:
@@ -504,9 +503,9 @@ def _forget_promoted(config: Config, login: str, promoted: list[tuple[str, str]]
 
 
 def _forget_verifications(config: Config, login: str) -> None:
-    from smtpplus_milter.infra.state import StateFile, state_path
+    from smtpplus_milter.infra.state import StateFile
 
-    path = state_path(config.users_path)
+    path = config.state_path
     if path.exists():
         with StateFile(path).edit() as state:
             state.drop_user(normalize_login(login))

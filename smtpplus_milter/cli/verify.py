@@ -59,7 +59,7 @@ from smtpplus_milter.core.verification import (
 )
 from smtpplus_milter.infra.dns import Resolver
 from smtpplus_milter.infra.files import FileProblem, locked, read_text, replace_atomically
-from smtpplus_milter.infra.state import StateFile, state_path
+from smtpplus_milter.infra.state import StateFile
 from smtpplus_milter.infra.usersfile import ALLOW_ANY_SENDER, EditProblem, UsersDocument, any_sender_refusal
 
 Clock = Callable[[], float]
@@ -193,7 +193,7 @@ def _event(event: str, **fields: Any) -> None:
 
 
 def _state_file(config: Config) -> StateFile:
-    return StateFile(state_path(config.users_path))
+    return StateFile(config.state_path)
 
 
 # --- starting --------------------------------------------------------------------------------------

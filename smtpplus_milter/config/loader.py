@@ -23,6 +23,7 @@ from smtpplus_milter.config.schema import Settings, UserEntry, UsersFile
 from smtpplus_milter.config.values import OwnMail, PostfixInputs
 from smtpplus_milter.config.yamlsrc import Located, YamlProblem, load_yaml
 from smtpplus_milter.core.users import AuthPolicy, Check, Directory, Mode, User, normalize_login
+from smtpplus_milter.core.verification import STATE_FILE
 
 DEFAULT_CONFIG = Path("/etc/smtpplus/smtpplus.yaml")
 
@@ -54,6 +55,8 @@ class Config:
 
     path: Path
     users_path: Path
+    passwd_path: Path  # sasl.passwd_file: Dovecot's passwd-file of the SMTP+ logins
+    state_path: Path  # verification.json, next to the users file
     settings: Settings
     directory: Directory
 
@@ -99,6 +102,8 @@ def load_config(path: Path | str = DEFAULT_CONFIG, *, users_text: str | None = N
     return Config(
         path=path,
         users_path=users_path,
+        passwd_path=_beside(path, settings.sasl.passwd_file),
+        state_path=users_path.with_name(STATE_FILE),
         settings=settings,
         directory=directory,
     )

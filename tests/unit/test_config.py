@@ -271,6 +271,35 @@ def test_endpoints_and_socket_are_typed_once_at_load(tmp_path: Path) -> None:
     assert str(defaults.milter.socket) == "unix:/var/spool/postfix/smtpplus/milter.sock"
 
 
+@pytest.mark.parametrize(
+    ("users_file", "passwd_file", "users", "passwd"),
+    [
+        pytest.param("users.yaml", "/etc/dovecot/smtpplus.passwd", "etc/users.yaml", "/etc/dovecot/smtpplus.passwd"),
+        pytest.param("sub/users.yaml", "smtpplus.passwd", "etc/sub/users.yaml", "etc/smtpplus.passwd"),
+        pytest.param(
+            "../users.yaml", "../dovecot/smtpplus.passwd", "etc/../users.yaml", "etc/../dovecot/smtpplus.passwd"
+        ),
+    ],
+)
+def test_paths_are_resolved_at_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, users_file: str, passwd_file: str, users: str, passwd: str
+) -> None:
+    # Relative paths are relative to the config file's directory, however the config was named.
+    (tmp_path / "etc" / "sub").mkdir(parents=True)
+    main = GOOD_MAIN.replace("users_file: users.yaml", f"users_file: {users_file}").replace(
+        "passwd_file: /etc/dovecot/smtpplus.passwd", f"passwd_file: {passwd_file}"
+    )
+    (tmp_path / "etc" / "smtpplus.yaml").write_text(main, encoding="utf-8")
+    (tmp_path / "etc" / users_file).write_text(GOOD_USERS, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    config = load_config("etc/smtpplus.yaml")
+    assert config.path == tmp_path / "etc" / "smtpplus.yaml"
+    assert config.users_path == tmp_path / users
+    assert config.passwd_path == (Path(passwd) if passwd.startswith("/") else tmp_path / passwd)
+    assert config.state_path == (tmp_path / users).with_name("verification.json")
+    assert all(path.is_absolute() for path in (config.users_path, config.passwd_path, config.state_path))
+
+
 def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = write_config(tmp_path)
     assert main(["check-config", "-c", str(good)]) == 0
