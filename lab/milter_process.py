@@ -11,13 +11,15 @@ import grp
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from smtpplus_milter.config import SocketSpec
+from smtpplus_milter.daemon import socket_answers
 
 
 def prepare_socket_dir(directory: Path) -> None:
@@ -68,19 +70,7 @@ class MilterProcess:
         raise TimeoutError(f"smtpplus-milter did not open {self.socket_spec} within {timeout}s:\n{self.log_tail()}")
 
     def answers(self) -> bool:
-        kind, _, rest = self.socket_spec.partition(":")
-        try:
-            if kind in ("unix", "local"):
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                    probe.settimeout(0.5)
-                    probe.connect(rest)
-            else:
-                port, _, host = rest.partition("@")
-                with socket.create_connection((host or "127.0.0.1", int(port)), timeout=0.5):
-                    pass
-            return True
-        except OSError:
-            return False
+        return socket_answers(SocketSpec.parse(self.socket_spec), timeout=0.5)
 
     def stop(self, timeout: float = 20.0) -> int | None:
         process, self.process = self.process, None

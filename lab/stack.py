@@ -168,7 +168,7 @@ class Stack:
         if not self.priority_routing:
             if not self.local_listener:
                 return {}, "", {}
-            snippets = generate(load_config(self.config_path).settings, chroot=False)
+            snippets = generate(load_config(self.config_path).postfix, chroot=False)
             return dict(snippets.local_listener_main_cf), snippets.local_listener, {}
 
         nexthops = {}
@@ -176,7 +176,7 @@ class Stack:
             nexthops = {"high": f"[127.0.0.1]:{self.high_sink.port}", "low": f"[127.0.0.1]:{self.low_sink.port}"}
         postfix_dir = self.workdir / "postfix" / "etc"
         snippets = generate(
-            load_config(self.config_path).settings,
+            load_config(self.config_path).postfix,
             postfix_dir=str(postfix_dir),
             nexthops=nexthops,
             relayhost=f"[127.0.0.1]:{self.sink.port}",
@@ -191,12 +191,12 @@ class Stack:
         return snippets.main_cf, snippets.master_cf, snippets.files
 
     def _postfix_milter_spec(self) -> str | None:
+        from smtpplus_milter.admin.postfix import milter_address
+        from smtpplus_milter.config import SocketSpec
+
         if not self.milter_spec:
             return None
-        if self.milter_spec.startswith("inet:"):
-            port, _, host = self.milter_spec[5:].partition("@")
-            return f"inet:{host}:{port}"
-        return self.milter_spec
+        return milter_address(SocketSpec.parse(self.milter_spec))
 
     def stop(self) -> None:
         """Stop everything that was started, in reverse order, even if one stop fails."""

@@ -8,11 +8,12 @@ header on the way out, so recipients never see it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from types import MappingProxyType
 
-from smtpplus_milter.config import Settings, split_host_port
+from smtpplus_milter.config import HostPort, OwnMail, PostfixInputs, SocketSpec
 
 MILTER_CHECKS = "smtpplus_milter_header_checks"
 SMTP_CHECKS = "smtpplus_smtp_header_checks"
@@ -42,18 +43,20 @@ def postfix_size_limits(max_message_bytes: int) -> dict[str, str]:
 #   immediately, independent of what the default transport is busy with;
 # - low gets few, so bulk never takes the processes, connections and remote goodwill that
 #   normal and high mail need.
-TRANSPORT_TUNING: dict[str, dict[str, str]] = {
-    "high": {
-        "maxproc": "50",
-        "destination_concurrency_limit": "50",
-        "initial_destination_concurrency": "20",
-    },
-    "low": {
-        "maxproc": "4",
-        "destination_concurrency_limit": "2",
-        "initial_destination_concurrency": "1",
-    },
-}
+TRANSPORT_TUNING: Mapping[str, dict[str, str]] = MappingProxyType(
+    {
+        "high": {
+            "maxproc": "50",
+            "destination_concurrency_limit": "50",
+            "initial_destination_concurrency": "20",
+        },
+        "low": {
+            "maxproc": "4",
+            "destination_concurrency_limit": "2",
+            "initial_destination_concurrency": "1",
+        },
+    }
+)
 
 
 @dataclass
@@ -90,20 +93,22 @@ def transport_name(queue: str) -> str:
 
 
 def generate(
-    settings: Settings,
+    inputs: PostfixInputs,
     *,
     postfix_dir: str = "/etc/postfix",
     nexthops: Mapping[str, str] | None = None,
     relayhost: str = "",
     chroot: bool = True,
 ) -> PostfixSnippets:
-    """Snippets for the queues this config uses. *nexthops*: queue -> explicit next hop.
+    """Snippets for the queues the config uses (:attr:`Config.postfix <smtpplus_milter.config.Config.postfix>`).
+
+    *nexthops*: queue -> explicit next hop.
 
     A FILTER with an empty destination delivers to the *recipient domain* (its MX): Postfix does
     not apply ``relayhost`` to it (measured with Postfix 3.7). So with a relayhost, the relayhost
     becomes the explicit next hop of both transports; *nexthops* overrides per queue.
     """
-    routed = sorted({queue for queue in settings.priority.queues.values() if queue != "normal"})
+    routed = sorted(queue for queue in inputs.queues if queue != "normal")
     given = dict(nexthops or {})
     nexthops = {queue: given.get(queue, relayhost) for queue in routed}
     directory = PurePosixPath(postfix_dir)
@@ -114,7 +119,7 @@ def generate(
         "message_strip_characters": "\\0",
         "milter_header_checks": f"regexp:{directory / MILTER_CHECKS}",
         "smtp_header_checks": f"regexp:{directory / SMTP_CHECKS}",
-        **postfix_size_limits(settings.limits.max_message_bytes),
+        **postfix_size_limits(inputs.max_message_bytes),
     }
     master_lines = []
     checks = [
@@ -155,7 +160,7 @@ def generate(
     unknown = sorted(set(given) - set(routed))
     if unknown:
         warnings.append(f"--nexthop for {', '.join(unknown)} ignored: no priority maps to that queue")
-    listener, listener_cf, listener_warnings = local_listener(settings, chroot=chroot)
+    listener, listener_cf, listener_warnings = local_listener(inputs.own_mail, chroot=chroot)
     return PostfixSnippets(
         main_cf=main_cf,
         master_cf="\n".join(master_lines) + ("\n" if master_lines else ""),
@@ -169,7 +174,7 @@ def generate(
 LOCAL_SENDERS = "smtpplus_local_sender_restrictions"
 
 
-def local_listener(settings: Settings, *, chroot: bool = True) -> tuple[str, dict[str, str], list[str]]:
+def local_listener(own_mail: Sequence[OwnMail], *, chroot: bool = True) -> tuple[str, dict[str, str], list[str]]:
     """The loopback smtpd(s) that take the product's own mail: (master.cf text, main.cf, warnings).
 
     Alert and verification mail must not pass this milter (an alert about a spoofed sender would
@@ -179,35 +184,25 @@ def local_listener(settings: Settings, *, chroot: bool = True) -> tuple[str, dic
     ``verification.from``); anything else is refused at MAIL FROM. Who may connect at all is a
     question for the host firewall (deploy/nftables/).
     """
-    endpoints: dict[tuple[str, int], None] = {}
+    endpoints: dict[HostPort, None] = {}
     senders: dict[str, None] = {}
     warnings: list[str] = []
-    email = settings.alerts.email
-    for what, hostport, sender in (
-        ("alerts.email.smtp", email.smtp if email else None, email.from_ if email else None),
-        (
-            "verification.smtp",
-            settings.verification.smtp if settings.verification.from_ else None,
-            settings.verification.from_,
-        ),
-    ):
-        if hostport is None or sender is None:
-            continue
-        host, port = split_host_port(hostport)
+    for mail in own_mail:
+        host = mail.smtp.host
         if host not in ("127.0.0.1", "::1", "localhost"):
-            warnings.append(f"{what} {hostport} is not on this host: that server must not run smtpplus-milter")
+            warnings.append(f"{mail.key} {mail.smtp} is not on this host: that server must not run smtpplus-milter")
             continue
-        endpoints[("127.0.0.1" if host == "localhost" else host, port)] = None
-        senders[sender.lower()] = None
+        endpoints[HostPort("127.0.0.1", mail.smtp.port) if host == "localhost" else mail.smtp] = None
+        senders[mail.sender.lower()] = None
     if not endpoints:
         return "", {}, warnings
     table = ", ".join(f"{sender}=OK" for sender in senders)
     main_cf = {LOCAL_SENDERS: f"check_sender_access inline:{{ {table} }}, reject"}
     lines = []
-    for host, port in endpoints:
-        name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    for endpoint in endpoints:
+        host = endpoint.host
         lines += [
-            f"{name} inet  n       -       {'y' if chroot else 'n'}       -       -       smtpd",
+            f"{endpoint} inet  n       -       {'y' if chroot else 'n'}       -       -       smtpd",
             "  -o syslog_name=postfix/smtpplus-local",
             "  -o smtpd_milters=",
             "  -o smtpd_sasl_auth_enable=no",
@@ -219,6 +214,14 @@ def local_listener(settings: Settings, *, chroot: bool = True) -> tuple[str, dic
             "  -o smtpd_relay_restrictions=permit_mynetworks,reject",
         ]
     return "\n".join(lines) + "\n", main_cf, warnings
+
+
+def milter_address(socket: SocketSpec) -> str:
+    """*socket* as main.cf's ``smtpd_milters`` names it: ``unix:/path`` or ``inet:HOST:PORT``."""
+    if socket.path is not None:
+        return f"unix:{socket.path}"
+    host = f"[{socket.host}]" if socket.host is not None and ":" in socket.host else socket.host
+    return f"inet:{host}:{socket.port}"
 
 
 def render(snippets: PostfixSnippets, postfix_dir: str = "/etc/postfix") -> str:

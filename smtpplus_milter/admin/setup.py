@@ -24,8 +24,9 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
-from smtpplus_milter.config import Settings
+from smtpplus_milter.config import Settings, postfix_inputs
 from smtpplus_milter.infra.files import FileProblem, Ownership, replace_atomically
 
 SOURCE_GUESS = Path(__file__).resolve().parents[2]
@@ -36,34 +37,38 @@ MAIN_CF_PROTOS = (Path("/usr/share/postfix/main.cf.debian"), Path("/usr/share/po
 MASTER_CF_PROTOS = (Path("/usr/share/postfix/master.cf.dist"),)
 
 # The guide's §7 main.cf settings that do not depend on the config (smtpd_milters is computed).
-MAIN_CF_FIXED = {
-    "smtpd_sasl_type": "dovecot",
-    "smtpd_sasl_auth_enable": "yes",
-    "smtpd_sasl_security_options": "noanonymous",
-    "smtpd_sasl_tls_security_options": "noanonymous",
-    "smtpd_tls_security_level": "may",
-    "smtpd_tls_auth_only": "yes",
-    "milter_protocol": "6",
-    "milter_default_action": "tempfail",
-    "milter_connect_timeout": "10s",
-    "milter_command_timeout": "30s",
-    "milter_content_timeout": "120s",
-    "milter_mail_macros": "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}",
-}
+MAIN_CF_FIXED = MappingProxyType(
+    {
+        "smtpd_sasl_type": "dovecot",
+        "smtpd_sasl_auth_enable": "yes",
+        "smtpd_sasl_security_options": "noanonymous",
+        "smtpd_sasl_tls_security_options": "noanonymous",
+        "smtpd_tls_security_level": "may",
+        "smtpd_tls_auth_only": "yes",
+        "milter_protocol": "6",
+        "milter_default_action": "tempfail",
+        "milter_connect_timeout": "10s",
+        "milter_command_timeout": "30s",
+        "milter_content_timeout": "120s",
+        "milter_mail_macros": "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}",
+    }
+)
 
-SUBMISSION_PARAMS = {
-    "syslog_name": "postfix/submission",
-    "smtpd_tls_security_level": "encrypt",
-    "smtpd_sasl_auth_enable": "yes",
-    "smtpd_tls_auth_only": "yes",
-    "smtpd_reject_unlisted_recipient": "no",
-    "smtpd_client_restrictions": "",
-    "smtpd_helo_restrictions": "",
-    "smtpd_sender_restrictions": "",
-    "smtpd_recipient_restrictions": "",
-    "smtpd_relay_restrictions": "permit_sasl_authenticated,reject",
-    "milter_macro_daemon_name": "ORIGINATING",
-}
+SUBMISSION_PARAMS = MappingProxyType(
+    {
+        "syslog_name": "postfix/submission",
+        "smtpd_tls_security_level": "encrypt",
+        "smtpd_sasl_auth_enable": "yes",
+        "smtpd_tls_auth_only": "yes",
+        "smtpd_reject_unlisted_recipient": "no",
+        "smtpd_client_restrictions": "",
+        "smtpd_helo_restrictions": "",
+        "smtpd_sender_restrictions": "",
+        "smtpd_recipient_restrictions": "",
+        "smtpd_relay_restrictions": "permit_sasl_authenticated,reject",
+        "milter_macro_daemon_name": "ORIGINATING",
+    }
+)
 
 MASTER_FIELDS = ("private", "unprivileged", "chroot", "wakeup", "process_limit", "command")
 
@@ -416,7 +421,7 @@ class Setup:
             # Local submissions have no login and are not SMTP+ traffic.
             main_cf["non_smtpd_milters"] = ", ".join(milter for milter in non_smtpd if milter != ours)
         snippets = generate(
-            settings,
+            postfix_inputs(settings),
             postfix_dir=str(options.postfix_dir),
             nexthops=options.nexthops,
             relayhost=current.get("relayhost", ""),

@@ -47,12 +47,6 @@ from smtpplus_milter.infra.usersfile import ALLOW_ANY_SENDER, UsersDocument, any
 T = TypeVar("T")
 
 
-def passwd_path(config: Config) -> Path:
-    """The Dovecot passwd-file of *config* (``sasl.passwd_file``; relative to the config file)."""
-    path = Path(config.settings.sasl.passwd_file)
-    return path if path.is_absolute() else config.path.parent / path
-
-
 class WouldNotValidate(Exception):
     """The users file as the change would leave it does not validate; nothing was written."""
 
@@ -146,7 +140,7 @@ class UsersStore:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.users_path = config.users_path
-        self.passwd_path = passwd_path(config)
+        self.passwd_path = config.passwd_path
 
     def change(
         self,

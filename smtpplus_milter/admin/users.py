@@ -15,7 +15,7 @@ from typing import Any
 
 from smtpplus_milter.admin import verification
 from smtpplus_milter.admin.errors import Refused
-from smtpplus_milter.admin.store import Draft, UsersStore, passwd_path
+from smtpplus_milter.admin.store import Draft, UsersStore
 from smtpplus_milter.config import Config
 from smtpplus_milter.core.users import User, normalize_login
 from smtpplus_milter.core.verification import Kind
@@ -154,7 +154,7 @@ def set_active(config: Config, name: str, active: bool) -> Activated:
         return key, draft.passwd.set_disabled(key, not active)
 
     key, has_password = UsersStore(config).change(make).value
-    return Activated(key, active, has_password, passwd_path(config))
+    return Activated(key, active, has_password, config.passwd_path)
 
 
 def delete(config: Config, name: str) -> Deleted:
@@ -168,7 +168,7 @@ def delete(config: Config, name: str) -> Deleted:
 
     key = UsersStore(config).change(make).value
     verification.forget_user(config, key)
-    return Deleted(key, passwd_path(config))
+    return Deleted(key, config.passwd_path)
 
 
 def reset_password(config: Config, name: str) -> Credentials:
@@ -264,7 +264,7 @@ def record(config: Config, user: User) -> UserRecord:
 
 def _read_passwd(config: Config) -> PasswdFile | None:
     try:
-        return PasswdFile.parse(read_text(passwd_path(config), missing_ok=True))
+        return PasswdFile.parse(read_text(config.passwd_path, missing_ok=True))
     except FileProblem:
         return None  # e.g. not root: the table shows "unknown"
 

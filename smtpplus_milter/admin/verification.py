@@ -25,7 +25,7 @@ from typing import Any
 
 from smtpplus_milter.admin.errors import Refused
 from smtpplus_milter.admin.store import Draft, UsersStore
-from smtpplus_milter.config import Config, split_host_port
+from smtpplus_milter.config import Config
 from smtpplus_milter.core.addresses import AddressError, normalize_address, normalize_domain
 from smtpplus_milter.core.dnscheck import DnsFailure, check_token, deliverability_warnings
 from smtpplus_milter.core.users import User, normalize_login
@@ -44,14 +44,14 @@ from smtpplus_milter.core.verification import (
 from smtpplus_milter.infra import mailer
 from smtpplus_milter.infra.dns import Resolver
 from smtpplus_milter.infra.files import FileProblem
-from smtpplus_milter.infra.state import StateFile, state_path
+from smtpplus_milter.infra.state import StateFile
 from smtpplus_milter.infra.usersfile import ALLOW_ANY_SENDER
 
 MAIL_TIMEOUT = 30.0
 
 
 def _state_file(config: Config) -> StateFile:
-    return StateFile(state_path(config.users_path))
+    return StateFile(config.state_path)
 
 
 def _resolver(config: Config) -> Resolver:
@@ -59,7 +59,8 @@ def _resolver(config: Config) -> Resolver:
 
 
 def _smtp(config: Config) -> tuple[str, int]:
-    return split_host_port(config.settings.verification.smtp)
+    smtp = config.settings.verification.smtp
+    return smtp.host, smtp.port
 
 
 def user_of(config: Config, name: str) -> User:

@@ -41,7 +41,7 @@ def main(
         return 2
     if relayhost is None:
         relayhost = _postconf_relayhost(postfix_dir)
-    snippets = generate(config.settings, postfix_dir=postfix_dir, nexthops=nexthops, relayhost=relayhost, chroot=chroot)
+    snippets = generate(config.postfix, postfix_dir=postfix_dir, nexthops=nexthops, relayhost=relayhost, chroot=chroot)
     print(render(snippets, postfix_dir), end="")
     if write:
         for name, text in snippets.files.items():

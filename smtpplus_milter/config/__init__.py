@@ -1,23 +1,21 @@
 """The configuration: the YAML files read, validated and turned into typed, frozen values.
 
-Depends only on :mod:`smtpplus_milter.core`; everything else receives what this package built.
+Depends only on :mod:`smtpplus_milter.core`; everything else receives what this package built:
+:class:`Config` (absolute paths, the users directory, the validated settings) and the small values
+of :mod:`~smtpplus_milter.config.values` (endpoints, the milter socket, what Postfix needs).
 """
 
 from smtpplus_milter.config.loader import (
     DEFAULT_CONFIG,
-    AlertmanagerSink,
-    AlertsSection,
     Config,
     ConfigError,
     ConfigProblem,
-    EmailSink,
-    Settings,
-    WebhookSink,
     config_path_from_env,
     load_config,
-    resolve_users_path,
-    split_host_port,
+    postfix_inputs,
 )
+from smtpplus_milter.config.schema import AlertmanagerSink, AlertsSection, EmailSink, Settings, WebhookSink
+from smtpplus_milter.config.values import HostPort, OwnMail, PostfixInputs, SocketSpec
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -27,10 +25,13 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "EmailSink",
+    "HostPort",
+    "OwnMail",
+    "PostfixInputs",
     "Settings",
+    "SocketSpec",
     "WebhookSink",
     "config_path_from_env",
     "load_config",
-    "resolve_users_path",
-    "split_host_port",
+    "postfix_inputs",
 ]

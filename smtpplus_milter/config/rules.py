@@ -7,7 +7,8 @@ plain values.
 
 from __future__ import annotations
 
-from smtpplus_milter.config.loader import Config, Settings
+from smtpplus_milter.config.loader import Config
+from smtpplus_milter.config.schema import Settings
 from smtpplus_milter.core.session import Rules
 from smtpplus_milter.mime.footer import Banner
 

@@ -7,7 +7,7 @@ that was e-mailed to it; for a domain, the token the customer publishes in DNS. 
 after :data:`MAX_FAILURES` wrong tries. A domain token is not a secret (it is published in DNS, and
 publishing it is the proof), so it is kept in clear and can be shown again.
 
-The state lives in ``verification.json`` next to the users file (:func:`state_path`), mode 0600,
+The state lives in ``verification.json`` next to the users file (``Config.state_path``), mode 0600,
 replaced atomically under the same kind of lock as the users file (:mod:`smtpplus_milter.infra.files`).
 Everything that decides takes ``now`` (seconds since the epoch) from the caller: tests bring
 their own clock.

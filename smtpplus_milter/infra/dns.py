@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import ipaddress
 
+from smtpplus_milter.config.values import HostPort
 from smtpplus_milter.core.dnscheck import DnsFailure, IPAddress
 
 DNS_TIMEOUT = 5.0
 
 
 class Resolver:
-    """:class:`Lookup` over dnspython; *address* ``HOST:PORT`` or None for the system's resolver."""
+    """:class:`Lookup` over dnspython; *address* (``verification.resolver``) or None for the system's resolver."""
 
-    def __init__(self, address: str | None = None, *, timeout: float = DNS_TIMEOUT) -> None:
+    def __init__(self, address: HostPort | None = None, *, timeout: float = DNS_TIMEOUT) -> None:
         import dns.resolver
 
         if address is None:
@@ -28,13 +29,12 @@ class Resolver:
                     "no system resolver (/etc/resolv.conf); set verification.resolver to HOST:PORT"
                 ) from None
         else:
-            host, _, port = address.rpartition(":")
             self._resolver = dns.resolver.Resolver(configure=False)
-            self._resolver.nameservers = [host.strip("[]")]
-            self._resolver.port = int(port)
+            self._resolver.nameservers = [address.host]
+            self._resolver.port = address.port
         self._resolver.lifetime = timeout
         self._resolver.timeout = timeout
-        self.address = address or "the system resolver"
+        self.address = str(address) if address is not None else "the system resolver"
 
     def _ask(self, name: str, rdtype: str) -> list[object]:
         import dns.exception

@@ -11,12 +11,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from smtpplus_milter.core.verification import STATE_FILE, State, StateProblem
+from smtpplus_milter.core.verification import State, StateProblem
 from smtpplus_milter.infra.files import FileProblem, Ownership, locked, read_text, replace_atomically
-
-
-def state_path(users_path: Path) -> Path:
-    return users_path.with_name(STATE_FILE)
 
 
 class StateFile:

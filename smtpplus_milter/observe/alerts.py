@@ -39,7 +39,7 @@ from email.utils import format_datetime, make_msgid
 from types import MappingProxyType
 from typing import Protocol
 
-from smtpplus_milter.config import AlertmanagerSink, AlertsSection, EmailSink, Settings, WebhookSink
+from smtpplus_milter.config import AlertmanagerSink, AlertsSection, EmailSink, WebhookSink
 from smtpplus_milter.core.session import DISABLED_USER, DISPLAY_NAME_SPOOFING, UNAUTHORIZED_SENDER
 from smtpplus_milter.observe.log import get_logger
 from smtpplus_milter.observe.metrics import Metrics
@@ -214,8 +214,7 @@ class Email:
     name = "email"
 
     def __init__(self, config: EmailSink, timeout: float = EMAIL_TIMEOUT) -> None:
-        host, _, port = config.smtp.rpartition(":")
-        self.host, self.port = host.strip("[]"), int(port)
+        self.host, self.port = config.smtp.host, config.smtp.port
         self.sender = config.from_
         self.recipients = list(config.to)
         self.timeout = timeout
@@ -427,8 +426,8 @@ class AlertDispatcher:
         ]
 
     @classmethod
-    def from_config(cls, settings: Settings, metrics: Metrics | None = None) -> AlertDispatcher:
-        section = settings.alerts
+    def from_config(cls, section: AlertsSection, metrics: Metrics | None = None) -> AlertDispatcher:
+        """A dispatcher for the config's ``alerts:`` section."""
         dispatcher = cls(
             sinks_from(section),
             dedup_seconds=section.dedup_seconds,
@@ -476,9 +475,8 @@ class AlertDispatcher:
             self._seen.popitem(last=False)
         return False
 
-    def reconfigure(self, settings: Settings) -> None:
+    def reconfigure(self, section: AlertsSection) -> None:
         """Apply a reloaded ``alerts:`` section; unchanged sinks keep their queues and retries."""
-        section = settings.alerts
         with self._lock:
             self.dedup_seconds = section.dedup_seconds
             signature = _signature(section)

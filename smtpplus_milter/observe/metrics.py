@@ -15,6 +15,7 @@ from prometheus_client import (
 )
 
 from smtpplus_milter import __version__
+from smtpplus_milter.config.values import HostPort
 
 
 class Metrics:
@@ -67,7 +68,6 @@ class Metrics:
         self.build_info.labels(version=__version__).set(1)
 
 
-def serve_metrics(listen: str, registry: CollectorRegistry) -> None:
-    """Serve /metrics of *registry* on HOST:PORT in a daemon thread."""
-    host, _, port = listen.rpartition(":")
-    start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+def serve_metrics(listen: HostPort, registry: CollectorRegistry) -> None:
+    """Serve /metrics of *registry* on *listen* (``metrics.listen``) in a daemon thread."""
+    start_http_server(listen.port, addr=listen.host, registry=registry)

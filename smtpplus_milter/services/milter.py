@@ -21,10 +21,14 @@ from typing import Any, TypeVar
 
 import Milter
 
+from smtpplus_milter.config import Config
 from smtpplus_milter.core.decision import Reply
 from smtpplus_milter.core.priority import HeaderEdit
 from smtpplus_milter.core.session import Action, MessageSession, Step
-from smtpplus_milter.observe.log import get_logger
+from smtpplus_milter.daemon import StartupFailed
+from smtpplus_milter.observe.alerts import AlertDispatcher
+from smtpplus_milter.observe.log import EventWriter, get_logger
+from smtpplus_milter.observe.metrics import Metrics, serve_metrics
 from smtpplus_milter.services.runtime import Runtime
 
 log = get_logger()
@@ -93,7 +97,7 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         runtime.connections.opened()
-        if runtime.config.settings.milter.socket.startswith("inet"):
+        if not runtime.config.settings.milter.socket.is_unix:
             runtime.nodelay.apply()
         self._closed = False
         # True once Postfix has agreed to send MACROS (negotiate); until then a missing
@@ -299,3 +303,62 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
 def factory_for(runtime: Runtime) -> Callable[[], SmtpPlusMilter]:
     """What libmilter calls for each new connection (``Milter.factory``)."""
     return functools.partial(SmtpPlusMilter, runtime)
+
+
+# On SIGTERM, queued alerts get this long to go out before the process exits.
+ALERTS_DRAIN_SECONDS = 5.0
+
+
+class MilterService:
+    """The milter as a :class:`~smtpplus_milter.daemon.Service`: its runtime, libmilter, metrics.
+
+    Builds the process's one :class:`Runtime` (metrics on their own registry, served on
+    ``metrics.listen``; the alert dispatcher; the background log writer) and binds libmilter's
+    per-connection factory to it.
+    """
+
+    def __init__(self, config: Config) -> None:
+        settings = config.settings
+        self.config = config
+        metrics = Metrics()
+        listen = settings.metrics.listen
+        if listen is not None:
+            try:
+                serve_metrics(listen, metrics.registry)
+            except OSError as exc:
+                raise StartupFailed(f"cannot serve metrics on {listen}: {exc.strerror}") from None
+        # Alerts go out from threads of their own; the mail path only queues them.
+        self.alerts = AlertDispatcher.from_config(settings.alerts, metrics)
+        # The per-message log lines are written by a thread of their own, off libmilter's threads.
+        self.writer = EventWriter()
+        self.runtime = Runtime(config, metrics=metrics, alerts=self.alerts, emit=self.writer.emit)
+        Milter.factory = factory_for(self.runtime)
+        Milter.set_flags(FLAGS)
+
+    def serve(self) -> None:
+        milter = self.config.settings.milter
+        Milter.runmilter("smtpplus", str(milter.socket), milter.timeout)
+
+    def stop(self) -> None:
+        import milter as libmilter
+
+        libmilter.stop()
+
+    def reload(self) -> None:
+        self.runtime.reload()
+
+    def busy(self) -> int:
+        return self.runtime.connections.open
+
+    def close(self) -> None:
+        self.alerts.stop(ALERTS_DRAIN_SECONDS)
+        self.writer.stop()
+
+    def details(self) -> Mapping[str, Any]:
+        listen = self.config.settings.metrics.listen
+        return {
+            "config": str(self.config.path),
+            "users": len(self.config.directory.users),
+            "metrics": str(listen) if listen is not None else None,
+            "alert_sinks": self.alerts.sink_names,
+        }

@@ -181,7 +181,7 @@ class Runtime:
             self._current = (new, rules_of(new))
             self.budget.limit = injection_budget(new.settings.limits.max_message_bytes)
             if self.alerts is not None:
-                self.alerts.reconfigure(new.settings)
+                self.alerts.reconfigure(new.settings.alerts)
             self.metrics.reloads.labels(result="ok").inc()
             log.info("config_reloaded", config=str(new.path), users=len(new.directory.users))
             return True

@@ -58,7 +58,7 @@ def test_bad_submission_daemon_names_are_refused(tmp_path: Path, name: str) -> N
 
 
 def test_postfix_config_strips_nul(tmp_path: Path) -> None:
-    snippets = generate(config_with(tmp_path).settings)
+    snippets = generate(config_with(tmp_path).postfix)
     assert snippets.main_cf["message_strip_characters"] == "\\0"
     shipped = (REPO / "deploy/postfix/main.cf.snippet").read_text(encoding="utf-8")
     assert re.search(r"^message_strip_characters = \\0$", shipped, re.MULTILINE)
@@ -69,7 +69,7 @@ def test_local_listener_is_no_open_relay(tmp_path: Path) -> None:
         "alerts": {"email": {"to": ["it@example.com"], "smtp": "127.0.0.1:10025", "from": "Alerts@Relay.example"}},
         "verification": {"smtp": "127.0.0.1:10025", "from": "verify@relay.example"},
     }
-    snippets = generate(config_with(tmp_path, settings=settings).settings)
+    snippets = generate(config_with(tmp_path, settings=settings).postfix)
     lines = snippets.local_listener.splitlines()
     assert lines[0].split()[:2] == ["127.0.0.1:10025", "inet"]  # one service for both senders
     options = dict(line.strip()[3:].split("=", 1) for line in lines[1:])
@@ -85,7 +85,7 @@ def test_local_listener_is_no_open_relay(tmp_path: Path) -> None:
 
 def test_no_local_listener_for_a_remote_smtp(tmp_path: Path) -> None:
     settings = {"verification": {"smtp": "smarthost.example:25", "from": "verify@relay.example"}}
-    snippets = generate(config_with(tmp_path, settings=settings).settings)
+    snippets = generate(config_with(tmp_path, settings=settings).postfix)
     assert snippets.local_listener == "" and snippets.local_listener_main_cf == {}
     assert any("smarthost.example:25 is not on this host" in warning for warning in snippets.warnings)
 

@@ -32,7 +32,7 @@ def _holder(tmp_path: Path, receiver: WebhookReceiver, mode: str, spoofing: str 
         },
     )
     metrics = Metrics()
-    return Runtime(config, metrics=metrics, alerts=AlertDispatcher.from_config(config.settings, metrics))
+    return Runtime(config, metrics=metrics, alerts=AlertDispatcher.from_config(config.settings.alerts, metrics))
 
 
 def test_alert_mode_one_alert_per_sender(tmp_path: Path, receiver: WebhookReceiver) -> None:

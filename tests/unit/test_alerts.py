@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from lab.harness import Sink
-from smtpplus_milter.config import AlertmanagerSink, EmailSink, Settings, WebhookSink
+from smtpplus_milter.config import AlertmanagerSink, AlertsSection, EmailSink, Settings, WebhookSink
 from smtpplus_milter.observe.alerts import (
     DISABLED_USER,
     DISPLAY_NAME_SPOOFING,
@@ -230,20 +230,20 @@ def test_submit_never_raises() -> None:
     dispatcher.submit(_alert())
 
 
-def _settings(**alerts: object) -> Settings:
-    return Settings.model_validate({"alerts": alerts})
+def _section(**alerts: object) -> AlertsSection:
+    return Settings.model_validate({"alerts": alerts}).alerts
 
 
 def test_from_config_and_reconfigure() -> None:
     with WebhookReceiver() as one, WebhookReceiver() as two:
-        dispatcher = AlertDispatcher.from_config(_settings(webhook={"url": one.url}))
+        dispatcher = AlertDispatcher.from_config(_section(webhook={"url": one.url}))
         try:
             assert dispatcher.sink_names == ["webhook"]
             worker = dispatcher.workers[0]
-            dispatcher.reconfigure(_settings(webhook={"url": one.url}, dedup_seconds=10))
+            dispatcher.reconfigure(_section(webhook={"url": one.url}, dedup_seconds=10))
             assert dispatcher.workers[0] is worker and dispatcher.dedup_seconds == 10  # unchanged sink kept
             dispatcher.reconfigure(
-                _settings(webhook={"url": two.url}, alertmanager={"url": "http://127.0.0.1:9"}, dedup_seconds=10)
+                _section(webhook={"url": two.url}, alertmanager={"url": "http://127.0.0.1:9"}, dedup_seconds=10)
             )
             assert dispatcher.sink_names == ["webhook", "alertmanager"]
             dispatcher.submit(_alert())

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from smtpplus_milter.cli import main
-from smtpplus_milter.config import ConfigError, load_config
+from smtpplus_milter.config import ConfigError, HostPort, SocketSpec, load_config
 from tests.support.builders import write_config
 
 GOOD_MAIN = """\
@@ -125,6 +125,41 @@ MAIN_CASES = [
         "milter:\n  socket: /tmp/x.sock\n", "smtpplus.yaml", "milter.socket", 2, "unix:/ABSOLUTE/PATH", id="bad-socket"
     ),
     pytest.param("metrics:\n  listen: 9464\n", "smtpplus.yaml", "metrics.listen", 2, "valid string", id="listen-type"),
+    pytest.param(
+        "metrics:\n  listen: 127.0.0.1:0\n",
+        "smtpplus.yaml",
+        "metrics.listen",
+        2,
+        "is not HOST:PORT",
+        id="listen-port-0",
+    ),
+    pytest.param(
+        "milter:\n  socket: inet:65536@127.0.0.1\n",
+        "smtpplus.yaml",
+        "milter.socket",
+        2,
+        "is not a milter socket",
+        id="socket-port-65536",
+    ),
+    pytest.param(
+        "alerts:\n  email: {to: [it@example.com], smtp: relay.example, from: a@relay.example}\n",
+        "smtpplus.yaml",
+        "alerts.email.smtp",
+        2,
+        "'relay.example' is not HOST:PORT (e.g. 127.0.0.1:9464)",
+        id="email-smtp-no-port",
+    ),
+    pytest.param(
+        "verification:\n  smtp: '[::1]'\n", "smtpplus.yaml", "verification.smtp", 2, "is not HOST:PORT", id="smtp-v6"
+    ),
+    pytest.param(
+        "verification:\n  resolver: dns.example:53\n",
+        "smtpplus.yaml",
+        "verification.resolver",
+        2,
+        "the resolver must be an IP address and port, e.g. 127.0.0.1:53",
+        id="resolver-name",
+    ),
     pytest.param("a: 1\na: 2\n", "smtpplus.yaml", "a", 2, "duplicate key", id="duplicate-key"),
     pytest.param("milter: [\n", "smtpplus.yaml", "(top level)", 2, "not valid YAML", id="yaml-syntax"),
     pytest.param("- a\n- b\n", "smtpplus.yaml", "(top level)", 1, "must be a YAML mapping", id="not-a-mapping"),
@@ -219,6 +254,50 @@ def test_users_file_that_is_a_directory(tmp_path: Path) -> None:
         load_config(path)
     assert ".".join(map(str, info.value.problems[0].path)) == "users_file"
     assert "Is a directory" in str(info.value)
+
+
+def test_endpoints_and_socket_are_typed_once_at_load(tmp_path: Path) -> None:
+    main = GOOD_MAIN + "verification:\n  smtp: '[::1]:10025'\n  resolver: '[::1]:53'\n"
+    settings = load_config(_write(tmp_path, main)).settings
+    assert settings.milter.socket == SocketSpec.parse("unix:/var/spool/postfix/smtpplus/milter.sock")
+    assert settings.metrics.listen == HostPort("127.0.0.1", 9464)
+    assert settings.alerts.email is not None and settings.alerts.email.smtp == HostPort("127.0.0.1", 10025)
+    assert (settings.verification.smtp, settings.verification.resolver) == (HostPort("::1", 10025), HostPort("::1", 53))
+    defaults = load_config(_write(tmp_path, "{}\n", "{}\n")).settings
+    assert (defaults.metrics.listen, defaults.verification.smtp) == (
+        HostPort("127.0.0.1", 9464),
+        HostPort("127.0.0.1", 25),
+    )
+    assert str(defaults.milter.socket) == "unix:/var/spool/postfix/smtpplus/milter.sock"
+
+
+@pytest.mark.parametrize(
+    ("users_file", "passwd_file", "users", "passwd"),
+    [
+        pytest.param("users.yaml", "/etc/dovecot/smtpplus.passwd", "etc/users.yaml", "/etc/dovecot/smtpplus.passwd"),
+        pytest.param("sub/users.yaml", "smtpplus.passwd", "etc/sub/users.yaml", "etc/smtpplus.passwd"),
+        pytest.param(
+            "../users.yaml", "../dovecot/smtpplus.passwd", "etc/../users.yaml", "etc/../dovecot/smtpplus.passwd"
+        ),
+    ],
+)
+def test_paths_are_resolved_at_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, users_file: str, passwd_file: str, users: str, passwd: str
+) -> None:
+    # Relative paths are relative to the config file's directory, however the config was named.
+    (tmp_path / "etc" / "sub").mkdir(parents=True)
+    main = GOOD_MAIN.replace("users_file: users.yaml", f"users_file: {users_file}").replace(
+        "passwd_file: /etc/dovecot/smtpplus.passwd", f"passwd_file: {passwd_file}"
+    )
+    (tmp_path / "etc" / "smtpplus.yaml").write_text(main, encoding="utf-8")
+    (tmp_path / "etc" / users_file).write_text(GOOD_USERS, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    config = load_config("etc/smtpplus.yaml")
+    assert config.path == tmp_path / "etc" / "smtpplus.yaml"
+    assert config.users_path == tmp_path / users
+    assert config.passwd_path == (Path(passwd) if passwd.startswith("/") else tmp_path / passwd)
+    assert config.state_path == (tmp_path / users).with_name("verification.json")
+    assert all(path.is_absolute() for path in (config.users_path, config.passwd_path, config.state_path))
 
 
 def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

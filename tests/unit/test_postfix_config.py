@@ -12,7 +12,7 @@ from tests.support.builders import config_with
 
 
 def test_routed_queues_and_transports(tmp_path: Path) -> None:
-    snippets = generate(config_with(tmp_path).settings, postfix_dir="/etc/postfix")
+    snippets = generate(config_with(tmp_path).postfix, postfix_dir="/etc/postfix")
     assert snippets.main_cf["milter_header_checks"] == "regexp:/etc/postfix/smtpplus_milter_header_checks"
     assert snippets.main_cf["smtp_header_checks"] == "regexp:/etc/postfix/smtpplus_smtp_header_checks"
     assert "smtpplus-high unix" in snippets.master_cf and "smtpplus-low unix" in snippets.master_cf
@@ -25,7 +25,7 @@ def test_routed_queues_and_transports(tmp_path: Path) -> None:
 
 def test_relayhost_becomes_explicit_next_hop(tmp_path: Path) -> None:
     snippets = generate(
-        config_with(tmp_path).settings, relayhost="[smarthost.example]:587", nexthops={"low": "[bulk.example]:25"}
+        config_with(tmp_path).postfix, relayhost="[smarthost.example]:587", nexthops={"low": "[bulk.example]:25"}
     )
     checks = snippets.files["smtpplus_milter_header_checks"]
     assert "FILTER smtpplus-high:[smarthost.example]:587" in checks
@@ -34,7 +34,7 @@ def test_relayhost_becomes_explicit_next_hop(tmp_path: Path) -> None:
 
 def test_only_queues_in_use_get_a_transport(tmp_path: Path) -> None:
     queues = {1: "high", 2: "normal", 3: "normal", 4: "normal", 5: "normal"}
-    snippets = generate(config_with(tmp_path, settings={"priority": {"queues": queues}}).settings)
+    snippets = generate(config_with(tmp_path, settings={"priority": {"queues": queues}}).postfix)
     assert "smtpplus-low" not in snippets.master_cf and "smtpplus-low" not in str(snippets.main_cf)
 
 
@@ -67,7 +67,7 @@ def test_cli_prints_everything(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_postfix_size_limit_lies_just_above_ours(tmp_path: Path) -> None:
     # Postfix's default message_size_limit (10240000) is below our 20 MiB: the milter's 552 would
     # never fire and 10-20 MB messages would get Postfix's own refusal.
-    snippets = generate(config_with(tmp_path).settings)
+    snippets = generate(config_with(tmp_path).postfix)
     ours = 20 * 1024 * 1024
     postfix = int(snippets.main_cf["message_size_limit"])
     assert ours < postfix <= ours + 2 * 1024 * 1024
@@ -76,8 +76,8 @@ def test_postfix_size_limit_lies_just_above_ours(tmp_path: Path) -> None:
 
 def test_large_limit_lifts_mailbox_size_limit(tmp_path: Path) -> None:
     # Postfix refuses to start when mailbox_size_limit < message_size_limit.
-    settings = config_with(tmp_path, settings={"limits": {"max_message_bytes": 60 * 1024 * 1024}}).settings
-    snippets = generate(settings)
+    inputs = config_with(tmp_path, settings={"limits": {"max_message_bytes": 60 * 1024 * 1024}}).postfix
+    snippets = generate(inputs)
     assert int(snippets.main_cf["message_size_limit"]) > 60 * 1024 * 1024
     assert snippets.main_cf["mailbox_size_limit"] == "0"
 

@@ -375,7 +375,7 @@ def test_reload_signals_the_milter_that_holds_the_socket(
     spec = f"unix:{short}/milter.sock" if kind == "unix" else f"inet:{free_port()}@127.0.0.1"
     text = conf.read_text(encoding="utf-8").replace("unix:/var/spool/postfix/smtpplus/milter.sock", spec)
     conf.write_text(text, encoding="utf-8")
-    assert load_config(conf).settings.milter.socket == spec
+    assert str(load_config(conf).settings.milter.socket) == spec
     child = subprocess.Popen([sys.executable, "-c", LISTENER, spec, "smtpplus"], stdout=subprocess.PIPE)
     try:
         assert child.stdout is not None and child.stdout.readline() == b"ready\n"

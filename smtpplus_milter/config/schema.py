@@ -1,0 +1,268 @@
+"""The schema: every key of the main file and the users file, declared once (pydantic).
+
+This table is the only place that says which keys exist, their types, defaults and limits, and
+what a bad value is told. Endpoint and socket settings become :mod:`~smtpplus_milter.config.values`
+here, so nothing downstream parses their text again. Reading files and reporting problems is
+:mod:`~smtpplus_milter.config.loader`'s.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, GetPydanticSchema, RootModel, field_validator
+from pydantic_core import core_schema
+
+from smtpplus_milter.config.values import HostPort, SocketSpec
+from smtpplus_milter.core.addresses import AddressError, normalize_address, normalize_domain
+
+Priority = Annotated[int, Field(ge=1, le=5)]
+Queue = Literal["high", "normal", "low"]
+DEFAULT_QUEUES: Mapping[int, Queue] = MappingProxyType({1: "high", 2: "high", 3: "normal", 4: "low", 5: "low"})
+
+# A {daemon_name} value as master.cf sets it (-o milter_macro_daemon_name=ORIGINATING).
+DaemonName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$", max_length=100)]
+
+# YAML has lists, not tuples; lax mode here only lets a list become the (immutable) tuple.
+_LIST = Field(strict=False)
+
+
+def _parsed_from_text(parse: Callable[[str], object]) -> GetPydanticSchema:
+    """A YAML string turned into a typed value by *parse* (whose ValueError is the problem shown).
+
+    Validated as a string first, so a number where text belongs gets pydantic's own type error;
+    dumped back as its text.
+    """
+    return GetPydanticSchema(
+        lambda _source, _handler: core_schema.no_info_after_validator_function(
+            parse, core_schema.str_schema(), serialization=core_schema.plain_serializer_function_ser_schema(str)
+        )
+    )
+
+
+def _resolver(text: str) -> HostPort:
+    address = HostPort.parse(text)
+    if not address.is_ip:
+        raise ValueError(f"{text!r}: the resolver must be an IP address and port, e.g. 127.0.0.1:53")
+    return address
+
+
+HostPortValue = Annotated[HostPort, _parsed_from_text(HostPort.parse)]
+ResolverValue = Annotated[HostPort, _parsed_from_text(_resolver)]
+SocketValue = Annotated[SocketSpec, _parsed_from_text(SocketSpec.parse)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class MilterSection(_Strict):
+    socket: SocketValue = SocketSpec.parse("unix:/var/spool/postfix/smtpplus/milter.sock")
+    timeout: Annotated[int, Field(ge=1, le=3600)] = 60
+    on_internal_error: Literal["tempfail", "accept"] = "tempfail"
+
+
+class AuthorizationSection(_Strict):
+    mode: Literal["block", "alert"] = "block"
+    check: Annotated[tuple[Literal["envelope_from", "header_from", "header_sender"], ...], _LIST] = (
+        "envelope_from",
+        "header_from",
+        "header_sender",
+    )
+    # An authorized From:/Sender: whose display name or comment shows another address: alert
+    # (log, count, alert), log (log and count), off. Never changes the verdict.
+    display_name_spoofing: Literal["alert", "log", "off"] = "alert"
+
+    @field_validator("display_name_spoofing", mode="before")
+    @classmethod
+    def _spoofing_off(cls, value: object) -> object:
+        # YAML 1.1 reads an unquoted `off` as false; that is what the operator wrote.
+        return "off" if value is False else value
+
+
+class LimitsSection(_Strict):
+    max_message_bytes: Annotated[int, Field(ge=1024)] = 20 * 1024 * 1024
+
+
+class PrioritySection(_Strict):
+    default: Priority = 3
+    queues: dict[Priority, Queue] = Field(default_factory=lambda: dict(DEFAULT_QUEUES))
+
+    @field_validator("queues")
+    @classmethod
+    def _all_levels(cls, value: dict[int, str]) -> dict[int, str]:
+        missing = sorted(set(range(1, 6)) - set(value))
+        if missing:
+            raise ValueError(f"no queue for priority {', '.join(map(str, missing))}; give all of 1-5")
+        return value
+
+
+class MetricsSection(_Strict):
+    listen: HostPortValue | None = HostPort("127.0.0.1", 9464)
+    per_user_labels: bool = True
+
+
+class WebhookSink(_Strict):
+    url: Annotated[str, Field(pattern=r"^https?://\S+$")]
+    timeout: Annotated[float, Field(gt=0, le=120)] = 5
+
+
+class AlertmanagerSink(_Strict):
+    url: Annotated[str, Field(pattern=r"^https?://\S+$")]
+    timeout: Annotated[float, Field(gt=0, le=120)] = 5
+
+
+class EmailSink(_Strict):
+    to: Annotated[tuple[str, ...], _LIST]
+    smtp: HostPortValue = HostPort("127.0.0.1", 25)
+    from_: str = Field(alias="from")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=False)
+
+
+class AlertsSection(_Strict):
+    dedup_seconds: Annotated[int, Field(ge=0)] = 300
+    # Tries per alert and sink; a failed try waits backoff_seconds, then twice that, ... (max 300).
+    attempts: Annotated[int, Field(ge=1, le=20)] = 5
+    backoff_seconds: Annotated[float, Field(gt=0, le=300)] = 2
+    webhook: WebhookSink | None = None
+    alertmanager: AlertmanagerSink | None = None
+    email: EmailSink | None = None
+
+
+class TextVariants(_Strict):
+    text: str | None = None
+    html: str | None = None
+
+
+class ListSection(_Strict):
+    header: TextVariants | None = None
+    footer: TextVariants | None = None
+
+
+class SaslSection(_Strict):
+    passwd_file: str = "/etc/dovecot/smtpplus.passwd"
+
+
+class VerificationSection(_Strict):
+    required: bool = False
+    code_ttl_hours: Annotated[int, Field(ge=1, le=24 * 30)] = 24
+    smtp: HostPortValue = HostPort("127.0.0.1", 25)
+    from_: str | None = Field(default=None, alias="from")
+    resolver: ResolverValue | None = None
+    relay_ips: Annotated[tuple[str, ...], _LIST] = ()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=False)
+
+    @field_validator("from_")
+    @classmethod
+    def _from(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(normalize_address(value))
+        except AddressError as exc:
+            raise ValueError(f"{exc}; write the sender of verification mail as local@domain") from None
+
+    @field_validator("relay_ips")
+    @classmethod
+    def _relay_ips(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_address(item)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address; list the relay's public IPv4/IPv6 IPs") from None
+        return value
+
+
+class Settings(_Strict):
+    """The main YAML file."""
+
+    milter: MilterSection = MilterSection()
+    unauthenticated: Literal["pass", "reject"] = "pass"
+    # Postfix services whose {daemon_name} (milter_macro_daemon_name in master.cf) marks them as
+    # submission: a session there without SASL login is refused whatever `unauthenticated` says.
+    submission_daemon_names: Annotated[tuple[DaemonName, ...], _LIST] = ()
+    unknown_user: Literal["reject", "pass"] = "reject"
+    authorization: AuthorizationSection = AuthorizationSection()
+    limits: LimitsSection = LimitsSection()
+    priority: PrioritySection = PrioritySection()
+    metrics: MetricsSection = MetricsSection()
+    alerts: AlertsSection = AlertsSection()
+    lists: dict[str, ListSection] = Field(default_factory=dict)
+    users_file: str = "users.yaml"
+    sasl: SaslSection = SaslSection()
+    verification: VerificationSection = VerificationSection()
+
+
+def _entries(value: object, kind: str) -> tuple[str, ...]:
+    """Accept ``"a;b"`` or a YAML list; a ``,`` is always a mistake."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        if "," in value:
+            raise ValueError(f"{kind} entries are separated with ';', not ','")
+        items = [part.strip() for part in value.split(";")]
+    elif isinstance(value, list | tuple):
+        items = []
+        for part in value:
+            if not isinstance(part, str):
+                raise ValueError(f"every {kind} entry must be a string, got {part!r}")
+            if "," in part or ";" in part:
+                raise ValueError(f"one {kind} per list item (found ',' or ';' in {part!r})")
+            items.append(part.strip())
+    else:
+        raise ValueError(f"give {kind}s as a ';'-separated string or a YAML list")
+    return tuple(item for item in items if item)
+
+
+def _domains(value: object) -> tuple[str, ...]:
+    result = []
+    for item in _entries(value, "domain"):
+        if "@" in item:
+            raise ValueError(f"{item!r} is an address; put it in authorized_senders, or give only its domain")
+        try:
+            result.append(normalize_domain(item))
+        except AddressError as exc:
+            raise ValueError(str(exc)) from None
+    return tuple(result)
+
+
+def _senders(value: object) -> tuple[str, ...]:
+    result = []
+    for item in _entries(value, "sender"):
+        try:
+            result.append(str(normalize_address(item)))
+        except AddressError as exc:
+            raise ValueError(f"{exc}; write senders as local@domain") from None
+    return tuple(result)
+
+
+class UserEntry(_Strict):
+    """One user in the users file."""
+
+    active: bool = True
+    priority: Priority | None = None
+    list: str | None = None
+    note: str = ""
+    authorized_domains: tuple[str, ...] = ()
+    authorized_senders: tuple[str, ...] = ()
+    pending_domains: tuple[str, ...] = ()
+    pending_senders: tuple[str, ...] = ()
+
+    @field_validator("authorized_domains", "pending_domains", mode="before")
+    @classmethod
+    def _check_domains(cls, value: object) -> tuple[str, ...]:
+        return _domains(value)
+
+    @field_validator("authorized_senders", "pending_senders", mode="before")
+    @classmethod
+    def _check_senders(cls, value: object) -> tuple[str, ...]:
+        return _senders(value)
+
+
+class UsersFile(RootModel[dict[str, UserEntry]]):
+    model_config = ConfigDict(frozen=True, strict=True)

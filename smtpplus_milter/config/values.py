@@ -1,0 +1,128 @@
+"""Typed values the config parses once at load: ``HOST:PORT`` endpoints and the milter socket.
+
+Every consumer (metrics, alert mail, verification mail and DNS, the daemon, the Postfix snippets)
+receives these instead of re-splitting the text; the parsers here are the only ones. They raise
+ValueError with the text the config check shows (the schema turns it into a ConfigProblem).
+Pure: no I/O, no pydantic.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+# A bracketed IPv6 (or IPv4) literal, or a name/IPv4 without colons; then the port.
+_HOSTPORT = re.compile(r"(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):(\d{1,5})")
+_UNIX = re.compile(r"(unix|local):(/.+)")
+_INET = re.compile(r"(inet6?):(\d{1,5})@(\S+)")
+
+SocketKind = Literal["unix", "local", "inet", "inet6"]
+
+
+def _port(text: str) -> int | None:
+    """A TCP port 1-65535, or None (0 would be whatever port the kernel picks)."""
+    port = int(text)
+    return port if 0 < port < 65536 else None
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """A TCP endpoint; *host* never has brackets (an IPv6 literal is plain ``::1``)."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> HostPort:
+        """``host:port`` or ``[v6]:port``; ValueError naming the value otherwise."""
+        match = _HOSTPORT.fullmatch(text)
+        port = _port(match.group(2)) if match else None
+        if match is None or port is None:
+            raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
+        return cls(match.group(1).strip("[]"), port)
+
+    @property
+    def is_ip(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class SocketSpec:
+    """A milter socket as libmilter takes it: ``unix:/path``, ``local:/path``, ``inet[6]:PORT@HOST``.
+
+    ``str()`` is the text as written (what libmilter is given); *host* is without brackets.
+    """
+
+    text: str
+    kind: SocketKind
+    path: Path | None = None
+    host: str | None = None
+    port: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> SocketSpec:
+        if re.fullmatch(r"inet6?:\d{1,5}", text):
+            # libmilter would listen on every interface, and whoever reaches the socket can claim
+            # any SASL login ({auth_authen} is just a macro the client side sends).
+            raise ValueError(
+                f"{text!r} has no host, so the milter would listen on every interface; "
+                f"name it, e.g. {text}@127.0.0.1 (or use a unix socket)"
+            )
+        unix = _UNIX.fullmatch(text)
+        if unix:
+            return cls(text, "unix" if unix.group(1) == "unix" else "local", path=Path(unix.group(2)))
+        inet = _INET.fullmatch(text)
+        port = _port(inet.group(2)) if inet else None
+        if inet is None or port is None:
+            raise ValueError(f"{text!r} is not a milter socket; use unix:/ABSOLUTE/PATH or inet:PORT@127.0.0.1")
+        kind: SocketKind = "inet6" if inet.group(1) == "inet6" else "inet"
+        return cls(text, kind, host=inet.group(3).strip("[]"), port=port)
+
+    @property
+    def is_unix(self) -> bool:
+        return self.path is not None
+
+    @property
+    def exposed_host(self) -> str | None:
+        """The host (as written) of an inet socket that is not loopback: anyone there can pose as Postfix."""
+        if self.host is None or self.host == "localhost":
+            return None
+        written = self.text.partition("@")[2]
+        try:
+            return None if ipaddress.ip_address(self.host).is_loopback else written
+        except ValueError:
+            return written  # a name: it may resolve to anything
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class OwnMail:
+    """Mail the product itself sends (alerts, verification codes): where to, and from whom.
+
+    *key* is the config key of the endpoint, for messages (``alerts.email.smtp``).
+    """
+
+    key: str
+    smtp: HostPort
+    sender: str
+
+
+@dataclass(frozen=True)
+class PostfixInputs:
+    """What the Postfix snippets depend on, and nothing else of the config."""
+
+    queues: frozenset[str]  # the queues some priority maps to
+    max_message_bytes: int
+    own_mail: tuple[OwnMail, ...] = ()
