@@ -13,6 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from smtpplus_milter.config import Config
+from smtpplus_milter.config.values import SocketSpec
 from smtpplus_milter.infra import process
 
 DEFAULT_PID_FILE = Path("/run/smtpplus/milter.pid")
@@ -21,9 +22,9 @@ RELOAD_HINT = "systemctl reload smtpplus-milter"
 OUR_NAME = b"smtpplus"
 
 
-def milter_socket(config: Config) -> str:
-    """The milter's listening socket as ``milter.socket`` writes it (unix:PATH, inet:PORT@HOST)."""
-    return str(config.settings.milter.socket)
+def milter_socket(config: Config) -> SocketSpec:
+    """The milter's listening socket (``milter.socket``)."""
+    return config.settings.milter.socket
 
 
 class Outcome(StrEnum):
@@ -45,7 +46,7 @@ class Reloaded:
     error: str = ""  # FAILED: why the signal could not be sent
 
 
-def seems_running(pid_file: Path, socket: str) -> bool:
+def seems_running(pid_file: Path, socket: SocketSpec) -> bool:
     """Whether a milter appears to run: only to choose the words of a note, never to signal anything.
 
     Passive looks only (no connection to the milter socket, which would be a milter session):
@@ -60,7 +61,7 @@ def seems_running(pid_file: Path, socket: str) -> bool:
     return process.systemd_main_pid(SERVICE) is not None
 
 
-def reload(pid_file: Path, socket: str) -> Reloaded:
+def reload(pid_file: Path, socket: SocketSpec) -> Reloaded:
     """SIGHUP to the milter the pid file names, if it is confirmed as the running milter."""
     pid = process.read_pid(pid_file)
     if pid is None:
@@ -84,7 +85,7 @@ def reload(pid_file: Path, socket: str) -> Reloaded:
         return Reloaded(Outcome.GONE, pid)
 
 
-def _confirmed(pid: int, socket: str) -> str | None:
+def _confirmed(pid: int, socket: SocketSpec) -> str | None:
     """How we know *pid* is the running milter, or None if nothing says so."""
     if process.systemd_main_pid(SERVICE) == pid:
         return f"it is the MainPID of {SERVICE}"

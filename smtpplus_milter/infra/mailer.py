@@ -1,6 +1,6 @@
 """Handing one message to an SMTP server (plain SMTP, no AUTH), e.g. the verification code mail.
 
-The one place outside the alert sinks that speaks SMTP; a failure of any kind (connection,
+The one place that speaks SMTP (the alert e-mail sink uses it too); a failure of any kind (connection,
 refusal, timeout) becomes :class:`MailProblem`, whose text is the server's or the socket's.
 """
 

@@ -13,6 +13,8 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+from smtpplus_milter.config.values import SocketSpec
+
 SYSTEMCTL_TIMEOUT = 5
 
 
@@ -50,19 +52,18 @@ def systemd_main_pid(unit: str) -> int | None:
     return main if done.returncode == 0 and main > 0 else None
 
 
-def listening_socket_inodes(spec: str) -> set[int]:
-    """Inodes of the listening sockets behind a milter socket spec (unix:PATH, inet[6]:PORT@HOST)."""
-    kind, _, rest = spec.partition(":")
+def listening_socket_inodes(spec: SocketSpec) -> set[int]:
+    """Inodes of the listening sockets behind a milter socket (unix:PATH, inet[6]:PORT@HOST)."""
     inodes: set[int] = set()
     try:
-        if kind in ("unix", "local"):
-            wanted = os.path.normpath(rest)
+        if spec.path is not None:
+            wanted = os.path.normpath(spec.path)
             for fields in _proc_table("/proc/net/unix", 7):
                 # Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 = listening (__SO_ACCEPTCON)
                 if len(fields) == 8 and os.path.normpath(fields[7]) == wanted and int(fields[3], 16) & 0x10000:
                     inodes.add(int(fields[6]))
             return inodes
-        port = int(rest.partition("@")[0])
+        port = spec.port
         for table in ("/proc/net/tcp", "/proc/net/tcp6"):
             for fields in _proc_table(table, None):
                 # sl local_address rem_address st ... inode; st 0A = LISTEN

@@ -11,7 +11,7 @@ tries (then ``result="failed"``), and while a sink waits for a retry it keeps se
 alerts. Memory is bounded: each sink holds at most :data:`QUEUE_SIZE` queued plus as many
 waiting retries, and the de-duplication table at most :data:`DEDUP_ENTRIES` keys.
 
-Only the standard library is used: a JSON POST (urllib), one SMTP submission (smtplib) and a
+Only the standard library is used: a JSON POST (urllib), one SMTP submission (:mod:`smtpplus_milter.infra.mailer`) and a
 queue per thread need nothing more, and an HTTP client library would add a dependency to the
 milter process for two requests.
 """
@@ -23,7 +23,6 @@ import heapq
 import itertools
 import json
 import queue
-import smtplib
 import socket
 import threading
 import time
@@ -41,6 +40,7 @@ from typing import Protocol
 
 from smtpplus_milter.config import AlertmanagerSink, AlertsSection, EmailSink, WebhookSink
 from smtpplus_milter.core.session import DISABLED_USER, DISPLAY_NAME_SPOOFING, UNAUTHORIZED_SENDER
+from smtpplus_milter.infra import mailer
 from smtpplus_milter.observe.log import get_logger
 from smtpplus_milter.observe.metrics import Metrics
 
@@ -246,8 +246,14 @@ class Email:
         return message
 
     def send(self, alert: Alert) -> None:
-        with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as client:
-            client.send_message(self.message(alert), from_addr=self.sender, to_addrs=self.recipients)
+        mailer.submit(
+            self.host,
+            self.port,
+            self.message(alert),
+            sender=self.sender,
+            recipients=self.recipients,
+            timeout=self.timeout,
+        )
 
 
 def sinks_from(section: AlertsSection) -> list[AlertSink]:

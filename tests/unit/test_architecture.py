@@ -27,7 +27,7 @@ DEPTH = {
     "core": 1,
     "config": 2,
     "infra": 3,
-    "observe": 3,
+    "observe": 4,
     "admin": 4,
     "daemon": 4,
     "services": 5,
