@@ -7,6 +7,7 @@ through ``SmtpPlusMilter`` with pymilter's ``TestCtx`` (negotiate, MAIL FROM, RC
 headers with ``X-Priority: 1``, end of headers, a 80-byte body, end of message; the example
 user ``shop-frontend`` sending as an authorized address; no footer), in a child process whose
 ``sys.path`` starts with one source tree, and reports ``time.thread_time()`` per message.
+The session is ``tests/support/milterctx.Session`` of each tree, so REV must have that module.
 Rounds alternate between the trees (``git archive REV`` unpacked into a temporary directory), so
 drift on a shared machine hits both alike; the table shows each side's best round and median,
 and the ratio of medians. TestCtx itself costs a good part of the total, so the difference, not
@@ -34,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import Milter, structlog
 from tests.support.builders import config_with
-from tests.milter.test_milter import Session
+from tests.support.milterctx import Session
 from smtpplus_milter.services.runtime import Runtime
 import smtpplus_milter.services.milter as loaded
 assert loaded.__file__.startswith(sys.argv[1]), loaded.__file__

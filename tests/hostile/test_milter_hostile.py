@@ -11,9 +11,10 @@ import pytest
 from Milter import testctx
 
 from smtpplus_milter.core.decision import MAX_REPLY_TEXT
-from smtpplus_milter.services.milter import MACROS, Runtime, SmtpPlusMilter, factory_for
-from tests.milter.test_milter import RecordingCtx, Session
+from smtpplus_milter.services.milter import MACROS, Runtime, SmtpPlusMilter
 from tests.support.builders import config_with
+from tests.support.milterctx import RecordingCtx, Session
+from tests.support.observe import metric_value
 
 # libmilter refuses a reply longer than this (code, enhanced code, text, separators).
 LIBMILTER_MAX_REPLY = 980
@@ -50,21 +51,8 @@ class NoSymlistCtx(RecordingCtx):
 
 
 def _session(holder: Runtime, login: str | None, ctx_class: type[RecordingCtx], **macros: str) -> Session:
-    """A Session (tests/milter) on a context of *ctx_class*, with Postfix's macros set."""
-    session = Session.__new__(Session)
-    Milter.factory = factory_for(holder)
-    session.ctx = ctx_class()
-    if login is not None:
-        session.ctx._setsymval("{auth_authen}", login)
-    session.ctx._setsymval("i", "4HostileQ1d")
-    for name, value in macros.items():
-        session.ctx._setsymval("{" + name + "}", value)
-    assert session.ctx._connect() == Milter.CONTINUE
-    return session
-
-
-def _count(runtime: Runtime, name: str, **labels: str) -> float:
-    return runtime.metrics.registry.get_sample_value(name, labels) or 0.0
+    """A Session on a context of *ctx_class*, with Postfix's macros set."""
+    return Session(holder, login, "4HostileQ1d", ctx_class=ctx_class, macros=macros)
 
 
 def _holder(tmp_path: Path, **settings: Any) -> Runtime:
@@ -77,7 +65,7 @@ LONG_LOCAL = "a" * 1500
 @pytest.mark.parametrize("on_internal_error", ["tempfail", "accept"])
 def test_long_envelope_sender_is_still_refused_550(tmp_path: Path, on_internal_error: str) -> None:
     holder = _holder(tmp_path, milter={"socket": f"unix:{tmp_path}/m.sock", "on_internal_error": on_internal_error})
-    before = _count(holder, "smtpplus_unauthorized_total", user="shop-frontend", mode="block")
+    before = metric_value(holder, "smtpplus_unauthorized_total", user="shop-frontend", mode="block")
     session = _session(holder, "shop-frontend", StrictReplyCtx)
     stage, rc = session.message(f"{LONG_LOCAL}@evil.example", FROM_OK)
     assert (stage, rc) == ("envfrom", Milter.REJECT)
@@ -86,7 +74,7 @@ def test_long_envelope_sender_is_still_refused_550(tmp_path: Path, on_internal_e
     assert (code, xcode) == ("550", "5.7.1")
     assert len(text) <= MAX_REPLY_TEXT
     assert text.startswith("<aaaa") and "...>: sender not authorized for SMTP+ user shop-frontend" in text
-    assert _count(holder, "smtpplus_unauthorized_total", user="shop-frontend", mode="block") == before + 1
+    assert metric_value(holder, "smtpplus_unauthorized_total", user="shop-frontend", mode="block") == before + 1
 
 
 @pytest.mark.parametrize("on_internal_error", ["tempfail", "accept"])
@@ -103,13 +91,13 @@ def test_long_from_address_is_still_refused_550(tmp_path: Path, on_internal_erro
 @pytest.mark.parametrize("on_internal_error", ["tempfail", "accept"])
 def test_a_reply_that_cannot_be_set_still_rejects(tmp_path: Path, on_internal_error: str) -> None:
     holder = _holder(tmp_path, milter={"socket": f"unix:{tmp_path}/m.sock", "on_internal_error": on_internal_error})
-    before = _count(holder, "smtpplus_messages_total", user="shop-frontend", result="rejected")
+    before = metric_value(holder, "smtpplus_messages_total", user="shop-frontend", result="rejected")
     session = _session(holder, "shop-frontend", BrokenReplyCtx)
     assert session.message("ceo@paypal.com", FROM_OK) == ("envfrom", Milter.REJECT)
     session = _session(holder, "shop-frontend", BrokenReplyCtx)
     spoofed = [("From", "ceo@paypal.com"), ("To", "someone@example.org"), ("Subject", "x")]
     assert session.message("info@yourcompany.com", spoofed) == ("eoh", Milter.REJECT)
-    assert _count(holder, "smtpplus_messages_total", user="shop-frontend", result="rejected") == before + 2
+    assert metric_value(holder, "smtpplus_messages_total", user="shop-frontend", result="rejected") == before + 2
 
 
 def test_failure_after_a_refusal_keeps_the_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,7 +119,7 @@ def test_internal_error_keeps_unauthorized_findings(tmp_path: Path, monkeypatch:
         milter={"socket": f"unix:{tmp_path}/m.sock", "on_internal_error": "accept"},
         authorization={"mode": "alert"},
     )
-    before = _count(holder, "smtpplus_unauthorized_total", user="shop-frontend", mode="alert")
+    before = metric_value(holder, "smtpplus_unauthorized_total", user="shop-frontend", mode="alert")
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("bug in header checks")
@@ -139,7 +127,7 @@ def test_internal_error_keeps_unauthorized_findings(tmp_path: Path, monkeypatch:
     monkeypatch.setattr("smtpplus_milter.core.session.decide_headers", broken)
     session = _session(holder, "shop-frontend", RecordingCtx)
     assert session.message("ceo@paypal.com", FROM_OK) == ("eoh", Milter.ACCEPT)
-    assert _count(holder, "smtpplus_unauthorized_total", user="shop-frontend", mode="alert") == before + 1
+    assert metric_value(holder, "smtpplus_unauthorized_total", user="shop-frontend", mode="alert") == before + 1
 
 
 def test_macros_are_requested_at_negotiation(tmp_path: Path) -> None:

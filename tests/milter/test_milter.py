@@ -2,107 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import Milter
 import pytest
-from Milter import testctx
-from structlog.testing import capture_logs
 
 from smtpplus_milter.core import session as core_session
 from smtpplus_milter.core.session import INTERNAL_ERROR_REPLY
-from smtpplus_milter.services.milter import factory_for
 from smtpplus_milter.services.runtime import Runtime
 from tests.support.builders import config_with, write_config
-
-
-class RecordingCtx(testctx.TestCtx):  # type: ignore[misc]
-    """TestCtx that records header edits exactly as libmilter would send them to Postfix."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.edits: list[tuple[str, str, int, str]] = []
-
-    def addheader(self, field: str, value: str, idx: int) -> None:
-        if not self._body:
-            raise OSError("addheader outside eom")
-        self.edits.append(("add", field, idx, value))
-
-    def chgheader(self, field: str, idx: int, value: str) -> None:
-        if not self._body:
-            raise OSError("chgheader outside eom")
-        self.edits.append(("change" if value else "delete", field, idx, value))
-
-
-class Session:
-    """One SMTP connection as libmilter would drive it, with Postfix's macros."""
-
-    def __init__(self, holder: Runtime, login: str | None, queue_id: str = "4XyZ1abc") -> None:
-        Milter.factory = factory_for(holder)
-        self.ctx = RecordingCtx()
-        if login is not None:
-            self.ctx._setsymval("{auth_authen}", login)
-        self.ctx._setsymval("i", queue_id)
-        assert self.ctx._connect() == Milter.CONTINUE
-
-    @property
-    def reply(self) -> tuple[str, ...] | None:
-        return self.ctx._reply  # type: ignore[no-any-return]
-
-    def message(
-        self, mail_from: str, headers: list[tuple[str, str]], body: bytes = b"", params: tuple[str, ...] = ()
-    ) -> tuple[str, int]:
-        """Send one message; return the stage that answered last and its code."""
-        self.ctx._reply = None
-        self.ctx.edits = []
-        self.ctx._bodyreplaced = False
-        rc = self.ctx._envfrom(f"<{mail_from}>" if not mail_from.startswith("<") else mail_from, *params)
-        if rc != Milter.CONTINUE:
-            return "envfrom", rc
-        rc = self.ctx._envrcpt("<rcpt@example.org>")
-        assert rc == Milter.CONTINUE
-        rc = self.ctx._data()
-        if rc != Milter.CONTINUE:
-            return "data", rc
-        for name, value in headers:
-            rc = self.ctx._priv.header_bytes(name, value.encode("utf-8", "surrogateescape"))
-            assert rc in (Milter.CONTINUE, Milter.NOREPLY)
-        rc = self.ctx._eoh()
-        if rc != Milter.CONTINUE:
-            return "eoh", rc
-        for start in range(0, len(body), 65535):
-            rc = self.ctx._priv.body(body[start : start + 65535])
-            assert rc in (Milter.CONTINUE, Milter.NOREPLY)
-        return "eom", self.ctx._eom()
-
-    @property
-    def new_body(self) -> bytes | None:
-        return self.ctx._body.getvalue() if self.ctx._bodyreplaced else None
-
-    def close(self) -> None:
-        self.ctx._close()
+from tests.support.milterctx import Session
+from tests.support.observe import events, metric_value
 
 
 @pytest.fixture
 def holder(tmp_path: Path) -> Runtime:
     return Runtime(config_with(tmp_path))
-
-
-@pytest.fixture
-def logs() -> Iterator[list[dict[str, Any]]]:
-    with capture_logs() as captured:
-        yield captured
-
-
-def _events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    return [entry for entry in logs if entry["event"] == name]
-
-
-def _count(runtime: Runtime, name: str, **labels: str) -> float:
-    value = runtime.metrics.registry.get_sample_value(name, labels)
-    return value or 0.0
 
 
 def test_negotiation_skips_unused_steps(holder: Runtime) -> None:
@@ -115,7 +31,7 @@ def test_negotiation_skips_unused_steps(holder: Runtime) -> None:
 
 
 def test_authorized_message_passes(holder: Runtime, logs: list[dict[str, Any]]) -> None:
-    before = _count(holder, "smtpplus_messages_total", user="shop-frontend", result="accepted")
+    before = metric_value(holder, "smtpplus_messages_total", user="shop-frontend", result="accepted")
     session = Session(holder, "shop-frontend")
     stage, rc = session.message("info@yourcompany.com", [("From", "Shop <info@yourcompany.com>"), ("Subject", "Order")])
     assert (stage, rc) == ("eom", Milter.CONTINUE)
@@ -123,20 +39,20 @@ def test_authorized_message_passes(holder: Runtime, logs: list[dict[str, Any]]) 
     # The only change to an ordinary message is the queue header; the body is never touched.
     assert session.ctx.edits == [("add", "X-SMTPPlus-Queue", -1, "normal")]
     assert not session.ctx._bodyreplaced
-    [event] = _events(logs, "message")
+    [event] = events(logs, "message")
     assert event["decision"] == "accepted" and event["user"] == "shop-frontend" and event["queue_id"] == "4XyZ1abc"
     assert event["senders"]["header_from"] == ["Shop <info@yourcompany.com>"]
     assert any("authorized_domains yourcompany.com" in reason for reason in event["reasons"])
-    assert _count(holder, "smtpplus_messages_total", user="shop-frontend", result="accepted") == before + 1
+    assert metric_value(holder, "smtpplus_messages_total", user="shop-frontend", result="accepted") == before + 1
 
 
 def test_unauthorized_envelope_rejected_at_mail_from(holder: Runtime, logs: list[dict[str, Any]]) -> None:
     session = Session(holder, "shop-frontend")
     assert session.message("x@evil.net", [("From", "info@yourcompany.com")]) == ("envfrom", Milter.REJECT)
     assert session.reply == ("550", "5.7.1", "<x@evil.net>: sender not authorized for SMTP+ user shop-frontend")
-    [event] = _events(logs, "message")
+    [event] = events(logs, "message")
     assert event["decision"] == "rejected" and event["reply"].startswith("550 5.7.1 <x@evil.net>")
-    [alert] = _events(logs, "unauthorized_sender")
+    [alert] = events(logs, "unauthorized_sender")
     assert (alert["field"], alert["sender"], alert["action"]) == ("envelope_from", "x@evil.net", "rejected")
 
 
@@ -146,7 +62,7 @@ def test_unauthorized_from_rejected_at_end_of_headers(holder: Runtime, logs: lis
     assert (stage, rc) == ("eoh", Milter.REJECT)
     assert session.reply is not None and session.reply[:2] == ("550", "5.7.1")
     assert session.reply[2].startswith("<x@evil.net>: sender not authorized for SMTP+ user shop-frontend")
-    assert len(_events(logs, "message")) == 1
+    assert len(events(logs, "message")) == 1
 
 
 def test_nul_in_mail_from_or_header_is_not_authorized(holder: Runtime, logs: list[dict[str, Any]]) -> None:
@@ -159,7 +75,7 @@ def test_nul_in_mail_from_or_header_is_not_authorized(holder: Runtime, logs: lis
     )
     assert (stage, rc) == ("eoh", Milter.REJECT)
     assert session.reply is not None and session.reply[:2] == ("550", "5.7.1")
-    envelope, header = _events(logs, "message")
+    envelope, header = events(logs, "message")
     assert any("MAIL FROM contains a NUL byte" in reason for reason in envelope["reasons"]), envelope["reasons"]
     assert any("From: contains a NUL byte" in reason for reason in header["reasons"]), header["reasons"]
     assert "\x00" not in header["senders"]["header_from"][0]  # logged as '?'
@@ -173,7 +89,7 @@ def test_latin1_display_name_is_judged_by_its_address(holder: Runtime, logs: lis
     session.ctx._abort = lambda: None
     headers = [("From", b"M\xfcller <m\xfcller@yourcompany.com>".decode("utf-8", "surrogateescape"))]
     assert session.message("info@yourcompany.com", headers) == ("eoh", Milter.REJECT)
-    assert [event["decision"] for event in _events(logs, "message")] == ["accepted", "rejected"]
+    assert [event["decision"] for event in events(logs, "message")] == ["accepted", "rejected"]
 
 
 def test_second_message_in_session_judged_afresh(holder: Runtime, logs: list[dict[str, Any]]) -> None:
@@ -181,20 +97,20 @@ def test_second_message_in_session_judged_afresh(holder: Runtime, logs: list[dic
     assert session.message("x@evil.net", [])[1] == Milter.REJECT
     session.ctx._abort = lambda: None  # Postfix sends no abort between a refused MAIL and the next
     assert session.message("info@yourcompany.com", [("From", "info@yourcompany.com")]) == ("eom", Milter.CONTINUE)
-    assert [event["decision"] for event in _events(logs, "message")] == ["rejected", "accepted"]
+    assert [event["decision"] for event in events(logs, "message")] == ["rejected", "accepted"]
 
 
 @pytest.mark.parametrize("setting", ["alert", "log", "off"])
 def test_display_name_spoofing_is_logged_and_counted(tmp_path: Path, logs: list[dict[str, Any]], setting: str) -> None:
     holder = Runtime(config_with(tmp_path, settings={"authorization": {"display_name_spoofing": setting}}))
-    before = _count(holder, "smtpplus_display_name_spoofing_total", user="shop-frontend")
+    before = metric_value(holder, "smtpplus_display_name_spoofing_total", user="shop-frontend")
     session = Session(holder, "shop-frontend")
     headers = [("From", '"ceo@bank.example" <info@yourcompany.com>'), ("Subject", "Invoice")]
     assert session.message("info@yourcompany.com", headers) == ("eom", Milter.CONTINUE)  # the address decides
-    [message] = _events(logs, "message")
+    [message] = events(logs, "message")
     assert message["decision"] == "accepted"
-    found = _events(logs, "display_name_spoofing")
-    counted = _count(holder, "smtpplus_display_name_spoofing_total", user="shop-frontend") - before
+    found = events(logs, "display_name_spoofing")
+    counted = metric_value(holder, "smtpplus_display_name_spoofing_total", user="shop-frontend") - before
     if setting == "off":
         assert found == [] and counted == 0
         return
@@ -212,19 +128,19 @@ def test_display_name_spoofing_is_logged_and_counted(tmp_path: Path, logs: list[
 
 def test_display_name_spoofing_metric_respects_per_user_labels(tmp_path: Path) -> None:
     holder = Runtime(config_with(tmp_path, settings={"metrics": {"listen": None, "per_user_labels": False}}))
-    before = _count(holder, "smtpplus_display_name_spoofing_total", user="_all")
+    before = metric_value(holder, "smtpplus_display_name_spoofing_total", user="_all")
     session = Session(holder, "shop-frontend")
     assert session.message("info@yourcompany.com", [("From", "info@yourcompany.com (ceo@bank.example)")])[1] == (
         Milter.CONTINUE
     )
-    assert _count(holder, "smtpplus_display_name_spoofing_total", user="_all") - before == 1
+    assert metric_value(holder, "smtpplus_display_name_spoofing_total", user="_all") - before == 1
 
 
 def test_unauthenticated_passes_untouched(holder: Runtime, logs: list[dict[str, Any]]) -> None:
     session = Session(holder, None)
     assert session.message("anyone@evil.net", [("From", "anyone@evil.net")]) == ("envfrom", Milter.ACCEPT)
     assert session.reply is None
-    [event] = _events(logs, "message")
+    [event] = events(logs, "message")
     assert event["decision"] == "accepted" and event["user"] is None
 
 
@@ -239,13 +155,13 @@ def test_unknown_and_inactive_users(holder: Runtime) -> None:
 
 def test_alert_mode_delivers_and_logs(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
     holder = Runtime(config_with(tmp_path, settings={"authorization": {"mode": "alert"}}))
-    before = _count(holder, "smtpplus_unauthorized_total", user="shop-frontend", mode="alert")
+    before = metric_value(holder, "smtpplus_unauthorized_total", user="shop-frontend", mode="alert")
     session = Session(holder, "shop-frontend")
     assert session.message("x@evil.net", [("From", "x@evil.net")]) == ("eom", Milter.CONTINUE)
     assert session.reply is None
-    alerts = _events(logs, "unauthorized_sender")
+    alerts = events(logs, "unauthorized_sender")
     assert [(a["field"], a["action"]) for a in alerts] == [("envelope_from", "delivered"), ("header_from", "delivered")]
-    assert _count(holder, "smtpplus_unauthorized_total", user="shop-frontend", mode="alert") == before + 1
+    assert metric_value(holder, "smtpplus_unauthorized_total", user="shop-frontend", mode="alert") == before + 1
 
 
 @pytest.mark.parametrize(
@@ -266,8 +182,8 @@ def test_internal_error_answer(
     assert session.message("info@yourcompany.com", [("From", "info@yourcompany.com")]) == ("eoh", expected)
     if policy == "tempfail":
         assert session.reply == ("451", "4.3.0", INTERNAL_ERROR_REPLY.text)
-    assert _events(logs, "internal_error")
-    assert [event["decision"] for event in _events(logs, "message")] == [
+    assert events(logs, "internal_error")
+    assert [event["decision"] for event in events(logs, "message")] == [
         "tempfailed" if policy == "tempfail" else "accepted"
     ]
 
@@ -296,10 +212,10 @@ def test_reload_keeps_old_config_on_error_and_snapshots_per_message(tmp_path: Pa
     session.ctx._priv.header_bytes("From", b"info@yourcompany.com")
     assert session.ctx._eoh() == Milter.CONTINUE
     assert Session(holder, "shop-frontend").message("info@yourcompany.com", [])[1] == Milter.REJECT
-    failed_before = _count(holder, "smtpplus_config_reloads_total", result="failed")
+    failed_before = metric_value(holder, "smtpplus_config_reloads_total", result="failed")
     (tmp_path / "users.yaml").write_text("shop-frontend:\n  authorized_domains: a.example,b.example\n")
     assert holder.reload() is False
-    assert _count(holder, "smtpplus_config_reloads_total", result="failed") == failed_before + 1
+    assert metric_value(holder, "smtpplus_config_reloads_total", result="failed") == failed_before + 1
     assert holder.config.directory.lookup("shop-frontend").authorized_domains == {"other.example"}  # type: ignore[union-attr]
     assert path.exists()
 
@@ -329,7 +245,7 @@ def test_priority_rewrite_and_forged_queue_header(holder: Runtime, logs: list[di
         ("change", "Importance", 1, "normal"),
         ("add", "X-SMTPPlus-Queue", -1, "normal"),
     ]
-    [event] = _events(logs, "message")
+    [event] = events(logs, "message")
     assert event["priority"] == {"message": 3, "user": 3, "effective": 3} and event["queue"] == "normal"
     assert any("disagree" in reason for reason in event["reasons"])
 
@@ -337,7 +253,7 @@ def test_priority_rewrite_and_forged_queue_header(holder: Runtime, logs: list[di
 def test_user_priority_routes_high(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
     users = {"vip": {"priority": 1}}
     holder = Runtime(config_with(tmp_path, users=users))
-    before = _count(holder, "smtpplus_queue_total", queue="high")
+    before = metric_value(holder, "smtpplus_queue_total", queue="high")
     session = Session(holder, "vip")
     assert session.message("ceo@example.com", [("From", "ceo@example.com")]) == ("eom", Milter.CONTINUE)
     assert sorted(session.ctx.edits) == sorted(
@@ -348,8 +264,8 @@ def test_user_priority_routes_high(tmp_path: Path, logs: list[dict[str, Any]]) -
             ("add", "X-SMTPPlus-Queue", -1, "high"),
         ]
     )
-    assert _count(holder, "smtpplus_queue_total", queue="high") == before + 1
-    assert _events(logs, "message")[0]["priority"] == {"message": None, "user": 1, "effective": 1}
+    assert metric_value(holder, "smtpplus_queue_total", queue="high") == before + 1
+    assert events(logs, "message")[0]["priority"] == {"message": None, "user": 1, "effective": 1}
 
 
 def test_unauthenticated_message_gets_no_queue_header(holder: Runtime) -> None:
@@ -372,14 +288,14 @@ def footer_holder(tmp_path: Path) -> Runtime:
 
 
 def test_footer_added_to_text_body(footer_holder: Runtime, logs: list[dict[str, Any]]) -> None:
-    before = _count(footer_holder, "smtpplus_footer_total", result="added")
+    before = metric_value(footer_holder, "smtpplus_footer_total", result="added")
     session = Session(footer_holder, "shop-frontend")
     headers = [("From", "info@yourcompany.com"), ("Content-Type", "text/plain; charset=us-ascii")]
     assert session.message("info@yourcompany.com", headers, b"Your order shipped.\r\n")[1] == Milter.CONTINUE
     assert session.new_body == b"ORDER NOTICE\r\n\r\nYour order shipped.\r\n\r\nExample Shop, Main St 1\r\n"
-    [event] = _events(logs, "message")
+    [event] = events(logs, "message")
     assert event["footer"]["result"] == "added"
-    assert _count(footer_holder, "smtpplus_footer_total", result="added") == before + 1
+    assert metric_value(footer_holder, "smtpplus_footer_total", result="added") == before + 1
 
 
 def test_footer_skipped_for_dkim_signed(footer_holder: Runtime, logs: list[dict[str, Any]]) -> None:
@@ -387,7 +303,7 @@ def test_footer_skipped_for_dkim_signed(footer_holder: Runtime, logs: list[dict[
     headers = [("DKIM-Signature", "v=1; a=rsa-sha256; d=x"), ("From", "info@yourcompany.com")]
     assert session.message("info@yourcompany.com", headers, b"signed\r\n")[1] == Milter.CONTINUE
     assert session.new_body is None
-    assert _events(logs, "message")[0]["footer"]["result"] == "skipped"
+    assert events(logs, "message")[0]["footer"]["result"] == "skipped"
 
 
 def test_no_body_collected_without_a_footer(holder: Runtime) -> None:

@@ -12,8 +12,8 @@ import pytest
 from smtpplus_milter.observe.alerts import AlertDispatcher
 from smtpplus_milter.observe.metrics import Metrics
 from smtpplus_milter.services.runtime import Runtime
-from tests.milter.test_milter import Session
 from tests.support.builders import config_with
+from tests.support.milterctx import Session
 from tests.support.webhook import WebhookReceiver
 
 

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from smtpplus_milter.mime.footer import Banner, inject
-from tests.unit.test_footer import apply_header_changes, split_message
+from tests.support.mime import apply_header_changes, split_message
 
 FOOTER_TEXT = "Legal: Shop Inc. \u2013 Grüße"  # outside us-ascii and iso-8859-1: forces UTF-8 + QP there
 FOOTER_HTML = "<p>Legal: Shop Inc. \u2013 Grüße</p>"
