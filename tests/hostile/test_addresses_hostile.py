@@ -14,31 +14,30 @@ from collections.abc import Callable
 
 import pytest
 
-from smtpplus_milter.config import Config
 from smtpplus_milter.core import addresses
 from smtpplus_milter.core.authorization import decide_headers, decide_mail_from
 from smtpplus_milter.core.decision import Decision, Verdict
-from smtpplus_milter.core.users import User
-from tests.support.builders import config_with
+from smtpplus_milter.core.users import Directory, User
+from tests.support.builders import shop_directory
 
 # Generous for a loaded 2-core machine; an unbounded parse of these inputs takes 2-5 s.
 FAST = 0.5
 
 
 @pytest.fixture(scope="module")
-def block(tmp_path_factory: pytest.TempPathFactory) -> Config:
-    return config_with(tmp_path_factory.mktemp("hostile"))
+def block() -> Directory:
+    return shop_directory()
 
 
 @pytest.fixture(scope="module")
-def shop(block: Config) -> User:
-    user = block.directory.lookup("shop-frontend")
+def shop(block: Directory) -> User:
+    user = block.lookup("shop-frontend")
     assert user is not None
     return user
 
 
-def _from(block: Config, user: User, value: str) -> Decision:
-    return decide_headers(block.directory, user, [("From", value)])
+def _from(block: Directory, user: User, value: str) -> Decision:
+    return decide_headers(block, user, [("From", value)])
 
 
 def _retained(work: Callable[[], None]) -> int:
@@ -58,7 +57,7 @@ def _retained(work: Callable[[], None]) -> int:
 # --- size, token and address-count bounds ---------------------------------------------------
 
 
-def test_header_over_the_size_bound_is_refused(block: Config, shop: User) -> None:
+def test_header_over_the_size_bound_is_refused(block: Directory, shop: User) -> None:
     limit = addresses.MAX_HEADER_BYTES
     tail = " <info@yourcompany.com>"
     at_limit = "x" * (limit - len(tail)) + tail
@@ -69,7 +68,7 @@ def test_header_over_the_size_bound_is_refused(block: Config, shop: User) -> Non
     assert f"From: header too long ({limit + 1} bytes, at most {limit})" in decision.unauthorized[0].reason
 
 
-def test_size_bound_counts_bytes_not_characters(block: Config, shop: User) -> None:
+def test_size_bound_counts_bytes_not_characters(block: Directory, shop: User) -> None:
     # 'ö' is two bytes on the wire: this value is within the bound in characters, not in bytes.
     value = "ö" * (addresses.MAX_HEADER_BYTES // 2) + " <info@yourcompany.com>"
     decision = _from(block, shop, value)
@@ -77,7 +76,7 @@ def test_size_bound_counts_bytes_not_characters(block: Config, shop: User) -> No
     assert "header too long" in decision.unauthorized[0].reason
 
 
-def test_eight_thousand_addresses_are_refused_fast(block: Config, shop: User) -> None:
+def test_eight_thousand_addresses_are_refused_fast(block: Directory, shop: User) -> None:
     value = ", ".join(f"user{i}@yourcompany.com" for i in range(8000))  # ~190 KB, every address allowed
     started = time.perf_counter()
     decision = _from(block, shop, value)
@@ -97,7 +96,7 @@ def test_eight_thousand_addresses_are_refused_fast(block: Config, shop: User) ->
         pytest.param(", ".join(f"u{i}@yourcompany.com" for i in range(700)), id="700-addresses-in-16k"),
     ],
 )
-def test_token_heavy_header_is_refused_fast(block: Config, shop: User, value: str) -> None:
+def test_token_heavy_header_is_refused_fast(block: Directory, shop: User, value: str) -> None:
     started = time.perf_counter()
     decision = _from(block, shop, value)
     elapsed = time.perf_counter() - started
@@ -105,7 +104,7 @@ def test_token_heavy_header_is_refused_fast(block: Config, shop: User, value: st
     assert elapsed < FAST, f"{elapsed:.2f} s"
 
 
-def test_address_count_bound(block: Config, shop: User) -> None:
+def test_address_count_bound(block: Directory, shop: User) -> None:
     limit = addresses.MAX_ADDRESSES
     allowed = [f"user{i}@yourcompany.com" for i in range(limit + 1)]
     assert _from(block, shop, ", ".join(allowed[:limit])).verdict is Verdict.ACCEPT
@@ -114,9 +113,9 @@ def test_address_count_bound(block: Config, shop: User) -> None:
     assert f"holds {limit + 1} addresses (at most {limit})" in decision.unauthorized[0].reason
 
 
-def test_sender_header_has_the_same_bounds(block: Config, shop: User) -> None:
+def test_sender_header_has_the_same_bounds(block: Directory, shop: User) -> None:
     value = "x" * addresses.MAX_HEADER_BYTES + " <info@yourcompany.com>"
-    decision = decide_headers(block.directory, shop, [("From", "info@yourcompany.com"), ("Sender", value)])
+    decision = decide_headers(block, shop, [("From", "info@yourcompany.com"), ("Sender", value)])
     assert decision.verdict is Verdict.REJECT
     assert "Sender: header too long" in decision.unauthorized[0].reason
 
@@ -124,7 +123,7 @@ def test_sender_header_has_the_same_bounds(block: Config, shop: User) -> None:
 # --- the parse memo stays small ---------------------------------------------------------------
 
 
-def test_rejected_huge_headers_are_not_retained(block: Config, shop: User) -> None:
+def test_rejected_huge_headers_are_not_retained(block: Directory, shop: User) -> None:
     """400 refused From: values with 100 KB display names once kept ~40 MB until restart."""
 
     def send() -> None:
@@ -135,7 +134,7 @@ def test_rejected_huge_headers_are_not_retained(block: Config, shop: User) -> No
     assert retained < 2_000_000, f"{retained} bytes retained"
 
 
-def test_long_allowed_values_do_not_grow_the_memo(block: Config, shop: User) -> None:
+def test_long_allowed_values_do_not_grow_the_memo(block: Directory, shop: User) -> None:
     """A thousand distinct, long but authorized From: values: the memo does not keep them."""
 
     def send() -> None:
@@ -179,9 +178,9 @@ NUL_HEADERS = [
 
 @pytest.mark.parametrize("value", NUL_HEADERS)
 @pytest.mark.parametrize("name", ["From", "Sender"])
-def test_nul_in_header_is_not_authorized(block: Config, shop: User, name: str, value: str) -> None:
+def test_nul_in_header_is_not_authorized(block: Directory, shop: User, name: str, value: str) -> None:
     headers = [("From", value)] if name == "From" else [("From", "info@yourcompany.com"), ("Sender", value)]
-    decision = decide_headers(block.directory, shop, headers)
+    decision = decide_headers(block, shop, headers)
     assert decision.verdict is Verdict.REJECT
     assert f"{name}: contains a NUL byte" in decision.unauthorized[0].reason, decision.reasons
 
@@ -196,7 +195,9 @@ def test_nul_in_header_is_not_authorized(block: Config, shop: User, name: str, v
         pytest.param("(\x1b) info@yourcompany.com", "control character 0x1b", id="escape-in-comment"),
     ],
 )
-def test_control_characters_in_header_are_not_authorized(block: Config, shop: User, value: str, described: str) -> None:
+def test_control_characters_in_header_are_not_authorized(
+    block: Directory, shop: User, value: str, described: str
+) -> None:
     decision = _from(block, shop, value)
     assert decision.verdict is Verdict.REJECT
     assert f"From: contains {described}" in decision.unauthorized[0].reason, decision.reasons
@@ -214,8 +215,8 @@ def test_control_characters_in_header_are_not_authorized(block: Config, shop: Us
         pytest.param("<info@yourcompany.com\t>", "control character 0x09", id="tab"),
     ],
 )
-def test_control_characters_in_mail_from_are_not_authorized(block: Config, mail_from: str, described: str) -> None:
-    decision = decide_mail_from(block.directory, "shop-frontend", mail_from)
+def test_control_characters_in_mail_from_are_not_authorized(block: Directory, mail_from: str, described: str) -> None:
+    decision = decide_mail_from(block, "shop-frontend", mail_from)
     assert decision.verdict is Verdict.REJECT
     assert f"MAIL FROM contains {described}" in decision.unauthorized[0].reason, decision.reasons
 
@@ -268,7 +269,7 @@ EIGHT_BIT_CASES = [
 
 
 @pytest.mark.parametrize(("value", "refused"), EIGHT_BIT_CASES)
-def test_raw_8bit_display_names(block: Config, shop: User, value: str, refused: str | None) -> None:
+def test_raw_8bit_display_names(block: Directory, shop: User, value: str, refused: str | None) -> None:
     decision = _from(block, shop, value)
     if refused is None:
         assert decision.verdict is Verdict.ACCEPT, decision.reasons
@@ -345,7 +346,9 @@ SPOOF_CASES = [
 
 
 @pytest.mark.parametrize(("value", "expected"), SPOOF_CASES)
-def test_display_name_spoofing_is_found(block: Config, shop: User, value: str, expected: list[tuple[str, str]]) -> None:
+def test_display_name_spoofing_is_found(
+    block: Directory, shop: User, value: str, expected: list[tuple[str, str]]
+) -> None:
     decision = _from(block, shop, value)
     if value.startswith("CEO "):
         assert decision.verdict is Verdict.REJECT  # the parser had to repair it: not authorized, as before
@@ -355,22 +358,22 @@ def test_display_name_spoofing_is_found(block: Config, shop: User, value: str, e
     assert {item.address for item in decision.spoofing} <= {"info@yourcompany.com"}
 
 
-def test_spoofing_in_sender_header(block: Config, shop: User) -> None:
+def test_spoofing_in_sender_header(block: Directory, shop: User) -> None:
     headers = [("From", "info@yourcompany.com"), ("Sender", '"ceo@bank.example" <sales@yourcompany.com>')]
-    decision = decide_headers(block.directory, shop, headers)
+    decision = decide_headers(block, shop, headers)
     assert decision.verdict is Verdict.ACCEPT
     assert [(item.field, item.address, item.shown) for item in decision.spoofing] == [
         ("header_sender", "sales@yourcompany.com", "ceo@bank.example")
     ]
 
 
-def test_spoofing_text_is_safe_to_log(block: Config, shop: User) -> None:
+def test_spoofing_text_is_safe_to_log(block: Directory, shop: User) -> None:
     decision = _from(block, shop, '"ce%o\udcfc@bank.example" <info@yourcompany.com>')
     [item] = decision.spoofing
     assert item.shown == "ce?o?@bank.example"
 
 
-def test_spoofing_reports_are_bounded(block: Config, shop: User) -> None:
+def test_spoofing_reports_are_bounded(block: Directory, shop: User) -> None:
     shown = ", ".join(f"ceo{i}@bank.example" for i in range(50))
     decision = _from(block, shop, f'"{shown}" <info@yourcompany.com>')
     assert decision.verdict is Verdict.ACCEPT
@@ -397,7 +400,7 @@ def test_memo_bounds_count_bytes_and_outer_comments_only() -> None:
         pytest.param("x" * 8000 + "@" + "x" * 7900, id="at-in-the-middle-no-dot"),
     ],
 )
-def test_spoofing_search_on_a_long_name_is_fast(block: Config, shop: User, name: str) -> None:
+def test_spoofing_search_on_a_long_name_is_fast(block: Directory, shop: User, name: str) -> None:
     started = time.perf_counter()
     decision = _from(block, shop, f'"{name}" <info@yourcompany.com>')
     elapsed = time.perf_counter() - started
@@ -405,7 +408,7 @@ def test_spoofing_search_on_a_long_name_is_fast(block: Config, shop: User, name:
     assert elapsed < FAST, f"{elapsed:.2f} s"
 
 
-def test_spoofing_order_is_stable_with_encoded_comments(block: Config, shop: User) -> None:
+def test_spoofing_order_is_stable_with_encoded_comments(block: Directory, shop: User) -> None:
     # The text as written first, then its decoded form: the same order in every process.
     decision = _from(block, shop, "info@yourcompany.com (=?utf-8?q?cfo=40bank.example?= ceo@bank.example)")
     assert [item.shown for item in decision.spoofing] == ["ceo@bank.example", "cfo@bank.example"]

@@ -1,27 +1,24 @@
-"""Sender authorization, table-driven, through the real config loader."""
+"""Sender authorization, table-driven, on users and policies built as values (no config file)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from smtpplus_milter.config import Config
-from smtpplus_milter.config.rules import rules_of
 from smtpplus_milter.core.authorization import decide_headers, decide_mail_from
 from smtpplus_milter.core.decision import Spoofing, Verdict
 from smtpplus_milter.core.explain import explain
-from tests.support.builders import config_with
+from smtpplus_milter.core.users import Directory
+from tests.support.builders import rules, shop_directory
 
 
-@pytest.fixture(scope="module")
-def block(tmp_path_factory: pytest.TempPathFactory) -> Config:
-    return config_with(tmp_path_factory.mktemp("block"))
+@pytest.fixture
+def block() -> Directory:
+    return shop_directory()
 
 
-@pytest.fixture(scope="module")
-def alert(tmp_path_factory: pytest.TempPathFactory) -> Config:
-    return config_with(tmp_path_factory.mktemp("alert"), settings={"authorization": {"mode": "alert"}})
+@pytest.fixture
+def alert() -> Directory:
+    return shop_directory(mode="alert")
 
 
 ACCEPT, REJECT = Verdict.ACCEPT, Verdict.REJECT
@@ -61,8 +58,8 @@ ENVELOPE_CASES = [
 
 
 @pytest.mark.parametrize(("login", "mail_from", "verdict", "text"), ENVELOPE_CASES)
-def test_envelope(block: Config, login: str, mail_from: str, verdict: Verdict, text: str | None) -> None:
-    decision = decide_mail_from(block.directory, login, mail_from)
+def test_envelope(block: Directory, login: str, mail_from: str, verdict: Verdict, text: str | None) -> None:
+    decision = decide_mail_from(block, login, mail_from)
     assert decision.verdict is verdict, decision.reasons
     if verdict is REJECT:
         assert decision.reply is not None
@@ -72,37 +69,36 @@ def test_envelope(block: Config, login: str, mail_from: str, verdict: Verdict, t
         assert decision.reply is None
 
 
-def test_unauthorized_envelope_reply_text(block: Config) -> None:
-    decision = decide_mail_from(block.directory, "shop-frontend", "<x@evil.net>")
+def test_unauthorized_envelope_reply_text(block: Directory) -> None:
+    decision = decide_mail_from(block, "shop-frontend", "<x@evil.net>")
     assert str(decision.reply) == "550 5.7.1 <x@evil.net>: sender not authorized for SMTP+ user shop-frontend"
     assert [item.field for item in decision.unauthorized] == ["envelope_from"]
 
 
-def test_unknown_user_pass(tmp_path: Path) -> None:
-    config = config_with(tmp_path, settings={"unknown_user": "pass"})
-    decision = decide_mail_from(config.directory, "nobody", "<x@evil.net>")
+def test_unknown_user_pass() -> None:
+    decision = decide_mail_from(shop_directory(unknown_user="pass"), "nobody", "<x@evil.net>")
     assert decision.verdict is ACCEPT and decision.bypass
 
 
-def test_unauthenticated_pass_and_reject(block: Config, tmp_path: Path) -> None:
-    passed = decide_mail_from(block.directory, None, "<x@evil.net>")
+def test_unauthenticated_pass_and_reject(block: Directory) -> None:
+    passed = decide_mail_from(block, None, "<x@evil.net>")
     assert passed.verdict is ACCEPT and passed.bypass
-    strict = config_with(tmp_path, settings={"unauthenticated": "reject"})
-    refused = decide_mail_from(strict.directory, None, "<x@evil.net>")
+    strict = shop_directory(unauthenticated="reject")
+    refused = decide_mail_from(strict, None, "<x@evil.net>")
     assert refused.verdict is REJECT and refused.reply is not None and refused.reply.code == "530"
 
 
-def test_alert_mode_delivers_and_reports(alert: Config) -> None:
-    decision = decide_mail_from(alert.directory, "shop-frontend", "<x@evil.net>")
+def test_alert_mode_delivers_and_reports(alert: Directory) -> None:
+    decision = decide_mail_from(alert, "shop-frontend", "<x@evil.net>")
     assert decision.verdict is ACCEPT and not decision.bypass
     assert [item.address for item in decision.unauthorized] == ["x@evil.net"]
     # A disabled user stays refused in alert mode: alert mode is about senders, not accounts.
-    assert decide_mail_from(alert.directory, "disabled-user", "<x@yourcompany.com>").verdict is REJECT
+    assert decide_mail_from(alert, "disabled-user", "<x@yourcompany.com>").verdict is REJECT
 
 
-def test_envelope_check_can_be_turned_off(tmp_path: Path) -> None:
-    config = config_with(tmp_path, settings={"authorization": {"check": ["header_from"]}})
-    assert decide_mail_from(config.directory, "shop-frontend", "<x@evil.net>").verdict is ACCEPT
+def test_envelope_check_can_be_turned_off() -> None:
+    directory = shop_directory(checks=["header_from"])
+    assert decide_mail_from(directory, "shop-frontend", "<x@evil.net>").verdict is ACCEPT
 
 
 H = list[tuple[str, str]]
@@ -164,10 +160,10 @@ HEADER_CASES = [
 
 
 @pytest.mark.parametrize(("headers", "verdict", "text"), HEADER_CASES)
-def test_headers(block: Config, headers: H, verdict: Verdict, text: str | None) -> None:
-    user = block.directory.lookup("shop-frontend")
+def test_headers(block: Directory, headers: H, verdict: Verdict, text: str | None) -> None:
+    user = block.lookup("shop-frontend")
     assert user is not None
-    decision = decide_headers(block.directory, user, headers)
+    decision = decide_headers(block, user, headers)
     assert decision.verdict is verdict, decision.reasons
     if verdict is REJECT:
         assert decision.reply is not None and str(decision.reply).startswith("550 5.7.1 ")
@@ -177,53 +173,53 @@ def test_headers(block: Config, headers: H, verdict: Verdict, text: str | None) 
         assert decision.reply is None and not decision.unauthorized
 
 
-def test_from_reply_hints_reply_to(block: Config) -> None:
-    user = block.directory.lookup("shop-frontend")
+def test_from_reply_hints_reply_to(block: Directory) -> None:
+    user = block.lookup("shop-frontend")
     assert user is not None
-    decision = decide_headers(block.directory, user, [("From", "visitor@gmail.example")])
+    decision = decide_headers(block, user, [("From", "visitor@gmail.example")])
     assert decision.reply is not None
     assert decision.reply.text.startswith("<visitor@gmail.example>: sender not authorized for SMTP+ user shop-frontend")
     assert "Reply-To" in decision.reply.text
 
 
-def test_header_alert_mode(alert: Config) -> None:
-    user = alert.directory.lookup("shop-frontend")
+def test_header_alert_mode(alert: Directory) -> None:
+    user = alert.lookup("shop-frontend")
     assert user is not None
-    decision = decide_headers(alert.directory, user, [("From", "x@evil.net")])
+    decision = decide_headers(alert, user, [("From", "x@evil.net")])
     assert decision.verdict is ACCEPT
     assert [(item.field, item.address) for item in decision.unauthorized] == [("header_from", "x@evil.net")]
 
 
-def test_open_user_any_header(block: Config) -> None:
-    user = block.directory.lookup("open-user")
+def test_open_user_any_header(block: Directory) -> None:
+    user = block.lookup("open-user")
     assert user is not None
-    assert decide_headers(block.directory, user, [("From", "x@evil.net")]).verdict is ACCEPT
+    assert decide_headers(block, user, [("From", "x@evil.net")]).verdict is ACCEPT
 
 
-def test_reply_text_is_safe_for_smtp(block: Config) -> None:
-    user = block.directory.lookup("shop-frontend")
+def test_reply_text_is_safe_for_smtp(block: Directory) -> None:
+    user = block.lookup("shop-frontend")
     assert user is not None
-    decision = decide_headers(block.directory, user, [("From", "100% <bad\udcff@x>")])
+    decision = decide_headers(block, user, [("From", "100% <bad\udcff@x>")])
     assert decision.reply is not None
     assert "%" not in decision.reply.text and all(" " <= ch <= "~" for ch in decision.reply.text)
 
 
-def test_display_name_spoofing_is_reported_and_never_decides(block: Config) -> None:
-    user = block.directory.lookup("shop-frontend")
+def test_display_name_spoofing_is_reported_and_never_decides(block: Directory) -> None:
+    user = block.lookup("shop-frontend")
     assert user is not None
-    spoofed = decide_headers(block.directory, user, [("From", '"ceo@bank.example" <info@yourcompany.com>')])
+    spoofed = decide_headers(block, user, [("From", '"ceo@bank.example" <info@yourcompany.com>')])
     assert spoofed.verdict is ACCEPT and not spoofed.unauthorized
     assert spoofed.spoofing == (Spoofing("header_from", "info@yourcompany.com", "ceo@bank.example", "display_name"),)
     # An unauthorized address is reported as unauthorized, not as spoofing as well.
-    foreign = decide_headers(block.directory, user, [("From", '"info@yourcompany.com" <x@evil.net>')])
+    foreign = decide_headers(block, user, [("From", '"info@yourcompany.com" <x@evil.net>')])
     assert foreign.verdict is REJECT and foreign.spoofing == ()
     # A user without restriction is authorized for any address, so spoofing is reported for it too.
-    anyone = block.directory.lookup("open-user")
+    anyone = block.lookup("open-user")
     assert anyone is not None
-    assert decide_headers(block.directory, anyone, [("From", '"ceo@bank.example" <me@x.example>')]).spoofing
+    assert decide_headers(block, anyone, [("From", '"ceo@bank.example" <me@x.example>')]).spoofing
     # explain carries it through to its final decision.
     explained = explain(
-        rules_of(block),
+        rules(block),
         "shop-frontend",
         "<info@yourcompany.com>",
         [("From", "info@yourcompany.com (ceo@bank.example)")],

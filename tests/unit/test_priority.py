@@ -11,6 +11,7 @@ from smtpplus_milter.core.priority import (
     plan_priority,
     read_priority,
 )
+from tests.support.builders import QUEUES
 
 H = list[tuple[str, str]]
 
@@ -75,9 +76,6 @@ def test_read_priority(headers: H, level: int, source: str, carried: bool, probl
 @pytest.mark.parametrize("message", [1, 2, 3, 4, 5])
 def test_effective_is_the_higher_priority(user: int, message: int) -> None:
     assert effective_priority(user, message) == min(user, message)
-
-
-QUEUES = {1: "high", 2: "high", 3: "normal", 4: "low", 5: "low"}
 
 
 def _apply(headers: H, edits: tuple[HeaderEdit, ...]) -> H:
