@@ -11,7 +11,8 @@ import pytest
 from Milter import testctx
 
 from smtpplus_milter.core.decision import MAX_REPLY_TEXT
-from smtpplus_milter.services.milter import MACROS, Runtime, SmtpPlusMilter
+from smtpplus_milter.services.milter import MACROS, SmtpPlusMilter
+from smtpplus_milter.services.runtime import Runtime
 from tests.support.builders import config_with
 from tests.support.milterctx import RecordingCtx, Session
 from tests.support.observe import metric_value
