@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from smtpplus_milter.config.loader import DEFAULT_QUEUES
 from smtpplus_milter.config.rules import rules_of
 from smtpplus_milter.core.users import Check, Mode
-from tests.support.builders import QUEUES, SHOP, config_with, directory, rules, shop_directory, user
+from tests.support.builders import SHOP, config_with, directory, rules, shop_directory, user
 
 
 @pytest.mark.parametrize(
@@ -81,7 +80,6 @@ def test_directory_defaults_are_the_config_defaults() -> None:
         "reject",
         "pass",
     )
-    assert dict(QUEUES) == DEFAULT_QUEUES
 
 
 def test_directory_refuses_a_login_twice() -> None:
