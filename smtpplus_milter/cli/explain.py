@@ -125,7 +125,7 @@ def to_record(config: Config, result: Explanation, *, assumed_from: bool = False
             "message": plan.message,
             "message_source": plan.reading.source,
             # False: no priority header at all; "message" is then only the reading's default and
-            # the user's priority applies as it is (policy/priority.py plan_priority).
+            # the user's priority applies as it is (core/priority.py plan_priority).
             "message_carried": plan.reading.carried,
             "user": plan.user,
             "effective": plan.effective,

@@ -47,20 +47,15 @@ class HeaderEdit:
     index: int = 0
 
 
-def _values(headers: Sequence[tuple[str, str]], name: str) -> list[str]:
-    lowered = name.lower()
-    return [_unfold(value) for key, value in headers if key.strip().lower() == lowered]
+_PRIORITY_NAMES = frozenset(name.lower() for name in PRIORITY_HEADERS)
 
 
 def _unfold(value: str) -> str:
     return re.sub(r"\r?\n[ \t]", " ", value).strip()
 
 
-def _single(
-    headers: Sequence[tuple[str, str]], name: str, parse: Mapping[str, int] | None
-) -> tuple[int | None, str | None]:
-    """(level, problem) for one header name; (None, None) when the header is absent."""
-    values = _values(headers, name)
+def _single(values: list[str], name: str, parse: Mapping[str, int] | None) -> tuple[int | None, str | None]:
+    """(level, problem) for the values of one header name; (None, None) when the header is absent."""
     if not values:
         return None, None
     levels = set()
@@ -83,13 +78,20 @@ def _single(
 
 def read_priority(headers: Sequence[tuple[str, str]]) -> PriorityReading:
     """The message's own priority: X-Priority, else X-MSMail-Priority/Importance, else Priority, else 3."""
-    carried = any(key.strip().lower() in {name.lower() for name in PRIORITY_HEADERS} for key, _ in headers)
+    # One pass over the headers (this runs for every message; most carry no priority at all).
+    found_values: dict[str, list[str]] = {}
+    for key, value in headers:
+        lowered = key.strip().lower()
+        if lowered in _PRIORITY_NAMES:
+            found_values.setdefault(lowered, []).append(_unfold(value))
+    if not found_values:
+        return PriorityReading(NORMAL, "default", False)
     for names, parse in (
         (("X-Priority",), None),
         (("X-MSMail-Priority", "Importance"), _WORDS),
         (("Priority",), _PRIORITY_WORDS),
     ):
-        found = [(name, *_single(headers, name, parse)) for name in names]
+        found = [(name, *_single(found_values.get(name.lower(), []), name, parse)) for name in names]
         present = [(name, level, problem) for name, level, problem in found if level is not None]
         if not present:
             continue
@@ -97,11 +99,11 @@ def read_priority(headers: Sequence[tuple[str, str]]) -> PriorityReading:
         valid = [(name, level) for name, level, problem in present if not problem]
         if len(valid) == 2 and valid[0][1] != valid[1][1]:
             problems += (f"{valid[0][0]} and {valid[1][0]} disagree; counted as {NORMAL}",)
-            return PriorityReading(NORMAL, "+".join(names), carried, problems)
+            return PriorityReading(NORMAL, "+".join(names), True, problems)
         if valid:
-            return PriorityReading(valid[0][1], valid[0][0], carried, problems)
-        return PriorityReading(NORMAL, present[0][0], carried, problems)
-    return PriorityReading(NORMAL, "default", carried)
+            return PriorityReading(valid[0][1], valid[0][0], True, problems)
+        return PriorityReading(NORMAL, present[0][0], True, problems)
+    return PriorityReading(NORMAL, "default", True)
 
 
 def effective_priority(user_priority: int, message_priority: int) -> int:

@@ -9,6 +9,8 @@ matters more than a log line.
 
 from __future__ import annotations
 
+import functools
+
 from smtpplus_milter.core.session import Outcome
 from smtpplus_milter.observe.alerts import Alert, AlertDispatcher
 from smtpplus_milter.observe.log import Emit, emit_now, get_logger
@@ -78,7 +80,9 @@ class Reporter:
                     "action": action,
                 },
             )
-        self.emit("info", "message", outcome.log_fields(elapsed))
+        # Built where the line is written (the background writer: off the mail path); an outcome
+        # never changes, so building it later gives the same line.
+        self.emit("info", "message", functools.partial(outcome.log_fields, elapsed))
 
     def _alert(self, outcome: Outcome) -> None:
         if self.alerts is None:

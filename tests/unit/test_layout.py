@@ -32,10 +32,6 @@ _OUTSIDE_THE_PROCESS = {
     "tests.support.webhook",
 }
 
-# Start processes or servers but are being changed elsewhere while issue 12 restructures the
-# code; they move to tests/integration/ once that work is merged.
-_NOT_YET_MOVED = {"test_setup_cli.py", "test_users_cli.py", "test_verify_cli.py"}
-
 
 def _python_files() -> list[Path]:
     files = [*TESTS.rglob("*.py"), *(REPO / "bench").glob("*.py"), *(REPO / "lab").rglob("*.py")]
@@ -86,6 +82,5 @@ def test_unit_tests_stay_in_the_process() -> None:
             if name.split(".")[0] in _OUTSIDE_THE_PROCESS or name in _OUTSIDE_THE_PROCESS
         )
         for path in sorted((TESTS / "unit").glob("test_*.py"))
-        if path.name not in _NOT_YET_MOVED
     }
     assert {name: found for name, found in offenders.items() if found} == {}, "move these to tests/integration/"

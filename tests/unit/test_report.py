@@ -5,17 +5,15 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 from typing import Any
 
-from smtpplus_milter.core.session import MessageSession, Rules
-from smtpplus_milter.core.users import AuthPolicy, Directory, Mode, User
+from smtpplus_milter.core.session import MessageSession
 from smtpplus_milter.observe.alerts import Alert, AlertDispatcher
 from smtpplus_milter.observe.log import EventWriter
 from smtpplus_milter.observe.metrics import Metrics
 from smtpplus_milter.observe.report import Reporter
-
-SHOP = User("shop", authorized_domains=frozenset({"shop.example"}))
-QUEUES = {1: "high", 2: "high", 3: "normal", 4: "low", 5: "low"}
+from tests.support import builders
 
 
 class Collect:
@@ -39,8 +37,8 @@ class Sink:
 
 
 def test_an_alert_mode_outcome_is_counted_logged_and_alerted() -> None:
-    rules = Rules(Directory({"shop": SHOP}, AuthPolicy(mode=Mode.ALERT)), QUEUES, max_message_bytes=10_000)
-    session = MessageSession(rules)
+    shop = builders.user("shop", domains=["shop.example"])
+    session = MessageSession(builders.rules(builders.directory(shop, mode="alert")))
     session.mail_from("shop", "<x@evil.example>", queue_id="Q9")
     session.header("From", "x@evil.example")
     session.end_of_headers()
@@ -64,7 +62,9 @@ def test_an_alert_mode_outcome_is_counted_logged_and_alerted() -> None:
         ("warning", "unauthorized_sender"),
         ("info", "message"),
     ]
-    assert collect.events[-1][2]["queue_id"] == "Q9" and collect.events[-1][2]["ms"] == 2.0
+    built = collect.events[-1][2]
+    fields = built() if callable(built) else built
+    assert fields["queue_id"] == "Q9" and fields["ms"] == 2.0
     [alert] = sink.sent
     assert (alert.kind, alert.user, alert.sender, alert.field, alert.queue_id) == (
         "unauthorized_sender",
@@ -87,13 +87,26 @@ def test_event_writer_writes_json_lines_in_order_and_loses_nothing_at_stop() -> 
     assert all(line["timestamp"].endswith("Z") for line in lines)
 
 
-def test_event_writer_flush_waits_for_what_was_emitted() -> None:
+def test_event_writer_writes_within_its_interval_and_renders_odd_values() -> None:
     stream = io.StringIO()
     writer = EventWriter(stream, json=True)
     try:
         writer.emit("warning", "unauthorized_sender", {"sender": "x@evil.example", "odd": object()})
-        writer.flush()
+        deadline = time.monotonic() + 5
+        while not stream.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
         [line] = [json.loads(text) for text in stream.getvalue().splitlines()]
         assert line["event"] == "unauthorized_sender" and line["odd"].startswith("<object")
+    finally:
+        writer.stop()
+
+
+def test_event_writer_writes_a_backlog_itself() -> None:
+    stream = io.StringIO()
+    writer = EventWriter(stream, json=True, interval=3600.0)  # the thread sleeps: emit must write the backlog
+    try:
+        for number in range(EventWriter.MAX_PENDING + 1):
+            writer.emit("info", "message", {"n": number})
+        assert len(stream.getvalue().splitlines()) == EventWriter.MAX_PENDING + 1
     finally:
         writer.stop()

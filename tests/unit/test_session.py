@@ -22,17 +22,19 @@ from smtpplus_milter.core.session import (
     Rules,
     size_reply,
 )
-from smtpplus_milter.core.users import AuthPolicy, Directory, Mode, User
 from smtpplus_milter.mime.footer import Banner
+from tests.support import builders
 
-QUEUES = {1: "high", 2: "high", 3: "normal", 4: "low", 5: "low"}
-SHOP = User("shop", authorized_domains=frozenset({"shop.example"}), list="news")
-OFF = User("off", active=False, authorized_domains=frozenset({"shop.example"}))
+SHOP = builders.user("shop", domains=["shop.example"], list="news")
+OFF = builders.user("off", active=False, domains=["shop.example"])
 
 
-def rules(mode: Mode = Mode.BLOCK, **changes: object) -> Rules:
-    directory = Directory({"shop": SHOP, "off": OFF}, AuthPolicy(mode=mode))
-    base = Rules(directory, QUEUES, max_message_bytes=10_000, banners={"news": Banner(footer_text="Unsubscribe")})
+def rules(mode: str = "block", **changes: object) -> Rules:
+    base = builders.rules(
+        builders.directory(SHOP, OFF, mode=mode),
+        max_message_bytes=10_000,
+        banners={"news": Banner(footer_text="Unsubscribe")},
+    )
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
@@ -88,7 +90,7 @@ def test_unauthorized_envelope_is_refused_at_mail_from_with_a_notice() -> None:
 
 
 def test_alert_mode_delivers_and_merges_fields_of_one_address() -> None:
-    session = MessageSession(rules(Mode.ALERT))
+    session = MessageSession(rules("alert"))
     assert run(session, "shop", "x@evil.example", [("From", "x@evil.example")]) is Action.CONTINUE
     outcome = session.outcome()
     assert outcome is not None and outcome.verdict is Verdict.ACCEPT
