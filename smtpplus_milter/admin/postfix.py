@@ -8,9 +8,11 @@ header on the way out, so recipients never see it.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 
 from smtpplus_milter.config import HostPort, OwnMail, PostfixInputs, SocketSpec
@@ -242,3 +244,31 @@ def render(snippets: PostfixSnippets, postfix_dir: str = "/etc/postfix") -> str:
     out += ["", "# ---- warnings ----"] + [f"# WARNING: {warning}" for warning in snippets.warnings]
     out += ["", "# Then: postfix check && postfix reload"]
     return "\n".join(out) + "\n"
+
+
+def postconf_relayhost(postfix_dir: str) -> tuple[str, str | None]:
+    """Postfix's ``relayhost`` in *postfix_dir*, read with postconf; ("", why) when it cannot be read."""
+    try:
+        done = subprocess.run(
+            ["postconf", "-c", postfix_dir, "-h", "relayhost"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "", "postconf not found; assuming no relayhost (give --relayhost)"
+    if done.returncode != 0:
+        return "", f"postconf -c {postfix_dir} failed; assuming no relayhost (give --relayhost)"
+    return done.stdout.strip(), None
+
+
+def write_tables(snippets: PostfixSnippets, postfix_dir: str) -> list[Path]:
+    """Write the generated lookup tables into *postfix_dir*, each atomically; raise FileProblem.
+
+    Postfix's daemons (user postfix) read the tables: a new one is world-readable, like main.cf.
+    """
+    from smtpplus_milter.infra.files import Ownership, replace_atomically
+
+    written = []
+    for name, text in snippets.files.items():
+        target = Path(postfix_dir) / name
+        replace_atomically(target, text.encode("utf-8"), new_file=Ownership(0o644, os.geteuid(), os.getegid()))
+        written.append(target)
+    return written
