@@ -51,7 +51,7 @@ _HEADER = re.compile(
 )
 # One key=value field of a delivery line; a value holds ',' only inside <...> or [...].
 _FIELD = re.compile(r"([a-z_]+)=((?:<[^>]*>|\[[^\]]*\]|[^,<\[])*)(?:, |\Z)")
-_STATUS = re.compile(r"status=([A-Za-z]+)(?: \((.*?)\)?)?(?:, (.*))?\Z")
+_STATUS = re.compile(r"status=([A-Za-z]+)")
 _QUEUED_AS = re.compile(rf"\bqueued as ({QUEUE_ID})\b")
 _NOTIFICATION = re.compile(rf"(sender|postmaster) (non-delivery|delay|delivery status) notification: ({QUEUE_ID})\Z")
 _ACTIVE = re.compile(r"from=<(.*)>, size=(\d+), nrcpt=(\d+) \(queue active\)\Z")
@@ -181,7 +181,13 @@ def _delivery(m: re.Match[str], at: datetime, qid: str, rest: str) -> tuple[Even
     to = fields.get("to")
     if status is None or to is None:
         return ()
-    reply = s.group(2) if s.group(2) is not None else (s.group(3) or "")
+    # What follows the status word: " (text)" (the text may hold anything, parentheses too; a
+    # cut line may lack the closing one) or ", returned to sender".
+    after = rest[s.end() :]
+    if after.startswith(" ("):
+        reply = after[2:-1] if after.endswith(")") else after[2:]
+    else:
+        reply = after.removeprefix(", ")
     orig = fields.get("orig_to")
     relay = fields.get("relay")
     delivery = Delivery(
@@ -231,7 +237,7 @@ def _time(m: re.Match[str], now: datetime, zone: tzinfo) -> datetime | None:
     latest = here + timedelta(days=1)  # slack for clocks and zones
     # No year in the line: it is the latest year that does not put the line in the future, so a
     # December line read in January is last year's (and 29 February is the last leap year's).
-    for year in range(here.year, here.year - 9, -1):
+    for year in range(here.year + 1, here.year - 8, -1):
         try:
             at = datetime(year, month, day, int(clock[0:2]), int(clock[3:5]), int(clock[6:8]), tzinfo=zone)
         except ValueError:
