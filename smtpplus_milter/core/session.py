@@ -32,6 +32,16 @@ from typing import BinaryIO, Literal
 from smtpplus_milter.core.authorization import decide_headers, decide_mail_from
 from smtpplus_milter.core.decision import Decision, Reply, Spoofing, Unauthorized, Verdict, safe_text
 from smtpplus_milter.core.priority import HeaderEdit, PriorityPlan, plan_priority
+from smtpplus_milter.core.tracking import (
+    MAX_FIELD,
+    MAX_RECIPIENTS,
+    MessageRecord,
+    decode_subject,
+    envelope_address,
+    first_value,
+    from_address,
+    recipient_address,
+)
 from smtpplus_milter.core.users import Directory, User
 from smtpplus_milter.mime.footer import Banner, InjectionResult, inject
 
@@ -137,6 +147,7 @@ class Outcome:
     mode: str
     spoofing: tuple[Spoofing, ...]  # only those the operator wants to hear about
     notices: tuple[Notice, ...]
+    recipients: tuple[str, ...] = ()  # envelope recipients as given at RCPT TO (at most MAX_RECIPIENTS)
 
     @property
     def verdict(self) -> Verdict:
@@ -145,6 +156,34 @@ class Outcome:
     @property
     def action(self) -> str:
         return "rejected" if self.decision.verdict is Verdict.REJECT else "delivered"
+
+    def record(self, node: str, accepted_at: float) -> MessageRecord | None:
+        """The tracking record of an accepted SMTP+ message; None for anything else.
+
+        Only messages of a known user, accepted and with a queue id, are tracked: a refused or
+        tempfailed message never entered the queue, and unauthenticated mail is not SMTP+ traffic.
+        """
+        plan = self.priority
+        if self.decision.verdict is not Verdict.ACCEPT or self.decision.bypass or self.user is None:
+            return None
+        if not self.queue_id or plan is None:
+            return None
+        message_id = first_value(self.headers, "Message-ID")
+        return MessageRecord(
+            node=node,
+            queue_id=self.queue_id,
+            user=self.user.login,
+            list=self.user.list,
+            envelope_from=envelope_address(self.mail_from),
+            header_from=from_address(self.headers),
+            subject=decode_subject(first_value(self.headers, "Subject") or ""),
+            message_id=message_id.strip()[:MAX_FIELD] if message_id else None,
+            size=self.size or 0,
+            priority=plan.effective,
+            queue=plan.queue,
+            accepted_at=accepted_at,
+            recipients=self.recipients,
+        )
 
     def header_values(self, name: str) -> list[str]:
         return [safe_text(value.strip(), 200) for key, value in self.headers if key.lower() == name]
@@ -196,6 +235,7 @@ class MessageSession:
         self.envelope_from = ""
         self.announced_size: int | None = None
         self.headers: list[tuple[str, str]] = []
+        self.recipients: list[str] = []
         self.received = 0  # header and body bytes as they arrived
         self.reasons: list[str] = []
         self.unauthorized: list[Unauthorized] = []
@@ -246,6 +286,11 @@ class MessageSession:
             self.reasons.append(f"SIZE={self.announced_size} is over limits.max_message_bytes ({limit})")
             return self._refuse(Decision(Verdict.REJECT, size_reply(limit)))
         return GO_ON
+
+    def recipient(self, rcpt_to: str) -> None:
+        """One RCPT TO that Postfix accepted (kept for the tracking record, bounded)."""
+        if len(self.recipients) < MAX_RECIPIENTS:
+            self.recipients.append(recipient_address(rcpt_to))
 
     def header(self, name: str, value: str) -> None:
         self.headers.append((name, value))
@@ -391,6 +436,7 @@ class MessageSession:
             mode=rules.mode,
             spoofing=spoofing,
             notices=self._notices(decision, spoofing),
+            recipients=tuple(self.recipients),
         )
 
     def _user_label(self, decision: Decision) -> str:
