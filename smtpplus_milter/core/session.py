@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import BinaryIO, Literal
 
@@ -157,7 +158,7 @@ class Outcome:
     def action(self) -> str:
         return "rejected" if self.decision.verdict is Verdict.REJECT else "delivered"
 
-    def record(self, node: str, accepted_at: float) -> MessageRecord | None:
+    def record(self, node: str, accepted_at: datetime) -> MessageRecord | None:
         """The tracking record of an accepted SMTP+ message; None for anything else.
 
         Only messages of a known user, accepted and with a queue id, are tracked: a refused or

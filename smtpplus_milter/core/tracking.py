@@ -10,6 +10,7 @@ message cannot make a record large: at most :data:`MAX_RECIPIENTS` recipients ar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 
@@ -23,7 +24,7 @@ MAX_FIELD = 320  # an address (64 + 1 + 255) with room to spare; Message-ID, use
 
 @dataclass(frozen=True)
 class MessageRecord:
-    """One accepted message, as the tracking store keeps it (times are seconds since the epoch)."""
+    """One accepted message, as the tracking store keeps it (``accepted_at`` is aware, in UTC)."""
 
     node: str
     queue_id: str
@@ -36,8 +37,14 @@ class MessageRecord:
     size: int
     priority: int
     queue: str
-    accepted_at: float
+    accepted_at: datetime
     recipients: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.accepted_at.tzinfo is None:
+            raise ValueError(f"accepted_at must be timezone-aware (UTC), got {self.accepted_at!r}")
+        if not self.node or not self.queue_id:
+            raise ValueError("a message record needs a node and a queue id")
 
     def as_dict(self) -> dict[str, object]:
         """The JSON form the spool keeps (and :meth:`from_dict` reads back)."""
@@ -53,7 +60,7 @@ class MessageRecord:
             "size": self.size,
             "priority": self.priority,
             "queue": self.queue,
-            "accepted_at": self.accepted_at,
+            "accepted_at": self.accepted_at.isoformat(),
             "recipients": list(self.recipients),
         }
 
@@ -73,7 +80,7 @@ class MessageRecord:
             size=int(str(data["size"])),
             priority=int(str(data["priority"])),
             queue=str(data["queue"]),
-            accepted_at=float(str(data["accepted_at"])),
+            accepted_at=datetime.fromisoformat(str(data["accepted_at"])),
             recipients=tuple(str(item) for item in recipients),
         )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from smtpplus_milter.core import tracking
@@ -9,6 +11,7 @@ from smtpplus_milter.core.session import Action, MessageSession, Outcome
 from smtpplus_milter.core.tracking import MessageRecord, decode_subject
 from tests.support import builders
 
+AT = datetime(2026, 12, 1, 2, 40, tzinfo=UTC)
 SHOP = builders.user("shop", domains=["shop.example"], list="news", priority=2)
 
 
@@ -41,7 +44,7 @@ def test_an_accepted_message_gives_its_record() -> None:
         ("Message-ID", " <1234@shop.example>"),
         ("X-Priority", "5"),
     ]
-    record = outcome(headers).record("relay-1", 1_764_556_800.0)
+    record = outcome(headers).record("relay-1", AT)
     assert record == MessageRecord(
         node="relay-1",
         queue_id="4jdfvM0wYyzJVF1",
@@ -54,7 +57,7 @@ def test_an_accepted_message_gives_its_record() -> None:
         size=record.size if record else 0,
         priority=2,  # the user's 2 beats the message's 5
         queue="high",
-        accepted_at=1_764_556_800.0,
+        accepted_at=AT,
         recipients=("a@example.org", "B@Example.org"),
     )
     assert record is not None and record.size > 0
@@ -71,7 +74,7 @@ def test_an_accepted_message_gives_its_record() -> None:
     ],
 )
 def test_nothing_else_is_recorded(kwargs: dict[str, object], headers: list[tuple[str, str]]) -> None:
-    assert outcome(headers, **kwargs).record("relay-1", 0.0) is None  # type: ignore[arg-type]
+    assert outcome(headers, **kwargs).record("relay-1", AT) is None  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -91,7 +94,7 @@ def test_subject_decoding(raw: str, shown: str) -> None:
 def test_a_hostile_message_cannot_make_a_large_record() -> None:
     many = tuple(f"<r{number}@example.org>" for number in range(tracking.MAX_RECIPIENTS + 50))
     headers = [("From", "info@shop.example"), ("Subject", "x" * 100_000), ("Message-ID", "<" + "m" * 5000 + ">")]
-    record = outcome(headers, recipients=many).record("relay-1", 0.0)
+    record = outcome(headers, recipients=many).record("relay-1", AT)
     assert record is not None
     assert len(record.recipients) == tracking.MAX_RECIPIENTS
     assert len(record.subject) == tracking.MAX_SUBJECT
@@ -109,5 +112,5 @@ def test_an_unreadable_from_is_recorded_as_none() -> None:
     session.accept()
     result = session.outcome()
     assert result is not None
-    record = result.record("relay-1", 0.0)
+    record = result.record("relay-1", AT)
     assert record is not None and record.header_from is None
