@@ -198,6 +198,11 @@ def epoch(value: datetime) -> float:
     return value.timestamp()
 
 
+def day_of(value: datetime) -> int:
+    """The UTC day of a time as whole days since 1970-01-01 (what stats by date groups on)."""
+    return int(epoch(value) // 86400)
+
+
 def from_epoch(value: float) -> datetime:
     return datetime.fromtimestamp(value, UTC)
 

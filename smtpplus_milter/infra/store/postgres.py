@@ -89,9 +89,6 @@ class PostgresStore(SqlStore):
             cur.execute(_dialect(sql), tuple(params))
             yield from cur
 
-    def _day(self, column: str) -> str:
-        return f"FLOOR({column} / 86400)::BIGINT"
-
     def _lock_migrations(self, cur: Any) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
 

@@ -79,9 +79,6 @@ class SqliteStore(SqlStore):
     def _stream(self, sql: str, params: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
         yield from self._connection().execute(sql, tuple(params))
 
-    def _day(self, column: str) -> str:
-        return f"CAST({column} / 86400 AS INTEGER)"
-
     def _least(self, a: str, b: str) -> str:
         return f"MIN({a}, {b})"
 
