@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -425,3 +426,40 @@ def test_prune_in_batches(store: SqlStore) -> None:
     with store._reading() as cur:
         cur.execute("SELECT queue_id FROM attempts ORDER BY queue_id")
         assert [r[0] for r in cur.fetchall()] == ["NEW"]
+
+
+def test_results_are_streamed_and_a_reader_may_stop_early(store: SqlStore) -> None:
+    store.record_messages([record(f"Q{i}", accepted_at=T0 + timedelta(minutes=i)) for i in range(5)])
+    messages = store.messages(limit=None)
+    contacts = store.recipients()
+    assert isinstance(messages, Iterator) and isinstance(contacts, Iterator)
+    assert next(messages).record.queue_id == "Q4"
+    del messages  # abandoned half-way; the store must still take writes
+    store.record_attempts([attempt("sent", queue_id="Q0")], Position("relay1", "log", 1))
+    assert states(store, "Q0") == {"bob@example.net": "delivered"}
+
+
+def test_writers_in_several_threads(store: SqlStore) -> None:
+    problems: list[BaseException] = []
+
+    def write(worker: int) -> None:
+        try:
+            for i in range(20):
+                queue_id = f"W{worker}-{i}"
+                store.record_messages([record(queue_id)])
+                store.record_attempts([attempt("sent", queue_id=queue_id)], Position(f"node{worker}", "log", i))
+        except BaseException as exc:
+            problems.append(exc)
+
+    threads = [threading.Thread(target=write, args=(worker,)) for worker in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert problems == []
+    [row] = store.stats()
+    assert (row["messages"], row["delivered"]) == (80, 80)
+    assert [store.position(f"node{worker}") for worker in range(4)] == [
+        Position(f"node{worker}", "log", 19) for worker in range(4)
+    ]

@@ -169,7 +169,8 @@ class SqlStore(TrackingStore):
 
     def _add_recipients(self, cur: Cursor, message: int, rec: MessageRecord) -> None:
         chain = self._descendants(cur, rec.node, rec.queue_id)
-        addresses = tuple(dict.fromkeys(address.lower() for address in rec.recipients))
+        # Sorted: concurrent writers then lock the same contacts rows in the same order (no deadlock).
+        addresses = tuple(sorted({address.lower() for address in rec.recipients}))
         marks = ", ".join("?" for _ in chain)
         cur.execute(
             f"SELECT recipient, status FROM attempts WHERE node = ? AND queue_id IN ({marks}) ORDER BY at, id",

@@ -50,7 +50,11 @@ class SqliteStore(SqlStore):
             try:
                 # isolation_level=None: we issue BEGIN/COMMIT ourselves (the module's implicit
                 # transactions would not take the write lock at the start).
-                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+                # check_same_thread=False only so that close() may close every thread's connection;
+                # in use, a connection is only ever touched by the thread that opened it.
+                conn = sqlite3.connect(
+                    self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+                )
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA foreign_keys=ON")
@@ -77,7 +81,13 @@ class SqliteStore(SqlStore):
         yield self._connection().cursor()
 
     def _stream(self, sql: str, params: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
-        yield from self._connection().execute(sql, tuple(params))
+        cur = self._connection().execute(sql, tuple(params))
+        try:
+            yield from cur
+        finally:
+            # A reader that stops early (a limit, an exception) must not keep its read snapshot open:
+            # it would hold back WAL checkpoints.
+            cur.close()
 
     def _least(self, a: str, b: str) -> str:
         return f"MIN({a}, {b})"
