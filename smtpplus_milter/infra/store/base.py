@@ -1,0 +1,248 @@
+"""The tracking store's values and interface, and the one rule of a recipient's state.
+
+Writers: the milter hands the core's :class:`~smtpplus_milter.core.tracking.MessageRecord`
+values (possibly replayed from its spool), the log follower hands :class:`Attempt` values
+together with its :class:`Position` and any :class:`Link`.
+Readers: the command line's ``stats``, ``messages``, ``recipients`` and ``tracking migrate``. Every
+backend keeps the same contract (tests/integration/test_store.py runs one suite over all of them).
+Times are timezone-aware ``datetime`` values in UTC.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import MappingProxyType
+
+from smtpplus_milter.core.tracking import MessageRecord
+
+# What the follower reads in Postfix's ``status=`` field.
+STATUSES = frozenset({"sent", "deferred", "bounced", "expired"})
+# The class of a failure (hard / soft / blocked), decided elsewhere; None for a delivery.
+CLASSES = frozenset({"hard", "soft", "blocked"})
+# A recipient's states. ``suppressed`` is set when the recipient was refused at RCPT.
+STATES = ("queued", "deferred", "delivered", "bounced", "expired", "suppressed")
+FINAL_STATES = frozenset({"delivered", "bounced", "expired", "suppressed"})
+STATE_OF_STATUS: Mapping[str, str] = MappingProxyType(
+    {"sent": "delivered", "deferred": "deferred", "bounced": "bounced", "expired": "expired"}
+)
+# The grouping keys of stats(); the group's column is named like the key.
+STATS_BY = ("date", "subject", "sender", "user", "list", "recipient_domain")
+# The counters of every stats row, in this order.
+STATS_COUNTERS = (
+    "messages",
+    "recipients",
+    "delivered",
+    "deferred",
+    "bounced",
+    "expired",
+    "suppressed",
+    "complaints",
+    "unsubscribes",
+)
+# Link kinds: a content filter's re-injection continues the recipients' story under the new queue
+# id; a bounce notification is a new message to the sender, kept for reference only.
+LINK_KINDS = frozenset({"queued_as", "notification"})
+
+
+class StoreProblem(Exception):
+    """The store cannot be opened, migrated or used; the message says what to check."""
+
+
+def _utc(value: datetime, what: str) -> None:
+    if value.tzinfo is None:
+        raise ValueError(f"{what} must be timezone-aware (UTC), got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One delivery attempt for one recipient, as one line of Postfix's log tells it."""
+
+    node: str
+    queue_id: str
+    recipient: str
+    at: datetime
+    status: str
+    dsn: str | None = None
+    relay: str | None = None
+    delay: float | None = None
+    reply: str | None = None
+    failure_class: str | None = None
+
+    def __post_init__(self) -> None:
+        _utc(self.at, "at")
+        if self.status not in STATUSES:
+            raise ValueError(f"attempt status {self.status!r}: expected one of {sorted(STATUSES)}")
+        if self.failure_class is not None and self.failure_class not in CLASSES:
+            raise ValueError(f"attempt class {self.failure_class!r}: expected one of {sorted(CLASSES)} or None")
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where the follower stopped: which file (its identity, e.g. device:inode:first-line hash) and offset."""
+
+    node: str
+    file_id: str
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """Postfix gave a message a new queue id (``queued as`` after a content filter, or a notification)."""
+
+    node: str
+    queue_id: str
+    new_queue_id: str
+    kind: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in LINK_KINDS:
+            raise ValueError(f"link kind {self.kind!r}: expected one of {sorted(LINK_KINDS)}")
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientStory:
+    """A recipient of a stored message: its current state and its attempts in time order."""
+
+    address: str
+    state: str
+    attempts: tuple[Attempt, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    record: MessageRecord
+    recipients: tuple[RecipientStory, ...]
+    complaints: int = 0
+    unsubscribes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFilter:
+    """What ``messages`` selects; every field left None selects everything. ``until`` is exclusive."""
+
+    user: str | None = None
+    to: str | None = None
+    message_id: str | None = None
+    queue_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """A row of the recipients database: one (user, address) with what was sent to it."""
+
+    user: str
+    address: str
+    first_sent: datetime
+    last_sent: datetime
+    messages: int
+    state: str
+    suppressed: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordResult:
+    """What a write did: rows new to the store, and rows it already had (a replay)."""
+
+    new: int = 0
+    replayed: int = 0
+
+
+def next_state(current: str, status: str) -> str:
+    """The recipient's state after an attempt: it only moves forward.
+
+    queued -> deferred (may repeat) -> delivered | bounced | expired. A final state stays final, so a
+    late ``deferred`` (or a second final line) never undoes it.
+    """
+    if current in FINAL_STATES:
+        return current
+    return STATE_OF_STATUS[status]
+
+
+def fold_states(statuses: Iterable[str], start: str = "queued") -> str:
+    """The state after a sequence of attempt statuses, in the order they are applied."""
+    state = start
+    for status in statuses:
+        state = next_state(state, status)
+    return state
+
+
+def epoch(value: datetime) -> float:
+    """Seconds since 1970 UTC: how both SQL backends store times (cheap to group by day and compare)."""
+    _utc(value, "time")
+    return value.timestamp()
+
+
+def day_of(value: datetime) -> int:
+    """The UTC day of a time as whole days since 1970-01-01 (what stats by date groups on)."""
+    return int(epoch(value) // 86400)
+
+
+def from_epoch(value: float) -> datetime:
+    return datetime.fromtimestamp(value, UTC)
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+class TrackingStore(abc.ABC):
+    """The interface every backend implements (see the module docstring and docs/tracking.md)."""
+
+    @abc.abstractmethod
+    def migrate(self) -> tuple[int, ...]:
+        """Apply the migrations not yet applied, each in its own transaction; the versions applied."""
+
+    @abc.abstractmethod
+    def record_messages(self, records: Iterable[MessageRecord]) -> RecordResult:
+        """Record messages; the same (node, queue_id) again is the same message (a spool may replay)."""
+
+    @abc.abstractmethod
+    def record_attempts(
+        self, attempts: Iterable[Attempt], position: Position | None, links: Iterable[Link] = ()
+    ) -> RecordResult:
+        """Record attempts (and links) and save the follower's position, all in one transaction.
+
+        An attempt already recorded (same node, queue id, recipient, time, status and dsn) is a replay:
+        it is counted in ``replayed`` and changes nothing.
+        """
+
+    @abc.abstractmethod
+    def link(self, node: str, queue_id: str, new_queue_id: str, kind: str) -> None:
+        """Record that ``queue_id`` continues as ``new_queue_id`` (see :class:`Link`)."""
+
+    @abc.abstractmethod
+    def position(self, node: str) -> Position | None:
+        """The follower's saved position for ``node``, or None before its first save."""
+
+    @abc.abstractmethod
+    def stats(
+        self, by: str = "date", since: datetime | None = None, until: datetime | None = None, user: str | None = None
+    ) -> Iterator[dict[str, object]]:
+        """One row per group of messages accepted in [since, until); keys: STATS_COUNTERS and ``by``."""
+
+    @abc.abstractmethod
+    def messages(self, filters: MessageFilter | None = None, limit: int | None = 100) -> Iterator[StoredMessage]:
+        """The messages matching ``filters`` (None: all), newest first."""
+
+    @abc.abstractmethod
+    def message(self, queue_id: str, node: str | None = None) -> StoredMessage | None:
+        """One message by its queue id (or a queue id it continued as), with every attempt in time order."""
+
+    @abc.abstractmethod
+    def recipients(
+        self, user: str | None = None, state: str | None = None, limit: int | None = None
+    ) -> Iterator[Contact]:
+        """The recipients database, most recently sent first."""
+
+    @abc.abstractmethod
+    def prune(self, before: datetime, batch: int = 1000) -> int:
+        """Delete messages accepted before ``before`` (and their rows) in transactions of ``batch``."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections."""

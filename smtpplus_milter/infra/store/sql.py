@@ -1,0 +1,566 @@
+"""What both SQL backends share: the statements, the state bookkeeping and the migrations runner.
+
+A backend gives a transaction (a cursor whose changes commit together or not at all), a read cursor,
+a streaming read, its dialect's few differences (placeholders, the day of a time) and the folder of
+its migrations. Statements here are written with ``?`` placeholders; a backend may rewrite them.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import date, datetime, timedelta
+from importlib import resources
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from smtpplus_milter.core.tracking import MessageRecord
+from smtpplus_milter.infra.store.base import (
+    STATS_BY,
+    Attempt,
+    Contact,
+    Link,
+    MessageFilter,
+    Position,
+    RecipientStory,
+    RecordResult,
+    StoredMessage,
+    StoreProblem,
+    TrackingStore,
+    day_of,
+    domain_of,
+    epoch,
+    fold_states,
+    from_epoch,
+    next_state,
+)
+
+# A chain of queue-id changes longer than this is a loop or garbage, not Postfix.
+MAX_LINK_DEPTH = 16
+# The column of messages that counts recipients in each state (queued is rcpt_total minus the rest).
+COUNTERS: Mapping[str, str] = MappingProxyType(
+    {
+        "delivered": "rcpt_delivered",
+        "deferred": "rcpt_deferred",
+        "bounced": "rcpt_bounced",
+        "expired": "rcpt_expired",
+        "suppressed": "rcpt_suppressed",
+    }
+)
+_MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+GROUP_COLUMNS: Mapping[str, str] = MappingProxyType(
+    {"subject": "subject", "sender": "header_from", "user": "username", "list": "list_name"}
+)
+_MESSAGE_COLUMNS = (
+    "id, node, queue_id, username, list_name, envelope_from, header_from, subject, message_id, size, priority,"
+    " queue, accepted_at, complaints, unsubscribes"
+)
+_STATS_SUMS = (
+    "COUNT(*), SUM(rcpt_total), SUM(rcpt_delivered), SUM(rcpt_deferred), SUM(rcpt_bounced), SUM(rcpt_expired),"
+    " SUM(rcpt_suppressed), SUM(complaints), SUM(unsubscribes)"
+)
+
+
+class Cursor(Protocol):
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Any: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+class SqlStore(TrackingStore):
+    dialect: str  # the folder of migrations/ to apply
+
+    # -- what a backend provides -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _transaction(self) -> contextlib.AbstractContextManager[Cursor]:
+        """A cursor in a write transaction: commits on normal exit, rolls back on an exception."""
+
+    @abc.abstractmethod
+    def _reading(self) -> contextlib.AbstractContextManager[Cursor]:
+        """A cursor for reads."""
+
+    @abc.abstractmethod
+    def _stream(self, sql: str, params: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+        """The rows of a query, fetched as they are consumed."""
+
+    def _lock_migrations(self, cur: Cursor) -> None:
+        """Serialise concurrent ``migrate`` runs (a write transaction may already do it)."""
+
+    # -- migrations --------------------------------------------------------------------------------
+
+    def migrations(self) -> tuple[tuple[int, str, str], ...]:
+        """(version, file name, SQL) of this dialect's migrations, in order."""
+        folder = resources.files("smtpplus_milter.infra.store").joinpath("migrations", self.dialect)
+        found = []
+        for entry in folder.iterdir():
+            if match := _MIGRATION.match(entry.name):
+                found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+        found.sort()
+        versions = [version for version, _, _ in found]
+        if versions != list(range(1, len(found) + 1)):
+            raise StoreProblem(f"migrations/{self.dialect}: versions must be 1, 2, 3... without gaps, found {versions}")
+        return tuple(found)
+
+    def migrate(self) -> tuple[int, ...]:
+        with self._transaction() as cur:
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version"
+                " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+            )
+        applied: list[int] = []
+        for version, name, script in self.migrations():
+            # One transaction per migration: a failing one leaves the schema at the version before it.
+            with self._transaction() as cur:
+                self._lock_migrations(cur)
+                cur.execute("SELECT 1 FROM schema_version WHERE version = ?", (version,))
+                if cur.fetchone() is not None:
+                    continue
+                for statement in _statements(script):
+                    cur.execute(statement)
+                cur.execute(
+                    "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
+                    (version, name, datetime.now().timestamp()),
+                )
+                applied.append(version)
+        return tuple(applied)
+
+    def schema_version(self) -> int:
+        with self._reading() as cur:
+            cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+            return int(cur.fetchone()[0])
+
+    # -- writes ------------------------------------------------------------------------------------
+
+    def record_messages(self, records: Iterable[MessageRecord]) -> RecordResult:
+        new = replayed = 0
+        with self._transaction() as cur:
+            for rec in records:
+                cur.execute(
+                    "INSERT INTO messages (node, queue_id, username, list_name, envelope_from, header_from, subject,"
+                    " message_id, size, priority, queue, accepted_at, day)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (node, queue_id) DO NOTHING RETURNING id",
+                    (
+                        rec.node,
+                        rec.queue_id,
+                        rec.user,
+                        rec.list,
+                        rec.envelope_from,
+                        rec.header_from,
+                        rec.subject,
+                        rec.message_id,
+                        rec.size,
+                        rec.priority,
+                        rec.queue,
+                        epoch(rec.accepted_at),
+                        day_of(rec.accepted_at),
+                    ),
+                )
+                row = cur.fetchone()
+                if row is None:
+                    replayed += 1
+                    continue
+                new += 1
+                self._add_recipients(cur, int(row[0]), rec)
+        return RecordResult(new=new, replayed=replayed)
+
+    def _add_recipients(self, cur: Cursor, message: int, rec: MessageRecord) -> None:
+        chain = self._descendants(cur, rec.node, rec.queue_id)
+        # Sorted: concurrent writers then lock the same contacts rows in the same order (no deadlock).
+        addresses = tuple(sorted({address.lower() for address in rec.recipients}))
+        marks = ", ".join("?" for _ in chain)
+        cur.execute(
+            f"SELECT recipient, status FROM attempts WHERE node = ? AND queue_id IN ({marks}) ORDER BY at, id",
+            (rec.node, *chain),
+        )
+        # Attempts the follower recorded before the milter's record arrived (a spooled record).
+        earlier: dict[str, list[str]] = {}
+        for recipient, status in cur.fetchall():
+            earlier.setdefault(recipient, []).append(status)
+        counts: dict[str, int] = {}
+        accepted = epoch(rec.accepted_at)
+        for address in addresses:
+            state = fold_states(earlier.get(address, ()))
+            counts[state] = counts.get(state, 0) + 1
+            cur.execute(
+                "INSERT INTO recipients (message, address, domain, state) VALUES (?, ?, ?, ?)",
+                (message, address, domain_of(address), state),
+            )
+            cur.execute(
+                "INSERT INTO contacts (username, address, first_sent, last_sent, messages, state)"
+                " VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (username, address) DO UPDATE SET"
+                " messages = contacts.messages + 1,"
+                f" first_sent = {self._least('contacts.first_sent', 'excluded.first_sent')},"
+                f" last_sent = {self._greatest('contacts.last_sent', 'excluded.last_sent')},"
+                " state = CASE WHEN excluded.last_sent >= contacts.last_sent THEN excluded.state"
+                " ELSE contacts.state END",
+                (rec.user, address, accepted, accepted, state),
+            )
+        sets = ", ".join(f"{COUNTERS.get(state)} = ?" for state in counts if COUNTERS.get(state))
+        values = [n for state, n in counts.items() if COUNTERS.get(state)]
+        cur.execute(
+            f"UPDATE messages SET rcpt_total = ?{', ' + sets if sets else ''} WHERE id = ?",
+            (len(addresses), *values, message),
+        )
+
+    def _least(self, a: str, b: str) -> str:
+        """The smaller of two values (SQLite spells it MIN(a, b))."""
+        return f"LEAST({a}, {b})"
+
+    def _greatest(self, a: str, b: str) -> str:
+        return f"GREATEST({a}, {b})"
+
+    def record_attempts(
+        self, attempts: Iterable[Attempt], position: Position | None, links: Iterable[Link] = ()
+    ) -> RecordResult:
+        new = replayed = 0
+        with self._transaction() as cur:
+            for link in links:
+                self._insert_link(cur, link)
+            for attempt in attempts:
+                recipient = attempt.recipient.lower()
+                cur.execute(
+                    "INSERT INTO attempts (node, queue_id, recipient, at, status, dsn, relay, delay, reply, class)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (node, queue_id, recipient, at, status, dsn) DO NOTHING RETURNING id",
+                    (
+                        attempt.node,
+                        attempt.queue_id,
+                        recipient,
+                        epoch(attempt.at),
+                        attempt.status,
+                        attempt.dsn or "",
+                        attempt.relay,
+                        attempt.delay,
+                        attempt.reply,
+                        attempt.failure_class,
+                    ),
+                )
+                if cur.fetchone() is None:
+                    replayed += 1
+                    continue
+                new += 1
+                self._advance(cur, attempt.node, self._root(cur, attempt.node, attempt.queue_id), recipient, attempt)
+            if position is not None:
+                self._write_position(cur, position)
+        return RecordResult(new=new, replayed=replayed)
+
+    def _advance(self, cur: Cursor, node: str, queue_id: str, address: str, attempt: Attempt) -> None:
+        cur.execute(
+            "SELECT r.message, r.state, m.username, m.accepted_at FROM recipients r"
+            " JOIN messages m ON m.id = r.message WHERE m.node = ? AND m.queue_id = ? AND r.address = ?",
+            (node, queue_id, address),
+        )
+        row = cur.fetchone()
+        if row is None:
+            return  # not a tracked message (yet): the attempt waits in its table for the record
+        message, old, user, accepted = row
+        new = next_state(old, attempt.status)
+        if new == old:
+            return
+        cur.execute("UPDATE recipients SET state = ? WHERE message = ? AND address = ?", (new, message, address))
+        changes = []
+        if column := COUNTERS.get(old):
+            changes.append(f"{column} = {column} - 1")
+        if column := COUNTERS.get(new):
+            changes.append(f"{column} = {column} + 1")
+        cur.execute(f"UPDATE messages SET {', '.join(changes)} WHERE id = ?", (message,))
+        # The recipients database keeps the state of the latest message sent to the address.
+        cur.execute(
+            "UPDATE contacts SET state = ? WHERE username = ? AND address = ? AND last_sent <= ?",
+            (new, user, address, accepted),
+        )
+
+    def _write_position(self, cur: Cursor, position: Position) -> None:
+        cur.execute(
+            "INSERT INTO positions (node, file_id, byte_offset) VALUES (?, ?, ?) ON CONFLICT (node) DO UPDATE"
+            " SET file_id = excluded.file_id, byte_offset = excluded.byte_offset",
+            (position.node, position.file_id, position.offset),
+        )
+
+    def _insert_link(self, cur: Cursor, link: Link) -> None:
+        cur.execute(
+            "INSERT INTO links (node, new_queue_id, queue_id, kind) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (node, new_queue_id) DO NOTHING",
+            (link.node, link.new_queue_id, link.queue_id, link.kind),
+        )
+
+    def link(self, node: str, queue_id: str, new_queue_id: str, kind: str) -> None:
+        link = Link(node, queue_id, new_queue_id, kind)
+        with self._transaction() as cur:
+            self._insert_link(cur, link)
+            # Attempts of the new id recorded before the link now belong to the original recipients.
+            if kind == "queued_as":
+                root = self._root(cur, node, queue_id)
+                cur.execute(
+                    "SELECT recipient, at, status, dsn FROM attempts WHERE node = ? AND queue_id = ? ORDER BY at, id",
+                    (node, new_queue_id),
+                )
+                for recipient, at, status, dsn in cur.fetchall():
+                    attempt = Attempt(node, new_queue_id, recipient, from_epoch(at), status, dsn or None)
+                    self._advance(cur, node, root, recipient, attempt)
+
+    def _root(self, cur: Cursor, node: str, queue_id: str) -> str:
+        """The queue id whose recipients an attempt on ``queue_id`` belongs to (through queued_as links)."""
+        for _ in range(MAX_LINK_DEPTH):
+            cur.execute(
+                "SELECT queue_id FROM links WHERE node = ? AND new_queue_id = ? AND kind = 'queued_as'",
+                (node, queue_id),
+            )
+            row = cur.fetchone()
+            if row is None:
+                return queue_id
+            queue_id = row[0]
+        return queue_id
+
+    def _descendants(self, cur: Cursor, node: str, queue_id: str) -> tuple[str, ...]:
+        """``queue_id`` and every queue id that continues it (through queued_as links)."""
+        found = [queue_id]
+        frontier = [queue_id]
+        for _ in range(MAX_LINK_DEPTH):
+            if not frontier:
+                break
+            marks = ", ".join("?" for _ in frontier)
+            cur.execute(
+                f"SELECT new_queue_id FROM links WHERE node = ? AND kind = 'queued_as' AND queue_id IN ({marks})",
+                (node, *frontier),
+            )
+            frontier = [row[0] for row in cur.fetchall() if row[0] not in found]
+            found.extend(frontier)
+        return tuple(found)
+
+    def position(self, node: str) -> Position | None:
+        with self._reading() as cur:
+            cur.execute("SELECT file_id, byte_offset FROM positions WHERE node = ?", (node,))
+            row = cur.fetchone()
+        return None if row is None else Position(node, row[0], int(row[1]))
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def stats(
+        self, by: str = "date", since: datetime | None = None, until: datetime | None = None, user: str | None = None
+    ) -> Iterator[dict[str, object]]:
+        if by not in STATS_BY:
+            raise StoreProblem(f"stats by {by!r}: expected one of {', '.join(STATS_BY)}")
+        where, params = _where_time("accepted_at", since, until)
+        # The same bounds on the indexed day, so a range reads only its days of the index.
+        if since is not None:
+            where.append("day >= ?")
+            params.append(day_of(since))
+        if until is not None:
+            where.append("day <= ?")
+            params.append(day_of(until))
+        if user is not None:
+            where.append("username = ?")
+            params.append(user)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        if by == "recipient_domain":
+            # Per (domain, message) first, so each message's complaints count once per domain.
+            sql = (
+                "SELECT domain, COUNT(*), SUM(n), SUM(d), SUM(f), SUM(b), SUM(e), SUM(s), SUM(c), SUM(u) FROM"
+                " (SELECT r.domain AS domain, COUNT(*) AS n,"
+                " SUM(CASE WHEN r.state = 'delivered' THEN 1 ELSE 0 END) AS d,"
+                " SUM(CASE WHEN r.state = 'deferred' THEN 1 ELSE 0 END) AS f,"
+                " SUM(CASE WHEN r.state = 'bounced' THEN 1 ELSE 0 END) AS b,"
+                " SUM(CASE WHEN r.state = 'expired' THEN 1 ELSE 0 END) AS e,"
+                " SUM(CASE WHEN r.state = 'suppressed' THEN 1 ELSE 0 END) AS s,"
+                " MAX(m.complaints) AS c, MAX(m.unsubscribes) AS u"
+                f" FROM messages m JOIN recipients r ON r.message = m.id{clause}"
+                " GROUP BY r.domain, m.id) per_message GROUP BY domain ORDER BY domain"
+            )
+        elif by == "date":
+            sql = f"SELECT day, {_STATS_SUMS} FROM messages{clause} GROUP BY day ORDER BY day"
+        else:
+            column = GROUP_COLUMNS[by]
+            sql = f"SELECT {column}, {_STATS_SUMS} FROM messages{clause} GROUP BY {column} ORDER BY {column}"
+        for row in self._stream(sql, params):
+            key: object = row[0]
+            if by == "date":
+                key = (date(1970, 1, 1) + timedelta(days=int(row[0]))).isoformat()
+            yield {
+                by: key,
+                "messages": int(row[1]),
+                "recipients": int(row[2] or 0),
+                "delivered": int(row[3] or 0),
+                "deferred": int(row[4] or 0),
+                "bounced": int(row[5] or 0),
+                "expired": int(row[6] or 0),
+                "suppressed": int(row[7] or 0),
+                "complaints": int(row[8] or 0),
+                "unsubscribes": int(row[9] or 0),
+            }
+
+    def messages(self, filters: MessageFilter | None = None, limit: int | None = 100) -> Iterator[StoredMessage]:
+        filters = filters or MessageFilter()
+        where, params = _where_time("m.accepted_at", filters.since, filters.until)
+        for column, value in (
+            ("m.username", filters.user),
+            ("m.message_id", filters.message_id),
+            ("m.queue_id", filters.queue_id),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if filters.to is not None:
+            where.append("EXISTS (SELECT 1 FROM recipients r WHERE r.message = m.id AND r.address = ?)")
+            params.append(filters.to.lower())
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        tail = ""
+        if limit is not None:
+            tail = " LIMIT ?"
+            params.append(limit)
+        sql = f"SELECT m.id FROM messages m{clause} ORDER BY m.accepted_at DESC, m.id DESC{tail}"
+        for (message,) in self._stream(sql, params):
+            found = self._load(int(message))
+            if found is not None:
+                yield found
+
+    def message(self, queue_id: str, node: str | None = None) -> StoredMessage | None:
+        with self._reading() as cur:
+            for candidate in (queue_id, None):
+                if candidate is None:
+                    # Not a message's own id: perhaps an id it continued as.
+                    cur.execute(
+                        "SELECT node, queue_id FROM links WHERE new_queue_id = ?"
+                        + (" AND node = ?" if node is not None else ""),
+                        (queue_id, node) if node is not None else (queue_id,),
+                    )
+                    row = cur.fetchone()
+                    if row is None:
+                        return None
+                    found_node, candidate = row[0], self._root(cur, row[0], row[1])
+                else:
+                    found_node = node
+                cur.execute(
+                    "SELECT id FROM messages WHERE queue_id = ?"
+                    + (" AND node = ?" if found_node is not None else "")
+                    + " ORDER BY accepted_at DESC LIMIT 1",
+                    (candidate, found_node) if found_node is not None else (candidate,),
+                )
+                row = cur.fetchone()
+                if row is not None:
+                    message = int(row[0])
+                    break
+            else:
+                return None
+        return self._load(message)
+
+    def _load(self, message: int) -> StoredMessage | None:
+        with self._reading() as cur:
+            cur.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message,))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            node, queue_id = row[1], row[2]
+            cur.execute("SELECT address, state FROM recipients WHERE message = ? ORDER BY address", (message,))
+            states = cur.fetchall()
+            chain = self._descendants(cur, node, queue_id)
+            marks = ", ".join("?" for _ in chain)
+            cur.execute(
+                "SELECT queue_id, recipient, at, status, dsn, relay, delay, reply, class FROM attempts"
+                f" WHERE node = ? AND queue_id IN ({marks}) ORDER BY at, id",
+                (node, *chain),
+            )
+            attempts: dict[str, list[Attempt]] = {}
+            for qid, recipient, at, status, dsn, relay, delay, reply, cls in cur.fetchall():
+                attempts.setdefault(recipient, []).append(
+                    Attempt(node, qid, recipient, from_epoch(at), status, dsn or None, relay, delay, reply, cls)
+                )
+        record = MessageRecord(
+            node=node,
+            queue_id=queue_id,
+            user=row[3],
+            list=row[4],
+            envelope_from=row[5],
+            header_from=row[6],
+            subject=row[7] or "",
+            message_id=row[8],
+            size=int(row[9]),
+            priority=int(row[10]),
+            queue=row[11],
+            accepted_at=from_epoch(row[12]),
+            recipients=tuple(address for address, _ in states),
+        )
+        stories = tuple(RecipientStory(address, state, tuple(attempts.get(address, ()))) for address, state in states)
+        return StoredMessage(record, stories, int(row[13]), int(row[14]))
+
+    def recipients(
+        self, user: str | None = None, state: str | None = None, limit: int | None = None
+    ) -> Iterator[Contact]:
+        where: list[str] = []
+        params: list[Any] = []
+        if user is not None:
+            where.append("username = ?")
+            params.append(user)
+        if state is not None:
+            where.append("state = ?")
+            params.append(state)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        tail = ""
+        if limit is not None:
+            tail = " LIMIT ?"
+            params.append(limit)
+        sql = (
+            "SELECT username, address, first_sent, last_sent, messages, state, suppressed FROM contacts"
+            f"{clause} ORDER BY last_sent DESC, username, address{tail}"
+        )
+        for row in self._stream(sql, params):
+            yield Contact(row[0], row[1], from_epoch(row[2]), from_epoch(row[3]), int(row[4]), row[5], row[6])
+
+    # -- retention ---------------------------------------------------------------------------------
+
+    def prune(self, before: datetime, batch: int = 1000) -> int:
+        cutoff = epoch(before)
+        pruned = 0
+        while True:
+            # Small transactions: the milter and the follower keep writing while the old rows go.
+            with self._transaction() as cur:
+                cur.execute("SELECT id, node, queue_id FROM messages WHERE accepted_at < ? LIMIT ?", (cutoff, batch))
+                rows = cur.fetchall()
+                for message, node, queue_id in rows:
+                    chain = self._descendants(cur, node, queue_id)
+                    marks = ", ".join("?" for _ in chain)
+                    cur.execute(f"DELETE FROM attempts WHERE node = ? AND queue_id IN ({marks})", (node, *chain))
+                    cur.execute(f"DELETE FROM links WHERE node = ? AND queue_id IN ({marks})", (node, *chain))
+                    cur.execute("DELETE FROM recipients WHERE message = ?", (message,))
+                    cur.execute("DELETE FROM messages WHERE id = ?", (message,))
+            pruned += len(rows)
+            if len(rows) < batch:
+                break
+        while True:
+            # Attempts of messages never recorded (not tracked) age out on their own time.
+            with self._transaction() as cur:
+                cur.execute(
+                    "DELETE FROM attempts WHERE id IN (SELECT id FROM attempts WHERE at < ? LIMIT ?)", (cutoff, batch)
+                )
+                done = cur.rowcount if hasattr(cur, "rowcount") else 0
+            if done < batch:
+                break
+        return pruned
+
+
+def _where_time(column: str, since: datetime | None, until: datetime | None) -> tuple[list[str], list[Any]]:
+    """``since`` inclusive, ``until`` exclusive."""
+    where: list[str] = []
+    params: list[Any] = []
+    if since is not None:
+        where.append(f"{column} >= ?")
+        params.append(epoch(since))
+    if until is not None:
+        where.append(f"{column} < ?")
+        params.append(epoch(until))
+    return where, params
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a migration file (our files keep ``;`` out of strings and comments)."""
+    lines = [line for line in script.splitlines() if not line.lstrip().startswith("--")]
+    for statement in "\n".join(lines).split(";"):
+        if statement.strip():
+            yield statement.strip()
+
+
+__all__ = ["Cursor", "SqlStore"]

@@ -1,0 +1,465 @@
+"""The tracking store's contract, one suite run against every backend (SQLite file, private PostgreSQL)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smtpplus_milter.core.tracking import MessageRecord
+from smtpplus_milter.infra.store import open_store
+from smtpplus_milter.infra.store.base import (
+    STATS_BY,
+    STATS_COUNTERS,
+    Attempt,
+    Link,
+    MessageFilter,
+    Position,
+    StoreProblem,
+)
+from smtpplus_milter.infra.store.sql import SqlStore
+from tests.support import postgres
+
+T0 = datetime(2026, 3, 1, 9, 0, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator[postgres.Server]:
+    if (why := postgres.available()) is not None:
+        pytest.skip(why)
+    with postgres.private_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/tracking.db"
+    else:
+        url = request.getfixturevalue("pg_server").create_database()
+    opened = open_store(url)
+    assert isinstance(opened, SqlStore)
+    opened.migrate()
+    yield opened
+    opened.close()
+
+
+def record(queue_id: str = "Q1", *recipients: str, **changes: Any) -> MessageRecord:
+    values: dict[str, Any] = {
+        "node": "relay1",
+        "queue_id": queue_id,
+        "user": "alice",
+        "list": "news",
+        "envelope_from": "bounces@example.org",
+        "header_from": "alice@example.org",
+        "subject": "Hello",
+        "message_id": f"<{queue_id}@example.org>",
+        "size": 1234,
+        "priority": 3,
+        "queue": "normal",
+        "accepted_at": T0,
+        "recipients": recipients or ("bob@example.net",),
+    }
+    values.update(changes)
+    return MessageRecord(**values)
+
+
+def attempt(status: str, minutes: int = 1, queue_id: str = "Q1", to: str = "bob@example.net") -> Attempt:
+    dsn = {"sent": "2.0.0", "deferred": "4.4.1", "bounced": "5.1.1", "expired": "4.4.7"}[status]
+    return Attempt("relay1", queue_id, to, T0 + timedelta(minutes=minutes), status, dsn, "mx[192.0.2.1]:25", 1.5, "ok")
+
+
+def states(store: SqlStore, queue_id: str = "Q1") -> dict[str, str]:
+    found = store.message(queue_id)
+    assert found is not None
+    return {story.address: story.state for story in found.recipients}
+
+
+def test_migrate_twice_is_a_no_op(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/fresh.db")
+    assert isinstance(store, SqlStore)
+    assert store.migrate() == (1,)
+    assert store.migrate() == ()
+    assert store.schema_version() == 1
+    store.close()
+
+
+def test_migrate_twice_on_postgres(pg_server: postgres.Server) -> None:
+    store = open_store(pg_server.create_database())
+    assert isinstance(store, SqlStore)
+    assert store.migrate() == (1,)
+    assert store.migrate() == ()
+    assert store.schema_version() == 1
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("sqlite:///relative.db", id="sqlite-relative"),
+        pytest.param("sqlite:////no/such/dir/t.db", id="sqlite-missing-dir"),
+        pytest.param("mysql://db/x", id="unknown-scheme"),
+    ],
+)
+def test_a_bad_url_is_a_problem_a_person_can_act_on(url: str) -> None:
+    with pytest.raises(StoreProblem, match="tracking store"):
+        open_store(url)
+
+
+def test_recording_is_idempotent(store: SqlStore) -> None:
+    first = store.record_messages([record("Q1", "bob@example.net", "Carol@Example.com"), record("Q1")])
+    again = store.record_messages([record("Q1", "bob@example.net", "carol@example.com")])
+
+    assert (first.new, first.replayed, again.new, again.replayed) == (1, 1, 0, 1)
+    [row] = store.stats("user")
+    assert (row["messages"], row["recipients"]) == (1, 2)
+    assert [(c.address, c.messages) for c in store.recipients()] == [("bob@example.net", 1), ("carol@example.com", 1)]
+
+
+@pytest.mark.parametrize(
+    ("statuses", "final"),
+    [
+        pytest.param((), "queued", id="no-attempt"),
+        pytest.param(("deferred",), "deferred", id="deferred"),
+        pytest.param(("deferred", "deferred", "deferred"), "deferred", id="deferred-repeats"),
+        pytest.param(("deferred", "sent"), "delivered", id="deferred-then-sent"),
+        pytest.param(("sent", "deferred"), "delivered", id="late-deferred-keeps-delivered"),
+        pytest.param(("deferred", "bounced", "deferred"), "bounced", id="late-deferred-keeps-bounced"),
+        pytest.param(("deferred", "expired"), "expired", id="expired"),
+        pytest.param(("expired", "sent"), "expired", id="a-final-state-is-final"),
+        pytest.param(("bounced", "sent"), "bounced", id="bounced-stays"),
+    ],
+)
+@pytest.mark.parametrize("attempts_first", [False, True], ids=["record-first", "attempts-before-record"])
+def test_state_only_moves_forward(store: SqlStore, statuses: tuple[str, ...], final: str, attempts_first: bool) -> None:
+    attempts = [attempt(status, minutes=i) for i, status in enumerate(statuses)]
+    if not attempts_first:
+        store.record_messages([record()])
+    for i, one in enumerate(attempts):
+        store.record_attempts([one], Position("relay1", "log", i))
+    if attempts_first:
+        store.record_messages([record()])
+
+    assert states(store) == {"bob@example.net": final}
+    found = store.message("Q1")
+    assert found is not None
+    assert [a.status for a in found.recipients[0].attempts] == list(statuses)
+    [row] = store.stats()
+    expected = {state: int(state == final) for state in ("delivered", "deferred", "bounced", "expired")}
+    assert {state: row[state] for state in expected} == expected
+    assert [c.state for c in store.recipients()] == [final]
+
+
+class Crash(Exception):
+    pass
+
+
+def test_position_is_saved_with_the_attempts_or_not_at_all(store: SqlStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.record_messages([record()])
+    store.record_attempts([attempt("deferred", 1)], Position("relay1", "log-a", 100))
+
+    def crash(*_: object) -> None:
+        raise Crash("the follower died between the attempts and its position")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "_write_position", crash)
+        with pytest.raises(Crash):
+            store.record_attempts(
+                [attempt("deferred", 2), attempt("sent", 3)],
+                Position("relay1", "log-a", 300),
+                [Link("relay1", "Q1", "Q9", "queued_as")],
+            )
+
+    assert store.position("relay1") == Position("relay1", "log-a", 100)
+    assert states(store) == {"bob@example.net": "deferred"}
+    found = store.message("Q1")
+    assert found is not None and len(found.recipients[0].attempts) == 1
+    assert store.message("Q9") is None
+
+    # The follower restarts from the old position and reads the same lines again: counted once.
+    done = store.record_attempts([attempt("deferred", 2), attempt("sent", 3)], Position("relay1", "log-a", 300))
+    assert (done.new, done.replayed) == (2, 0)
+    assert states(store) == {"bob@example.net": "delivered"}
+    assert store.position("relay1") == Position("relay1", "log-a", 300)
+
+
+def test_a_replay_of_counted_lines_is_detected(store: SqlStore) -> None:
+    store.record_messages([record("Q1", "bob@example.net", "carol@example.com")])
+    batch = [attempt("deferred", 1), attempt("sent", 2), attempt("bounced", 2, to="carol@example.com")]
+    first = store.record_attempts(batch, Position("relay1", "log", 10))
+    before = list(store.stats())
+    replay = store.record_attempts(batch, Position("relay1", "log", 10))
+
+    assert (first.new, first.replayed, replay.new, replay.replayed) == (3, 0, 0, 3)
+    assert list(store.stats()) == before
+    found = store.message("Q1")
+    assert found is not None
+    assert sum(len(story.attempts) for story in found.recipients) == 3
+
+
+def test_position_per_node(store: SqlStore) -> None:
+    assert store.position("relay1") is None
+    store.record_attempts([], Position("relay1", "dev:ino:hash", 42))
+    store.record_attempts([], Position("relay2", "other", 7))
+    store.record_attempts([], Position("relay1", "dev:ino2:hash2", 0))
+    assert store.position("relay1") == Position("relay1", "dev:ino2:hash2", 0)
+    assert store.position("relay2") == Position("relay2", "other", 7)
+
+
+def test_a_reinjected_copy_continues_the_original_recipients_story(store: SqlStore) -> None:
+    store.record_messages([record("Q1", "bob@example.net")])
+    store.record_attempts([attempt("deferred", 1, queue_id="Q2")], None)  # before the link is known
+    store.link("relay1", "Q1", "Q2", "queued_as")
+    assert states(store) == {"bob@example.net": "deferred"}
+    store.record_attempts([attempt("bounced", 5, queue_id="Q3")], None, [Link("relay1", "Q2", "Q3", "queued_as")])
+    assert states(store) == {"bob@example.net": "bounced"}
+
+    via_new_id = store.message("Q3")
+    assert via_new_id is not None and via_new_id.record.queue_id == "Q1"
+    assert [(a.queue_id, a.status) for a in via_new_id.recipients[0].attempts] == [
+        ("Q2", "deferred"),
+        ("Q3", "bounced"),
+    ]
+
+
+def test_a_notification_does_not_change_the_original_recipients(store: SqlStore) -> None:
+    store.record_messages([record("Q1", "bob@example.net")])
+    store.record_attempts([attempt("bounced", 1)], None)
+    store.link("relay1", "Q1", "QN", "notification")
+    store.record_attempts([attempt("sent", 2, queue_id="QN")], None)
+    assert states(store) == {"bob@example.net": "bounced"}
+
+
+def _day(hour: int, minute: int = 0, second: int = 0, day: int = 1) -> datetime:
+    return datetime(2026, 3, day, hour, minute, second, tzinfo=UTC)
+
+
+def _stats_fixture(store: SqlStore) -> None:
+    store.record_messages(
+        [
+            record("A", "x@one.example", "y@two.example", accepted_at=_day(0)),
+            record("B", "z@one.example", subject="Other", accepted_at=_day(23, 59, 59), user="bob", list=None),
+            record("C", "x@one.example", accepted_at=_day(0, day=2), header_from="news@example.org"),
+        ]
+    )
+    store.record_attempts(
+        [
+            attempt("sent", 1, queue_id="A", to="x@one.example"),
+            attempt("bounced", 1, queue_id="A", to="y@two.example"),
+            attempt("deferred", 1, queue_id="B", to="z@one.example"),
+        ],
+        None,
+    )
+
+
+def _row(key: str, value: object, messages: int, recipients: int, **states: int) -> dict[str, object]:
+    row: dict[str, object] = dict.fromkeys(STATS_COUNTERS, 0)
+    row.update({key: value, "messages": messages, "recipients": recipients, **states})
+    return row
+
+
+@pytest.mark.parametrize(
+    ("by", "since", "until", "user", "expected"),
+    [
+        pytest.param(
+            "date",
+            None,
+            None,
+            None,
+            [_row("date", "2026-03-01", 2, 3, delivered=1, bounced=1, deferred=1), _row("date", "2026-03-02", 1, 1)],
+            id="date-all",
+        ),
+        pytest.param(
+            "date",
+            _day(0),
+            _day(0, day=2),
+            None,
+            [_row("date", "2026-03-01", 2, 3, delivered=1, bounced=1, deferred=1)],
+            id="since-inclusive-until-exclusive",
+        ),
+        pytest.param(
+            "date",
+            _day(0, 0, 1),
+            _day(23, 59, 59),
+            None,
+            [],
+            id="both-boundaries-miss",
+        ),
+        pytest.param("date", None, None, "bob", [_row("date", "2026-03-01", 1, 1, deferred=1)], id="date-one-user"),
+        pytest.param(
+            "subject",
+            None,
+            None,
+            None,
+            [_row("subject", "Hello", 2, 3, delivered=1, bounced=1), _row("subject", "Other", 1, 1, deferred=1)],
+            id="subject",
+        ),
+        pytest.param(
+            "sender",
+            None,
+            None,
+            None,
+            [
+                _row("sender", "alice@example.org", 2, 3, delivered=1, bounced=1, deferred=1),
+                _row("sender", "news@example.org", 1, 1),
+            ],
+            id="sender",
+        ),
+        pytest.param(
+            "user",
+            None,
+            _day(0, day=2),
+            None,
+            [_row("user", "alice", 1, 2, delivered=1, bounced=1), _row("user", "bob", 1, 1, deferred=1)],
+            id="user-until",
+        ),
+        pytest.param(
+            "list",
+            _day(12),
+            None,
+            None,
+            [_row("list", None, 1, 1, deferred=1), _row("list", "news", 1, 1)],
+            id="list-since",
+        ),
+        pytest.param(
+            "recipient_domain",
+            None,
+            None,
+            None,
+            [
+                _row("recipient_domain", "one.example", 3, 3, delivered=1, deferred=1),
+                _row("recipient_domain", "two.example", 1, 1, bounced=1),
+            ],
+            id="recipient-domain",
+        ),
+    ],
+)
+def test_stats(
+    store: SqlStore,
+    by: str,
+    since: datetime | None,
+    until: datetime | None,
+    user: str | None,
+    expected: list[dict[str, object]],
+) -> None:
+    _stats_fixture(store)
+    rows = store.stats(by, since, until, user)
+    assert isinstance(rows, Iterator)
+    got = sorted(rows, key=lambda row: (row[by] is not None, str(row[by])))
+    assert got == expected
+    assert all(set(row) == {by, *STATS_COUNTERS} for row in got)
+
+
+def test_every_by_is_covered() -> None:
+    covered = {"date", "subject", "sender", "user", "list", "recipient_domain"}
+    assert set(STATS_BY) == covered
+
+
+def test_stats_refuses_an_unknown_grouping(store: SqlStore) -> None:
+    with pytest.raises(StoreProblem, match="stats by 'weekday'"):
+        list(store.stats("weekday"))
+
+
+def test_messages_and_filters(store: SqlStore) -> None:
+    _stats_fixture(store)
+    ids = [m.record.queue_id for m in store.messages()]
+    assert ids == ["C", "B", "A"]
+    assert [m.record.queue_id for m in store.messages(MessageFilter(user="bob"))] == ["B"]
+    assert [m.record.queue_id for m in store.messages(MessageFilter(to="X@one.example"))] == ["C", "A"]
+    assert [m.record.queue_id for m in store.messages(MessageFilter(message_id="<A@example.org>"))] == ["A"]
+    assert [m.record.queue_id for m in store.messages(MessageFilter(since=_day(0), until=_day(0, day=2)))] == ["B", "A"]
+    assert [m.record.queue_id for m in store.messages(limit=1)] == ["C"]
+    shown = store.message("A")
+    assert shown is not None
+    assert {s.address: (s.state, [a.status for a in s.attempts]) for s in shown.recipients} == {
+        "x@one.example": ("delivered", ["sent"]),
+        "y@two.example": ("bounced", ["bounced"]),
+    }
+    assert store.message("nope") is None
+
+
+def test_the_recipients_database(store: SqlStore) -> None:
+    store.record_messages(
+        [
+            record("Q1", "bob@example.net", accepted_at=T0),
+            record("Q3", "bob@example.net", user="bob", accepted_at=T0 + timedelta(hours=1)),
+        ]
+    )
+    store.record_attempts([attempt("bounced", 1)], None)
+    store.record_messages([record("Q2", "bob@example.net", accepted_at=T0 + timedelta(days=1))])
+    store.record_attempts([attempt("sent", 60 * 24 + 1, queue_id="Q2")], None)
+    # A late line about the older message does not change the row: it shows the latest message's state.
+    store.record_attempts([attempt("deferred", 5, queue_id="Q3")], None)
+
+    rows = {(c.user, c.address): c for c in store.recipients()}
+    alice = rows[("alice", "bob@example.net")]
+    assert (alice.first_sent, alice.last_sent, alice.messages, alice.state, alice.suppressed) == (
+        T0,
+        T0 + timedelta(days=1),
+        2,
+        "delivered",
+        None,
+    )
+    assert rows[("bob", "bob@example.net")].state == "deferred"
+    assert [c.user for c in store.recipients(user="bob")] == ["bob"]
+    assert [c.user for c in store.recipients(state="delivered")] == ["alice"]
+    assert len(list(store.recipients(limit=1))) == 1
+
+
+def test_prune_in_batches(store: SqlStore) -> None:
+    old = [record(f"OLD{i}", accepted_at=T0 - timedelta(days=100 + i)) for i in range(5)]
+    store.record_messages([*old, record("NEW", accepted_at=T0)])
+    store.record_attempts([attempt("sent", queue_id="OLD0"), attempt("sent", queue_id="NEW")], None)
+    # An attempt of a message that was never recorded ages out too.
+    store.record_attempts([attempt("deferred", -200 * 24 * 60, queue_id="UNTRACKED")], None)
+
+    assert store.prune(T0 - timedelta(days=90), batch=2) == 5
+
+    assert [m.record.queue_id for m in store.messages()] == ["NEW"]
+    assert store.message("OLD0") is None
+    [row] = store.stats()
+    assert (row["messages"], row["delivered"]) == (1, 1)
+    with store._reading() as cur:
+        cur.execute("SELECT queue_id FROM attempts ORDER BY queue_id")
+        assert [r[0] for r in cur.fetchall()] == ["NEW"]
+
+
+def test_results_are_streamed_and_a_reader_may_stop_early(store: SqlStore) -> None:
+    store.record_messages([record(f"Q{i}", accepted_at=T0 + timedelta(minutes=i)) for i in range(5)])
+    messages = store.messages(limit=None)
+    contacts = store.recipients()
+    assert isinstance(messages, Iterator) and isinstance(contacts, Iterator)
+    assert next(messages).record.queue_id == "Q4"
+    del messages  # abandoned half-way; the store must still take writes
+    store.record_attempts([attempt("sent", queue_id="Q0")], Position("relay1", "log", 1))
+    assert states(store, "Q0") == {"bob@example.net": "delivered"}
+
+
+def test_writers_in_several_threads(store: SqlStore) -> None:
+    problems: list[BaseException] = []
+
+    def write(worker: int) -> None:
+        try:
+            for i in range(20):
+                queue_id = f"W{worker}-{i}"
+                store.record_messages([record(queue_id)])
+                store.record_attempts([attempt("sent", queue_id=queue_id)], Position(f"node{worker}", "log", i))
+        except BaseException as exc:
+            problems.append(exc)
+
+    threads = [threading.Thread(target=write, args=(worker,)) for worker in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert problems == []
+    [row] = store.stats()
+    assert (row["messages"], row["delivered"]) == (80, 80)
+    assert [store.position(f"node{worker}") for worker in range(4)] == [
+        Position(f"node{worker}", "log", 19) for worker in range(4)
+    ]
