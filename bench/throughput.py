@@ -66,6 +66,7 @@ MODE_LABELS = {
     "unix": "milter unix",
     "inet": "milter TCP",
     "footer": "milter unix + footer",
+    "tracking": "milter unix + tracking (SQLite)",
     "noop": "no-op milter unix",
     "lean": "lean no-op milter unix",
 }
@@ -92,7 +93,7 @@ def mode_label(mode: str) -> str:
 
 def known_mode(mode: str) -> bool:
     base, tcp, rest = mode.partition(TCP_SUFFIX)
-    if rest or (tcp and base in ("none", "unix", "inet", "footer")):
+    if rest or (tcp and base in ("none", "unix", "inet", "footer", "tracking")):
         return False
     return base.startswith((VARIANT_PREFIX, REVISION_PREFIX)) or base in MODE_LABELS
 
@@ -237,6 +238,7 @@ class Rig:
     def __init__(self, *, extra: list[str], crypt_auth: bool) -> None:
         self.extra = extra  # footer, noop, lean, v:... (and @tcp) modes: further milters started here
         self.footer_milter: MilterProcess | None = None
+        self.tracking_milter: MilterProcess | None = None
         self.crypt_auth = crypt_auth
         self.sink_port = free_port()
         self.sink: subprocess.Popen[bytes] | None = None
@@ -315,7 +317,29 @@ class Rig:
             self.footer_milter = MilterProcess(footer_config, footer_spec, stack.workdir / "milter-footer.log")
             self.footer_milter.start()
             self.modes["footer"] = Mode("footer", free_port(), footer_spec, self.footer_milter.pid)
-        for number, name in enumerate(n for n in self.extra if n != "footer"):
+        if "tracking" in self.extra:
+            # The same milter recording every accepted message into a SQLite store (tracking on).
+            tracking_dir = stack.workdir / "milter-tracking"
+            prepare_socket_dir(tracking_dir)
+            tracking_spec = f"unix:{tracking_dir}/milter.sock"
+            tracking_settings = deep_merge(
+                stack.settings,
+                {
+                    "milter": {"socket": tracking_spec},
+                    "metrics": {"listen": f"{LOOPBACK}:{free_port()}"},
+                    "tracking": {
+                        "store": f"sqlite:///{stack.workdir}/tracking.db",
+                        "node": "bench",
+                        "spool_dir": str(stack.workdir / "tracking-spool"),
+                    },
+                },
+            )
+            tracking_config = stack.etc / "smtpplus-tracking.yaml"
+            tracking_config.write_text(yaml.safe_dump(tracking_settings, sort_keys=False), encoding="utf-8")
+            self.tracking_milter = MilterProcess(tracking_config, tracking_spec, stack.workdir / "milter-tracking.log")
+            self.tracking_milter.start()
+            self.modes["tracking"] = Mode("tracking", free_port(), tracking_spec, self.tracking_milter.pid)
+        for number, name in enumerate(n for n in self.extra if n not in ("footer", "tracking")):
             base, tcp, _ = name.partition(TCP_SUFFIX)
             if tcp:
                 tcp_port = free_port()
@@ -378,6 +402,7 @@ class Rig:
                     process.wait(5)
         for stop in (
             self.footer_milter.stop if self.footer_milter else None,
+            self.tracking_milter.stop if self.tracking_milter else None,
             self.inet_milter.stop if self.inet_milter else None,
             self.stack.stop if self.stack else None,
         ):
@@ -402,7 +427,12 @@ class Rig:
         assert self.stack is not None
         problems = []
         # Only the two real milters log per message; the no-op and variant ones are not checked.
-        for name, process in (("unix", self.stack.milter), ("inet", self.inet_milter), ("footer", self.footer_milter)):
+        for name, process in (
+            ("unix", self.stack.milter),
+            ("inet", self.inet_milter),
+            ("footer", self.footer_milter),
+            ("tracking", self.tracking_milter),
+        ):
             if process is None or name not in submitted:
                 continue
             events = process.events("message")

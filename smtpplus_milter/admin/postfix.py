@@ -119,6 +119,9 @@ def generate(
         # milter judges ("me@allowed.example<NUL>, ceo@bank.example") while the whole header is
         # delivered. Stripping NUL on arrival makes both see the same bytes.
         "message_strip_characters": "\\0",
+        # Long queue ids never repeat (short ones do, after a while): a tracking record keyed by
+        # (node, queue id) then names one message for good.
+        "enable_long_queue_ids": "yes",
         "milter_header_checks": f"regexp:{directory / MILTER_CHECKS}",
         "smtp_header_checks": f"regexp:{directory / SMTP_CHECKS}",
         **postfix_size_limits(inputs.max_message_bytes),

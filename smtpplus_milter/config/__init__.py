@@ -15,7 +15,7 @@ from smtpplus_milter.config.loader import (
     postfix_inputs,
 )
 from smtpplus_milter.config.schema import AlertmanagerSink, AlertsSection, EmailSink, Settings, WebhookSink
-from smtpplus_milter.config.values import HostPort, OwnMail, PostfixInputs, SocketSpec
+from smtpplus_milter.config.values import HostPort, OwnMail, PostfixInputs, SocketSpec, Tracking
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -30,6 +30,7 @@ __all__ = [
     "PostfixInputs",
     "Settings",
     "SocketSpec",
+    "Tracking",
     "WebhookSink",
     "config_path_from_env",
     "load_config",

@@ -10,6 +10,7 @@ keep serving the old one. Every path the config names is resolved here, once.
 from __future__ import annotations
 
 import os
+import socket
 import types
 import typing
 from collections.abc import Iterable
@@ -20,7 +21,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, RootModel, ValidationError
 
 from smtpplus_milter.config.schema import Settings, UserEntry, UsersFile
-from smtpplus_milter.config.values import OwnMail, PostfixInputs
+from smtpplus_milter.config.values import OwnMail, PostfixInputs, Tracking
 from smtpplus_milter.config.yamlsrc import Located, YamlProblem, load_yaml
 from smtpplus_milter.core.users import AuthPolicy, Check, Directory, Mode, User, normalize_login
 from smtpplus_milter.core.verification import STATE_FILE
@@ -59,6 +60,7 @@ class Config:
     state_path: Path  # verification.json, next to the users file
     settings: Settings
     directory: Directory
+    tracking: Tracking | None = None  # None: delivery tracking is off (no tracking: section)
 
     @property
     def users(self) -> dict[str, User]:
@@ -106,6 +108,22 @@ def load_config(path: Path | str = DEFAULT_CONFIG, *, users_text: str | None = N
         state_path=users_path.with_name(STATE_FILE),
         settings=settings,
         directory=directory,
+        tracking=_tracking(path, settings),
+    )
+
+
+def _tracking(path: Path, settings: Settings) -> Tracking | None:
+    section = settings.tracking
+    if section is None:
+        return None
+    return Tracking(
+        store=section.store,
+        node=section.node or socket.gethostname(),
+        maillog=_beside(path, section.maillog),
+        retention_days=section.retention_days,
+        metrics_listen=section.metrics_listen,
+        spool_dir=_beside(path, section.spool_dir),
+        spool_max_bytes=section.spool_max_mb * 1024 * 1024,
     )
 
 

@@ -178,6 +178,21 @@ class VerificationSection(_Strict):
         return value
 
 
+class TrackingSection(_Strict):
+    """Delivery tracking (docs/tracking.md). Without this section nothing is recorded."""
+
+    # sqlite:////ABSOLUTE/PATH.db for one relay host; postgresql://USER@HOST/DB for several.
+    store: Annotated[str, Field(pattern=r"^(sqlite:////\S+|postgres(ql)?://\S+)$", max_length=1000)]
+    # This relay host's name in the store; null = the host name.
+    node: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=64)] | None = None
+    maillog: str = "/var/log/postfix.log"
+    retention_days: Annotated[int, Field(ge=1, le=3650)] = 90
+    metrics_listen: HostPortValue | None = HostPort("127.0.0.1", 9465)
+    # Records wait here while the store is slow or down (at most spool_max_mb).
+    spool_dir: str = "/var/lib/smtpplus/tracking-spool"
+    spool_max_mb: Annotated[int, Field(ge=1, le=100_000)] = 256
+
+
 class Settings(_Strict):
     """The main YAML file."""
 
@@ -196,6 +211,7 @@ class Settings(_Strict):
     users_file: str = "users.yaml"
     sasl: SaslSection = SaslSection()
     verification: VerificationSection = VerificationSection()
+    tracking: TrackingSection | None = None
 
 
 def _entries(value: object, kind: str) -> tuple[str, ...]:

@@ -126,3 +126,16 @@ class PostfixInputs:
     queues: frozenset[str]  # the queues some priority maps to
     max_message_bytes: int
     own_mail: tuple[OwnMail, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """The ``tracking:`` section with everything resolved at load (node name, absolute paths)."""
+
+    store: str
+    node: str
+    maillog: Path
+    retention_days: int
+    metrics_listen: HostPort | None
+    spool_dir: Path
+    spool_max_bytes: int

@@ -64,6 +64,16 @@ class Metrics:
         )
         self.alerts = Counter("smtpplus_alerts", "Alerts by sink and result", ["sink", "result"], registry=registry)
         self.reloads = Counter("smtpplus_config_reloads", "Config reloads by result", ["result"], registry=registry)
+        self.tracking_spooled = Gauge(
+            "smtpplus_tracking_spooled",
+            "Tracking records of accepted messages waiting in the spool for the store",
+            registry=registry,
+        )
+        self.tracking_lost = Counter(
+            "smtpplus_tracking_lost",
+            "Tracking records that could not be kept (the spool was full or unwritable)",
+            registry=registry,
+        )
         self.build_info = Gauge("smtpplus_build_info", "Build information", ["version"], registry=registry)
         self.build_info.labels(version=__version__).set(1)
 

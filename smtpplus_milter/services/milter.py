@@ -16,6 +16,7 @@ import functools
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -26,10 +27,12 @@ from smtpplus_milter.core.decision import Reply
 from smtpplus_milter.core.priority import HeaderEdit
 from smtpplus_milter.core.session import Action, MessageSession, Step
 from smtpplus_milter.daemon import StartupFailed
+from smtpplus_milter.infra.spool import Spool, SpoolProblem
 from smtpplus_milter.observe.alerts import AlertDispatcher
 from smtpplus_milter.observe.log import EventWriter, get_logger
 from smtpplus_milter.observe.metrics import Metrics, serve_metrics
 from smtpplus_milter.services.runtime import Runtime
+from smtpplus_milter.services.tracking import TrackingWriter
 
 log = get_logger()
 
@@ -136,8 +139,12 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
     def hello(self, hostname: str) -> int:
         return Milter.CONTINUE
 
-    @Milter.nocallback
+    # Each recipient Postfix accepted, for the tracking record; no reply, so Postfix never waits.
+    @Milter.noreply
+    @_guarded(replying=False)
     def envrcpt(self, to: str, *params: str) -> int:
+        if self.session is not None and self.runtime.tracking is not None:
+            self.session.recipient(to)
         return Milter.CONTINUE
 
     @_guarded(replying=True)
@@ -294,7 +301,12 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
         if outcome is None or self.reported:
             return
         self.reported = True
-        self.runtime.reporter.report(outcome, time.monotonic() - self.started if self.started else 0.0)
+        runtime = self.runtime
+        runtime.reporter.report(outcome, time.monotonic() - self.started if self.started else 0.0)
+        if runtime.tracking is not None:
+            record = outcome.record(runtime.node, datetime.now(UTC))
+            if record is not None:
+                runtime.tracking.submit(record)
 
     def _queue_id(self) -> str | None:
         return self.session.queue_id if self.session is not None else None
@@ -331,7 +343,18 @@ class MilterService:
         self.alerts = AlertDispatcher.from_config(settings.alerts, metrics)
         # The per-message log lines are written by a thread of their own, off libmilter's threads.
         self.writer = EventWriter()
-        self.runtime = Runtime(config, metrics=metrics, alerts=self.alerts, emit=self.writer.emit)
+        self.tracking: TrackingWriter | None = None
+        if config.tracking is not None:
+            # Records wait in the spool whenever the store is slow or down (docs/tracking.md).
+            try:
+                spool = Spool(config.tracking.spool_dir, max_bytes=config.tracking.spool_max_bytes)
+            except SpoolProblem as exc:
+                raise StartupFailed(str(exc)) from None
+            self.tracking = TrackingWriter(config.tracking.store, spool, metrics)
+            self.tracking.start()
+        self.runtime = Runtime(
+            config, metrics=metrics, alerts=self.alerts, emit=self.writer.emit, tracking=self.tracking
+        )
         Milter.factory = factory_for(self.runtime)
         Milter.set_flags(FLAGS)
 
@@ -352,6 +375,8 @@ class MilterService:
 
     def close(self) -> None:
         self.alerts.stop(ALERTS_DRAIN_SECONDS)
+        if self.tracking is not None:
+            self.tracking.stop()
         self.writer.stop()
 
     def details(self) -> Mapping[str, Any]:
@@ -361,4 +386,5 @@ class MilterService:
             "users": len(self.config.directory.users),
             "metrics": str(listen) if listen is not None else None,
             "alert_sinks": self.alerts.sink_names,
+            "tracking": self.config.tracking.node if self.config.tracking is not None else None,
         }

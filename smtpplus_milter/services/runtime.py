@@ -22,6 +22,7 @@ from smtpplus_milter.observe.alerts import AlertDispatcher
 from smtpplus_milter.observe.log import Emit, emit_now, get_logger
 from smtpplus_milter.observe.metrics import Metrics
 from smtpplus_milter.observe.report import Reporter
+from smtpplus_milter.services.tracking import TrackingWriter
 
 log = get_logger()
 
@@ -135,7 +136,7 @@ class Runtime:
 
     *alerts* None: alerts off (tests). *emit* writes the reporter's log events: structlog in the
     calling thread by default, the background :class:`~smtpplus_milter.observe.log.EventWriter`
-    in the daemon.
+    in the daemon. *tracking*: the writer that takes accepted messages' records (None: off).
     """
 
     def __init__(
@@ -145,9 +146,13 @@ class Runtime:
         metrics: Metrics | None = None,
         alerts: AlertDispatcher | None = None,
         emit: Emit = emit_now,
+        tracking: TrackingWriter | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
         self.alerts = alerts
+        # Where accepted messages' records go (None: tracking off); its node is fixed at start.
+        self.tracking = tracking
+        self.node = config.tracking.node if config.tracking is not None else ""
         self.reporter = Reporter(self.metrics, alerts, emit)
         self._current: tuple[Config, Rules] = (config, rules_of(config))
         self.budget = ByteBudget(injection_budget(config.settings.limits.max_message_bytes))

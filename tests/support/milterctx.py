@@ -74,7 +74,7 @@ class Session:
         if rc != Milter.CONTINUE:
             return "envfrom", rc
         rc = self.ctx._envrcpt("<rcpt@example.org>")
-        assert rc == Milter.CONTINUE
+        assert rc in (Milter.CONTINUE, Milter.NOREPLY)  # no reply: Postfix never waits for it
         rc = self.ctx._data()
         if rc != Milter.CONTINUE:
             return "data", rc

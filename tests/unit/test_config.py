@@ -314,3 +314,36 @@ def test_check_config_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["check-config", "--bogus"])
     assert info.value.code == 2
+
+
+def test_tracking_is_off_without_its_section(tmp_path: Path) -> None:
+    assert load_config(write_config(tmp_path)).tracking is None
+
+
+def test_tracking_section_is_resolved_at_load(tmp_path: Path) -> None:
+    config = load_config(
+        write_config(tmp_path, settings={"tracking": {"store": f"sqlite:///{tmp_path}/t.db", "spool_dir": "spool"}})
+    )
+    tracking = config.tracking
+    assert tracking is not None
+    assert tracking.node == os.uname().nodename and tracking.spool_dir == tmp_path / "spool"
+    assert tracking.store == f"sqlite:///{tmp_path}/t.db" and tracking.retention_days == 90
+    assert tracking.metrics_listen == HostPort("127.0.0.1", 9465)
+    assert tracking.spool_max_bytes == 256 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("tracking", "key", "text"),
+    [
+        pytest.param({"store": "mysql://x"}, "tracking.store", "should match pattern", id="unknown-store"),
+        pytest.param({"store": "sqlite:///relative.db"}, "tracking.store", "should match pattern", id="relative-db"),
+        pytest.param({}, "tracking.store", "required key is missing", id="store-missing"),
+        pytest.param({"store": "sqlite:////x.db", "node": "a b"}, "tracking.node", "should match", id="bad-node"),
+        pytest.param({"store": "sqlite:////x.db", "retention": 3}, "tracking.retention", "unknown key", id="typo"),
+    ],
+)
+def test_tracking_section_errors(tmp_path: Path, tracking: dict[str, object], key: str, text: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(tmp_path, settings={"tracking": tracking}))
+    [problem] = caught.value.problems
+    assert ".".join(map(str, problem.path)) == key and text in str(problem)

@@ -57,6 +57,7 @@ def test_cli_prints_everything(tmp_path: Path, capsys: pytest.CaptureFixture[str
     )
     out = capsys.readouterr().out
     assert "FILTER smtpplus-high:[relay.example]:25" in out and "# WARNING: FILTER overrides content_filter" in out
+    assert "\nenable_long_queue_ids = yes\n" in out  # tracking keys records by queue id
     assert (tmp_path / "smtpplus_milter_header_checks").read_text().count("FILTER") == 2
     # Written atomically, readable by Postfix's daemons, nothing left behind.
     assert (tmp_path / "smtpplus_milter_header_checks").stat().st_mode & 0o777 == 0o644

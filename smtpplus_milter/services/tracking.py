@@ -1,0 +1,166 @@
+"""The milter's tracking writer: records of accepted messages reach the store off the mail path.
+
+:meth:`TrackingWriter.submit` is all the mail path does: one append to a deque (no lock, no I/O,
+no wake-up). A thread of its own, every :data:`INTERVAL` seconds, appends what has come to the
+on-disk spool (:mod:`smtpplus_milter.infra.spool`, ``fsync``\\ ed) and then moves the spool into the
+store in order, marking each batch done once the store has it. While the store is slow or down the
+records wait in the spool (at most ``tracking.spool_max_mb``) and go in when it is back; the
+store's writes are idempotent, so a batch replayed after a crash is not counted twice.
+
+What can be lost: on SIGTERM nothing (:meth:`stop` writes the deque to the spool and tries the
+store once more); on kill -9 the records of the last :data:`INTERVAL` that were not yet in the
+spool; when the spool is full, the records that do not fit (counted, and logged).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+
+from smtpplus_milter.core.tracking import MessageRecord
+from smtpplus_milter.infra.spool import Spool, SpoolFull, SpoolProblem
+from smtpplus_milter.infra.store import TrackingStore, open_store
+from smtpplus_milter.observe.log import get_logger
+from smtpplus_milter.observe.metrics import Metrics
+
+log = get_logger()
+
+INTERVAL = 0.1
+BATCH = 500
+# While the store fails, wait this long before the next try (doubling up to the maximum).
+RETRY_SECONDS = 1.0
+MAX_RETRY_SECONDS = 60.0
+
+
+class TrackingWriter:
+    """Records from the mail path to the store, through the spool. Start with :meth:`start`."""
+
+    def __init__(
+        self,
+        store_url: str,
+        spool: Spool,
+        metrics: Metrics,
+        *,
+        opener: Callable[[str], TrackingStore] = open_store,
+        interval: float = INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store_url = store_url
+        self.spool = spool
+        self.metrics = metrics
+        self.opener = opener
+        self.interval = interval
+        self.clock = clock
+        self._incoming: collections.deque[MessageRecord] = collections.deque()
+        self._store: TrackingStore | None = None
+        self._next_try = 0.0
+        self._retry = RETRY_SECONDS
+        self._waiting = len(spool.pending(limit=10**9).records)  # left from before a restart
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # the thread and stop() never work on the spool together
+        self._thread = threading.Thread(target=self._run, name="tracking-writer", daemon=True)
+        metrics.tracking_spooled.set(self._waiting)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, record: MessageRecord) -> None:
+        """Queue one record (the mail path): O(1), never blocks, never raises."""
+        self._incoming.append(record)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Put everything queued into the spool and try the store once more."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        with self._lock:
+            self._spool_incoming()
+            self._next_try = 0.0
+            self._drain()
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+            self.spool.close()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.interval):
+            with self._lock:
+                try:
+                    self._spool_incoming()
+                    self._drain()
+                except Exception:  # the writer must keep running whatever one cycle did
+                    log.exception("tracking_writer_failed")
+
+    def _spool_incoming(self) -> None:
+        while self._incoming:
+            batch: list[MessageRecord] = []
+            while self._incoming and len(batch) < BATCH:
+                batch.append(self._incoming.popleft())
+            try:
+                self.spool.append([record.as_dict() for record in batch])
+            except (SpoolFull, SpoolProblem) as exc:
+                self.metrics.tracking_lost.inc(len(batch))
+                log.error("tracking_records_lost", records=len(batch), reason=str(exc))
+                continue
+            self._waiting += len(batch)
+        self.metrics.tracking_spooled.set(self._waiting)
+
+    def _drain(self) -> None:
+        """Move the spool into the store, in order, until it is empty or the store fails."""
+        if self._waiting == 0 or self.clock() < self._next_try:
+            return
+        while True:
+            pending = self.spool.pending(limit=BATCH)
+            if not pending.records:
+                self._waiting = 0
+                break
+            try:
+                store = self._open()
+                store.record_messages([MessageRecord.from_dict(item) for item in pending.records])
+            except Exception as exc:
+                self._failed(exc)
+                break
+            self.spool.mark_done(pending.end)
+            self._waiting = max(0, self._waiting - len(pending.records))
+            self._retry = RETRY_SECONDS
+        self.metrics.tracking_spooled.set(self._waiting)
+
+    def _open(self) -> TrackingStore:
+        if self._store is None:
+            store = self.opener(self.store_url)
+            try:
+                store.migrate()
+            except Exception:
+                store.close()
+                raise
+            self._store = store
+        return self._store
+
+    def _failed(self, exc: Exception) -> None:
+        log.warning(
+            "tracking_store_unavailable",
+            store=_without_password(self.store_url),
+            reason=str(exc)[:500],
+            waiting=self._waiting,
+            retry_in=self._retry,
+        )
+        if self._store is not None:
+            try:
+                self._store.close()
+            except Exception:
+                pass
+            self._store = None
+        self._next_try = self.clock() + self._retry
+        self._retry = min(self._retry * 2, MAX_RETRY_SECONDS)
+
+
+def _without_password(url: str) -> str:
+    """A store URL fit for a log line (a postgresql:// URL may carry a password)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.partition(":")[0]
+    return f"{scheme}://{user}@{host}"
