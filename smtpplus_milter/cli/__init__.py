@@ -9,6 +9,7 @@ from smtpplus_milter import __version__
 from smtpplus_milter.cli import check, postfix, run
 from smtpplus_milter.cli import explain as explain_cli
 from smtpplus_milter.cli import setup as setup_cli
+from smtpplus_milter.cli import tracking as tracking_cli
 from smtpplus_milter.cli import users as users_cli
 from smtpplus_milter.cli import verify as verify_cli
 from smtpplus_milter.config import DEFAULT_CONFIG
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     users_cli.add_parsers(commands, _add_config)
     verify_cli.add_parsers(commands, _add_config)
     setup_cli.add_parser(commands)
+    tracking_cli.add_parsers(commands, _add_config)
     return parser
 
 
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         return verify_cli.main(args)
     if args.command == "setup":
         return setup_cli.main(args)
+    if args.command in ("tracking", "stats"):
+        return tracking_cli.main(args)
     if args.command == "postfix-config":
         return postfix.main(
             args.config, args.postfix_dir, args.nexthop, args.relayhost, not args.no_chroot, args.write_files
