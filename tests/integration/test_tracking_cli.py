@@ -14,25 +14,12 @@ from smtpplus_milter.cli import main
 from smtpplus_milter.core.tracking import MessageRecord
 from smtpplus_milter.infra.store import open_store
 from smtpplus_milter.infra.store.base import STATS_COUNTERS, Attempt, Position
-from tests.support.builders import write_config
+from tests.support.builders import message_record, write_config
 
 
 def record(queue_id: str, day: int, subject: str, *recipients: str) -> MessageRecord:
-    return MessageRecord(
-        node="relay-1",
-        queue_id=queue_id,
-        user="shop-frontend",
-        list="shop",
-        envelope_from="info@yourcompany.com",
-        header_from="info@yourcompany.com",
-        subject=subject,
-        message_id=None,
-        size=1000,
-        priority=3,
-        queue="normal",
-        accepted_at=datetime(2026, 11, day, 10, 0, tzinfo=UTC),
-        recipients=recipients,
-    )
+    at = datetime(2026, 11, day, 10, 0, tzinfo=UTC)
+    return message_record(queue_id, subject=subject, message_id=None, accepted_at=at, recipients=recipients)
 
 
 @pytest.fixture

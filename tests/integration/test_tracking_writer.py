@@ -16,28 +16,14 @@ from smtpplus_milter.infra.store import TrackingStore, open_store
 from smtpplus_milter.observe.metrics import Metrics
 from smtpplus_milter.services.runtime import Runtime
 from smtpplus_milter.services.tracking import TrackingWriter
-from tests.support.builders import config_with
+from tests.support.builders import config_with, message_record
 from tests.support.milterctx import Session
 
 AT = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
 
 
 def record(queue_id: str) -> MessageRecord:
-    return MessageRecord(
-        node="relay-1",
-        queue_id=queue_id,
-        user="shop-frontend",
-        list="shop",
-        envelope_from="info@yourcompany.com",
-        header_from="info@yourcompany.com",
-        subject="Order",
-        message_id=f"<{queue_id}@yourcompany.com>",
-        size=1234,
-        priority=3,
-        queue="normal",
-        accepted_at=AT,
-        recipients=("a@example.org",),
-    )
+    return message_record(queue_id, accepted_at=AT)
 
 
 def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -11,6 +11,7 @@ values) describe one set of example users; tests/unit/test_support.py holds them
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -20,6 +21,7 @@ import yaml
 from smtpplus_milter.config import Config, load_config
 from smtpplus_milter.core.addresses import normalize_address, normalize_domain
 from smtpplus_milter.core.session import Rules
+from smtpplus_milter.core.tracking import MessageRecord
 from smtpplus_milter.core.users import AuthPolicy, Check, Directory, Mode, User, normalize_login
 from smtpplus_milter.mime.footer import Banner
 
@@ -161,3 +163,24 @@ def write_config(
 
 def config_with(directory: Path, **kwargs: Any) -> Config:
     return load_config(write_config(directory, **kwargs))
+
+
+def message_record(queue_id: str = "4jdfvM0wYyzJVF1", **changes: Any) -> MessageRecord:
+    """A tracking record of an accepted message from the example user (fields as keywords)."""
+    values: dict[str, Any] = {
+        "node": "relay-1",
+        "queue_id": queue_id,
+        "user": "shop-frontend",
+        "list": "shop",
+        "envelope_from": "info@yourcompany.com",
+        "header_from": "info@yourcompany.com",
+        "subject": "Order",
+        "message_id": f"<{queue_id}@yourcompany.com>",
+        "size": 1234,
+        "priority": 3,
+        "queue": "normal",
+        "accepted_at": datetime(2026, 12, 1, 3, 0, tzinfo=UTC),
+        "recipients": ("a@example.org",),
+    }
+    values.update(changes)
+    return MessageRecord(**values)
