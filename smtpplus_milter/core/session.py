@@ -156,7 +156,7 @@ class Outcome:
 
     @property
     def action(self) -> str:
-        return "rejected" if self.decision.verdict is Verdict.REJECT else "delivered"
+        return _action(self.decision.verdict)
 
     def record(self, node: str, accepted_at: datetime) -> MessageRecord | None:
         """The tracking record of an accepted SMTP+ message; None for anything else.
@@ -458,7 +458,7 @@ class MessageSession:
         user = self.user or self.rules.directory.lookup(self.login)
         login = user.login if user is not None else self.login
         reply = str(decision.reply) if decision.reply else ""
-        action = "rejected" if decision.verdict is Verdict.REJECT else "delivered"
+        action = _action(decision.verdict)
         notices = []
         # In alert mode the same sender is often both envelope and From: one alert for both.
         fields: dict[str, list[str]] = {}
@@ -482,6 +482,11 @@ class MessageSession:
             sender = safe_text(self.envelope_from.strip("<>"), 200)
             notices.append(Notice(DISABLED_USER, login, sender, "envelope_from", action, reply))
         return tuple(notices)
+
+
+def _action(verdict: Verdict) -> str:
+    """What happened to the message, as alerts and log lines say it."""
+    return "rejected" if verdict is Verdict.REJECT else "delivered"
 
 
 def _step(decision: Decision) -> Step:

@@ -100,6 +100,11 @@ class Spool:
                 continue  # unreadable: skipped (the bytes were not what we wrote), the mark moves past it
         return Pending(tuple(records), end)
 
+    def count_pending(self) -> int:
+        """How many complete lines wait after the done mark (counted, not parsed)."""
+        self._file.seek(self.done)
+        return sum(1 for line in self._lines() if line.endswith(b"\n"))
+
     def mark_done(self, end: int) -> None:
         """The records up to *end* are in the store. Empties the spool once all of it is done."""
         if end >= self.size:

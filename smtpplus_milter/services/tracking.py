@@ -57,7 +57,7 @@ class TrackingWriter:
         self._store: TrackingStore | None = None
         self._next_try = 0.0
         self._retry = RETRY_SECONDS
-        self._waiting = len(spool.pending(limit=10**9).records)  # left from before a restart
+        self._waiting = spool.count_pending()  # left from before a restart
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # the thread and stop() never work on the spool together
         self._thread = threading.Thread(target=self._run, name="tracking-writer", daemon=True)

@@ -33,6 +33,7 @@ def test_a_restart_replays_what_was_not_marked_done(tmp_path: Path) -> None:
     spool.mark_done(spool.pending(limit=1).end)
     spool.close()  # as if killed here: 2 and 3 never reached the store
     again = Spool(tmp_path, max_bytes=1 << 20)
+    assert again.count_pending() == 2
     assert [r["n"] for r in again.pending().records] == [2, 3]
 
 
@@ -43,6 +44,7 @@ def test_a_torn_last_line_is_neither_read_nor_marked(tmp_path: Path) -> None:
     with open(tmp_path / RECORDS, "ab") as file:
         file.write(b'{"n": 2, "subj')  # a crash in the middle of a write that was never fsynced
     again = Spool(tmp_path, max_bytes=1 << 20)
+    assert again.count_pending() == 1  # the torn line is not counted
     pending = again.pending()
     assert [r["n"] for r in pending.records] == [1]
     again.mark_done(pending.end)
