@@ -26,6 +26,7 @@ import grp
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -1006,6 +1007,26 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 
     def log_tail(self, lines: int = 40) -> str:
         return _tail(self.log_file, lines)
+
+    def wait_for_log(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+        """The first match of ``pattern`` in the log, waiting for it.
+
+        postlogd writes a delivery's line a moment after the queue file is gone, so a test that
+        reads the log right after ``wait_for_empty_queue`` can miss it: wait for the line itself.
+        """
+        found: list[re.Match[str]] = []
+
+        def seen() -> bool:
+            match = re.search(pattern, self.log_text())
+            if match:
+                found.append(match)
+            return match is not None
+
+        if not _wait_until(seen, timeout, interval=0.1):
+            raise TimeoutError(
+                f"no line matching {pattern!r} in {self.log_file} after {timeout}s:\n{_tail(self.log_file)}"
+            )
+        return found[0]
 
     def queue_ids(self) -> list[str]:
         """Queue ids of every message still in the queue (maildrop to hold), sorted.
