@@ -35,10 +35,10 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Self
 
 from aiosmtpd.controller import Controller
@@ -331,9 +331,39 @@ class _SinkController(Controller):
         return _LongLineSMTP(self.handler, **self.SMTP_kwargs)
 
 
+# What the sink answers at RCPT TO, by the recipient's local part (its start), so a test or the lab
+# can make one message meet every delivery outcome: delivered, deferred (Postfix retries), bounced
+# as an unknown user, bounced as blocked. Every other recipient is accepted.
+SINK_ANSWERS: Mapping[str, str] = MappingProxyType(
+    {
+        "unknown": "550 5.1.1 Recipient address rejected: User unknown in the lab sink",
+        "blocked": "550 5.7.1 Message refused by the lab sink's policy",
+        "busy": "450 4.2.0 Mailbox busy in the lab sink, try again later",
+    }
+)
+
+
+def sink_answer(address: str) -> str | None:
+    """The lab sink's refusal for ``address`` (see SINK_ANSWERS), or None when it accepts it."""
+    local = address.rpartition("@")[0].lower()
+    for start, reply in SINK_ANSWERS.items():
+        if local.startswith(start):
+            return reply
+    return None
+
+
 class _SinkHandler:
     def __init__(self, sink: Sink) -> None:
         self._sink = sink
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        refusal = sink_answer(address)
+        if refusal is not None:
+            return refusal
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self._sink.slow_seconds > 0:
@@ -354,7 +384,10 @@ class _SinkHandler:
 
 
 class Sink:
-    """An SMTP server on 127.0.0.1 that accepts and records every message (aiosmtpd, own thread).
+    """An SMTP server on 127.0.0.1 that records every message it accepts (aiosmtpd, own thread).
+
+    It accepts every recipient except those SINK_ANSWERS names by local part (``unknown…@``: 550
+    5.1.1, ``blocked…@``: 550 5.7.1, ``busy…@``: 450 4.2.0).
 
     ``slow_seconds`` delays every 250 after DATA, for benchmarks that need a slow next hop.
     """
@@ -982,6 +1015,12 @@ postlog   unix-dgram n  -       n       -       1       postlogd
         self._started = False
         _stop_postfix(self.config_dir, self.queue_dir)
         (self.workdir / _OWNER_FILE).unlink(missing_ok=True)
+
+    def delete_queue(self) -> None:
+        """``postsuper -d ALL``: drop every queued message (a deferred one would otherwise stay)."""
+        status, output = _run(["postsuper", "-c", str(self.config_dir), "-d", "ALL"])
+        if status != 0:
+            raise LabError(f"postsuper -c {self.config_dir} -d ALL failed (exit {status}):\n{output}")
 
     def reload(self) -> None:
         """``postfix -c DIR reload`` and wait until both listeners answer again."""

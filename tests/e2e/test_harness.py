@@ -94,11 +94,13 @@ def _message(subject: str, body: bytes) -> bytes:
     return headers + b"\r\n" + body
 
 
-def _submit(postfix: Postfix, message: bytes, *, rcpt: str = "bob@example.org") -> None:
+def _submit(postfix: Postfix, message: bytes, *, rcpt: str | list[str] = "bob@example.org") -> None:
     with smtplib.SMTP("127.0.0.1", postfix.submission_port, local_hostname="client.test", timeout=30) as client:
         client.starttls(context=_client_tls())
         client.login("alice", PASSWORD)
-        client.sendmail("alice@example.com", [rcpt], message, mail_options=["BODY=8BITMIME"])
+        client.sendmail(
+            "alice@example.com", rcpt if isinstance(rcpt, list) else [rcpt], message, mail_options=["BODY=8BITMIME"]
+        )
 
 
 def _only_delivery(sink: Sink, postfix: Postfix) -> ReceivedMessage:
@@ -284,3 +286,24 @@ def test_stop_orphans_leaves_live_owners_alone(workdir: Path, postfix: Postfix, 
     assert (postfix.workdir / "lab-owner.json").exists() and (dovecot.workdir / "lab-owner.json").exists()
     assert stop_orphans(workdir) == []
     assert postfix.pids() and dovecot.pids()
+
+
+def test_sink_answers_each_recipient_by_its_local_part(postfix: Postfix, sink: Sink) -> None:
+    # The tracking tests rely on it: one message meets delivery, a deferral and two kinds of bounce.
+    recipients = ["bob@example.org", "unknown-1@example.org", "blocked-1@example.org", "busy-1@example.org"]
+    _submit(postfix, _message("four outcomes", b"Hello\r\n"), rcpt=recipients)
+    try:
+        delivered, notice = sink.wait_for(2, timeout=30)
+        assert delivered.rcpt_tos == ["bob@example.org"]
+        # Postfix returns the two refusals to the sender at once; the deferral stays queued.
+        assert notice.mail_from == "<>" and notice.rcpt_tos == ["alice@example.com"]
+        for pattern in (
+            r"to=<bob@example\.org>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+, .*dsn=2\.0\.0, status=sent",
+            r"to=<unknown-1@example\.org>, .*dsn=5\.1\.1, status=bounced \(.*550 5\.1\.1 ",
+            r"to=<blocked-1@example\.org>, .*dsn=5\.7\.1, status=bounced \(.*550 5\.7\.1 ",
+            r"to=<busy-1@example\.org>, .*dsn=4\.2\.0, status=deferred \(.*450 4\.2\.0 ",
+        ):
+            postfix.wait_for_log(pattern, timeout=20)
+    finally:
+        postfix.delete_queue()
+        sink.clear()
