@@ -42,6 +42,7 @@ def available() -> str | None:
 class Server:
     socket_dir: Path
     port: int
+    data: Path
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{USER}@/{database}?host={self.socket_dir}&port={self.port}"
@@ -55,9 +56,28 @@ class Server:
             conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
         return self.url(name)
 
+    def stop(self) -> None:
+        """Stop the server (immediately, like a crash), for tests of a store that went away."""
+        _pg_ctl(self.data, "-m", "immediate", "-w", "stop")
+
+    def start(self) -> None:
+        """Start it again on the same port and socket (after :meth:`stop`)."""
+        done = _start(self.data, self.socket_dir, self.port)
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_ctl start failed: {done.stdout}{done.stderr}")
+
 
 def _as_postgres(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["runuser", "-u", USER, "--", *argv], capture_output=True, text=True, timeout=120)
+
+
+def _pg_ctl(data: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    return _as_postgres(f"{BIN}/pg_ctl", "-D", str(data), *argv)
+
+
+def _start(data: Path, socket_dir: Path, port: int) -> subprocess.CompletedProcess[str]:
+    options = f"-k {socket_dir} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off"
+    return _pg_ctl(data, "-l", str(socket_dir / "server.log"), "-o", options, "-w", "start")
 
 
 @contextlib.contextmanager
@@ -73,18 +93,15 @@ def private_server() -> Iterator[Server]:
         for _ in range(5):
             # A free port can be taken before the server binds it: try another.
             port = free_port()
-            options = f"-k {base} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off"
-            done = _as_postgres(
-                f"{BIN}/pg_ctl", "-D", str(data), "-l", str(base / "server.log"), "-o", options, "-w", "start"
-            )
+            done = _start(data, base, port)
             if done.returncode == 0:
                 started = True
                 break
         if not started:
             log = (base / "server.log").read_text(errors="replace") if (base / "server.log").exists() else ""
             raise RuntimeError(f"pg_ctl start failed: {done.stdout}{done.stderr}\n{log[-2000:]}")
-        yield Server(base, port)
+        yield Server(base, port, data)
     finally:
         if started:
-            _as_postgres(f"{BIN}/pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
+            _pg_ctl(data, "-m", "immediate", "-w", "stop")
         shutil.rmtree(base, ignore_errors=True)
