@@ -796,6 +796,9 @@ class Postfix:
         sasl = self.sasl_socket is not None
         params = {
             "compatibility_level": "3.6",
+            # Long queue ids never repeat, so a queue id names one message for good (delivery
+            # tracking keys on it; postfix-config prints the same line for production).
+            "enable_long_queue_ids": "yes",
             "queue_directory": str(self.queue_dir),
             "data_directory": str(self.data_dir),
             "myhostname": "relay.test",

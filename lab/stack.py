@@ -71,13 +71,17 @@ class Stack:
         priority_routing: str | None = "relayhost",
         slow_seconds: float = 0.0,
         local_listener: bool = False,
+        tracking: str | None = None,
+        node: str = "lab",
     ) -> None:
         """*priority_routing*: None (no transports), ``"sinks"`` (smtpplus-high/-low deliver to
         sinks of their own, ``high_sink`` / ``low_sink``) or ``"relayhost"`` (they deliver to the
         relayhost like the default transport, as postfix-config writes it for a relayhost).
         *slow_seconds* delays every delivery to the default and low sinks (backlog benchmarks).
         *local_listener* adds the milter-less loopback listener that ``postfix-config`` prints for
-        alert and verification mail (on the ports the settings name)."""
+        alert and verification mail (on the ports the settings name).
+        *tracking*: record every accepted message into this store (``"sqlite"``: a SQLite file in
+        the work directory; or a store URL such as a test's PostgreSQL), as relay host *node*."""
         # A directory we made ourselves is removed after stop() (SMTPPLUS_LAB_KEEP=1 keeps it).
         self.cleanup = cleanup and workdir is None
         self.workdir = workdir or make_workdir("smtpplus-lab")
@@ -102,6 +106,17 @@ class Stack:
             "sasl": {"passwd_file": str(self.passwd_path)},
             "users_file": "users.yaml",
         }
+        self.tracking_metrics_port: int | None = None
+        if tracking is not None:
+            self.tracking_metrics_port = free_port()
+            store = f"sqlite:///{self.workdir / 'tracking.db'}" if tracking == "sqlite" else tracking
+            overrides["tracking"] = {
+                "store": store,
+                "node": node,
+                "spool_dir": str(self.workdir / "tracking-spool"),
+                "maillog": str(self.workdir / "postfix" / "postfix.log"),
+                "metrics_listen": f"127.0.0.1:{self.tracking_metrics_port}",
+            }
         self.settings = deep_merge(deep_merge(base, overrides), settings or {})
         self.write_settings(self.settings)
         if users is None:

@@ -16,8 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -37,11 +36,8 @@ def server() -> Iterator[postgres.Server]:
         yield running
 
 
-def _stack(tmp_path: Path, url: str, node: str) -> Stack:
-    # The stack makes its own short work directory (the milter's unix socket must fit in 107 bytes);
-    # the spool lives in the test's directory.
-    tracking = {"store": url, "node": node, "spool_dir": str(tmp_path / node / "spool"), "metrics_listen": None}
-    return Stack(settings={"tracking": tracking}, priority_routing=None)
+def _stack(url: str, node: str) -> Stack:
+    return Stack(tracking=url, node=node, priority_routing=None)
 
 
 def _send(stack: Stack, subject: str, recipients: list[str]) -> None:
@@ -70,32 +66,31 @@ def _metric(stack: Stack, name: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def _wait(condition: object, timeout: float, what: str) -> None:
-    assert callable(condition)
+def _wait(stack: Stack, condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
         time.sleep(0.2)
-    raise AssertionError(f"{what} not reached within {timeout}s")
+    spooled = _metric(stack, "smtpplus_tracking_spooled")
+    log = stack.milter.log_tail(30) if stack.milter else ""
+    raise AssertionError(f"{what} not reached within {timeout}s (spooled: {spooled}); the milter's log:\n{log}")
 
 
 def _messages_in_store(stack: Stack) -> int:
     return sum(int(str(row["messages"])) for row in _stats(stack))
 
 
-def test_two_relay_hosts_record_into_one_database_and_stats_adds_them_up(
-    server: postgres.Server, tmp_path: Path
-) -> None:
+def test_two_relay_hosts_record_into_one_database_and_stats_adds_them_up(server: postgres.Server) -> None:
     url = server.create_database()
-    with _stack(tmp_path, url, "relay-a") as first, _stack(tmp_path, url, "relay-b") as second:
+    with _stack(url, "relay-a") as first, _stack(url, "relay-b") as second:
         for number in range(3):
             _send(first, f"from a {number}", ["someone@example.org", "other@example.net"])
         for number in range(2):
             _send(second, f"from b {number}", ["someone@example.org"])
         first.sink.wait_for(3, timeout=30)
         second.sink.wait_for(2, timeout=30)
-        _wait(lambda: _messages_in_store(first) == 5, 20, "5 messages in the shared store")
+        _wait(first, lambda: _messages_in_store(first) == 5, 20, "5 messages in the shared store")
 
         [by_user] = _stats(second, "--by", "user")
         assert by_user["user"] == "shop-frontend"
@@ -106,13 +101,11 @@ def test_two_relay_hosts_record_into_one_database_and_stats_adds_them_up(
         assert subjects == ["from a 0", "from a 1", "from a 2", "from b 0", "from b 1"]
 
 
-def test_store_down_while_mail_flows_spools_then_drains_each_record_once(
-    server: postgres.Server, tmp_path: Path
-) -> None:
+def test_store_down_while_mail_flows_spools_then_drains_each_record_once(server: postgres.Server) -> None:
     url = server.create_database()
-    with _stack(tmp_path, url, "relay-c") as stack:
+    with _stack(url, "relay-c") as stack:
         _send(stack, "before the outage", ["someone@example.org"])
-        _wait(lambda: _messages_in_store(stack) == 1, 20, "the first message in the store")
+        _wait(stack, lambda: _messages_in_store(stack) == 1, 20, "the first message in the store")
 
         server.stop()
         try:
@@ -120,12 +113,12 @@ def test_store_down_while_mail_flows_spools_then_drains_each_record_once(
                 _send(stack, f"during the outage {number}", ["someone@example.org"])
             # The mail path does not wait for the store: everything is delivered meanwhile.
             stack.sink.wait_for(5, timeout=30)
-            _wait(lambda: _metric(stack, "smtpplus_tracking_spooled") == 4, 30, "4 records in the spool")
+            _wait(stack, lambda: _metric(stack, "smtpplus_tracking_spooled") == 4, 30, "4 records in the spool")
         finally:
             server.start()
 
         # The writer retries with back-off (1 s, doubling): the records arrive once it is back.
-        _wait(lambda: _metric(stack, "smtpplus_tracking_spooled") == 0, 60, "an empty spool")
+        _wait(stack, lambda: _metric(stack, "smtpplus_tracking_spooled") == 0, 60, "an empty spool")
         rows = _stats(stack, "--by", "subject")
         assert sorted((row["subject"], row["messages"]) for row in rows) == [
             ("before the outage", 1),
