@@ -1,7 +1,7 @@
-"""Run ``smtpplus-milter run`` as a child process for the lab, the tests and the benchmarks.
+"""Run ``smtpplus-milter run`` (and ``follow``) as child processes for the lab, tests and benchmarks.
 
-The milter runs exactly as in production (the console entry point, its own process, its own
-socket); this class only starts it, waits until the socket answers, reads its JSON log and stops
+The daemons run exactly as in production (the console entry point, their own process, their own
+socket or port); these classes only start one, wait until it answers, read its JSON log and stop
 it with the same signals systemd uses.
 """
 
@@ -14,9 +14,10 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from smtpplus_milter.config import SocketSpec
 from smtpplus_milter.daemon import socket_answers
@@ -33,12 +34,14 @@ def prepare_socket_dir(directory: Path) -> None:
     directory.chmod(0o2770)
 
 
-class MilterProcess:
-    def __init__(
-        self, config_path: Path, socket_spec: str, log_file: Path, *, extra_args: tuple[str, ...] = ()
-    ) -> None:
+class DaemonProcess:
+    """One ``smtpplus-milter COMMAND -c CONFIG`` child process; ready once :meth:`answers` is true."""
+
+    command = "run"
+    name = "smtpplus-milter"
+
+    def __init__(self, config_path: Path, log_file: Path, *, extra_args: tuple[str, ...] = ()) -> None:
         self.config_path = config_path
-        self.socket_spec = socket_spec
         self.log_file = log_file
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
@@ -48,6 +51,13 @@ class MilterProcess:
         assert self.process is not None
         return self.process.pid
 
+    def answers(self) -> bool:
+        raise NotImplementedError
+
+    def where(self) -> str:
+        """What :meth:`answers` tries, for error messages."""
+        raise NotImplementedError
+
     def start(self, timeout: float = 20.0) -> None:
         # Restarting straight after a stop can fail while the old process still drains.
         deadline = time.monotonic() + timeout
@@ -55,22 +65,19 @@ class MilterProcess:
             time.sleep(0.1)
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "smtpplus_milter", "run", "-c", str(self.config_path), *self.extra_args],
+                [sys.executable, "-m", "smtpplus_milter", self.command, "-c", str(self.config_path), *self.extra_args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"smtpplus-milter exited with {self.process.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
             if self.answers():
                 return
             time.sleep(0.05)
         self.stop()
-        raise TimeoutError(f"smtpplus-milter did not open {self.socket_spec} within {timeout}s:\n{self.log_tail()}")
-
-    def answers(self) -> bool:
-        return socket_answers(SocketSpec.parse(self.socket_spec), timeout=0.5)
+        raise TimeoutError(f"{self.name} did not answer on {self.where()} within {timeout}s:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 20.0) -> int | None:
         process, self.process = self.process, None
@@ -97,7 +104,7 @@ class MilterProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def __enter__(self) -> MilterProcess:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -138,3 +145,46 @@ class MilterProcess:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no {name!r} event matched within {timeout}s:\n{self.log_tail()}")
             time.sleep(0.05)
+
+
+class MilterProcess(DaemonProcess):
+    """``smtpplus-milter run``: ready when its milter socket accepts a connection."""
+
+    def __init__(
+        self, config_path: Path, socket_spec: str, log_file: Path, *, extra_args: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(config_path, log_file, extra_args=extra_args)
+        self.socket_spec = socket_spec
+
+    def answers(self) -> bool:
+        return socket_answers(SocketSpec.parse(self.socket_spec), timeout=0.5)
+
+    def where(self) -> str:
+        return self.socket_spec
+
+
+class FollowerProcess(DaemonProcess):
+    """``smtpplus-milter follow``: ready when its metrics endpoint answers."""
+
+    command = "follow"
+    name = "smtpplus-milter follow"
+
+    def __init__(
+        self, config_path: Path, metrics_port: int, log_file: Path, *, extra_args: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(config_path, log_file, extra_args=extra_args)
+        self.metrics_port = metrics_port
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as response:
+            return str(response.read().decode())
+
+    def answers(self) -> bool:
+        try:
+            self.metrics_text()
+        except OSError:
+            return False
+        return True
+
+    def where(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
