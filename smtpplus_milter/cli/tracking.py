@@ -89,7 +89,9 @@ def add_parsers(commands: Any, add_config: Callable[[argparse.ArgumentParser], N
     # `messages show QID` is a sub-action of `messages`, so `messages --user U` keeps working: the
     # action is optional. Its -c and --format default to "not given", or argparse would let the
     # sub-action's defaults overwrite `messages -c FILE show QID`'s.
-    actions = messages.add_subparsers(dest="messages_action", metavar="show QID", required=False)
+    actions = messages.add_subparsers(
+        dest="messages_action", metavar="[show QID]", title="one message (optional)", required=False
+    )
     show = actions.add_parser("show", help="one message and each recipient's attempts in time order")
     show.add_argument("show_queue_id", metavar="QID", help="its queue id, or a queue id it continued as")
     show.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS, metavar="FILE", help="main config file")
