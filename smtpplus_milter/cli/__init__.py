@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return verify_cli.main(args)
     if args.command == "setup":
         return setup_cli.main(args)
-    if args.command in ("tracking", "stats"):
+    if args.command in ("tracking", "stats", "messages", "recipients"):
         return tracking_cli.main(args)
     if args.command == "postfix-config":
         return postfix.main(

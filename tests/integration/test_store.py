@@ -82,18 +82,18 @@ def states(store: SqlStore, queue_id: str = "Q1") -> dict[str, str]:
 def test_migrate_twice_is_a_no_op(tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{tmp_path}/fresh.db")
     assert isinstance(store, SqlStore)
-    assert store.migrate() == (1,)
+    assert store.migrate() == (1, 2)
     assert store.migrate() == ()
-    assert store.schema_version() == 1
+    assert store.schema_version() == 2
     store.close()
 
 
 def test_migrate_twice_on_postgres(pg_server: postgres.Server) -> None:
     store = open_store(pg_server.create_database())
     assert isinstance(store, SqlStore)
-    assert store.migrate() == (1,)
+    assert store.migrate() == (1, 2)
     assert store.migrate() == ()
-    assert store.schema_version() == 1
+    assert store.schema_version() == 2
     store.close()
 
 

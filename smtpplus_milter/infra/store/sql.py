@@ -405,7 +405,9 @@ class SqlStore(TrackingStore):
                 where.append(f"{column} = ?")
                 params.append(value)
         if filters.to is not None:
-            where.append("EXISTS (SELECT 1 FROM recipients r WHERE r.message = m.id AND r.address = ?)")
+            # Driven from the recipients' address index: the few messages to that address, then sorted
+            # (an EXISTS per message would walk every message newest first until the limit is full).
+            where.append("m.id IN (SELECT r.message FROM recipients r WHERE r.address = ?)")
             params.append(filters.to.lower())
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         tail = ""
