@@ -1019,6 +1019,12 @@ postlog   unix-dgram n  -       n       -       1       postlogd
         _stop_postfix(self.config_dir, self.queue_dir)
         (self.workdir / _OWNER_FILE).unlink(missing_ok=True)
 
+    def logrotate(self) -> None:
+        """``postfix logrotate``: postlogd renames maillog_file (with a time suffix) and starts a new one."""
+        status, output = self._postfix("logrotate", COMMAND_TIMEOUT)
+        if status != 0:
+            raise LabError(f"postfix -c {self.config_dir} logrotate failed (exit {status}):\n{output}")
+
     def delete_queue(self) -> None:
         """``postsuper -d ALL``: drop every queued message (a deferred one would otherwise stay)."""
         status, output = _run(["postsuper", "-c", str(self.config_dir), "-d", "ALL"])

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from lab.harness import Dovecot, Postfix, Sink, free_port, make_workdir, remove_workdir
-from lab.milter_process import MilterProcess, prepare_socket_dir
+from lab.milter_process import FollowerProcess, MilterProcess, prepare_socket_dir
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -73,6 +73,7 @@ class Stack:
         local_listener: bool = False,
         tracking: str | None = None,
         node: str = "lab",
+        follower: bool = False,
     ) -> None:
         """*priority_routing*: None (no transports), ``"sinks"`` (smtpplus-high/-low deliver to
         sinks of their own, ``high_sink`` / ``low_sink``) or ``"relayhost"`` (they deliver to the
@@ -81,7 +82,8 @@ class Stack:
         *local_listener* adds the milter-less loopback listener that ``postfix-config`` prints for
         alert and verification mail (on the ports the settings name).
         *tracking*: record every accepted message into this store (``"sqlite"``: a SQLite file in
-        the work directory; or a store URL such as a test's PostgreSQL), as relay host *node*."""
+        the work directory; or a store URL such as a test's PostgreSQL), as relay host *node*;
+        *follower* also runs ``smtpplus-milter follow`` on the Postfix log (started after Postfix)."""
         # A directory we made ourselves is removed after stop() (SMTPPLUS_LAB_KEEP=1 keeps it).
         self.cleanup = cleanup and workdir is None
         self.workdir = workdir or make_workdir("smtpplus-lab")
@@ -135,6 +137,11 @@ class Stack:
         self.milter = (
             MilterProcess(self.config_path, self.milter_spec, self.workdir / "milter.log") if self.milter_spec else None
         )
+        self.follower = (
+            FollowerProcess(self.config_path, self.tracking_metrics_port, self.workdir / "follower.log")
+            if follower and self.tracking_metrics_port is not None
+            else None
+        )
         self.postfix_main_cf = postfix_main_cf or {}
         self.local_listener = local_listener
         self.postfix: Postfix | None = None
@@ -169,6 +176,8 @@ class Stack:
             for name, text in files.items():
                 self.postfix.write_config_file(name, text)
             self.postfix.start()
+            if self.follower:
+                self.follower.start()
         except BaseException:
             self.stop()
             raise
@@ -217,6 +226,7 @@ class Stack:
         """Stop everything that was started, in reverse order, even if one stop fails."""
         errors: list[BaseException] = []
         for stop in (
+            self.follower.stop if self.follower else None,
             self.postfix.stop if self.postfix else None,
             self.milter.stop if self.milter else None,
             self.dovecot.stop,
