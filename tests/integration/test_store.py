@@ -16,9 +16,9 @@ from smtpplus_milter.infra.store.base import (
     STATS_BY,
     STATS_COUNTERS,
     Attempt,
-    Link,
     MessageFilter,
     Position,
+    StoredLink,
     StoreProblem,
 )
 from smtpplus_milter.infra.store.sql import SqlStore
@@ -171,7 +171,7 @@ def test_position_is_saved_with_the_attempts_or_not_at_all(store: SqlStore, monk
             store.record_attempts(
                 [attempt("deferred", 2), attempt("sent", 3)],
                 Position("relay1", "log-a", 300),
-                [Link("relay1", "Q1", "Q9", "queued_as")],
+                [StoredLink("relay1", "Q1", "Q9", "queued_as")],
             )
 
     assert store.position("relay1") == Position("relay1", "log-a", 100)
@@ -215,7 +215,7 @@ def test_a_reinjected_copy_continues_the_original_recipients_story(store: SqlSto
     store.record_attempts([attempt("deferred", 1, queue_id="Q2")], None)  # before the link is known
     store.link("relay1", "Q1", "Q2", "queued_as")
     assert states(store) == {"bob@example.net": "deferred"}
-    store.record_attempts([attempt("bounced", 5, queue_id="Q3")], None, [Link("relay1", "Q2", "Q3", "queued_as")])
+    store.record_attempts([attempt("bounced", 5, queue_id="Q3")], None, [StoredLink("relay1", "Q2", "Q3", "queued_as")])
     assert states(store) == {"bob@example.net": "bounced"}
 
     via_new_id = store.message("Q3")
