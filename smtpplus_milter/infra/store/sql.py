@@ -264,7 +264,7 @@ class SqlStore(TrackingStore):
         )
         if cur.fetchone() is None:
             return False
-        self._advance(cur, attempt.node, self._root(cur, attempt.node, attempt.queue_id), recipient, attempt)
+        self._advance(cur, attempt.node, attempt.queue_id, recipient, attempt)
         return True
 
     def expire(self, node: str, queue_id: str, at: datetime) -> int:
@@ -312,12 +312,23 @@ class SqlStore(TrackingStore):
         return OpenMessages(users, mark)
 
     def _advance(self, cur: Cursor, node: str, queue_id: str, address: str, attempt: Attempt) -> None:
+        """Move the recipient ``address`` of the message ``queue_id`` belongs to (see :meth:`_root`)."""
+        # One statement for the usual cases: the message's own id, or one queued_as link away.
         cur.execute(
             "SELECT r.message, r.state, m.username, m.accepted_at FROM recipients r"
-            " JOIN messages m ON m.id = r.message WHERE m.node = ? AND m.queue_id = ? AND r.address = ?",
-            (node, queue_id, address),
+            " JOIN messages m ON m.id = r.message WHERE m.node = ? AND r.address = ? AND m.queue_id = COALESCE("
+            "(SELECT l.queue_id FROM links l WHERE l.node = ? AND l.new_queue_id = ? AND l.kind = 'queued_as'), ?)",
+            (node, address, node, queue_id, queue_id),
         )
         row = cur.fetchone()
+        if row is None and (root := self._root(cur, node, queue_id)) != queue_id:
+            # Two or more links away (two content filters): the whole chain.
+            cur.execute(
+                "SELECT r.message, r.state, m.username, m.accepted_at FROM recipients r"
+                " JOIN messages m ON m.id = r.message WHERE m.node = ? AND m.queue_id = ? AND r.address = ?",
+                (node, root, address),
+            )
+            row = cur.fetchone()
         if row is None:
             return  # not a tracked message (yet): the attempt waits in its table for the record
         message, old, user, accepted = row
