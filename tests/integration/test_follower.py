@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -168,8 +170,6 @@ def test_foreign_lines_and_unknown_queue_ids_are_skipped(store: TrackingStore, u
 
 
 def _attempt_rows(url: str) -> int:
-    import sqlite3
-
     with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
         return int(conn.execute("SELECT COUNT(*) FROM attempts").fetchone()[0])
 
@@ -476,3 +476,22 @@ def test_on_postgresql_links_expirations_and_the_position(tmp_path: Path) -> Non
             assert saved is not None and saved.offset == log.stat().st_size
         finally:
             pg.close()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        pytest.param(f"{ts(1)} relay postfix/smtp[200]: {qid(1)}: ", id="rfc3339"),
+        pytest.param(f"Dec 01 03:00:01 relay postfix/relay/smtp[200]: {qid(1)}: ", id="postlogd-classic"),
+        pytest.param(f"Dec  1 03:00:01 relay postfix-out/smtp[200]: {qid(1)}: ", id="syslog-second-instance"),
+        pytest.param(f"Dec 01 03:00:01 relay postfix/smtp[200]: [ID 197553 mail.info] {qid(1)}: ", id="solaris-tag"),
+    ],
+)
+def test_every_header_form_passes_the_prefilter(store: TrackingStore, url: str, tmp_path: Path, line: str) -> None:
+    log = tmp_path / "postfix.log"
+    store.record_messages([message_record(qid(1))])
+    log.write_text(line + "to=<a@example.org>, relay=mx.example.org[192.0.2.25]:25, dsn=2.0.0, status=sent (250 ok)\n")
+    f = Follower(url, NODE, log, FollowerMetrics(), zone=UTC, poll=0.01)
+    run_out(f)
+    f.close()
+    assert story(store, qid(1)) == {"a@example.org": ("delivered", ["sent"])}
