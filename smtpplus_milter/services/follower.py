@@ -61,6 +61,7 @@ PRUNE_SECONDS = 3600.0
 PRUNE_BATCH = 500
 REMOVED_GRACE_SECONDS = 600.0  # a notification or a late line may follow "removed"
 MAX_WANTED = 200_000
+MAX_FINISHED = 10_000  # remembered so that a refresh does not watch them again
 RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 60.0
 MAX_REPLY_CHARS = 2000
@@ -207,6 +208,7 @@ class Follower:
         self._pending: _Batch | None = None  # a batch the store has not taken yet
         self._users: dict[str, str] = {}  # watched queue id -> SMTP+ user
         self._removed: dict[str, float] = {}  # queue id -> when to stop watching it (clock)
+        self._finished: dict[str, None] = {}  # ids no longer watched, oldest first (bounded)
         self._mark: int | None = None
         self._next_refresh = 0.0
         self._next_prune = 0.0
@@ -263,7 +265,11 @@ class Follower:
         except Exception as exc:
             self._store_failed(exc)
             return False
-        if self._reading is None and not self._open_file(store):
+        try:
+            if self._reading is None and not self._open_file(store):
+                return False
+        except Exception as exc:  # reading the saved position failed: the store went away
+            self._store_failed(exc)
             return False
         batch = self._read_chunk()
         if batch is None:
@@ -318,13 +324,17 @@ class Follower:
             fresh = store.open_queue_ids(self.node, after=self._mark)
             self._mark = fresh.mark
             for qid, user in fresh.users.items():
-                self._want(qid, user)
+                if qid not in self._finished:  # the refresh looks a few rows back: not the done ones again
+                    self._want(qid, user)
             while self._removed:
                 qid, deadline = next(iter(self._removed.items()))
                 if deadline > now:
                     break
                 del self._removed[qid]
                 self._users.pop(qid, None)
+                self._finished[qid] = None
+                if len(self._finished) > MAX_FINISHED:
+                    del self._finished[next(iter(self._finished))]
         if self.retention_days is not None and now >= self._next_prune:
             self._next_prune = now + PRUNE_SECONDS
             before = datetime.fromtimestamp(self.wall(), UTC) - timedelta(days=self.retention_days)
@@ -341,6 +351,7 @@ class Follower:
     # -- the file ------------------------------------------------------------------------------------
 
     def _open_file(self, store: TrackingStore) -> bool:
+        saved = store.position(self.node)  # first: a store failing here leaves no file open
         try:
             handle: BinaryIO = open(self.maillog, "rb", buffering=0)
         except FileNotFoundError:
@@ -354,7 +365,6 @@ class Follower:
                 self._missing_said = True
             return False
         self._missing_said = False
-        saved = store.position(self.node)
         saved_id = FileId.parse(saved.file_id) if saved is not None else None
         start = 0
         if saved is not None and saved_id is not None:

@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ import pytest
 from lab.harness import free_port
 from smtpplus_milter.infra.store import TrackingStore, open_store
 from smtpplus_milter.observe.metrics import FollowerMetrics
-from smtpplus_milter.services.follower import Follower, is_local_relay
+from smtpplus_milter.services.follower import REFRESH_SECONDS, REMOVED_GRACE_SECONDS, Follower, is_local_relay
 from tests.support import postgres
 from tests.support.builders import message_record, write_config
 
@@ -495,3 +495,36 @@ def test_every_header_form_passes_the_prefilter(store: TrackingStore, url: str, 
     run_out(f)
     f.close()
     assert story(store, qid(1)) == {"a@example.org": ("delivered", ["sent"])}
+
+
+def test_an_id_is_forgotten_after_its_removal_and_the_grace(store: TrackingStore, url: str, tmp_path: Path) -> None:
+    log = tmp_path / "postfix.log"
+    store.record_messages([message_record(qid(1)), message_record(qid(2))])
+    now = [1000.0]
+    f = Follower(url, NODE, log, FollowerMetrics(), poll=0.01, clock=lambda: now[0])
+    log.write_text(delivery(qid(1), "a@example.org", "sent", 1) + removed(qid(1), 2))
+    run_out(f)
+    assert f.watched() == 2  # qid(2) is still open
+    now[0] += REMOVED_GRACE_SECONDS + REFRESH_SECONDS + 1
+    run_out(f)
+    assert f.watched() == 1
+    now[0] += REFRESH_SECONDS + 1  # a refresh looks at the latest rows again: qid(1) stays forgotten
+    run_out(f)
+    assert f.watched() == 1
+    append(log, delivery(qid(1), "a@example.org", "deferred", 3))  # a stray late line: not recorded
+    run_out(f)
+    f.close()
+    assert story(store, qid(1)) == {"a@example.org": ("delivered", ["sent"])}
+
+
+def test_retention_prunes_at_start(store: TrackingStore, url: str, tmp_path: Path) -> None:
+    log = tmp_path / "postfix.log"
+    log.write_text("")
+    old, recent = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 4, tzinfo=UTC)
+    store.record_messages([message_record(qid(1), accepted_at=old), message_record(qid(2), accepted_at=recent)])
+    wall = datetime(2026, 12, 5, tzinfo=UTC).timestamp()
+    f = Follower(url, NODE, log, FollowerMetrics(), retention_days=30, poll=0.01, wall=lambda: wall)
+    run_out(f)
+    f.close()
+    assert store.message(qid(1), NODE) is None
+    assert store.message(qid(2), NODE) is not None
