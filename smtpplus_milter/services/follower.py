@@ -468,20 +468,19 @@ class Follower:
             quick, rest = _quick_queue_id(text)
             if quick is None:
                 continue
-            if quick and (quick not in users or not text.startswith(_EVENT_STARTS, rest)):
-                # Most lines of a busy host end here, without a regular expression: another queue
-                # id, or a line of a watched one that holds no event (cleanup, smtpd, qmgr's own).
-                if "sasl_username=" not in text:
+            if quick == "" or (quick in users and text.startswith(_EVENT_STARTS, rest)):
+                # A watched id's event line (parse_line checks the header and the id itself).
+                events = parse_line(text, now=now, zone=self.zone, wanted=users)
+                if events:
+                    qid = events[0].queue_id
+                    self._events(batch, qid, users[qid], events)
                     continue
-            qid = peek_queue_id(text)
-            if qid is None:
-                continue
-            user = users.get(qid)
-            if user is None:
-                if ": client=" in text and (m := _SASL.search(text)) is not None and m.group(1) == qid:
+            # Most lines of a busy host end here, without a regular expression: another queue id,
+            # or a line of a watched one that holds no event (cleanup, smtpd, qmgr's own).
+            if "sasl_username=" in text and (m := _SASL.search(text)) is not None:
+                qid = m.group(1)
+                if qid not in users and peek_queue_id(text) == qid:
                     self._want(qid, m.group(2))
-                continue
-            self._events(batch, qid, user, parse_line(text, now=now, zone=self.zone))
         return batch
 
     def _events(self, batch: _Batch, qid: str, user: str, events: tuple[object, ...]) -> None:
