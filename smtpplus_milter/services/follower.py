@@ -2,8 +2,9 @@
 
 :class:`Follower` reads ``tracking.maillog`` from the position saved in the store, cuts it into lines
 (:class:`~smtpplus_milter.core.lines.LineSplitter`), keeps only lines about queue ids it watches
-(:func:`~smtpplus_milter.core.postfix_log.peek_queue_id` first, so other lines cost one regular
-expression), turns their events into attempts, links and expirations, and hands one chunk's worth
+(two string searches find the id, so other lines cost no regular expression; a watched id's line
+then goes through :func:`~smtpplus_milter.core.postfix_log.parse_line`, which checks the whole
+header), turns their events into attempts, links and expirations, and hands one chunk's worth
 to the store in ONE ``record_attempts`` call together with the new position. A kill -9 therefore
 leaves either the whole chunk and its position in the store or neither; the next start re-reads
 from the saved position, and the store's unique key on attempts makes a re-read line harmless.
