@@ -78,6 +78,37 @@ class Metrics:
         self.build_info.labels(version=__version__).set(1)
 
 
+class FollowerMetrics:
+    """The log follower's metrics (``smtpplus-milter follow``), on a registry of its own.
+
+    The follower is a process of its own with its own ``tracking.metrics_listen``, so its series never
+    mix with the milter's.
+    """
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.deliveries = Counter(
+            "smtpplus_deliveries",
+            "Delivery attempts read from Postfix's log for tracked messages, by SMTP+ user and status",
+            ["user", "status"],
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "smtpplus_follower_lag_seconds",
+            "Now minus the time of the last log line the follower read (0 at the end of the file)",
+            registry=registry,
+        )
+        self.lines = Counter("smtpplus_follower_lines", "Log lines the follower read", registry=registry)
+        self.store_errors = Counter(
+            "smtpplus_follower_store_errors",
+            "Writes to the tracking store that failed (the batch is retried with back-off)",
+            registry=registry,
+        )
+        self.build_info = Gauge("smtpplus_build_info", "Build information", ["version"], registry=registry)
+        self.build_info.labels(version=__version__).set(1)
+
+
 def serve_metrics(listen: HostPort, registry: CollectorRegistry) -> None:
     """Serve /metrics of *registry* on *listen* (``metrics.listen``) in a daemon thread."""
     start_http_server(listen.port, addr=listen.host, registry=registry)

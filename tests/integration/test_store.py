@@ -16,9 +16,10 @@ from smtpplus_milter.infra.store.base import (
     STATS_BY,
     STATS_COUNTERS,
     Attempt,
-    Link,
+    Expiration,
     MessageFilter,
     Position,
+    StoredLink,
     StoreProblem,
 )
 from smtpplus_milter.infra.store.sql import SqlStore
@@ -171,7 +172,7 @@ def test_position_is_saved_with_the_attempts_or_not_at_all(store: SqlStore, monk
             store.record_attempts(
                 [attempt("deferred", 2), attempt("sent", 3)],
                 Position("relay1", "log-a", 300),
-                [Link("relay1", "Q1", "Q9", "queued_as")],
+                [StoredLink("relay1", "Q1", "Q9", "queued_as")],
             )
 
     assert store.position("relay1") == Position("relay1", "log-a", 100)
@@ -215,7 +216,7 @@ def test_a_reinjected_copy_continues_the_original_recipients_story(store: SqlSto
     store.record_attempts([attempt("deferred", 1, queue_id="Q2")], None)  # before the link is known
     store.link("relay1", "Q1", "Q2", "queued_as")
     assert states(store) == {"bob@example.net": "deferred"}
-    store.record_attempts([attempt("bounced", 5, queue_id="Q3")], None, [Link("relay1", "Q2", "Q3", "queued_as")])
+    store.record_attempts([attempt("bounced", 5, queue_id="Q3")], None, [StoredLink("relay1", "Q2", "Q3", "queued_as")])
     assert states(store) == {"bob@example.net": "bounced"}
 
     via_new_id = store.message("Q3")
@@ -463,3 +464,41 @@ def test_writers_in_several_threads(store: SqlStore) -> None:
     assert [store.position(f"node{worker}") for worker in range(4)] == [
         Position(f"node{worker}", "log", 19) for worker in range(4)
     ]
+
+
+def test_an_expiry_expires_the_recipients_still_waiting_once(store: SqlStore) -> None:
+    store.record_messages([record("Q1", "bob@example.net", "carol@example.com", "dave@example.com")])
+    store.link("relay1", "Q1", "Q2", "queued_as")
+    store.record_attempts([attempt("sent", 1, queue_id="Q2"), attempt("deferred", 2, "Q2", "carol@example.com")], None)
+    at = T0 + timedelta(days=5)
+    done = store.record_attempts([], Position("relay1", "log", 99), expirations=[Expiration("relay1", "Q2", at)])
+    assert done.new == 2
+    assert states(store) == {
+        "bob@example.net": "delivered",
+        "carol@example.com": "expired",
+        "dave@example.com": "expired",
+    }
+    assert store.expire("relay1", "Q2", at) == 0  # read twice: nothing more
+    found = store.message("Q1")
+    assert found is not None
+    assert {s.address: [(a.queue_id, a.status, a.at) for a in s.attempts][-1] for s in found.recipients} == {
+        "bob@example.net": ("Q2", "sent", T0 + timedelta(minutes=1)),
+        "carol@example.com": ("Q2", "expired", at),
+        "dave@example.com": ("Q2", "expired", at),
+    }
+    assert store.position("relay1") == Position("relay1", "log", 99)
+    assert next(store.stats())["expired"] == 2
+
+
+def test_open_queue_ids_are_the_unfinished_messages_then_the_new_ones(store: SqlStore) -> None:
+    store.record_messages([record("Q1"), record("Q2", user="bob"), record("QX", node="relay2")])
+    store.link("relay1", "Q1", "Q1b", "queued_as")
+    store.record_attempts([attempt("sent", 1, queue_id="Q2")], None)  # Q2 is finished
+    opened = store.open_queue_ids("relay1")
+    assert dict(opened.users) == {"Q1": "alice", "Q1b": "alice"}
+    store.record_messages([record("Q3", user="carol")])
+    fresh = store.open_queue_ids("relay1", after=opened.mark)
+    # What was recorded since the mark, whatever its state (a few rows before it are looked at again).
+    assert fresh.users["Q3"] == "carol"
+    assert "QX" not in fresh.users
+    assert fresh.mark > opened.mark

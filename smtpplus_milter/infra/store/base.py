@@ -2,7 +2,9 @@
 
 Writers: the milter hands the core's :class:`~smtpplus_milter.core.tracking.MessageRecord`
 values (possibly replayed from its spool), the log follower hands :class:`Attempt` values
-together with its :class:`Position` and any :class:`Link`.
+together with its :class:`Position`, any :class:`StoredLink` and :class:`Expiration`.
+(The log's own event, :class:`smtpplus_milter.core.postfix_log.Link`, is what the follower reads;
+:class:`StoredLink` is what the store keeps of it.)
 Readers: the command line's ``stats``, ``messages``, ``recipients`` and ``tracking migrate``. Every
 backend keeps the same contract (tests/integration/test_store.py runs one suite over all of them).
 Times are timezone-aware ``datetime`` values in UTC.
@@ -89,8 +91,12 @@ class Position:
 
 
 @dataclass(frozen=True, slots=True)
-class Link:
-    """Postfix gave a message a new queue id (``queued as`` after a content filter, or a notification)."""
+class StoredLink:
+    """Postfix gave a message a new queue id (``queued as`` after a content filter, or a notification).
+
+    Named apart from the log reader's ``core.postfix_log.Link`` event: the follower turns that event
+    into this value only for a local re-injection or a notification.
+    """
 
     node: str
     queue_id: str
@@ -100,6 +106,34 @@ class Link:
     def __post_init__(self) -> None:
         if self.kind not in LINK_KINDS:
             raise ValueError(f"link kind {self.kind!r}: expected one of {sorted(LINK_KINDS)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Expiration:
+    """Postfix gave up on a whole message (``status=expired, returned to sender``) at ``at``.
+
+    Postfix names no recipient there, so the store records one ``expired`` attempt for each recipient
+    of the message (through queued_as links) that is still queued or deferred.
+    """
+
+    node: str
+    queue_id: str
+    at: datetime
+
+    def __post_init__(self) -> None:
+        _utc(self.at, "at")
+
+
+@dataclass(frozen=True, slots=True)
+class OpenMessages:
+    """The queue ids of messages still open (some recipient not final), and where to look next time.
+
+    ``users`` maps each queue id (descendants included) to the message's user; ``mark`` is the
+    store's row mark to pass back to :meth:`TrackingStore.open_queue_ids` for what was recorded since.
+    """
+
+    users: Mapping[str, str]
+    mark: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,17 +237,33 @@ class TrackingStore(abc.ABC):
 
     @abc.abstractmethod
     def record_attempts(
-        self, attempts: Iterable[Attempt], position: Position | None, links: Iterable[Link] = ()
+        self,
+        attempts: Iterable[Attempt],
+        position: Position | None,
+        links: Iterable[StoredLink] = (),
+        expirations: Iterable[Expiration] = (),
     ) -> RecordResult:
-        """Record attempts (and links) and save the follower's position, all in one transaction.
+        """Record links, attempts and expirations and save the follower's position, in one transaction.
 
-        An attempt already recorded (same node, queue id, recipient, time, status and dsn) is a replay:
-        it is counted in ``replayed`` and changes nothing.
+        Links go first, so an attempt of the same batch on a new queue id finds its message. An
+        attempt already recorded (same node, queue id, recipient, time, status and dsn) is a replay:
+        it is counted in ``replayed`` and changes nothing. Each expiration adds one ``expired``
+        attempt per recipient still queued or deferred (counted in ``new``).
         """
 
     @abc.abstractmethod
+    def expire(self, node: str, queue_id: str, at: datetime) -> int:
+        """Postfix expired this message: its recipients still queued or deferred become ``expired``."""
+
+    @abc.abstractmethod
+    def open_queue_ids(self, node: str, after: int | None = None) -> OpenMessages:
+        """Queue ids the follower should watch: ``after`` None, those of every message of ``node``
+        with a recipient not final (and the ids they continued as); otherwise those of messages
+        recorded since ``after`` (a previous ``mark``), whatever their state."""
+
+    @abc.abstractmethod
     def link(self, node: str, queue_id: str, new_queue_id: str, kind: str) -> None:
-        """Record that ``queue_id`` continues as ``new_queue_id`` (see :class:`Link`)."""
+        """Record that ``queue_id`` continues as ``new_queue_id`` (see :class:`StoredLink`)."""
 
     @abc.abstractmethod
     def position(self, node: str) -> Position | None:

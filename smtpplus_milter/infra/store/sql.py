@@ -21,11 +21,13 @@ from smtpplus_milter.infra.store.base import (
     STATS_BY,
     Attempt,
     Contact,
-    Link,
+    Expiration,
     MessageFilter,
+    OpenMessages,
     Position,
     RecipientStory,
     RecordResult,
+    StoredLink,
     StoredMessage,
     StoreProblem,
     TrackingStore,
@@ -39,6 +41,11 @@ from smtpplus_milter.infra.store.base import (
 
 # A chain of queue-id changes longer than this is a loop or garbage, not Postfix.
 MAX_LINK_DEPTH = 16
+# open_queue_ids(after=mark) looks this many rows back: on PostgreSQL concurrent writers may commit
+# identity values out of order, so a row numbered just below the mark can appear after it was taken.
+MARK_OVERLAP = 256
+# The reply of the attempt an expiration adds (Postfix's own line names no recipient and no reply).
+EXPIRED_REPLY = "expired in the queue (returned to sender)"
 # The column of messages that counts recipients in each state (queued is rcpt_total minus the rest).
 COUNTERS: Mapping[str, str] = MappingProxyType(
     {
@@ -214,47 +221,114 @@ class SqlStore(TrackingStore):
         return f"GREATEST({a}, {b})"
 
     def record_attempts(
-        self, attempts: Iterable[Attempt], position: Position | None, links: Iterable[Link] = ()
+        self,
+        attempts: Iterable[Attempt],
+        position: Position | None,
+        links: Iterable[StoredLink] = (),
+        expirations: Iterable[Expiration] = (),
     ) -> RecordResult:
         new = replayed = 0
         with self._transaction() as cur:
             for link in links:
                 self._insert_link(cur, link)
             for attempt in attempts:
-                recipient = attempt.recipient.lower()
-                cur.execute(
-                    "INSERT INTO attempts (node, queue_id, recipient, at, status, dsn, relay, delay, reply, class)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (node, queue_id, recipient, at, status, dsn) DO NOTHING RETURNING id",
-                    (
-                        attempt.node,
-                        attempt.queue_id,
-                        recipient,
-                        epoch(attempt.at),
-                        attempt.status,
-                        attempt.dsn or "",
-                        attempt.relay,
-                        attempt.delay,
-                        attempt.reply,
-                        attempt.failure_class,
-                    ),
-                )
-                if cur.fetchone() is None:
+                if self._insert_attempt(cur, attempt):
+                    new += 1
+                else:
                     replayed += 1
-                    continue
-                new += 1
-                self._advance(cur, attempt.node, self._root(cur, attempt.node, attempt.queue_id), recipient, attempt)
+            for expiration in expirations:
+                new += self._expire(cur, expiration)
             if position is not None:
                 self._write_position(cur, position)
         return RecordResult(new=new, replayed=replayed)
 
+    def _insert_attempt(self, cur: Cursor, attempt: Attempt) -> bool:
+        """Insert one attempt and move its recipient's state; False when the store had it (a replay)."""
+        recipient = attempt.recipient.lower()
+        cur.execute(
+            "INSERT INTO attempts (node, queue_id, recipient, at, status, dsn, relay, delay, reply, class)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (node, queue_id, recipient, at, status, dsn) DO NOTHING RETURNING id",
+            (
+                attempt.node,
+                attempt.queue_id,
+                recipient,
+                epoch(attempt.at),
+                attempt.status,
+                attempt.dsn or "",
+                attempt.relay,
+                attempt.delay,
+                attempt.reply,
+                attempt.failure_class,
+            ),
+        )
+        if cur.fetchone() is None:
+            return False
+        self._advance(cur, attempt.node, attempt.queue_id, recipient, attempt)
+        return True
+
+    def expire(self, node: str, queue_id: str, at: datetime) -> int:
+        with self._transaction() as cur:
+            return self._expire(cur, Expiration(node, queue_id, at))
+
+    def _expire(self, cur: Cursor, expiration: Expiration) -> int:
+        """One ``expired`` attempt (under the expired queue id) per recipient still queued or deferred."""
+        node = expiration.node
+        root = self._root(cur, node, expiration.queue_id)
+        cur.execute(
+            "SELECT r.address FROM recipients r JOIN messages m ON m.id = r.message"
+            " WHERE m.node = ? AND m.queue_id = ? AND r.state IN ('queued', 'deferred') ORDER BY r.address",
+            (node, root),
+        )
+        added = 0
+        for (address,) in cur.fetchall():
+            attempt = Attempt(
+                node, expiration.queue_id, address, expiration.at, "expired", reply="expired in the queue"
+            )
+            added += self._insert_attempt(cur, attempt)
+        return added
+
+    def open_queue_ids(self, node: str, after: int | None = None) -> OpenMessages:
+        with self._reading() as cur:
+            if after is None:
+                final = " + ".join(COUNTERS[state] for state in ("delivered", "bounced", "expired", "suppressed"))
+                cur.execute(
+                    f"SELECT id, queue_id, username FROM messages WHERE node = ? AND rcpt_total > {final}", (node,)
+                )
+            else:
+                cur.execute(
+                    "SELECT id, queue_id, username FROM messages WHERE node = ? AND id > ?",
+                    (node, after - MARK_OVERLAP),
+                )
+            rows = cur.fetchall()
+            cur.execute("SELECT COALESCE(MAX(id), 0) FROM messages")
+            mark = max(int(cur.fetchone()[0]), after or 0)
+            users: dict[str, str] = {}
+            for _, queue_id, user in rows:
+                # A message recorded since the last look has rarely been re-injected yet: one query
+                # per row only for the start-up load.
+                for qid in self._descendants(cur, node, queue_id) if after is None else (queue_id,):
+                    users[qid] = user
+        return OpenMessages(users, mark)
+
     def _advance(self, cur: Cursor, node: str, queue_id: str, address: str, attempt: Attempt) -> None:
+        """Move the recipient ``address`` of the message ``queue_id`` belongs to (see :meth:`_root`)."""
+        # One statement for the usual cases: the message's own id, or one queued_as link away.
         cur.execute(
             "SELECT r.message, r.state, m.username, m.accepted_at FROM recipients r"
-            " JOIN messages m ON m.id = r.message WHERE m.node = ? AND m.queue_id = ? AND r.address = ?",
-            (node, queue_id, address),
+            " JOIN messages m ON m.id = r.message WHERE m.node = ? AND r.address = ? AND m.queue_id = COALESCE("
+            "(SELECT l.queue_id FROM links l WHERE l.node = ? AND l.new_queue_id = ? AND l.kind = 'queued_as'), ?)",
+            (node, address, node, queue_id, queue_id),
         )
         row = cur.fetchone()
+        if row is None and (root := self._root(cur, node, queue_id)) != queue_id:
+            # Two or more links away (two content filters): the whole chain.
+            cur.execute(
+                "SELECT r.message, r.state, m.username, m.accepted_at FROM recipients r"
+                " JOIN messages m ON m.id = r.message WHERE m.node = ? AND m.queue_id = ? AND r.address = ?",
+                (node, root, address),
+            )
+            row = cur.fetchone()
         if row is None:
             return  # not a tracked message (yet): the attempt waits in its table for the record
         message, old, user, accepted = row
@@ -281,7 +355,7 @@ class SqlStore(TrackingStore):
             (position.node, position.file_id, position.offset),
         )
 
-    def _insert_link(self, cur: Cursor, link: Link) -> None:
+    def _insert_link(self, cur: Cursor, link: StoredLink) -> None:
         cur.execute(
             "INSERT INTO links (node, new_queue_id, queue_id, kind) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (node, new_queue_id) DO NOTHING",
@@ -289,7 +363,7 @@ class SqlStore(TrackingStore):
         )
 
     def link(self, node: str, queue_id: str, new_queue_id: str, kind: str) -> None:
-        link = Link(node, queue_id, new_queue_id, kind)
+        link = StoredLink(node, queue_id, new_queue_id, kind)
         with self._transaction() as cur:
             self._insert_link(cur, link)
             # Attempts of the new id recorded before the link now belong to the original recipients.

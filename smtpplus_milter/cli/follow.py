@@ -1,0 +1,70 @@
+"""``smtpplus-milter follow``: the log follower daemon in the foreground (docs/tracking.md, "The follower").
+
+The process around it (pid file, signals, stop) is :class:`smtpplus_milter.daemon.Daemon`'s; the
+follower itself is :class:`smtpplus_milter.services.follower.Follower`. This module only joins them
+and serves the follower's own metrics on ``tracking.metrics_listen``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from smtpplus_milter.cli import common
+from smtpplus_milter.daemon import Daemon, StartupFailed
+
+
+def add_parser(commands: Any, add_config: Callable[[argparse.ArgumentParser], None]) -> None:
+    follow = commands.add_parser(
+        "follow", help="follow Postfix's log into the tracking store (foreground; SIGTERM saves and stops)"
+    )
+    add_config(follow)
+    follow.add_argument(
+        "--pid-file", type=Path, default=None, metavar="FILE", help="write the process id here (default: none)"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    config = common.load_or_report(args.config)
+    if config is None:
+        return 1
+    tracking = config.tracking
+    if tracking is None:
+        common.err(
+            f"{common.PROGRAM}: tracking is off in {config.path}: add a tracking: section with its store and "
+            "maillog (docs/tracking.md)"
+        )
+        return 1
+    from smtpplus_milter.observe import log as logsetup
+    from smtpplus_milter.observe.metrics import FollowerMetrics, serve_metrics
+    from smtpplus_milter.services.follower import Follower, FollowerService
+
+    logsetup.configure(cache=True)
+
+    def start() -> FollowerService:
+        metrics = FollowerMetrics()
+        if tracking.metrics_listen is not None:
+            try:
+                serve_metrics(tracking.metrics_listen, metrics.registry)
+            except OSError as exc:
+                raise StartupFailed(
+                    f"cannot serve metrics on {tracking.metrics_listen} ({exc.strerror}): another process uses "
+                    "it? change tracking.metrics_listen"
+                ) from exc
+        follower = Follower(
+            tracking.store, tracking.node, tracking.maillog, metrics, retention_days=tracking.retention_days
+        )
+        details = {"maillog": str(tracking.maillog), "node": tracking.node, "metrics": str(tracking.metrics_listen)}
+        return FollowerService(follower, details)
+
+    daemon = Daemon(
+        log=logsetup.get_logger(),
+        socket=None,
+        pid_file=args.pid_file,
+        drain_seconds=0.0,
+        warnings=config.warnings,
+        malloc_arenas=None,
+    )
+    return daemon.run(start)

@@ -1,0 +1,571 @@
+"""The log follower: Postfix's delivery lines for tracked mail, into the tracking store.
+
+:class:`Follower` reads ``tracking.maillog`` from the position saved in the store, cuts it into lines
+(:class:`~smtpplus_milter.core.lines.LineSplitter`), keeps only lines about queue ids it watches
+(two string searches find the id, so other lines cost no regular expression; a watched id's line
+then goes through :func:`~smtpplus_milter.core.postfix_log.parse_line`, which checks the whole
+header), turns their events into attempts, links and expirations, and hands one chunk's worth
+to the store in ONE ``record_attempts`` call together with the new position. A kill -9 therefore
+leaves either the whole chunk and its position in the store or neither; the next start re-reads
+from the saved position, and the store's unique key on attempts makes a re-read line harmless.
+
+Files: the position names the file by device, inode and a hash of its first bytes
+(:data:`FINGERPRINT_BYTES`), so a file renamed away (rotation), truncated in place (copytruncate)
+or removed and recreated is noticed. Rotation: the old file is read to its end, then the new one
+from 0. A position saved in a file rotated while the follower was stopped is looked for among the
+file's siblings (``postfix.log.1``, ``postfix.log-20261201``...), finished, and then the new file read.
+
+Which queue ids: those of messages the store knows and that are still open (loaded at start,
+refreshed every :data:`REFRESH_SECONDS` with what the milter recorded since), those an ``smtpd``
+line names with a ``sasl_username`` (an authenticated submission, before the milter's record
+reaches the store), and the ids a tracked message is re-injected as. An id leaves the set
+:data:`REMOVED_GRACE_SECONDS` after Postfix removed its queue file; the set holds at most
+:data:`MAX_WANTED` ids (the oldest go first).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
+from pathlib import Path
+from typing import BinaryIO
+
+from smtpplus_milter.core.lines import Line, LineSplitter
+from smtpplus_milter.core.postfix_log import (
+    QUEUE_ID,
+    Delivery,
+    Expired,
+    Link,
+    Removed,
+    parse_line,
+    peek_queue_id,
+)
+from smtpplus_milter.infra.store import TrackingStore, open_store
+from smtpplus_milter.infra.store.base import Attempt, Expiration, Position, StoredLink
+from smtpplus_milter.observe.log import get_logger
+from smtpplus_milter.observe.metrics import FollowerMetrics
+
+log = get_logger()
+
+POLL_SECONDS = 0.2
+CHUNK_BYTES = 1024 * 1024  # one read, one store transaction
+FINGERPRINT_BYTES = 256
+REFRESH_SECONDS = 2.0
+PRUNE_SECONDS = 3600.0
+PRUNE_BATCH = 500
+REMOVED_GRACE_SECONDS = 600.0  # a notification or a late line may follow "removed"
+MAX_WANTED = 200_000
+MAX_FINISHED = 10_000  # remembered so that a refresh does not watch them again
+RETRY_SECONDS = 1.0
+MAX_RETRY_SECONDS = 60.0
+MAX_REPLY_CHARS = 2000
+UNKNOWN_USER = "-"
+
+# smtpd's "QID: client=host[ip], sasl_method=PLAIN, sasl_username=alice": an authenticated submission.
+_SASL = re.compile(rf"/smtpd(?:\[\d+\])?: (?:\[ID \d+ [\w.]+\] )?({QUEUE_ID}): client=.*?\bsasl_username=([^,\s]+)")
+# Compressed rotations cannot be read where they lie; they are never the file of a saved position.
+_COMPRESSED = (".gz", ".xz", ".bz2", ".zst", ".lz4")
+_NOTIFICATION_KINDS = frozenset({"bounce", "delay", "dsn"})
+# How the text after the queue id starts in the lines parse_line makes events of (a delivery,
+# qmgr's expiry or active line, "removed", bounce's notification).
+_EVENT_STARTS = ("to=<", "from=<", "removed", "sender ", "postmaster ")
+
+
+def _quick_queue_id(text: str) -> tuple[str | None, int]:
+    """The token after ``program[pid]: `` (a queue id if the line has one) and where the text after
+    its ``: `` starts, found without a regex.
+
+    Only a pre-filter: a token that is watched (or an smtpd ``sasl_username`` line) then goes
+    through :func:`peek_queue_id` and :func:`parse_line`, which check the whole header. Postfix
+    always writes the ``[pid]``, and neither the time nor the host name holds ``]``, so the first
+    ``]: `` ends the program. None: no token, skip the line; ``""``: no ``]: `` at all (a line
+    without a pid), let the full check decide.
+    """
+    start = text.find("]: ")
+    if start < 0:
+        return "", 0
+    start += 3
+    if text.startswith("[ID ", start):  # a Solaris-style "[ID 197553 mail.info] " tag
+        start = text.find("] ", start) + 2
+        if start < 2:
+            return None, 0
+    end = text.find(": ", start)
+    return (None, 0) if end < 0 else (text[start:end], end + 2)
+
+
+def is_local_relay(relay: str | None) -> bool:
+    """True when ``relay=`` names this host: a content filter handing the mail back to our Postfix.
+
+    ``127.0.0.1[127.0.0.1]:10025``, ``localhost[::1]:10026``, ``none`` and a unix socket
+    (``private/filter``, no ``[address]``) are local; any other host's ``queued as`` is its own queue.
+    """
+    if not relay or relay == "none":
+        return True
+    host, bracket, rest = relay.partition("[")
+    if not bracket:
+        return True  # a unix socket: the filter runs here
+    if host.lower() == "localhost":
+        return True
+    address = rest.partition("]")[0]
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class FileId:
+    """Which file a position is in: device, inode, and a hash of its first ``length`` bytes."""
+
+    dev: int
+    ino: int
+    length: int
+    digest: str
+
+    def __str__(self) -> str:
+        return f"{self.dev}:{self.ino}:{self.length}:{self.digest}"
+
+    @classmethod
+    def parse(cls, text: str) -> FileId | None:
+        parts = text.split(":")
+        if len(parts) != 4 or not all(p.isdigit() for p in parts[:3]):
+            return None
+        return cls(int(parts[0]), int(parts[1]), int(parts[2]), parts[3])
+
+    @classmethod
+    def of(cls, handle: BinaryIO, length: int = FINGERPRINT_BYTES) -> FileId:
+        info = os.fstat(handle.fileno())
+        head = os.pread(handle.fileno(), length, 0)
+        return cls(info.st_dev, info.st_ino, len(head), hashlib.sha256(head).hexdigest()[:16])
+
+    def same_file(self, handle: BinaryIO) -> bool:
+        """The open file is this one: same device and inode, and its first bytes unchanged."""
+        info = os.fstat(handle.fileno())
+        if (info.st_dev, info.st_ino) != (self.dev, self.ino):
+            return False
+        head = os.pread(handle.fileno(), self.length, 0)
+        return len(head) == self.length and hashlib.sha256(head).hexdigest()[:16] == self.digest
+
+
+@dataclass
+class _Reading:
+    handle: BinaryIO
+    path: Path
+    file_id: FileId
+    splitter: LineSplitter
+    read_to: int  # bytes read so far (the splitter's offset plus a partial line)
+
+
+@dataclass
+class _Batch:
+    attempts: list[Attempt] = field(default_factory=list)
+    users: list[str] = field(default_factory=list)  # the user of each attempt, for the metric
+    links: list[StoredLink] = field(default_factory=list)
+    expirations: list[Expiration] = field(default_factory=list)
+    expiring_users: set[str] = field(default_factory=set)
+    position: Position | None = None
+    last_at: datetime | None = None
+
+
+class Follower:
+    """Follows one log file into one store for one node. :meth:`serve` runs it; :meth:`step` once."""
+
+    def __init__(
+        self,
+        store_url: str,
+        node: str,
+        maillog: Path,
+        metrics: FollowerMetrics,
+        *,
+        retention_days: int | None = None,
+        opener: Callable[[str], TrackingStore] = open_store,
+        zone: tzinfo | None = None,
+        poll: float = POLL_SECONDS,
+        chunk: int = CHUNK_BYTES,
+        wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store_url = store_url
+        self.node = node
+        self.maillog = maillog
+        self.metrics = metrics
+        self.retention_days = retention_days
+        self.opener = opener
+        # Postfix writes the classic timestamp in local time.
+        self.zone = zone if zone is not None else (datetime.now().astimezone().tzinfo or UTC)
+        self.poll = poll
+        self.chunk = chunk
+        self.wall = wall
+        self.clock = clock
+        self._store: TrackingStore | None = None
+        self._reading: _Reading | None = None
+        self._pending: _Batch | None = None  # a batch the store has not taken yet
+        self._users: dict[str, str] = {}  # watched queue id -> SMTP+ user
+        self._removed: dict[str, float] = {}  # queue id -> when to stop watching it (clock)
+        self._finished: dict[str, None] = {}  # ids no longer watched, oldest first (bounded)
+        self._mark: int | None = None
+        self._next_refresh = 0.0
+        self._next_prune = 0.0
+        self._next_try = 0.0
+        self._retry = RETRY_SECONDS
+        self._missing_said = False
+        self._stopping = threading.Event()
+
+    # -- the service ---------------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                progressed = self.step()
+            except Exception:  # one failed cycle must not end the follower
+                log.exception("follower_cycle_failed")
+                progressed = False
+            if not progressed:
+                self._stopping.wait(self.poll)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def close(self) -> None:
+        """Write what is still pending (once) and release the store and the file."""
+        if self._pending is not None and self._store is not None:
+            try:
+                self._write(self._pending)
+            except Exception as exc:
+                log.warning("follower_unsaved", reason=str(exc)[:300], detail="re-read from the saved position")
+        if self._reading is not None:
+            self._reading.handle.close()
+            self._reading = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def watched(self) -> int:
+        return len(self._users)
+
+    # -- one cycle -----------------------------------------------------------------------------------
+
+    def step(self) -> bool:
+        """One cycle: write a pending batch, or read and write one chunk. True if it did something."""
+        now = self.clock()
+        if now < self._next_try:
+            return False
+        try:
+            store = self._open_store()
+            if self._pending is not None:
+                self._write(self._pending)
+                self._pending = None
+            self._housekeeping(store, now)
+        except Exception as exc:
+            self._store_failed(exc)
+            return False
+        try:
+            if self._reading is None and not self._open_file(store):
+                return False
+        except Exception as exc:  # reading the saved position failed: the store went away
+            self._store_failed(exc)
+            return False
+        batch = self._read_chunk()
+        if batch is None:
+            return False
+        self._pending = batch
+        try:
+            self._write(batch)
+        except Exception as exc:
+            self._store_failed(exc)
+            return False
+        self._pending = None
+        return True
+
+    def _open_store(self) -> TrackingStore:
+        if self._store is None:
+            store = self.opener(self.store_url)
+            try:
+                store.migrate()
+                opened = store.open_queue_ids(self.node)
+            except Exception:
+                store.close()
+                raise
+            self._store = store
+            self._users.update(opened.users)
+            self._mark = opened.mark
+            self._next_refresh = self.clock() + REFRESH_SECONDS
+            if self._retry > RETRY_SECONDS:
+                log.info("tracking_store_available", store=_without_password(self.store_url))
+            self._retry = RETRY_SECONDS
+        return self._store
+
+    def _store_failed(self, exc: Exception) -> None:
+        self.metrics.store_errors.inc()
+        log.warning(
+            "tracking_store_unavailable",
+            store=_without_password(self.store_url),
+            reason=str(exc)[:500],
+            retry_in=self._retry,
+        )
+        if self._store is not None:
+            try:
+                self._store.close()
+            except Exception:
+                pass
+            self._store = None
+        self._next_try = self.clock() + self._retry
+        self._retry = min(self._retry * 2, MAX_RETRY_SECONDS)
+
+    def _housekeeping(self, store: TrackingStore, now: float) -> None:
+        if now >= self._next_refresh:
+            self._next_refresh = now + REFRESH_SECONDS
+            fresh = store.open_queue_ids(self.node, after=self._mark)
+            self._mark = fresh.mark
+            for qid, user in fresh.users.items():
+                if qid not in self._finished:  # the refresh looks a few rows back: not the done ones again
+                    self._want(qid, user)
+            while self._removed:
+                qid, deadline = next(iter(self._removed.items()))
+                if deadline > now:
+                    break
+                del self._removed[qid]
+                self._users.pop(qid, None)
+                self._finished[qid] = None
+                if len(self._finished) > MAX_FINISHED:
+                    del self._finished[next(iter(self._finished))]
+        if self.retention_days is not None and now >= self._next_prune:
+            self._next_prune = now + PRUNE_SECONDS
+            before = datetime.fromtimestamp(self.wall(), UTC) - timedelta(days=self.retention_days)
+            pruned = store.prune(before, batch=PRUNE_BATCH)
+            log.info("tracking_pruned", messages=pruned, before=before.isoformat())
+
+    def _want(self, qid: str, user: str) -> None:
+        if qid not in self._users and len(self._users) >= MAX_WANTED:
+            oldest = next(iter(self._users))
+            del self._users[oldest]
+            self._removed.pop(oldest, None)
+        self._users[qid] = user
+
+    # -- the file ------------------------------------------------------------------------------------
+
+    def _open_file(self, store: TrackingStore) -> bool:
+        saved = store.position(self.node)  # first: a store failing here leaves no file open
+        try:
+            handle: BinaryIO = open(self.maillog, "rb", buffering=0)
+        except FileNotFoundError:
+            if not self._missing_said:
+                log.warning("maillog_missing", maillog=str(self.maillog), detail="waiting for Postfix to create it")
+                self._missing_said = True
+            return False
+        except OSError as exc:
+            if not self._missing_said:
+                log.error("maillog_unreadable", maillog=str(self.maillog), reason=exc.strerror)
+                self._missing_said = True
+            return False
+        self._missing_said = False
+        saved_id = FileId.parse(saved.file_id) if saved is not None else None
+        start = 0
+        if saved is not None and saved_id is not None:
+            if saved_id.same_file(handle) and os.fstat(handle.fileno()).st_size >= saved.offset:
+                start = saved.offset
+            elif (older := self._rotated_copy(saved_id, saved.offset)) is not None:
+                # Rotated while we were stopped: finish that file first; the switch happens at its end.
+                handle.close()
+                handle = older
+                start = saved.offset
+                log.info("maillog_finishing_rotated", offset=start)
+            else:
+                log.warning(
+                    "maillog_position_lost",
+                    maillog=str(self.maillog),
+                    saved=saved.file_id,
+                    offset=saved.offset,
+                    detail="the saved file is gone or was truncated: reading the current file from its start",
+                )
+        self._start(handle, start)
+        log.info("maillog_following", maillog=str(self.maillog), offset=start, watched=len(self._users))
+        return True
+
+    def _rotated_copy(self, saved: FileId, offset: int) -> BinaryIO | None:
+        try:
+            siblings = sorted(self.maillog.parent.iterdir())
+        except OSError:
+            return None
+        for path in siblings:
+            name = path.name
+            if path == self.maillog or not name.startswith(self.maillog.name) or name.endswith(_COMPRESSED):
+                continue
+            try:
+                handle: BinaryIO = open(path, "rb", buffering=0)
+            except OSError:
+                continue
+            if saved.same_file(handle) and os.fstat(handle.fileno()).st_size >= offset:
+                return handle
+            handle.close()
+        return None
+
+    def _start(self, handle: BinaryIO, offset: int) -> None:
+        if self._reading is not None and self._reading.handle is not handle:
+            self._reading.handle.close()
+        handle.seek(offset)
+        self._reading = _Reading(handle, self.maillog, FileId.of(handle), LineSplitter(start=offset), offset)
+
+    def _read_chunk(self) -> _Batch | None:
+        """Read and parse one chunk; None when there is nothing new (after checking for rotation)."""
+        reading = self._reading
+        assert reading is not None
+        data = reading.handle.read(self.chunk)
+        if not data:
+            self.metrics.lag.set(0)
+            # A new or truncated file: read it now (its first read cannot switch again).
+            return self._read_chunk() if self._check_file(reading) else None
+        reading.read_to += len(data)
+        lines = reading.splitter.feed(data)
+        batch = self._parse(lines)
+        if reading.file_id.length < FINGERPRINT_BYTES:
+            reading.file_id = FileId.of(reading.handle)
+        batch.position = Position(self.node, str(reading.file_id), reading.splitter.offset)
+        self.metrics.lines.inc(len(lines))
+        if len(data) < self.chunk:
+            self.metrics.lag.set(0)
+        elif batch.last_at is not None:
+            self.metrics.lag.set(max(0.0, self.wall() - batch.last_at.timestamp()))
+        return batch
+
+    def _check_file(self, reading: _Reading) -> bool:
+        """At the end of the file: truncated in place, rewritten, or replaced by a new file? True: switched."""
+        handle = reading.handle
+        if os.fstat(handle.fileno()).st_size < reading.read_to or not reading.file_id.same_file(handle):
+            log.info("maillog_truncated", maillog=str(self.maillog), offset=reading.read_to)
+            self._start(handle, 0)
+            return True
+        try:
+            info = os.stat(self.maillog)
+        except FileNotFoundError:
+            return False  # renamed away, the new one not created yet: keep reading the old one
+        current = os.fstat(handle.fileno())
+        if (info.st_dev, info.st_ino) == (current.st_dev, current.st_ino):
+            return False
+        # Rotated: this read found the old file's end, so everything in it is consumed; go on in the new one.
+        try:
+            new: BinaryIO = open(self.maillog, "rb", buffering=0)
+        except OSError:
+            return False
+        log.info("maillog_rotated", maillog=str(self.maillog), old_offset=reading.read_to)
+        self._start(new, 0)
+        return True
+
+    # -- lines to values -----------------------------------------------------------------------------
+
+    def _parse(self, lines: list[Line]) -> _Batch:
+        batch = _Batch()
+        now = datetime.fromtimestamp(self.wall(), UTC)
+        users = self._users
+        for line in lines:
+            text = line.text
+            quick, rest = _quick_queue_id(text)
+            if quick is None:
+                continue
+            if quick == "" or (quick in users and text.startswith(_EVENT_STARTS, rest)):
+                # A watched id's event line (parse_line checks the header and the id itself).
+                events = parse_line(text, now=now, zone=self.zone, wanted=users)
+                if events:
+                    qid = events[0].queue_id
+                    self._events(batch, qid, users[qid], events)
+                    continue
+            # Most lines of a busy host end here, without a regular expression: another queue id,
+            # or a line of a watched one that holds no event (cleanup, smtpd, qmgr's own).
+            if "sasl_username=" in text and (m := _SASL.search(text)) is not None:
+                qid = m.group(1)
+                if qid not in users and peek_queue_id(text) == qid:
+                    self._want(qid, m.group(2))
+        return batch
+
+    def _events(self, batch: _Batch, qid: str, user: str, events: tuple[object, ...]) -> None:
+        for index, event in enumerate(events):
+            if isinstance(event, Delivery):
+                batch.last_at = event.at
+                follows = events[index + 1] if index + 1 < len(events) else None
+                if isinstance(follows, Link) and follows.kind == "queued_as" and is_local_relay(follows.relay):
+                    continue  # a hand-off to the content filter: the link below, not a delivery
+                batch.attempts.append(
+                    Attempt(
+                        self.node,
+                        qid,
+                        event.recipient,
+                        event.at.astimezone(UTC),
+                        event.status,
+                        event.dsn,
+                        event.relay,
+                        event.delay,
+                        event.reply[:MAX_REPLY_CHARS],
+                        None,  # the failure class is decided by a later stage
+                    )
+                )
+                batch.users.append(user)
+            elif isinstance(event, Link):
+                batch.last_at = event.at
+                if event.kind == "queued_as":
+                    if is_local_relay(event.relay):
+                        batch.links.append(StoredLink(self.node, qid, event.new_queue_id, "queued_as"))
+                        self._want(event.new_queue_id, user)
+                elif event.kind in _NOTIFICATION_KINDS:
+                    batch.links.append(StoredLink(self.node, qid, event.new_queue_id, "notification"))
+            elif isinstance(event, Expired):
+                batch.last_at = event.at
+                batch.expirations.append(Expiration(self.node, qid, event.at.astimezone(UTC)))
+                batch.expiring_users.add(user)
+            elif isinstance(event, Removed):
+                batch.last_at = event.at
+                self._removed.pop(qid, None)
+                self._removed[qid] = self.clock() + REMOVED_GRACE_SECONDS
+
+    def _write(self, batch: _Batch) -> None:
+        assert self._store is not None
+        result = self._store.record_attempts(batch.attempts, batch.position, batch.links, batch.expirations)
+        replayed = result.replayed
+        if replayed < len(batch.attempts) or not batch.attempts:
+            # A batch re-read after a crash is mostly replays: count only a batch that is mostly new.
+            for attempt, user in zip(batch.attempts, batch.users, strict=True):
+                self.metrics.deliveries.labels(user=user, status=attempt.status).inc()
+        expired = result.new - (len(batch.attempts) - replayed)
+        if expired > 0:
+            user = next(iter(batch.expiring_users)) if len(batch.expiring_users) == 1 else UNKNOWN_USER
+            self.metrics.deliveries.labels(user=user, status="expired").inc(expired)
+
+
+class FollowerService:
+    """:class:`Follower` as a :class:`smtpplus_milter.daemon.Service` (``smtpplus-milter follow``)."""
+
+    def __init__(self, follower: Follower, details: Mapping[str, object]) -> None:
+        self.follower = follower
+        self._details = details
+
+    def serve(self) -> None:
+        self.follower.serve()
+
+    def stop(self) -> None:
+        self.follower.stop()
+
+    def reload(self) -> None:
+        log.info("reload_ignored", reason="the follower reads its config at start; restart it to change it")
+
+    def busy(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.follower.close()
+
+    def details(self) -> Mapping[str, object]:
+        return self._details
+
+
+def _without_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    return f"{scheme}://{credentials.partition(':')[0]}@{host}"
