@@ -16,7 +16,7 @@ from smtpplus_milter.cli import main
 from smtpplus_milter.cli.tracking import DEFAULT_LIMIT, MESSAGE_CSV, MESSAGE_KEYS, SHOW_CSV
 from smtpplus_milter.core.tracking import MessageRecord
 from smtpplus_milter.infra.store import open_store
-from smtpplus_milter.infra.store.base import STATS_COUNTERS, Attempt, Link, Position
+from smtpplus_milter.infra.store.base import STATS_COUNTERS, Attempt, Position, StoredLink
 from tests.support import postgres
 from tests.support.builders import message_record, write_config
 
@@ -165,7 +165,7 @@ def fill_views(url: str) -> None:
                 ),
             ],
             Position("relay-1", "test-log", 100),
-            [Link("relay-1", q3, CONTINUED_AS, "queued_as")],
+            [StoredLink("relay-1", q3, CONTINUED_AS, "queued_as")],
         )
         store.record_attempts(
             [
