@@ -1,8 +1,11 @@
 """``python -m lab``: the SMTP+ lab on loopback, with a guided tour.
 
-Starts a private Postfix (submission with STARTTLS + SASL), a private Dovecot auth (passwd-file)
-and smtpplus-milter with the example config, sends sample messages, and prints what each client
-saw, what arrived at the sink and what the milter logged. ``--keep`` leaves it running.
+Starts a private Postfix (submission with STARTTLS + SASL), a private Dovecot auth (passwd-file),
+smtpplus-milter with the example config recording into a SQLite tracking store, and the log
+follower on Postfix's log; sends sample messages, and prints what each client saw, what arrived
+at the sink, what the milter logged, and what became of each recipient (``messages show``,
+``stats``). The sink answers by local part: ``unknown…`` 550 5.1.1, ``blocked…`` 550 5.7.1,
+``busy…`` 450 4.2.0, anyone else 250. ``--keep`` leaves it running.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import subprocess
 import sys
 import time
 import urllib.request
@@ -22,12 +26,59 @@ def _show(title: str, result: SendResult) -> None:
     print(f"  - {title}\n      {mark}: {result if not result.accepted else 'queued for delivery'}")
 
 
+# The four recipients of the tracking sample and what the sink answers each of them.
+OUTCOMES = {
+    "ok@example.org": "delivered",
+    "unknown-7@example.org": "bounced",
+    "blocked-7@example.org": "bounced",
+    "busy-7@example.org": "deferred",
+}
+
+
+def _command(stack: Stack, *args: str) -> str:
+    """Run ``smtpplus-milter ARGS -c CONFIG`` as an operator would; its output."""
+    command = [sys.executable, "-m", "smtpplus_milter", *args, "-c", str(stack.config_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    return done.stdout + done.stderr
+
+
+def _json_rows(stack: Stack, *args: str) -> list[dict[str, object]]:
+    command = [sys.executable, "-m", "smtpplus_milter", *args, "-c", str(stack.config_path), "--format", "json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    rows = json.loads(done.stdout) if done.returncode == 0 and done.stdout.strip() else []
+    return rows if isinstance(rows, list) else []
+
+
+def _delivery_outcomes(stack: Stack) -> None:
+    """Wait until the follower has seen every outcome of the tracking sample, then show it."""
+    queue_id = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        rows = _json_rows(stack, "messages", "--to", "busy-7@example.org")
+        if rows:
+            queue_id = str(rows[0]["queue_id"])
+            recipients = rows[0]["recipients"]
+            assert isinstance(recipients, list)
+            states = {r["address"]: r["state"] for r in recipients}
+            if states == OUTCOMES:
+                break
+        time.sleep(0.5)
+    if queue_id is None:
+        print("\nThe follower recorded nothing within 30 s; see the follower's log in the work directory.")
+        return
+    print(f"\nWhat became of each recipient (the follower reads {stack.postfix.log_file if stack.postfix else ''}):")
+    print(f"$ smtpplus-milter messages show {queue_id} -c {stack.config_path}")
+    print("  " + _command(stack, "messages", "show", queue_id).rstrip().replace("\n", "\n  "))
+    print(f"\n$ smtpplus-milter stats --by user -c {stack.config_path}")
+    print("  " + _command(stack, "stats", "--by", "user").rstrip().replace("\n", "\n  "))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__)
     parser.add_argument("--keep", action="store_true", help="stay up after the tour until Ctrl-C / SIGTERM")
     args = parser.parse_args(argv)
 
-    stack = Stack(cleanup=False)
+    stack = Stack(cleanup=False, tracking="sqlite", follower=True)
     print(f"Starting the SMTP+ lab in {stack.workdir} ...")
     with stack:
         assert stack.postfix is not None and stack.milter is not None
@@ -37,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{stack.postfix.smtp_port}\n  Dovecot SASL {stack.dovecot.auth_socket}\n"
             f"  smtpplus-milter {stack.milter_spec}, metrics http://127.0.0.1:{stack.metrics_port}/metrics\n"
             f"  sink (where Postfix delivers) 127.0.0.1:{stack.sink.port}\n"
+            f"  tracking store {stack.settings['tracking']['store']}, follower metrics "
+            f"http://127.0.0.1:{stack.tracking_metrics_port}/metrics\n"
         )
         print("Sample messages:")
         tour = [
@@ -46,6 +99,17 @@ def main(argv: list[str] | None = None) -> int:
                     login="shop-frontend",
                     mail_from="info@yourcompany.com",
                     message=make_message(from_="Shop <info@yourcompany.com>", subject="Your order 1001"),
+                ),
+            ),
+            (
+                "shop-frontend sends one message to four recipients the sink treats differently",
+                dict(
+                    login="shop-frontend",
+                    mail_from="info@yourcompany.com",
+                    rcpt_to=list(OUTCOMES),
+                    message=make_message(
+                        from_="Shop <info@yourcompany.com>", to="ok@example.org", subject="Your order 1002"
+                    ),
                 ),
             ),
             (
@@ -148,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             ]
         print("\nMetrics:\n  " + "\n  ".join(metrics))
+        _delivery_outcomes(stack)
         passwords = json.dumps(stack.passwords, indent=2).replace("\n", "\n  ")
         print(
             f"\nSend your own (the lab's passwords):\n  {passwords}\n"

@@ -37,6 +37,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import BinaryIO
 
+from smtpplus_milter.core.failures import classify
 from smtpplus_milter.core.lines import Line, LineSplitter
 from smtpplus_milter.core.postfix_log import (
     QUEUE_ID,
@@ -502,7 +503,7 @@ class Follower:
                         event.relay,
                         event.delay,
                         event.reply[:MAX_REPLY_CHARS],
-                        None,  # the failure class is decided by a later stage
+                        classify(event.status, event.dsn),
                     )
                 )
                 batch.users.append(user)

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
 
+from smtpplus_milter.core import failures
 from smtpplus_milter.core.tracking import MessageRecord
 
 # What the follower reads in Postfix's ``status=`` field.
 STATUSES = frozenset({"sent", "deferred", "bounced", "expired"})
-# The class of a failure (hard / soft / blocked), decided elsewhere; None for a delivery.
-CLASSES = frozenset({"hard", "soft", "blocked"})
+# The class of a failure (hard / soft / blocked, core/failures.py); None for a delivery.
+CLASSES = frozenset(failures.CLASSES)
 # A recipient's states. ``suppressed`` is set when the recipient was refused at RCPT.
 STATES = ("queued", "deferred", "delivered", "bounced", "expired", "suppressed")
 FINAL_STATES = frozenset({"delivered", "bounced", "expired", "suppressed"})

@@ -16,6 +16,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from smtpplus_milter.core.failures import classify
 from smtpplus_milter.core.tracking import MessageRecord
 from smtpplus_milter.infra.store.base import (
     STATS_BY,
@@ -283,7 +284,13 @@ class SqlStore(TrackingStore):
         added = 0
         for (address,) in cur.fetchall():
             attempt = Attempt(
-                node, expiration.queue_id, address, expiration.at, "expired", reply="expired in the queue"
+                node,
+                expiration.queue_id,
+                address,
+                expiration.at,
+                "expired",
+                reply=EXPIRED_REPLY,
+                failure_class=classify("expired", None),
             )
             added += self._insert_attempt(cur, attempt)
         return added
