@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -39,6 +39,10 @@ class _Cursor:
 
     def execute(self, sql: str, params: Sequence[Any] = (), /) -> Any:
         return self._cur.execute(_dialect(sql), tuple(params))
+
+    def executemany(self, sql: str, params: Iterable[Sequence[Any]], /) -> Any:
+        # psycopg sends the statements in one pipeline: one round trip, not one per row.
+        return self._cur.executemany(_dialect(sql), [tuple(row) for row in params])
 
     def fetchone(self) -> Any:
         return self._cur.fetchone()
