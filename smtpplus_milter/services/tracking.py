@@ -58,6 +58,10 @@ class TrackingWriter:
         self._next_try = 0.0
         self._retry = RETRY_SECONDS
         self._waiting = spool.count_pending()  # left from before a restart
+        # Batches appended while the spool held nothing older, with the offset after each: they are
+        # exactly the spool's next lines, so the store gets them as they are instead of read back
+        # and parsed (the writer's CPU is the milter's). Anything else goes through the spool.
+        self._fresh: collections.deque[tuple[list[MessageRecord], int]] = collections.deque()
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # the thread and stop() never work on the spool together
         self._thread = threading.Thread(target=self._run, name="tracking-writer", daemon=True)
@@ -105,12 +109,15 @@ class TrackingWriter:
             batch: list[MessageRecord] = []
             while self._incoming and len(batch) < BATCH:
                 batch.append(self._incoming.popleft())
+            nothing_older = self._waiting == 0 or bool(self._fresh)
             try:
-                self.spool.append([record.as_dict() for record in batch])
+                end = self.spool.append([record.as_dict() for record in batch])
             except (SpoolFull, SpoolProblem) as exc:
                 self.metrics.tracking_lost.inc(len(batch))
                 log.error("tracking_records_lost", records=len(batch), reason=str(exc))
                 continue
+            if nothing_older:
+                self._fresh.append((batch, end))
             self._waiting += len(batch)
         self.metrics.tracking_spooled.set(self._waiting)
 
@@ -119,19 +126,25 @@ class TrackingWriter:
         if self._waiting == 0 or self.clock() < self._next_try:
             return
         while True:
-            pending = self.spool.pending(limit=BATCH)
-            if not pending.records:
+            if self._fresh:
+                records, end = self._fresh[0]
+            else:
+                pending = self.spool.pending(limit=BATCH)
+                records, end = [MessageRecord.from_dict(item) for item in pending.records], pending.end
+            if not records:
                 self._waiting = 0
                 break
             try:
-                store = self._open()
-                store.record_messages([MessageRecord.from_dict(item) for item in pending.records])
+                self._open().record_messages(records)
             except Exception as exc:
+                self._fresh.clear()  # the next try reads the spool back
                 self._failed(exc)
                 break
-            self.spool.mark_done(pending.end)
-            self.stored += len(pending.records)
-            self._waiting = max(0, self._waiting - len(pending.records))
+            if self._fresh:
+                self._fresh.popleft()
+            self.spool.mark_done(end)
+            self.stored += len(records)
+            self._waiting = max(0, self._waiting - len(records))
             self._retry = RETRY_SECONDS
         self.metrics.tracking_spooled.set(self._waiting)
 
