@@ -56,6 +56,23 @@ COUNTERS: Mapping[str, str] = MappingProxyType(
         "suppressed": "rcpt_suppressed",
     }
 )
+# What a record inserts into messages (rcpt_total too: the counters of queued recipients need no update).
+MESSAGE_INSERT_COLUMNS = (
+    "node",
+    "queue_id",
+    "username",
+    "list_name",
+    "envelope_from",
+    "header_from",
+    "subject",
+    "message_id",
+    "size",
+    "priority",
+    "queue",
+    "accepted_at",
+    "day",
+    "rcpt_total",
+)
 # Rows per multi-row INSERT of messages (14 values each): under SQLite's oldest limit of 999 variables.
 INSERT_ROWS = 64
 # Values per IN (...) list of a batch's look-ups, for the same reason.
@@ -169,35 +186,24 @@ class SqlStore(TrackingStore):
         ids: dict[tuple[str, str], int] = {}
         for start in range(0, len(records), INSERT_ROWS):
             chunk = records[start : start + INSERT_ROWS]
-            rows = ", ".join("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" for _ in chunk)
-            params: list[Any] = []
-            for rec in chunk:
-                params += (
-                    rec.node,
-                    rec.queue_id,
-                    rec.user,
-                    rec.list,
-                    rec.envelope_from,
-                    rec.header_from,
-                    rec.subject,
-                    rec.message_id,
-                    rec.size,
-                    rec.priority,
-                    rec.queue,
-                    epoch(rec.accepted_at),
-                    day_of(rec.accepted_at),
-                    len(_addresses(rec)),
-                )
+            rows = ", ".join(f"({', '.join('?' for _ in MESSAGE_INSERT_COLUMNS)})" for _ in chunk)
             # RETURNING names its rows: their order is not promised, and replays return none.
             cur.execute(
-                "INSERT INTO messages (node, queue_id, username, list_name, envelope_from, header_from, subject,"
-                f" message_id, size, priority, queue, accepted_at, day, rcpt_total) VALUES {rows}"
+                f"INSERT INTO messages ({', '.join(MESSAGE_INSERT_COLUMNS)}) VALUES {rows}"
                 " ON CONFLICT (node, queue_id) DO NOTHING RETURNING id, node, queue_id",
-                params,
+                [value for rec in chunk for value in message_row(rec)],
             )
             for message, node, queue_id in cur.fetchall():
                 ids[(node, queue_id)] = int(message)
         return ids
+
+    def _insert_recipients(self, cur: Cursor, rows: Sequence[tuple[int, str, str, str]]) -> None:
+        """(message, address, domain, state) rows."""
+        cur.executemany("INSERT INTO recipients (message, address, domain, state) VALUES (?, ?, ?, ?)", rows)
+
+    def _in_list(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
+        """``column`` is one of ``values``: the SQL and its parameters (at most :data:`IN_VALUES`)."""
+        return f"{column} IN ({', '.join('?' for _ in values)})", list(values)
 
     def _add_recipients(self, cur: Cursor, new: Sequence[tuple[int, MessageRecord]]) -> None:
         """The recipients rows, the recipients database and the counters of newly inserted messages."""
@@ -220,7 +226,7 @@ class SqlStore(TrackingStore):
                     f"UPDATE messages SET {', '.join(f'{column} = ?' for column, _ in changes)} WHERE id = ?",
                     (*(n for _, n in changes), message),
                 )
-        cur.executemany("INSERT INTO recipients (message, address, domain, state) VALUES (?, ?, ?, ?)", recipients)
+        self._insert_recipients(cur, recipients)
         # Sorted by (user, address): concurrent writers then lock the same contacts rows in the same
         # order (no deadlock). The sort is stable, so one address twice in a batch is applied in the
         # records' order, as one by one (the state of the later message wins a tie on the time).
@@ -256,10 +262,10 @@ class SqlStore(TrackingStore):
                     break
                 rows: list[tuple[str, str]] = []
                 for part in _chunks(frontier):
+                    among, values = self._in_list("queue_id", part)
                     cur.execute(
-                        "SELECT queue_id, new_queue_id FROM links WHERE node = ? AND kind = 'queued_as'"
-                        f" AND queue_id IN ({', '.join('?' for _ in part)})",
-                        (node, *part),
+                        f"SELECT queue_id, new_queue_id FROM links WHERE node = ? AND kind = 'queued_as' AND {among}",
+                        (node, *values),
                     )
                     rows += cur.fetchall()
                 frontier = []
@@ -274,10 +280,10 @@ class SqlStore(TrackingStore):
                 for queue_id in _chain(root, children):
                     owners.setdefault(queue_id, []).append(root)
             for part in _chunks(list(owners)):
+                among, values = self._in_list("queue_id", part)
                 cur.execute(
-                    "SELECT queue_id, recipient, status, at, id FROM attempts WHERE node = ?"
-                    f" AND queue_id IN ({', '.join('?' for _ in part)})",
-                    (node, *part),
+                    f"SELECT queue_id, recipient, status, at, id FROM attempts WHERE node = ? AND {among}",
+                    (node, *values),
                 )
                 for queue_id, recipient, status, at, attempt_id in cur.fetchall():
                     for root in owners[queue_id]:
@@ -690,6 +696,26 @@ class SqlStore(TrackingStore):
         return pruned
 
 
+def message_row(rec: MessageRecord) -> tuple[Any, ...]:
+    """A record's values for :data:`MESSAGE_INSERT_COLUMNS`."""
+    return (
+        rec.node,
+        rec.queue_id,
+        rec.user,
+        rec.list,
+        rec.envelope_from,
+        rec.header_from,
+        rec.subject,
+        rec.message_id,
+        rec.size,
+        rec.priority,
+        rec.queue,
+        epoch(rec.accepted_at),
+        day_of(rec.accepted_at),
+        len(_addresses(rec)),
+    )
+
+
 def _addresses(rec: MessageRecord) -> tuple[str, ...]:
     """A record's distinct recipients as stored (lower case), sorted."""
     return tuple(sorted({address.lower() for address in rec.recipients}))
@@ -733,4 +759,4 @@ def _statements(script: str) -> Iterator[str]:
             yield statement.strip()
 
 
-__all__ = ["Cursor", "SqlStore"]
+__all__ = ["MESSAGE_INSERT_COLUMNS", "Cursor", "SqlStore", "message_row"]
