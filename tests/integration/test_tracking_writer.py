@@ -137,16 +137,16 @@ def test_the_milter_records_an_accepted_message_with_its_recipients(tmp_path: Pa
 
 
 @pytest.mark.parametrize(
-    ("left_over", "read_back"),
+    ("left_over", "read_back", "store_calls"),
     [
-        # Nothing older in the spool: the batch just written goes to the store as it is.
-        pytest.param(0, 0, id="nothing-older-no-read-back"),
-        # Lines from before a restart: read back first, and in order; then the rest as usual.
-        pytest.param(2, 1, id="left-over-lines-read-back-first"),
+        # Nothing older in the spool: the three flushes' batches go to the store as they are, in one call.
+        pytest.param(0, 0, [3], id="nothing-older-no-read-back"),
+        # Lines from before a restart: read back, in order, with what came after them.
+        pytest.param(2, 1, [5], id="left-over-lines-read-back-first"),
     ],
 )
 def test_the_store_gets_the_spool_in_order_reading_back_only_what_it_must(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, left_over: int, read_back: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, left_over: int, read_back: int, store_calls: list[int]
 ) -> None:
     url = f"sqlite:///{tmp_path}/tracking.db"
     if left_over:
@@ -164,22 +164,29 @@ def test_the_store_gets_the_spool_in_order_reading_back_only_what_it_must(
 
     monkeypatch.setattr(Spool, "pending", counted)
     order: list[str] = []
+    calls: list[int] = []
     real = SqlStore.record_messages
 
     def recorded(self: SqlStore, records: Iterable[MessageRecord]) -> RecordResult:
         records = list(records)
         order.extend(one.queue_id for one in records)
+        calls.append(len(records))
         return real(self, records)
 
     monkeypatch.setattr(SqlStore, "record_messages", recorded)
     metrics = Metrics()
     writer = TrackingWriter(url, Spool(tmp_path / "spool", max_bytes=1 << 20), metrics, interval=3600)
+    writer._next_store = float("inf")  # the store's turn has not come: the flushes only write the spool
     for number in range(3):
         writer.submit(record(f"NEW{number}"))
-    writer.stop()  # spools what was submitted and drains, as the thread's cycle does
+        writer._spool_incoming()
+        writer._drain()
+    assert calls == []
+    writer.stop()  # the store's turn: everything spooled goes in
 
     assert order == [*(f"OLD{number}" for number in range(left_over)), "NEW0", "NEW1", "NEW2"]
     assert len(reads) == read_back
+    assert calls == store_calls
     assert writer.stored == left_over + 3
     assert metrics.registry.get_sample_value("smtpplus_tracking_spooled") == 0
     assert Spool(tmp_path / "spool", max_bytes=1 << 20).count_pending() == 0
