@@ -180,7 +180,7 @@ def test_a_batch_writes_the_same_rows_as_one_record_at_a_time(two_stores: tuple[
                 attempt("bounced", 5, queue_id="T2", to="erin@example.org"),
             ],
             None,
-            [Link("relay1", "A2", "A2b", "queued_as")],
+            [StoredLink("relay1", "A2", "A2b", "queued_as")],
         )
 
     result = batched.record_messages(batch)
