@@ -29,6 +29,8 @@ with any failed submission or undelivered message is invalid and exits 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -52,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lab.harness import LOOPBACK, free_port
 from lab.milter_process import MilterProcess, prepare_socket_dir
 from lab.stack import DEPLOY, Stack, deep_merge
+from tests.support import postgres
 
 HERE = Path(__file__).resolve().parent
 LOADGEN = HERE / "loadgen.py"
@@ -67,6 +70,7 @@ MODE_LABELS = {
     "inet": "milter TCP",
     "footer": "milter unix + footer",
     "tracking": "milter unix + tracking (SQLite)",
+    "tracking-pg": "milter unix + tracking (PostgreSQL)",
     "noop": "no-op milter unix",
     "lean": "lean no-op milter unix",
 }
@@ -77,6 +81,7 @@ VARIANT_PREFIX = "v:"  # v:timing = smtpplus-milter on a unix socket with bench/
 REVISION_PREFIX = "rev:"
 
 
+TRACKING_MODES = ("tracking", "tracking-pg")
 TCP_SUFFIX = "@tcp"  # lean@tcp, v:cache@tcp: an extra milter on TCP instead of a unix socket
 
 
@@ -93,7 +98,7 @@ def mode_label(mode: str) -> str:
 
 def known_mode(mode: str) -> bool:
     base, tcp, rest = mode.partition(TCP_SUFFIX)
-    if rest or (tcp and base in ("none", "unix", "inet", "footer", "tracking")):
+    if rest or (tcp and base in ("none", "unix", "inet", "footer", *TRACKING_MODES)):
         return False
     return base.startswith((VARIANT_PREFIX, REVISION_PREFIX)) or base in MODE_LABELS
 
@@ -238,7 +243,10 @@ class Rig:
     def __init__(self, *, extra: list[str], crypt_auth: bool) -> None:
         self.extra = extra  # footer, noop, lean, v:... (and @tcp) modes: further milters started here
         self.footer_milter: MilterProcess | None = None
-        self.tracking_milter: MilterProcess | None = None
+        self.tracking_milters: dict[str, MilterProcess] = {}  # by mode: tracking, tracking-pg
+        self.pg_server: postgres.Server | None = None
+        self.writer_cpu: dict[str, tuple[float, int]] = {}  # mode: (writer thread CPU s, records stored)
+        self._cleanup = contextlib.ExitStack()
         self.crypt_auth = crypt_auth
         self.sink_port = free_port()
         self.sink: subprocess.Popen[bytes] | None = None
@@ -319,27 +327,13 @@ class Rig:
             self.modes["footer"] = Mode("footer", free_port(), footer_spec, self.footer_milter.pid)
         if "tracking" in self.extra:
             # The same milter recording every accepted message into a SQLite store (tracking on).
-            tracking_dir = stack.workdir / "milter-tracking"
-            prepare_socket_dir(tracking_dir)
-            tracking_spec = f"unix:{tracking_dir}/milter.sock"
-            tracking_settings = deep_merge(
-                stack.settings,
-                {
-                    "milter": {"socket": tracking_spec},
-                    "metrics": {"listen": f"{LOOPBACK}:{free_port()}"},
-                    "tracking": {
-                        "store": f"sqlite:///{stack.workdir}/tracking.db",
-                        "node": "bench",
-                        "spool_dir": str(stack.workdir / "tracking-spool"),
-                    },
-                },
-            )
-            tracking_config = stack.etc / "smtpplus-tracking.yaml"
-            tracking_config.write_text(yaml.safe_dump(tracking_settings, sort_keys=False), encoding="utf-8")
-            self.tracking_milter = MilterProcess(tracking_config, tracking_spec, stack.workdir / "milter-tracking.log")
-            self.tracking_milter.start()
-            self.modes["tracking"] = Mode("tracking", free_port(), tracking_spec, self.tracking_milter.pid)
-        for number, name in enumerate(n for n in self.extra if n not in ("footer", "tracking")):
+            self._start_tracking("tracking", f"sqlite:///{stack.workdir}/tracking.db")
+        if "tracking-pg" in self.extra:
+            # The same into PostgreSQL: a private server of our own (tests/support/postgres.py;
+            # fsync off there, which only spares the server's disk, not the milter's CPU).
+            self.pg_server = self._cleanup.enter_context(postgres.private_server())
+            self._start_tracking("tracking-pg", self.pg_server.create_database())
+        for number, name in enumerate(n for n in self.extra if n not in (*TRACKING_MODES, "footer")):
             base, tcp, _ = name.partition(TCP_SUFFIX)
             if tcp:
                 tcp_port = free_port()
@@ -390,6 +384,34 @@ class Rig:
         for mode in self.modes.values():
             wait_for_banner(mode.port)
 
+    def _start_tracking(self, name: str, store_url: str) -> None:
+        assert self.stack is not None
+        stack = self.stack
+        socket_dir = stack.workdir / f"milter-{name}"
+        prepare_socket_dir(socket_dir)
+        spec = f"unix:{socket_dir}/milter.sock"
+        settings = deep_merge(
+            stack.settings,
+            {
+                "milter": {"socket": spec},
+                "metrics": {"listen": f"{LOOPBACK}:{free_port()}"},
+                "tracking": {"store": store_url, "node": "bench", "spool_dir": str(stack.workdir / f"{name}-spool")},
+            },
+        )
+        config = stack.etc / f"smtpplus-{name}.yaml"
+        config.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
+        process = MilterProcess(config, spec, stack.workdir / f"milter-{name}.log")
+        self.tracking_milters[name] = process
+        process.start()
+        self.modes[name] = Mode(name, free_port(), spec, process.pid)
+
+    def _stop_tracking(self, name: str) -> None:
+        """Stop a tracking milter and keep what its writer thread said it cost (before the logs go)."""
+        process = self.tracking_milters[name]
+        process.stop()
+        for event in process.events("tracking_writer_stopped")[-1:]:
+            self.writer_cpu[name] = (float(event["cpu_seconds"]), int(event["stored"]))
+
     def stop(self) -> None:
         errors: list[BaseException] = []
         for process in self.extra_milters:
@@ -402,7 +424,7 @@ class Rig:
                     process.wait(5)
         for stop in (
             self.footer_milter.stop if self.footer_milter else None,
-            self.tracking_milter.stop if self.tracking_milter else None,
+            *(functools.partial(self._stop_tracking, name) for name in self.tracking_milters),
             self.inet_milter.stop if self.inet_milter else None,
             self.stack.stop if self.stack else None,
         ):
@@ -412,6 +434,10 @@ class Rig:
                 stop()
             except BaseException as exc:
                 errors.append(exc)
+        try:
+            self._cleanup.close()  # the private PostgreSQL, after the milters that wrote to it
+        except BaseException as exc:
+            errors.append(exc)
         if self.sink is not None and self.sink.poll() is None:
             self.sink.terminate()
             try:
@@ -431,7 +457,7 @@ class Rig:
             ("unix", self.stack.milter),
             ("inet", self.inet_milter),
             ("footer", self.footer_milter),
-            ("tracking", self.tracking_milter),
+            *self.tracking_milters.items(),
         ):
             if process is None or name not in submitted:
                 continue
@@ -797,6 +823,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for problem in problems:
         print(f"PROBLEM: {problem}")
+    for name, (cpu, stored) in rig.writer_cpu.items():
+        # Over the whole run (warm-up included): the part of the milter's CPU the tracking writer took.
+        print(f"{mode_label(name)}: tracking writer thread {cpu * 1000 / max(stored, 1):.3f} ms/record ({stored})")
     print(
         f"{submitted} messages submitted, {delivered} delivered to the sink, {undelivered} deferred/bounced; "
         f"run took {elapsed:.0f} s. {'VALID' if valid else 'INVALID: failures or lost messages'}"

@@ -65,8 +65,8 @@ class Spool:
     def waiting_bytes(self) -> int:
         return self.size - self.done
 
-    def append(self, records: Sequence[dict[str, Any]]) -> None:
-        """Write *records* durably (fsync) or raise; all or nothing."""
+    def append(self, records: Sequence[dict[str, Any]]) -> int:
+        """Write *records* durably (fsync) or raise; all or nothing. Returns the offset after them."""
         data = b"".join(
             json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n" for record in records
         )
@@ -81,6 +81,7 @@ class Spool:
         except OSError as exc:
             self._cut(start)
             raise SpoolProblem(f"cannot write the spool {self.directory / RECORDS}: {exc.strerror}") from None
+        return start + len(data)
 
     def pending(self, limit: int = 1000) -> Pending:
         """Up to *limit* records after the done mark, in the order they were appended."""

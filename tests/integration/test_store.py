@@ -36,17 +36,31 @@ def pg_server() -> Iterator[postgres.Server]:
         yield server
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
+def _open(request: pytest.FixtureRequest, path: Path) -> SqlStore:
+    """A fresh, migrated store of the backend the test is parametrised with."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/tracking.db"
+        url = f"sqlite:///{path}"
     else:
         url = request.getfixturevalue("pg_server").create_database()
     opened = open_store(url)
     assert isinstance(opened, SqlStore)
     opened.migrate()
+    return opened
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
+    opened = _open(request, tmp_path / "tracking.db")
     yield opened
     opened.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def two_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[SqlStore, SqlStore]]:
+    first, second = _open(request, tmp_path / "one.db"), _open(request, tmp_path / "two.db")
+    yield first, second
+    first.close()
+    second.close()
 
 
 def record(queue_id: str = "Q1", *recipients: str, **changes: Any) -> MessageRecord:
@@ -119,6 +133,66 @@ def test_recording_is_idempotent(store: SqlStore) -> None:
     [row] = store.stats("user")
     assert (row["messages"], row["recipients"]) == (1, 2)
     assert [(c.address, c.messages) for c in store.recipients()] == [("bob@example.net", 1), ("carol@example.com", 1)]
+
+
+def _rows(store: SqlStore) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row a record writes, without the generated message ids."""
+    with store._reading() as cur:
+        cur.execute(
+            "SELECT node, queue_id, username, list_name, envelope_from, header_from, subject, message_id, size,"
+            " priority, queue, accepted_at, day, rcpt_total, rcpt_delivered, rcpt_deferred, rcpt_bounced,"
+            " rcpt_expired, rcpt_suppressed FROM messages ORDER BY node, queue_id"
+        )
+        messages = cur.fetchall()
+        cur.execute(
+            "SELECT m.queue_id, r.address, r.domain, r.state FROM recipients r JOIN messages m ON m.id = r.message"
+            " ORDER BY m.queue_id, r.address"
+        )
+        recipients = cur.fetchall()
+        cur.execute("SELECT * FROM contacts ORDER BY username, address")
+        contacts = cur.fetchall()
+    return {"messages": messages, "recipients": recipients, "contacts": contacts}
+
+
+def test_a_batch_writes_the_same_rows_as_one_record_at_a_time(two_stores: tuple[SqlStore, SqlStore]) -> None:
+    batched, single = two_stores
+    later = T0 + timedelta(hours=1)
+    batch = [
+        record("OLD", "bob@example.net"),  # already stored: a replay
+        record("N1", "bob@example.net", "Carol@Example.com", accepted_at=later),
+        record("A1", "bob@example.net", "dave@example.com"),  # attempts came first
+        record("A2", "bob@example.net", user="bob"),  # an attempt on the id it continued as (queued_as)
+        record("N1", "bob@example.net"),  # twice in the batch: the second is a replay
+        # The same contact at the same time in one batch: the later record's state wins, as one by one.
+        record("T1", "erin@example.org", accepted_at=later),
+        record("T2", "erin@example.org", accepted_at=later),
+        # More than one multi-row insert's worth.
+        *(record(f"M{i:03d}", f"x{i % 7}@example.org", accepted_at=T0 + timedelta(minutes=i)) for i in range(150)),
+    ]
+    for store in (batched, single):
+        store.record_messages([record("OLD", "bob@example.net", "zed@example.org")])
+        store.record_attempts(
+            [
+                attempt("deferred", 1, queue_id="A1"),
+                attempt("sent", 2, queue_id="A1"),
+                attempt("bounced", 3, queue_id="A1", to="dave@example.com"),
+                attempt("bounced", 4, queue_id="A2b"),
+                attempt("bounced", 5, queue_id="T2", to="erin@example.org"),
+            ],
+            None,
+            [StoredLink("relay1", "A2", "A2b", "queued_as")],
+        )
+
+    result = batched.record_messages(batch)
+    one_by_one = [single.record_messages([one]) for one in batch]
+
+    assert (result.new, result.replayed) == (sum(r.new for r in one_by_one), sum(r.replayed for r in one_by_one))
+    assert (result.new, result.replayed) == (len(batch) - 2, 2)
+    assert _rows(batched) == _rows(single)
+    assert states(batched, "A1") == {"bob@example.net": "delivered", "dave@example.com": "bounced"}
+    assert states(batched, "A2") == {"bob@example.net": "bounced"}
+    erin = [c for c in batched.recipients() if c.address == "erin@example.org"]
+    assert [(c.messages, c.state) for c in erin] == [(2, "bounced")]
 
 
 @pytest.mark.parametrize(

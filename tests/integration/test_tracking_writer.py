@@ -4,15 +4,18 @@ down, drain in order afterwards, and a restart replays its spool without countin
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import Milter
+import pytest
 
 from smtpplus_milter.core.tracking import MessageRecord
-from smtpplus_milter.infra.spool import Spool
+from smtpplus_milter.infra.spool import Pending, Spool
 from smtpplus_milter.infra.store import TrackingStore, open_store
+from smtpplus_milter.infra.store.base import RecordResult
+from smtpplus_milter.infra.store.sql import SqlStore
 from smtpplus_milter.observe.metrics import Metrics
 from smtpplus_milter.services.runtime import Runtime
 from smtpplus_milter.services.tracking import TrackingWriter
@@ -131,3 +134,59 @@ def test_the_milter_records_an_accepted_message_with_its_recipients(tmp_path: Pa
         assert store.message("4jdfvM0wYyzJVF8") is None  # refused: never queued, never recorded
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("left_over", "read_back", "store_calls"),
+    [
+        # Nothing older in the spool: the three flushes' batches go to the store as they are, in one call.
+        pytest.param(0, 0, [3], id="nothing-older-no-read-back"),
+        # Lines from before a restart: read back, in order, with what came after them.
+        pytest.param(2, 1, [5], id="left-over-lines-read-back-first"),
+    ],
+)
+def test_the_store_gets_the_spool_in_order_reading_back_only_what_it_must(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, left_over: int, read_back: int, store_calls: list[int]
+) -> None:
+    url = f"sqlite:///{tmp_path}/tracking.db"
+    if left_over:
+        spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+        spool.append([record(f"OLD{number}").as_dict() for number in range(left_over)])
+        spool.close()
+    reads: list[int] = []
+    pending = Spool.pending
+
+    def counted(self: Spool, limit: int = 1000) -> Pending:
+        found = pending(self, limit)
+        if found.records:
+            reads.append(len(found.records))
+        return found
+
+    monkeypatch.setattr(Spool, "pending", counted)
+    order: list[str] = []
+    calls: list[int] = []
+    real = SqlStore.record_messages
+
+    def recorded(self: SqlStore, records: Iterable[MessageRecord]) -> RecordResult:
+        records = list(records)
+        order.extend(one.queue_id for one in records)
+        calls.append(len(records))
+        return real(self, records)
+
+    monkeypatch.setattr(SqlStore, "record_messages", recorded)
+    metrics = Metrics()
+    writer = TrackingWriter(url, Spool(tmp_path / "spool", max_bytes=1 << 20), metrics, interval=3600)
+    writer._next_store = float("inf")  # the store's turn has not come: the flushes only write the spool
+    for number in range(3):
+        writer.submit(record(f"NEW{number}"))
+        writer._spool_incoming()
+        writer._drain()
+    assert calls == []
+    writer.stop()  # the store's turn: everything spooled goes in
+
+    assert order == [*(f"OLD{number}" for number in range(left_over)), "NEW0", "NEW1", "NEW2"]
+    assert len(reads) == read_back
+    assert calls == store_calls
+    assert writer.stored == left_over + 3
+    assert metrics.registry.get_sample_value("smtpplus_tracking_spooled") == 0
+    assert Spool(tmp_path / "spool", max_bytes=1 << 20).count_pending() == 0

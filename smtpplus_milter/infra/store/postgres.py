@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from smtpplus_milter.core.tracking import MessageRecord
 from smtpplus_milter.infra.store.base import StoreProblem
-from smtpplus_milter.infra.store.sql import SqlStore
+from smtpplus_milter.infra.store.sql import MESSAGE_INSERT_COLUMNS, Cursor, SqlStore, message_row
 
 # An arbitrary constant: the advisory lock that serialises migrations of this schema.
 MIGRATION_LOCK = 0x534D5450
 POOL_MAX = 4
 CONNECT_TIMEOUT_SECONDS = 10.0
+# The array type of each of MESSAGE_INSERT_COLUMNS, for a batch inserted from unnest().
+_MESSAGE_ARRAYS = ("text[]",) * 8 + ("bigint[]", "integer[]", "text[]", "double precision[]", "integer[]", "integer[]")
 # Rows fetched per round trip by a streaming read.
 STREAM_BATCH = 2000
 
@@ -39,6 +42,10 @@ class _Cursor:
 
     def execute(self, sql: str, params: Sequence[Any] = (), /) -> Any:
         return self._cur.execute(_dialect(sql), tuple(params))
+
+    def executemany(self, sql: str, params: Iterable[Sequence[Any]], /) -> Any:
+        # psycopg sends the statements in one pipeline: one round trip, not one per row.
+        return self._cur.executemany(_dialect(sql), [tuple(row) for row in params])
 
     def fetchone(self) -> Any:
         return self._cur.fetchone()
@@ -88,6 +95,32 @@ class PostgresStore(SqlStore):
             cur.itersize = STREAM_BATCH
             cur.execute(_dialect(sql), tuple(params))
             yield from cur
+
+    # A batch's rows go in as one array per column: one statement whose text never changes (psycopg
+    # parses and caches it once), where a multi-row VALUES list of a new length each time is parsed
+    # anew on the client for its hundreds of placeholders and executemany pays Python per row.
+
+    def _insert_messages(self, cur: Cursor, records: Sequence[MessageRecord]) -> dict[tuple[str, str], int]:
+        columns = list(zip(*(message_row(rec) for rec in records), strict=True))
+        arrays = ", ".join(f"?::{kind}" for kind in _MESSAGE_ARRAYS)
+        cur.execute(
+            f"INSERT INTO messages ({', '.join(MESSAGE_INSERT_COLUMNS)}) SELECT * FROM unnest({arrays})"
+            " ON CONFLICT (node, queue_id) DO NOTHING RETURNING id, node, queue_id",
+            [list(column) for column in columns],
+        )
+        return {(node, queue_id): int(message) for message, node, queue_id in cur.fetchall()}
+
+    def _insert_recipients(self, cur: Cursor, rows: Sequence[tuple[int, str, str, str]]) -> None:
+        if rows:
+            columns = [list(column) for column in zip(*rows, strict=True)]
+            cur.execute(
+                "INSERT INTO recipients (message, address, domain, state)"
+                " SELECT * FROM unnest(?::bigint[], ?::text[], ?::text[], ?::text[])",
+                columns,
+            )
+
+    def _in_list(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
+        return f"{column} = ANY(?::text[])", [list(values)]
 
     def _lock_migrations(self, cur: Any) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))

@@ -57,6 +57,27 @@ COUNTERS: Mapping[str, str] = MappingProxyType(
         "suppressed": "rcpt_suppressed",
     }
 )
+# What a record inserts into messages (rcpt_total too: the counters of queued recipients need no update).
+MESSAGE_INSERT_COLUMNS = (
+    "node",
+    "queue_id",
+    "username",
+    "list_name",
+    "envelope_from",
+    "header_from",
+    "subject",
+    "message_id",
+    "size",
+    "priority",
+    "queue",
+    "accepted_at",
+    "day",
+    "rcpt_total",
+)
+# Rows per multi-row INSERT of messages (14 values each): under SQLite's oldest limit of 999 variables.
+INSERT_ROWS = 64
+# Values per IN (...) list of a batch's look-ups, for the same reason.
+IN_VALUES = 500
 _MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 GROUP_COLUMNS: Mapping[str, str] = MappingProxyType(
     {"subject": "subject", "sender": "header_from", "user": "username", "list": "list_name"}
@@ -75,6 +96,7 @@ class Cursor(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Any: ...
     def fetchone(self) -> Any: ...
     def fetchall(self) -> list[Any]: ...
+    def executemany(self, sql: str, params: Iterable[Sequence[Any]], /) -> Any: ...
 
 
 class SqlStore(TrackingStore):
@@ -143,76 +165,132 @@ class SqlStore(TrackingStore):
     # -- writes ------------------------------------------------------------------------------------
 
     def record_messages(self, records: Iterable[MessageRecord]) -> RecordResult:
-        new = replayed = 0
+        # One transaction and a handful of statements per batch, not ~6 per record: the milter's
+        # writer thread shares the process (and the GIL) with the mail path, so every statement
+        # it saves is CPU the mail path gets back. Same rows as recording the records one by one.
+        unique: dict[tuple[str, str], MessageRecord] = {}
+        replayed = 0
+        for rec in records:
+            if (rec.node, rec.queue_id) in unique:
+                replayed += 1  # the same message twice in one batch: the second is a replay
+            else:
+                unique[(rec.node, rec.queue_id)] = rec
+        if not unique:
+            return RecordResult(new=0, replayed=replayed)
         with self._transaction() as cur:
-            for rec in records:
-                cur.execute(
-                    "INSERT INTO messages (node, queue_id, username, list_name, envelope_from, header_from, subject,"
-                    " message_id, size, priority, queue, accepted_at, day)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (node, queue_id) DO NOTHING RETURNING id",
-                    (
-                        rec.node,
-                        rec.queue_id,
-                        rec.user,
-                        rec.list,
-                        rec.envelope_from,
-                        rec.header_from,
-                        rec.subject,
-                        rec.message_id,
-                        rec.size,
-                        rec.priority,
-                        rec.queue,
-                        epoch(rec.accepted_at),
-                        day_of(rec.accepted_at),
-                    ),
-                )
-                row = cur.fetchone()
-                if row is None:
-                    replayed += 1
-                    continue
-                new += 1
-                self._add_recipients(cur, int(row[0]), rec)
-        return RecordResult(new=new, replayed=replayed)
+            ids = self._insert_messages(cur, tuple(unique.values()))
+            self._add_recipients(cur, tuple((ids[key], rec) for key, rec in unique.items() if key in ids))
+        return RecordResult(new=len(ids), replayed=replayed + len(unique) - len(ids))
 
-    def _add_recipients(self, cur: Cursor, message: int, rec: MessageRecord) -> None:
-        chain = self._descendants(cur, rec.node, rec.queue_id)
-        # Sorted: concurrent writers then lock the same contacts rows in the same order (no deadlock).
-        addresses = tuple(sorted({address.lower() for address in rec.recipients}))
-        marks = ", ".join("?" for _ in chain)
-        cur.execute(
-            f"SELECT recipient, status FROM attempts WHERE node = ? AND queue_id IN ({marks}) ORDER BY at, id",
-            (rec.node, *chain),
-        )
-        # Attempts the follower recorded before the milter's record arrived (a spooled record).
-        earlier: dict[str, list[str]] = {}
-        for recipient, status in cur.fetchall():
-            earlier.setdefault(recipient, []).append(status)
-        counts: dict[str, int] = {}
-        accepted = epoch(rec.accepted_at)
-        for address in addresses:
-            state = fold_states(earlier.get(address, ()))
-            counts[state] = counts.get(state, 0) + 1
+    def _insert_messages(self, cur: Cursor, records: Sequence[MessageRecord]) -> dict[tuple[str, str], int]:
+        """Insert the messages not yet stored; the ids of those inserted, by (node, queue_id)."""
+        ids: dict[tuple[str, str], int] = {}
+        for start in range(0, len(records), INSERT_ROWS):
+            chunk = records[start : start + INSERT_ROWS]
+            rows = ", ".join(f"({', '.join('?' for _ in MESSAGE_INSERT_COLUMNS)})" for _ in chunk)
+            # RETURNING names its rows: their order is not promised, and replays return none.
             cur.execute(
-                "INSERT INTO recipients (message, address, domain, state) VALUES (?, ?, ?, ?)",
-                (message, address, domain_of(address), state),
+                f"INSERT INTO messages ({', '.join(MESSAGE_INSERT_COLUMNS)}) VALUES {rows}"
+                " ON CONFLICT (node, queue_id) DO NOTHING RETURNING id, node, queue_id",
+                [value for rec in chunk for value in message_row(rec)],
             )
-            cur.execute(
-                "INSERT INTO contacts (username, address, first_sent, last_sent, messages, state)"
-                " VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (username, address) DO UPDATE SET"
-                " messages = contacts.messages + 1,"
-                f" first_sent = {self._least('contacts.first_sent', 'excluded.first_sent')},"
-                f" last_sent = {self._greatest('contacts.last_sent', 'excluded.last_sent')},"
-                " state = CASE WHEN excluded.last_sent >= contacts.last_sent THEN excluded.state"
-                " ELSE contacts.state END",
-                (rec.user, address, accepted, accepted, state),
-            )
-        sets = ", ".join(f"{COUNTERS.get(state)} = ?" for state in counts if COUNTERS.get(state))
-        values = [n for state, n in counts.items() if COUNTERS.get(state)]
-        cur.execute(
-            f"UPDATE messages SET rcpt_total = ?{', ' + sets if sets else ''} WHERE id = ?",
-            (len(addresses), *values, message),
+            for message, node, queue_id in cur.fetchall():
+                ids[(node, queue_id)] = int(message)
+        return ids
+
+    def _insert_recipients(self, cur: Cursor, rows: Sequence[tuple[int, str, str, str]]) -> None:
+        """(message, address, domain, state) rows."""
+        cur.executemany("INSERT INTO recipients (message, address, domain, state) VALUES (?, ?, ?, ?)", rows)
+
+    def _in_list(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
+        """``column`` is one of ``values``: the SQL and its parameters (at most :data:`IN_VALUES`)."""
+        return f"{column} IN ({', '.join('?' for _ in values)})", list(values)
+
+    def _add_recipients(self, cur: Cursor, new: Sequence[tuple[int, MessageRecord]]) -> None:
+        """The recipients rows, the recipients database and the counters of newly inserted messages."""
+        if not new:
+            return
+        earlier = self._earlier_attempts(cur, tuple(rec for _, rec in new))
+        recipients: list[tuple[int, str, str, str]] = []
+        contacts: list[tuple[str, str, float, float, str]] = []
+        for message, rec in new:
+            counts: dict[str, int] = {}
+            accepted = epoch(rec.accepted_at)
+            for address in _addresses(rec):
+                state = fold_states(earlier.get((rec.node, rec.queue_id, address), ()))
+                counts[state] = counts.get(state, 0) + 1
+                recipients.append((message, address, domain_of(address), state))
+                contacts.append((rec.user, address, accepted, accepted, state))
+            # rcpt_total went in with the message; only states other than queued need counting.
+            if changes := [(COUNTERS[state], n) for state, n in counts.items() if state in COUNTERS]:
+                cur.execute(
+                    f"UPDATE messages SET {', '.join(f'{column} = ?' for column, _ in changes)} WHERE id = ?",
+                    (*(n for _, n in changes), message),
+                )
+        self._insert_recipients(cur, recipients)
+        # Sorted by (user, address): concurrent writers then lock the same contacts rows in the same
+        # order (no deadlock). The sort is stable, so one address twice in a batch is applied in the
+        # records' order, as one by one (the state of the later message wins a tie on the time).
+        contacts.sort(key=lambda row: (row[0], row[1]))
+        cur.executemany(
+            "INSERT INTO contacts (username, address, first_sent, last_sent, messages, state)"
+            " VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (username, address) DO UPDATE SET"
+            " messages = contacts.messages + 1,"
+            f" first_sent = {self._least('contacts.first_sent', 'excluded.first_sent')},"
+            f" last_sent = {self._greatest('contacts.last_sent', 'excluded.last_sent')},"
+            " state = CASE WHEN excluded.last_sent >= contacts.last_sent THEN excluded.state"
+            " ELSE contacts.state END",
+            contacts,
         )
+
+    def _earlier_attempts(self, cur: Cursor, records: Sequence[MessageRecord]) -> dict[tuple[str, str, str], list[str]]:
+        """Statuses the follower recorded before these records arrived, by (node, queue id, recipient).
+
+        An attempt on a queue id that continues a record's (queued_as links) counts for that record.
+        Two look-ups per node for the whole batch (the links, the attempts); usually both find nothing.
+        """
+        found: dict[tuple[str, str, str], list[tuple[float, int, str]]] = {}
+        by_node: dict[str, list[str]] = {}
+        for rec in records:
+            by_node.setdefault(rec.node, []).append(rec.queue_id)
+        for node, roots in by_node.items():
+            # The links below the batch's queue ids, level by level (one query per level).
+            children: dict[str, list[str]] = {}
+            seen = set(roots)
+            frontier = list(seen)
+            for _ in range(MAX_LINK_DEPTH):
+                if not frontier:
+                    break
+                rows: list[tuple[str, str]] = []
+                for part in _chunks(frontier):
+                    among, values = self._in_list("queue_id", part)
+                    cur.execute(
+                        f"SELECT queue_id, new_queue_id FROM links WHERE node = ? AND kind = 'queued_as' AND {among}",
+                        (node, *values),
+                    )
+                    rows += cur.fetchall()
+                frontier = []
+                for parent, child in rows:
+                    children.setdefault(parent, []).append(child)
+                    if child not in seen:
+                        seen.add(child)
+                        frontier.append(child)
+            # owners: every queue id of the chains -> the record queue ids whose story it continues.
+            owners: dict[str, list[str]] = {}
+            for root in roots:
+                for queue_id in _chain(root, children):
+                    owners.setdefault(queue_id, []).append(root)
+            for part in _chunks(list(owners)):
+                among, values = self._in_list("queue_id", part)
+                cur.execute(
+                    f"SELECT queue_id, recipient, status, at, id FROM attempts WHERE node = ? AND {among}",
+                    (node, *values),
+                )
+                for queue_id, recipient, status, at, attempt_id in cur.fetchall():
+                    for root in owners[queue_id]:
+                        found.setdefault((node, root, recipient), []).append((at, attempt_id, status))
+        # In the order they happened (the chunks' results were gathered unordered).
+        return {key: [status for _, _, status in sorted(rows)] for key, rows in found.items()}
 
     def _least(self, a: str, b: str) -> str:
         """The smaller of two values (SQLite spells it MIN(a, b))."""
@@ -625,6 +703,48 @@ class SqlStore(TrackingStore):
         return pruned
 
 
+def message_row(rec: MessageRecord) -> tuple[Any, ...]:
+    """A record's values for :data:`MESSAGE_INSERT_COLUMNS`."""
+    return (
+        rec.node,
+        rec.queue_id,
+        rec.user,
+        rec.list,
+        rec.envelope_from,
+        rec.header_from,
+        rec.subject,
+        rec.message_id,
+        rec.size,
+        rec.priority,
+        rec.queue,
+        epoch(rec.accepted_at),
+        day_of(rec.accepted_at),
+        len(_addresses(rec)),
+    )
+
+
+def _addresses(rec: MessageRecord) -> tuple[str, ...]:
+    """A record's distinct recipients as stored (lower case), sorted."""
+    return tuple(sorted({address.lower() for address in rec.recipients}))
+
+
+def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(values), IN_VALUES):
+        yield values[start : start + IN_VALUES]
+
+
+def _chain(root: str, children: Mapping[str, Sequence[str]]) -> list[str]:
+    """``root`` and the queue ids that continue it, at most :data:`MAX_LINK_DEPTH` links down."""
+    found = [root]
+    frontier = [root]
+    for _ in range(MAX_LINK_DEPTH):
+        frontier = [child for queue_id in frontier for child in children.get(queue_id, ()) if child not in found]
+        if not frontier:
+            break
+        found.extend(frontier)
+    return found
+
+
 def _where_time(column: str, since: datetime | None, until: datetime | None) -> tuple[list[str], list[Any]]:
     """``since`` inclusive, ``until`` exclusive."""
     where: list[str] = []
@@ -646,4 +766,4 @@ def _statements(script: str) -> Iterator[str]:
             yield statement.strip()
 
 
-__all__ = ["Cursor", "SqlStore"]
+__all__ = ["MESSAGE_INSERT_COLUMNS", "Cursor", "SqlStore", "message_row"]
