@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from smtpplus_milter.core.suppression import Policy
 from smtpplus_milter.core.tracking import MessageRecord
 from smtpplus_milter.infra.store import open_store
 from smtpplus_milter.infra.store.base import (
@@ -21,6 +22,7 @@ from smtpplus_milter.infra.store.base import (
     Position,
     StoredLink,
     StoreProblem,
+    Suppression,
 )
 from smtpplus_milter.infra.store.sql import SqlStore
 from tests.support import postgres
@@ -97,18 +99,18 @@ def states(store: SqlStore, queue_id: str = "Q1") -> dict[str, str]:
 def test_migrate_twice_is_a_no_op(tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{tmp_path}/fresh.db")
     assert isinstance(store, SqlStore)
-    assert store.migrate() == (1, 2)
+    assert store.migrate() == (1, 2, 3)
     assert store.migrate() == ()
-    assert store.schema_version() == 2
+    assert store.schema_version() == 3
     store.close()
 
 
 def test_migrate_twice_on_postgres(pg_server: postgres.Server) -> None:
     store = open_store(pg_server.create_database())
     assert isinstance(store, SqlStore)
-    assert store.migrate() == (1, 2)
+    assert store.migrate() == (1, 2, 3)
     assert store.migrate() == ()
-    assert store.schema_version() == 2
+    assert store.schema_version() == 3
     store.close()
 
 
@@ -576,3 +578,87 @@ def test_open_queue_ids_are_the_unfinished_messages_then_the_new_ones(store: Sql
     assert fresh.users["Q3"] == "carol"
     assert "QX" not in fresh.users
     assert fresh.mark > opened.mark
+
+
+# -- the suppression list (issue 14) ------------------------------------------------------------
+
+POLICY = Policy(hard_days=180, soft_limit=2)
+
+
+def _bounce(dsn: str, failure_class: str, minutes: int, queue_id: str = "Q1", to: str = "bob@example.net") -> Attempt:
+    at = T0 + timedelta(minutes=minutes)
+    return Attempt("relay1", queue_id, to, at, "bounced", dsn, "mx[192.0.2.1]:25", 1.0, "550 no", failure_class)
+
+
+def _entries(store: SqlStore, **filters: Any) -> list[tuple[str, str, str]]:
+    return [(e.scope, e.address, e.reason) for e in store.suppressions(**filters)]
+
+
+def test_a_hard_bounce_suppresses_for_the_user_and_a_replay_changes_nothing(store: SqlStore) -> None:
+    store.record_messages([record("Q1", "bob@example.net", "carol@example.net")])
+    hard = _bounce("5.1.1", "hard", 1)
+    blocked = _bounce("5.7.1", "blocked", 1, to="carol@example.net")
+    store.record_attempts([hard, blocked], None, policy=POLICY)
+    store.record_attempts([hard, blocked], None, policy=POLICY)  # the follower re-read its lines
+    [entry] = store.suppressions()
+    assert (entry.scope, entry.address, entry.reason) == ("user:alice", "bob@example.net", "hard_bounce")
+    assert entry.created == hard.at and entry.expires == hard.at + timedelta(days=180)
+    assert (entry.source_node, entry.source_queue_id, entry.created_by) == ("relay1", "Q1", "follower")
+    assert _entries(store, now=hard.at + timedelta(days=181)) == []  # expired by then
+    assert _entries(store, now=hard.at + timedelta(days=179)) == [("user:alice", "bob@example.net", "hard_bounce")]
+
+
+def test_without_a_policy_nothing_is_suppressed(store: SqlStore) -> None:
+    store.record_messages([record("Q1")])
+    store.record_attempts([_bounce("5.1.1", "hard", 1)], None)
+    assert _entries(store) == []
+
+
+def test_soft_failures_in_a_row_over_three_days_suppress_and_a_delivery_lifts_it(store: SqlStore) -> None:
+    days = 24 * 60
+    store.record_messages([record(f"Q{n}", accepted_at=T0 + timedelta(days=n)) for n in range(4)])
+    store.record_attempts([_bounce("5.2.2", "soft", 0, "Q0")], None, policy=POLICY)
+    assert _entries(store) == []
+    store.record_attempts([_bounce("4.4.7", "soft", 3 * days + 1, "Q1")], None, policy=POLICY)
+    assert _entries(store) == [("user:alice", "bob@example.net", "soft_bounce")]
+    delivered = Attempt("relay1", "Q2", "bob@example.net", T0 + timedelta(days=4), "sent", "2.0.0")
+    store.record_attempts([delivered], None, policy=POLICY)
+    assert _entries(store) == []
+
+
+def test_a_bounce_never_replaces_a_complaint_and_a_delivery_does_not_lift_it(store: SqlStore) -> None:
+    complaint = Suppression("user:alice", "Bob@Example.net", "complaint", T0, None, "relay1", "Q0", "ingest")
+    assert store.suppress([complaint]) == 1
+    store.record_messages([record("Q1"), record("Q2")])
+    store.record_attempts([_bounce("5.1.1", "hard", 1)], None, policy=POLICY)
+    sent = Attempt("relay1", "Q2", "bob@example.net", T0 + timedelta(minutes=2), "sent", "2.0.0")
+    store.record_attempts([sent], None, policy=POLICY)
+    [entry] = store.suppressions(address="BOB@example.net")
+    assert (entry.reason, entry.created_by, entry.expires) == ("complaint", "ingest", None)
+
+
+def test_manual_entries_by_scope_and_removal(store: SqlStore) -> None:
+    entries = [
+        Suppression("global", "x@example.org", "manual", T0, created_by="root@relay"),
+        Suppression("list:news", "y@example.org", "unsubscribe", T0, created_by="web"),
+        Suppression("user:alice", "z@example.org", "manual", T0, T0 + timedelta(days=1), created_by="root@relay"),
+    ]
+    assert store.suppress(entries) == 3
+    assert _entries(store, scope="list:news") == [("list:news", "y@example.org", "unsubscribe")]
+    assert len(_entries(store, now=T0 + timedelta(days=2))) == 2
+    assert store.unsuppress("global", "X@example.org") is True
+    assert store.unsuppress("global", "x@example.org") is False
+    assert [scope for scope, _, _ in _entries(store)] == ["list:news", "user:alice"]
+
+
+@pytest.mark.parametrize(
+    ("scope", "reason"),
+    [
+        pytest.param("users:alice", "manual", id="bad-scope"),
+        pytest.param("user:", "manual", id="empty-name"),
+        pytest.param("global", "bored", id="bad-reason"),
+    ],
+)
+def test_a_bad_entry_is_refused_before_the_store(scope: str, reason: str) -> None:
+    with pytest.raises(ValueError):
+        Suppression(scope, "a@example.org", reason, T0)

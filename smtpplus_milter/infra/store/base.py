@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
 
-from smtpplus_milter.core import failures
+from smtpplus_milter.core import failures, suppression
 from smtpplus_milter.core.tracking import MessageRecord
 
 # What the follower reads in Postfix's ``status=`` field.
@@ -166,6 +166,38 @@ class MessageFilter:
     until: datetime | None = None
 
 
+# created_by of the entries the follower makes from delivery outcomes.
+FOLLOWER = "follower"
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """One entry of the suppression list: ``address`` is not sent to within ``scope``.
+
+    ``scope`` is ``user:NAME``, ``list:NAME`` or ``global``; ``reason`` one of
+    core.suppression.REASONS; ``expires`` None = never; ``created_by`` who made it (``follower``,
+    ``ingest``, or USER@HOST of a command); ``source_*`` the message that caused it, if any.
+    """
+
+    scope: str
+    address: str
+    reason: str
+    created: datetime
+    expires: datetime | None = None
+    source_node: str | None = None
+    source_queue_id: str | None = None
+    created_by: str = "manual"
+
+    def __post_init__(self) -> None:
+        _utc(self.created, "suppression created")
+        if self.expires is not None:
+            _utc(self.expires, "suppression expires")
+        if self.reason not in suppression.REASONS:
+            raise ValueError(f"suppression reason {self.reason!r}: expected one of {list(suppression.REASONS)}")
+        if not (self.scope == "global" or (self.scope.startswith(("user:", "list:")) and len(self.scope) > 5)):
+            raise ValueError(f"suppression scope {self.scope!r}: expected user:NAME, list:NAME or global")
+
+
 @dataclass(frozen=True, slots=True)
 class Contact:
     """A row of the recipients database: one (user, address) with what was sent to it."""
@@ -243,14 +275,33 @@ class TrackingStore(abc.ABC):
         position: Position | None,
         links: Iterable[StoredLink] = (),
         expirations: Iterable[Expiration] = (),
+        policy: suppression.Policy | None = None,
     ) -> RecordResult:
         """Record links, attempts and expirations and save the follower's position, in one transaction.
+
+        With a ``policy``, each recipient's final outcome also applies the suppression rules
+        (core/suppression.py): a streak of soft failures, a suppression, or a lifted bounce entry.
 
         Links go first, so an attempt of the same batch on a new queue id finds its message. An
         attempt already recorded (same node, queue id, recipient, time, status and dsn) is a replay:
         it is counted in ``replayed`` and changes nothing. Each expiration adds one ``expired``
         attempt per recipient still queued or deferred (counted in ``new``).
         """
+
+    @abc.abstractmethod
+    def suppress(self, entries: Iterable[Suppression]) -> int:
+        """Add or refresh entries (a bounce never replaces a complaint, unsubscribe or manual entry);
+        how many changed."""
+
+    @abc.abstractmethod
+    def unsuppress(self, scope: str, address: str) -> bool:
+        """Remove one entry; False when there was none."""
+
+    @abc.abstractmethod
+    def suppressions(
+        self, scope: str | None = None, now: datetime | None = None, address: str | None = None
+    ) -> Iterator[Suppression]:
+        """Entries by scope and address; with ``now`` only those still in force."""
 
     @abc.abstractmethod
     def expire(self, node: str, queue_id: str, at: datetime) -> int:

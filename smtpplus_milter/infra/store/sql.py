@@ -17,8 +17,19 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from smtpplus_milter.core.failures import classify
+from smtpplus_milter.core.suppression import (
+    BOUNCE_REASONS,
+    REASONS,
+    LiftBounces,
+    Policy,
+    Streak,
+    Suppress,
+    after_outcome,
+)
 from smtpplus_milter.core.tracking import MessageRecord
 from smtpplus_milter.infra.store.base import (
+    FINAL_STATES,
+    FOLLOWER,
     STATS_BY,
     Attempt,
     Contact,
@@ -31,6 +42,7 @@ from smtpplus_milter.infra.store.base import (
     StoredLink,
     StoredMessage,
     StoreProblem,
+    Suppression,
     TrackingStore,
     day_of,
     domain_of,
@@ -305,23 +317,24 @@ class SqlStore(TrackingStore):
         position: Position | None,
         links: Iterable[StoredLink] = (),
         expirations: Iterable[Expiration] = (),
+        policy: Policy | None = None,
     ) -> RecordResult:
         new = replayed = 0
         with self._transaction() as cur:
             for link in links:
                 self._insert_link(cur, link)
             for attempt in attempts:
-                if self._insert_attempt(cur, attempt):
+                if self._insert_attempt(cur, attempt, policy):
                     new += 1
                 else:
                     replayed += 1
             for expiration in expirations:
-                new += self._expire(cur, expiration)
+                new += self._expire(cur, expiration, policy)
             if position is not None:
                 self._write_position(cur, position)
         return RecordResult(new=new, replayed=replayed)
 
-    def _insert_attempt(self, cur: Cursor, attempt: Attempt) -> bool:
+    def _insert_attempt(self, cur: Cursor, attempt: Attempt, policy: Policy | None = None) -> bool:
         """Insert one attempt and move its recipient's state; False when the store had it (a replay)."""
         recipient = attempt.recipient.lower()
         cur.execute(
@@ -343,14 +356,14 @@ class SqlStore(TrackingStore):
         )
         if cur.fetchone() is None:
             return False
-        self._advance(cur, attempt.node, attempt.queue_id, recipient, attempt)
+        self._advance(cur, attempt.node, attempt.queue_id, recipient, attempt, policy)
         return True
 
     def expire(self, node: str, queue_id: str, at: datetime) -> int:
         with self._transaction() as cur:
             return self._expire(cur, Expiration(node, queue_id, at))
 
-    def _expire(self, cur: Cursor, expiration: Expiration) -> int:
+    def _expire(self, cur: Cursor, expiration: Expiration, policy: Policy | None = None) -> int:
         """One ``expired`` attempt (under the expired queue id) per recipient still queued or deferred."""
         node = expiration.node
         root = self._root(cur, node, expiration.queue_id)
@@ -370,7 +383,7 @@ class SqlStore(TrackingStore):
                 reply=EXPIRED_REPLY,
                 failure_class=classify("expired", None),
             )
-            added += self._insert_attempt(cur, attempt)
+            added += self._insert_attempt(cur, attempt, policy)
         return added
 
     def open_queue_ids(self, node: str, after: int | None = None) -> OpenMessages:
@@ -396,7 +409,9 @@ class SqlStore(TrackingStore):
                     users[qid] = user
         return OpenMessages(users, mark)
 
-    def _advance(self, cur: Cursor, node: str, queue_id: str, address: str, attempt: Attempt) -> None:
+    def _advance(
+        self, cur: Cursor, node: str, queue_id: str, address: str, attempt: Attempt, policy: Policy | None = None
+    ) -> None:
         """Move the recipient ``address`` of the message ``queue_id`` belongs to (see :meth:`_root`)."""
         # One statement for the usual cases: the message's own id, or one queued_as link away.
         cur.execute(
@@ -432,6 +447,100 @@ class SqlStore(TrackingStore):
             "UPDATE contacts SET state = ? WHERE username = ? AND address = ? AND last_sent <= ?",
             (new, user, address, accepted),
         )
+        if policy is not None and new in FINAL_STATES:
+            self._after_outcome(cur, node, user, address, attempt, policy)
+
+    def _after_outcome(self, cur: Cursor, node: str, user: str, address: str, attempt: Attempt, policy: Policy) -> None:
+        """Apply core/suppression.py's rules to the recipient's final outcome (once per message)."""
+        cur.execute("SELECT soft_streak, soft_since FROM contacts WHERE username = ? AND address = ?", (user, address))
+        row = cur.fetchone()
+        streak = Streak(int(row[0]), from_epoch(row[1]) if row[1] is not None else None) if row else Streak()
+        grown, action = after_outcome(attempt.status, attempt.failure_class, streak, attempt.at, policy)
+        if grown != streak:
+            cur.execute(
+                "UPDATE contacts SET soft_streak = ?, soft_since = ? WHERE username = ? AND address = ?",
+                (grown.count, epoch(grown.since) if grown.since else None, user, address),
+            )
+        scope = f"user:{user}"
+        if isinstance(action, Suppress):
+            entry = Suppression(
+                scope, address, action.reason, attempt.at, action.expires, node, attempt.queue_id, FOLLOWER
+            )
+            self._suppress(cur, entry)
+        elif isinstance(action, LiftBounces):
+            marks = ", ".join("?" for _ in BOUNCE_REASONS)
+            cur.execute(
+                f"DELETE FROM suppressions WHERE scope = ? AND address = ? AND reason IN ({marks})",
+                (scope, address, *sorted(BOUNCE_REASONS)),
+            )
+
+    # -- the suppression list ----------------------------------------------------------------------
+
+    def _suppress(self, cur: Cursor, entry: Suppression) -> bool:
+        """Insert or refresh one entry; an entry a person or a complaint made is never replaced by a
+        bounce (a bounce only refreshes another bounce). True when the list changed."""
+        keep = ", ".join(f"'{reason}'" for reason in sorted(set(REASONS) - BOUNCE_REASONS))
+        cur.execute(
+            "INSERT INTO suppressions (scope, address, reason, created, expires, source_node, source_queue_id,"
+            " created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (scope, address) DO UPDATE SET"
+            " reason = excluded.reason, created = excluded.created, expires = excluded.expires,"
+            " source_node = excluded.source_node, source_queue_id = excluded.source_queue_id,"
+            " created_by = excluded.created_by"
+            f" WHERE suppressions.reason NOT IN ({keep}) OR excluded.reason IN ({keep})"
+            " RETURNING scope",
+            (
+                entry.scope,
+                entry.address.lower(),
+                entry.reason,
+                epoch(entry.created),
+                epoch(entry.expires) if entry.expires else None,
+                entry.source_node,
+                entry.source_queue_id,
+                entry.created_by,
+            ),
+        )
+        return cur.fetchone() is not None
+
+    def suppress(self, entries: Iterable[Suppression]) -> int:
+        with self._transaction() as cur:
+            return sum(self._suppress(cur, entry) for entry in entries)
+
+    def unsuppress(self, scope: str, address: str) -> bool:
+        with self._transaction() as cur:
+            cur.execute(
+                "DELETE FROM suppressions WHERE scope = ? AND address = ? RETURNING scope", (scope, address.lower())
+            )
+            return cur.fetchone() is not None
+
+    def suppressions(
+        self, scope: str | None = None, now: datetime | None = None, address: str | None = None
+    ) -> Iterator[Suppression]:
+        where: list[str] = []
+        params: list[Any] = []
+        if scope is not None:
+            where.append("scope = ?")
+            params.append(scope)
+        if address is not None:
+            where.append("address = ?")
+            params.append(address.lower())
+        if now is not None:  # only entries still in force
+            where.append("(expires IS NULL OR expires > ?)")
+            params.append(epoch(now))
+        sql = (
+            "SELECT scope, address, reason, created, expires, source_node, source_queue_id, created_by"
+            " FROM suppressions" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY scope, address"
+        )
+        for row in self._stream(sql, params):
+            yield Suppression(
+                row[0],
+                row[1],
+                row[2],
+                from_epoch(row[3]),
+                from_epoch(row[4]) if row[4] is not None else None,
+                row[5],
+                row[6],
+                row[7],
+            )
 
     def _write_position(self, cur: Cursor, position: Position) -> None:
         cur.execute(
