@@ -10,6 +10,7 @@ from smtpplus_milter.cli import check, postfix, run
 from smtpplus_milter.cli import explain as explain_cli
 from smtpplus_milter.cli import follow as follow_cli
 from smtpplus_milter.cli import setup as setup_cli
+from smtpplus_milter.cli import suppressions as suppressions_cli
 from smtpplus_milter.cli import tracking as tracking_cli
 from smtpplus_milter.cli import users as users_cli
 from smtpplus_milter.cli import verify as verify_cli
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify_cli.add_parsers(commands, _add_config)
     setup_cli.add_parser(commands)
     tracking_cli.add_parsers(commands, _add_config)
+    suppressions_cli.add_parsers(commands, _add_config)
     follow_cli.add_parser(commands, _add_config)
     return parser
 
@@ -88,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         return verify_cli.main(args)
     if args.command == "setup":
         return setup_cli.main(args)
+    if args.command == "suppressions":
+        return suppressions_cli.main(args)
     if args.command == "follow":
         return follow_cli.main(args)
     if args.command in ("tracking", "stats", "messages", "recipients"):

@@ -139,7 +139,7 @@ def main(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     try:
-        store = _store(config)
+        store = store_of(config)
     except StoreProblem as exc:
         common.err(f"{common.PROGRAM}: {exc}")
         return 1
@@ -154,7 +154,9 @@ def main(args: argparse.Namespace) -> int:
         if args.command == "messages":
             return _messages(store, args)
         if args.command == "recipients":
-            contacts = store.recipients(user=args.user, state=args.state, limit=args.limit or None)
+            contacts = store.recipients(
+                user=args.user, state=args.state, limit=args.limit or None, now=datetime.now(UTC)
+            )
             _write_contacts(contacts, args.format)
             return 0
         rows = store.stats(by=args.by, since=args.since, until=args.until, user=args.user)
@@ -198,7 +200,8 @@ def _messages(store: TrackingStore, args: argparse.Namespace) -> int:
     return 0
 
 
-def _store(config: Config) -> TrackingStore | None:
+def store_of(config: Config) -> TrackingStore | None:
+    """The configured tracking store, or None (said on stderr) when tracking is off."""
     if config.tracking is None:
         common.err(
             f"{common.PROGRAM}: tracking is off in {config.path}: add a tracking: section with its store "
@@ -208,7 +211,9 @@ def _store(config: Config) -> TrackingStore | None:
     return open_store(config.tracking.store)
 
 
-def write_rows(rows: Iterable[dict[str, object]], columns: tuple[str, ...], output_format: str) -> None:
+def write_rows(
+    rows: Iterable[dict[str, object]], columns: tuple[str, ...], output_format: str, empty: str = "(no messages)"
+) -> None:
     """Rows as a table, CSV or a JSON list of objects (keys in *columns* order)."""
     if output_format == "json":
         sys.stdout.write("[")
@@ -224,7 +229,7 @@ def write_rows(rows: Iterable[dict[str, object]], columns: tuple[str, ...], outp
         return
     table = [list(columns), *(list(_cells(row, columns)) for row in rows)]
     if len(table) == 1:
-        print("(no messages)")
+        print(empty)
         return
     common.print_table(table)
 

@@ -662,3 +662,18 @@ def test_manual_entries_by_scope_and_removal(store: SqlStore) -> None:
 def test_a_bad_entry_is_refused_before_the_store(scope: str, reason: str) -> None:
     with pytest.raises(ValueError):
         Suppression(scope, "a@example.org", reason, T0)
+
+
+def test_the_recipients_database_shows_the_suppression_in_force(store: SqlStore) -> None:
+    store.record_messages([record("Q1", "bob@example.net", "carol@example.net", "dave@example.net")])
+    store.suppress(
+        [
+            Suppression("user:alice", "bob@example.net", "hard_bounce", T0, T0 + timedelta(days=1)),
+            Suppression("global", "carol@example.net", "manual", T0),
+            Suppression("user:somebody-else", "dave@example.net", "complaint", T0),
+        ]
+    )
+    shown = {c.address: c.suppressed for c in store.recipients(now=T0 + timedelta(hours=1))}
+    assert shown == {"bob@example.net": "hard_bounce", "carol@example.net": "manual", "dave@example.net": None}
+    later = {c.address: c.suppressed for c in store.recipients(now=T0 + timedelta(days=2))}
+    assert later["bob@example.net"] is None  # expired

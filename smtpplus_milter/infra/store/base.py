@@ -337,9 +337,10 @@ class TrackingStore(abc.ABC):
 
     @abc.abstractmethod
     def recipients(
-        self, user: str | None = None, state: str | None = None, limit: int | None = None
+        self, user: str | None = None, state: str | None = None, limit: int | None = None, now: datetime | None = None
     ) -> Iterator[Contact]:
-        """The recipients database, most recently sent first."""
+        """The recipients database, most recently sent first; ``suppressed`` is the reason of an entry
+        for the user or global (in force at ``now``; None: any)."""
 
     @abc.abstractmethod
     def prune(self, before: datetime, batch: int = 1000) -> int:

@@ -304,6 +304,10 @@ class SqlStore(TrackingStore):
         # In the order they happened (the chunks' results were gathered unordered).
         return {key: [status for _, _, status in sorted(rows)] for key, rows in found.items()}
 
+    def _concat(self, a: str, b: str) -> str:
+        """Two text values joined (both dialects spell it ||)."""
+        return f"({a} || {b})"
+
     def _least(self, a: str, b: str) -> str:
         """The smaller of two values (SQLite spells it MIN(a, b))."""
         return f"LEAST({a}, {b})"
@@ -758,10 +762,13 @@ class SqlStore(TrackingStore):
         return StoredMessage(record, stories, int(row[13]), int(row[14]))
 
     def recipients(
-        self, user: str | None = None, state: str | None = None, limit: int | None = None
+        self, user: str | None = None, state: str | None = None, limit: int | None = None, now: datetime | None = None
     ) -> Iterator[Contact]:
+        # `suppressed`: the reason of an entry in force for the user or for everybody (a list's
+        # entries depend on the list each message went out under, which a contact does not have).
+        params: list[Any] = [] if now is None else [epoch(now)]
+        in_force = "" if now is None else " AND (s.expires IS NULL OR s.expires > ?)"
         where: list[str] = []
-        params: list[Any] = []
         if user is not None:
             where.append("username = ?")
             params.append(user)
@@ -773,9 +780,12 @@ class SqlStore(TrackingStore):
         if limit is not None:
             tail = " LIMIT ?"
             params.append(limit)
+        user_scope = self._concat("'user:'", "contacts.username")
         sql = (
-            "SELECT username, address, first_sent, last_sent, messages, state, suppressed FROM contacts"
-            f"{clause} ORDER BY last_sent DESC, username, address{tail}"
+            "SELECT username, address, first_sent, last_sent, messages, state, (SELECT s.reason FROM suppressions s"
+            f" WHERE s.address = contacts.address AND s.scope IN ({user_scope},"
+            f" 'global'){in_force} ORDER BY s.scope DESC LIMIT 1)"
+            f" FROM contacts{clause} ORDER BY last_sent DESC, username, address{tail}"
         )
         for row in self._stream(sql, params):
             yield Contact(row[0], row[1], from_epoch(row[2]), from_epoch(row[3]), int(row[4]), row[5], row[6])
