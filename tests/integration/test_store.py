@@ -19,6 +19,8 @@ from smtpplus_milter.infra.store.base import (
     Attempt,
     Expiration,
     MessageFilter,
+    Notification,
+    Outcome,
     Position,
     StoredLink,
     StoreProblem,
@@ -677,3 +679,77 @@ def test_the_recipients_database_shows_the_suppression_in_force(store: SqlStore)
     assert shown == {"bob@example.net": "hard_bounce", "carol@example.net": "manual", "dave@example.net": None}
     later = {c.address: c.suppressed for c in store.recipients(now=T0 + timedelta(days=2))}
     assert later["bob@example.net"] is None  # expired
+
+
+# -- the notification outbox (issue 14) ---------------------------------------------------------
+
+
+def _notices_for(outcome: Outcome) -> list[Notification]:
+    """A bounce notice to IT for every bounced recipient (the shape the notifier plans)."""
+    if outcome.state != "bounced":
+        return []
+    return [
+        Notification(
+            "bounce",
+            "immediate",
+            "it@example.com",
+            f"{outcome.node}:{outcome.queue_id}:{outcome.recipient}",
+            "news",
+            {"user": outcome.user, "recipient": outcome.recipient, "subject": outcome.subject},
+            outcome.attempt.at,
+        )
+    ]
+
+
+def test_a_bounce_enqueues_its_notice_once_in_the_same_transaction(store: SqlStore) -> None:
+    store.record_messages([record("Q1", "bob@example.net", "carol@example.net")])
+    bounced = _bounce("5.1.1", "hard", 1)
+    sent = Attempt("relay1", "Q1", "carol@example.net", T0 + timedelta(minutes=1), "sent", "2.0.0")
+    store.record_attempts([bounced, sent], None, on_outcome=_notices_for)
+    store.record_attempts([bounced, sent], None, on_outcome=_notices_for)  # replayed lines
+    [claimed] = store.claim("host-a", T0 + timedelta(minutes=2), timedelta(minutes=1), 10)
+    assert claimed.notification.payload == {"user": "alice", "recipient": "bob@example.net", "subject": "Hello"}
+    assert claimed.notification.dedup == "relay1:Q1:bob@example.net" and claimed.tries == 1
+
+
+def test_claims_are_leased_retried_and_sent_once(two_stores: tuple[SqlStore, SqlStore]) -> None:
+    store, _ = two_stores
+    notices = [Notification("bounce", "immediate", "it@example.com", f"k{n}", "d", {"n": n}, T0) for n in range(3)]
+    assert store.enqueue(notices) == 3
+    assert store.enqueue(notices[:1]) == 0  # the same notice again: dropped
+    assert store.enqueue([Notification("complaint", "daily", "it@example.com", "k9", "d", {}, T0)]) == 1
+    now = T0 + timedelta(seconds=1)
+    first = store.claim("host-a", now, timedelta(seconds=60), 2)
+    second = store.claim("host-b", now, timedelta(seconds=60), 10)
+    assert [c.notification.dedup for c in first] == ["k0", "k1"]
+    assert [c.notification.dedup for c in second] == ["k2"]  # host-a's lease holds; the daily one waits
+    store.sent([first[0].id], now)
+    store.failed(first[1].id, "451 try later", now + timedelta(seconds=30))
+    assert store.claim("host-b", now + timedelta(seconds=10), timedelta(seconds=60), 10) == []
+    # host-b's lease on k2 ran out (it crashed), and k1's retry time came: both go out again.
+    again = store.claim("host-c", now + timedelta(seconds=61), timedelta(seconds=60), 10)
+    assert sorted((c.notification.dedup, c.tries) for c in again) == [("k1", 2), ("k2", 2)]
+    assert [c.notification.dedup for c in store.claim("host-c", now, timedelta(days=9), 10, mode="daily")] == ["k9"]
+
+
+def test_concurrent_claims_never_hand_one_notice_to_two_workers(two_stores: tuple[SqlStore, SqlStore]) -> None:
+    store, _ = two_stores
+    store.enqueue([Notification("bounce", "immediate", "it@example.com", f"k{n}", "d", {}, T0) for n in range(200)])
+    url = store.url
+    taken: list[list[int]] = [[], [], [], []]
+
+    def worker(number: int) -> None:
+        own = open_store(url)
+        try:
+            while batch := own.claim(f"w{number}", T0 + timedelta(seconds=1), timedelta(hours=1), 7):
+                taken[number].extend(c.id for c in batch)
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    every = [notice for ids in taken for notice in ids]
+    assert len(every) == 200 and len(set(every)) == 200

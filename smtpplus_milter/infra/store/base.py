@@ -13,9 +13,9 @@ Times are timezone-aware ``datetime`` values in UTC.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
 from smtpplus_milter.core import failures, suppression
@@ -166,6 +166,62 @@ class MessageFilter:
     until: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A recipient's final outcome as the store recorded it, with what a notice about it names."""
+
+    node: str
+    queue_id: str
+    user: str
+    list: str | None
+    envelope_from: str
+    subject: str | None
+    message_id: str | None
+    recipient: str
+    state: str  # delivered | bounced | expired
+    attempt: Attempt
+
+
+NOTIFICATION_KINDS = frozenset({"bounce", "complaint"})
+NOTIFICATION_MODES = frozenset({"immediate", "daily"})
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One mail to send: a notice of ``kind`` to ``to``, now (``immediate``) or in a daily digest.
+
+    ``dedup`` names what the notice is about (one per recipient and message); ``digest`` groups
+    daily notices into one mail (e.g. the list and the day); ``payload`` holds what the mail says.
+    """
+
+    kind: str
+    mode: str
+    to: str
+    dedup: str
+    digest: str
+    payload: Mapping[str, object]
+    created: datetime
+
+    def __post_init__(self) -> None:
+        _utc(self.created, "notification created")
+        if self.kind not in NOTIFICATION_KINDS or self.mode not in NOTIFICATION_MODES:
+            raise ValueError(f"notification {self.kind!r}/{self.mode!r}: expected bounce|complaint, immediate|daily")
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A notification a sender holds until ``until`` (its lease)."""
+
+    id: int
+    notification: Notification
+    tries: int
+    until: datetime
+
+
+# Called with each final outcome inside the transaction that records it; what it returns is
+# enqueued in that transaction (so a replayed log line never enqueues a notice twice).
+OnOutcome = Callable[[Outcome], Iterable[Notification]]
+
 # created_by of the entries the follower makes from delivery outcomes.
 FOLLOWER = "follower"
 
@@ -276,17 +332,36 @@ class TrackingStore(abc.ABC):
         links: Iterable[StoredLink] = (),
         expirations: Iterable[Expiration] = (),
         policy: suppression.Policy | None = None,
+        on_outcome: OnOutcome | None = None,
     ) -> RecordResult:
         """Record links, attempts and expirations and save the follower's position, in one transaction.
 
         With a ``policy``, each recipient's final outcome also applies the suppression rules
-        (core/suppression.py): a streak of soft failures, a suppression, or a lifted bounce entry.
+        (core/suppression.py): a streak of soft failures, a suppression, or a lifted bounce entry;
+        ``on_outcome`` is asked, in the same transaction, which notices each final outcome enqueues.
 
         Links go first, so an attempt of the same batch on a new queue id finds its message. An
         attempt already recorded (same node, queue id, recipient, time, status and dsn) is a replay:
         it is counted in ``replayed`` and changes nothing. Each expiration adds one ``expired``
         attempt per recipient still queued or deferred (counted in ``new``).
         """
+
+    @abc.abstractmethod
+    def enqueue(self, notifications: Iterable[Notification]) -> int:
+        """Add notices to the outbox (one per ``to`` and ``dedup``: a second is dropped); how many are new."""
+
+    @abc.abstractmethod
+    def claim(self, worker: str, now: datetime, lease: timedelta, limit: int, mode: str = "immediate") -> list[Claimed]:
+        """Take up to ``limit`` due, unsent notices of ``mode`` for ``lease`` (oldest first); another
+        worker (on this or another host) does not get them until the lease runs out."""
+
+    @abc.abstractmethod
+    def sent(self, ids: Iterable[int], now: datetime) -> None:
+        """Mark claimed notices sent."""
+
+    @abc.abstractmethod
+    def failed(self, notice: int, error: str, retry_at: datetime) -> None:
+        """A claimed notice could not be sent: free it for another try at ``retry_at``."""
 
     @abc.abstractmethod
     def suppress(self, entries: Iterable[Suppression]) -> int:

@@ -122,6 +122,10 @@ class PostgresStore(SqlStore):
     def _in_list(self, column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
         return f"{column} = ANY(?::text[])", [list(values)]
 
+    def _skip_locked(self) -> str:
+        # Two relay hosts claiming at once each take rows the other does not hold.
+        return " FOR UPDATE SKIP LOCKED"
+
     def _lock_migrations(self, cur: Any) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
 

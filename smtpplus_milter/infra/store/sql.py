@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from importlib import resources
 from types import MappingProxyType
@@ -32,10 +34,14 @@ from smtpplus_milter.infra.store.base import (
     FOLLOWER,
     STATS_BY,
     Attempt,
+    Claimed,
     Contact,
     Expiration,
     MessageFilter,
+    Notification,
+    OnOutcome,
     OpenMessages,
+    Outcome,
     Position,
     RecipientStory,
     RecordResult,
@@ -113,6 +119,7 @@ class Cursor(Protocol):
 
 class SqlStore(TrackingStore):
     dialect: str  # the folder of migrations/ to apply
+    url: str  # what open_store() was given (a PostgreSQL URL may hold a password: never log it as is)
 
     # -- what a backend provides -------------------------------------------------------------------
 
@@ -322,23 +329,25 @@ class SqlStore(TrackingStore):
         links: Iterable[StoredLink] = (),
         expirations: Iterable[Expiration] = (),
         policy: Policy | None = None,
+        on_outcome: OnOutcome | None = None,
     ) -> RecordResult:
+        effects = _Effects(policy, on_outcome) if policy is not None or on_outcome is not None else None
         new = replayed = 0
         with self._transaction() as cur:
             for link in links:
                 self._insert_link(cur, link)
             for attempt in attempts:
-                if self._insert_attempt(cur, attempt, policy):
+                if self._insert_attempt(cur, attempt, effects):
                     new += 1
                 else:
                     replayed += 1
             for expiration in expirations:
-                new += self._expire(cur, expiration, policy)
+                new += self._expire(cur, expiration, effects)
             if position is not None:
                 self._write_position(cur, position)
         return RecordResult(new=new, replayed=replayed)
 
-    def _insert_attempt(self, cur: Cursor, attempt: Attempt, policy: Policy | None = None) -> bool:
+    def _insert_attempt(self, cur: Cursor, attempt: Attempt, effects: _Effects | None = None) -> bool:
         """Insert one attempt and move its recipient's state; False when the store had it (a replay)."""
         recipient = attempt.recipient.lower()
         cur.execute(
@@ -360,14 +369,14 @@ class SqlStore(TrackingStore):
         )
         if cur.fetchone() is None:
             return False
-        self._advance(cur, attempt.node, attempt.queue_id, recipient, attempt, policy)
+        self._advance(cur, attempt.node, attempt.queue_id, recipient, attempt, effects)
         return True
 
     def expire(self, node: str, queue_id: str, at: datetime) -> int:
         with self._transaction() as cur:
             return self._expire(cur, Expiration(node, queue_id, at))
 
-    def _expire(self, cur: Cursor, expiration: Expiration, policy: Policy | None = None) -> int:
+    def _expire(self, cur: Cursor, expiration: Expiration, effects: _Effects | None = None) -> int:
         """One ``expired`` attempt (under the expired queue id) per recipient still queued or deferred."""
         node = expiration.node
         root = self._root(cur, node, expiration.queue_id)
@@ -387,7 +396,7 @@ class SqlStore(TrackingStore):
                 reply=EXPIRED_REPLY,
                 failure_class=classify("expired", None),
             )
-            added += self._insert_attempt(cur, attempt, policy)
+            added += self._insert_attempt(cur, attempt, effects)
         return added
 
     def open_queue_ids(self, node: str, after: int | None = None) -> OpenMessages:
@@ -414,7 +423,7 @@ class SqlStore(TrackingStore):
         return OpenMessages(users, mark)
 
     def _advance(
-        self, cur: Cursor, node: str, queue_id: str, address: str, attempt: Attempt, policy: Policy | None = None
+        self, cur: Cursor, node: str, queue_id: str, address: str, attempt: Attempt, effects: _Effects | None = None
     ) -> None:
         """Move the recipient ``address`` of the message ``queue_id`` belongs to (see :meth:`_root`)."""
         # One statement for the usual cases: the message's own id, or one queued_as link away.
@@ -451,8 +460,19 @@ class SqlStore(TrackingStore):
             "UPDATE contacts SET state = ? WHERE username = ? AND address = ? AND last_sent <= ?",
             (new, user, address, accepted),
         )
-        if policy is not None and new in FINAL_STATES:
-            self._after_outcome(cur, node, user, address, attempt, policy)
+        if effects is not None and new in FINAL_STATES:
+            if effects.policy is not None:
+                self._after_outcome(cur, node, user, address, attempt, effects.policy)
+            if effects.on_outcome is not None:
+                cur.execute(
+                    "SELECT queue_id, list_name, envelope_from, subject, message_id FROM messages WHERE id = ?",
+                    (message,),
+                )
+                root, list_name, envelope_from, subject, message_id = cur.fetchone()
+                outcome = Outcome(
+                    node, root, user, list_name, envelope_from, subject, message_id, address, new, attempt
+                )
+                self._enqueue(cur, effects.on_outcome(outcome))
 
     def _after_outcome(self, cur: Cursor, node: str, user: str, address: str, attempt: Attempt, policy: Policy) -> None:
         """Apply core/suppression.py's rules to the recipient's final outcome (once per message)."""
@@ -476,6 +496,73 @@ class SqlStore(TrackingStore):
             cur.execute(
                 f"DELETE FROM suppressions WHERE scope = ? AND address = ? AND reason IN ({marks})",
                 (scope, address, *sorted(BOUNCE_REASONS)),
+            )
+
+    # -- the notification outbox -------------------------------------------------------------------
+
+    def _enqueue(self, cur: Cursor, notifications: Iterable[Notification]) -> int:
+        added = 0
+        for item in notifications:
+            cur.execute(
+                "INSERT INTO notifications (kind, mode, to_address, dedup, digest, payload, created, next_try)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (to_address, dedup) DO NOTHING RETURNING id",
+                (
+                    item.kind,
+                    item.mode,
+                    item.to.lower(),
+                    item.dedup,
+                    item.digest,
+                    json.dumps(dict(item.payload), sort_keys=True),
+                    epoch(item.created),
+                    epoch(item.created),
+                ),
+            )
+            added += cur.fetchone() is not None
+        return added
+
+    def enqueue(self, notifications: Iterable[Notification]) -> int:
+        with self._transaction() as cur:
+            return self._enqueue(cur, notifications)
+
+    def _skip_locked(self) -> str:
+        """How a claim skips rows another transaction holds (SQLite has one writer: nothing to say)."""
+        return ""
+
+    def claim(self, worker: str, now: datetime, lease: timedelta, limit: int, mode: str = "immediate") -> list[Claimed]:
+        moment, until = epoch(now), epoch(now + lease)
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE notifications SET claimed_by = ?, claimed_until = ?, tries = tries + 1 WHERE id IN ("
+                "SELECT id FROM notifications WHERE sent_at IS NULL AND mode = ? AND next_try <= ?"
+                " AND (claimed_until IS NULL OR claimed_until <= ?) ORDER BY id LIMIT ?"
+                f"{self._skip_locked()}) RETURNING id, kind, mode, to_address, dedup, digest, payload, created, tries",
+                (worker, until, mode, moment, moment, limit),
+            )
+            rows = cur.fetchall()
+        claimed = [
+            Claimed(
+                int(row[0]),
+                Notification(row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), from_epoch(row[7])),
+                int(row[8]),
+                from_epoch(until),
+            )
+            for row in rows
+        ]
+        return sorted(claimed, key=lambda item: item.id)
+
+    def sent(self, ids: Iterable[int], now: datetime) -> None:
+        with self._transaction() as cur:
+            cur.executemany(
+                "UPDATE notifications SET sent_at = ?, claimed_until = NULL, last_error = NULL WHERE id = ?",
+                [(epoch(now), notice) for notice in ids],
+            )
+
+    def failed(self, notice: int, error: str, retry_at: datetime) -> None:
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE notifications SET claimed_by = NULL, claimed_until = NULL, last_error = ?, next_try = ?"
+                " WHERE id = ?",
+                (error[:1000], epoch(retry_at), notice),
             )
 
     # -- the suppression list ----------------------------------------------------------------------
@@ -886,3 +973,11 @@ def _statements(script: str) -> Iterator[str]:
 
 
 __all__ = ["MESSAGE_INSERT_COLUMNS", "Cursor", "SqlStore", "message_row"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Effects:
+    """What recording a final outcome also does: the suppression rules and the notices to enqueue."""
+
+    policy: Policy | None
+    on_outcome: OnOutcome | None

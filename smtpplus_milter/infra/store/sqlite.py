@@ -31,6 +31,7 @@ class SqliteStore(SqlStore):
         if not path.parent.is_dir():
             raise StoreProblem(f"tracking store {path}: the directory {path.parent} does not exist")
         self.path = path
+        self.url = f"sqlite:///{path}"
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
