@@ -351,9 +351,18 @@ class TrackingStore(abc.ABC):
         """Add notices to the outbox (one per ``to`` and ``dedup``: a second is dropped); how many are new."""
 
     @abc.abstractmethod
-    def claim(self, worker: str, now: datetime, lease: timedelta, limit: int, mode: str = "immediate") -> list[Claimed]:
-        """Take up to ``limit`` due, unsent notices of ``mode`` for ``lease`` (oldest first); another
-        worker (on this or another host) does not get them until the lease runs out."""
+    def claim(
+        self,
+        worker: str,
+        now: datetime,
+        lease: timedelta,
+        limit: int,
+        mode: str = "immediate",
+        before: datetime | None = None,
+    ) -> list[Claimed]:
+        """Take up to ``limit`` due, unsent notices of ``mode`` (created before ``before``, if given)
+        for ``lease``, oldest first; another worker (on this or another host) does not get them
+        until the lease runs out."""
 
     @abc.abstractmethod
     def sent(self, ids: Iterable[int], now: datetime) -> None:

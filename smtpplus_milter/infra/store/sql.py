@@ -528,15 +528,24 @@ class SqlStore(TrackingStore):
         """How a claim skips rows another transaction holds (SQLite has one writer: nothing to say)."""
         return ""
 
-    def claim(self, worker: str, now: datetime, lease: timedelta, limit: int, mode: str = "immediate") -> list[Claimed]:
+    def claim(
+        self,
+        worker: str,
+        now: datetime,
+        lease: timedelta,
+        limit: int,
+        mode: str = "immediate",
+        before: datetime | None = None,
+    ) -> list[Claimed]:
         moment, until = epoch(now), epoch(now + lease)
+        created = "" if before is None else " AND created < ?"
         with self._transaction() as cur:
             cur.execute(
                 "UPDATE notifications SET claimed_by = ?, claimed_until = ?, tries = tries + 1 WHERE id IN ("
                 "SELECT id FROM notifications WHERE sent_at IS NULL AND mode = ? AND next_try <= ?"
-                " AND (claimed_until IS NULL OR claimed_until <= ?) ORDER BY id LIMIT ?"
+                f" AND (claimed_until IS NULL OR claimed_until <= ?){created} ORDER BY id LIMIT ?"
                 f"{self._skip_locked()}) RETURNING id, kind, mode, to_address, dedup, digest, payload, created, tries",
-                (worker, until, mode, moment, moment, limit),
+                (worker, until, mode, moment, moment, *([] if before is None else [epoch(before)]), limit),
             )
             rows = cur.fetchall()
         claimed = [
