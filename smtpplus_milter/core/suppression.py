@@ -17,6 +17,7 @@ The rules, for one (user, address):
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -85,3 +86,29 @@ def after_outcome(
 def reply(address: str, reason: str, since: datetime) -> str:
     """The RCPT refusal for a suppressed recipient (after the ``550 5.7.1`` code)."""
     return f"<{address}>: recipient suppressed ({reason} since {since.date().isoformat()})"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """An entry in force, as the RCPT check sees it (the address is the key it is filed under)."""
+
+    scope: str
+    reason: str
+    since: datetime
+
+
+def find(index: Mapping[str, Sequence[Entry]], user: str | None, list_name: str | None, address: str) -> Entry | None:
+    """The entry that refuses ``address`` for mail of ``user`` (on ``list_name``), if any.
+
+    The narrowest scope wins when several apply (the user's, then the list's, then global), so
+    the reply names the reason that concerns this sender most.
+    """
+    found = index.get(address.lower())
+    if not found:
+        return None
+    wanted = (f"user:{user}" if user else None, f"list:{list_name}" if list_name else None, "global")
+    for scope in wanted:
+        for entry in found:
+            if scope is not None and entry.scope == scope:
+                return entry
+    return None
