@@ -8,10 +8,12 @@ Every other module of this package imports only this one (``__init__`` assembles
 from __future__ import annotations
 
 import argparse
+import csv
 import getpass
+import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from smtpplus_milter.config import Config, ConfigError, ConfigProblem, load_conf
 from smtpplus_milter.core.users import User
 from smtpplus_milter.infra.files import FileProblem
 from smtpplus_milter.infra.passwd import PasswdProblem
+from smtpplus_milter.infra.store import TrackingStore, open_store
 from smtpplus_milter.infra.usersfile import ALLOW_ANY_SENDER, EditProblem
 
 PROGRAM = "smtpplus-milter"
@@ -186,3 +189,57 @@ def reload_milter(args: argparse.Namespace, config: Config) -> None:
         )
     else:
         err(f"note: cannot signal pid {pid} ({done.error}); reload it yourself: {hint}")
+
+
+# --- the tracking store's commands (stats, messages, recipients, suppressions) ------------------
+
+FORMATS = ("table", "csv", "json")
+
+
+def moment(text: str) -> datetime:
+    """A ``--since``/``--until`` value: YYYY-MM-DD or an ISO 8601 time; without a zone, UTC."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD) or an ISO time") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def store_of(config: Config) -> TrackingStore | None:
+    """The configured tracking store, or None (said on stderr) when tracking is off."""
+    if config.tracking is None:
+        err(f"{PROGRAM}: tracking is off in {config.path}: add a tracking: section with its store (docs/tracking.md)")
+        return None
+    return open_store(config.tracking.store)
+
+
+def write_rows(
+    rows: Iterable[dict[str, object]], columns: tuple[str, ...], output_format: str, empty: str = "(no messages)"
+) -> None:
+    """Rows as a table, CSV or a JSON list of objects (keys in *columns* order)."""
+    if output_format == "json":
+        sys.stdout.write("[")
+        for number, row in enumerate(rows):
+            sys.stdout.write(("," if number else "") + "\n  " + json.dumps({key: row[key] for key in columns}))
+        sys.stdout.write("\n]\n")
+        return
+    if output_format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if row[key] is None else row[key] for key in columns])
+        return
+    table = [list(columns), *(list(_cells(row, columns)) for row in rows)]
+    if len(table) == 1:
+        print(empty)
+        return
+    print_table(table)
+
+
+def _cells(row: dict[str, object], columns: tuple[str, ...]) -> Iterator[str]:
+    return ("-" if row[key] is None else str(row[key]) for key in columns)
+
+
+def iso(value: datetime) -> str:
+    """A time as ISO 8601 in UTC, to the second (what the log lines carry), e.g. 2026-11-01T10:00:00Z."""
+    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from smtpplus_milter.cli import common
-from smtpplus_milter.cli.tracking import FORMATS, iso, moment, store_of, write_rows
+from smtpplus_milter.cli.common import FORMATS, iso, moment, store_of, write_rows
 from smtpplus_milter.core.addresses import AddressError, normalize_address
 from smtpplus_milter.core.suppression import MANUAL, PERMANENT_REASONS, REASONS
 from smtpplus_milter.infra.store import StoreProblem, TrackingStore

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from smtpplus_milter.cli import common
-from smtpplus_milter.config import Config
-from smtpplus_milter.infra.store import StoreProblem, TrackingStore, open_store
+from smtpplus_milter.cli.common import FORMATS, iso, moment, store_of, write_rows
+from smtpplus_milter.infra.store import StoreProblem, TrackingStore
 from smtpplus_milter.infra.store.base import (
     STATES,
     STATS_BY,
@@ -33,7 +33,6 @@ from smtpplus_milter.infra.store.base import (
     StoredMessage,
 )
 
-FORMATS = ("table", "csv", "json")
 # What `messages` and `recipients` print when no --limit is given: a screenful of the newest, so a
 # look at a busy store answers at once; --limit 0 lifts it.
 DEFAULT_LIMIT = 100
@@ -125,15 +124,6 @@ def _limit(text: str) -> int:
     return value
 
 
-def moment(text: str) -> datetime:
-    """A ``--since``/``--until`` value: YYYY-MM-DD or an ISO 8601 time; without a zone, UTC."""
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD) or an ISO time") from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def main(args: argparse.Namespace) -> int:
     config = common.load_or_report(args.config)
     if config is None:
@@ -200,50 +190,7 @@ def _messages(store: TrackingStore, args: argparse.Namespace) -> int:
     return 0
 
 
-def store_of(config: Config) -> TrackingStore | None:
-    """The configured tracking store, or None (said on stderr) when tracking is off."""
-    if config.tracking is None:
-        common.err(
-            f"{common.PROGRAM}: tracking is off in {config.path}: add a tracking: section with its store "
-            "(docs/tracking.md)"
-        )
-        return None
-    return open_store(config.tracking.store)
-
-
-def write_rows(
-    rows: Iterable[dict[str, object]], columns: tuple[str, ...], output_format: str, empty: str = "(no messages)"
-) -> None:
-    """Rows as a table, CSV or a JSON list of objects (keys in *columns* order)."""
-    if output_format == "json":
-        sys.stdout.write("[")
-        for number, row in enumerate(rows):
-            sys.stdout.write(("," if number else "") + "\n  " + json.dumps({key: row[key] for key in columns}))
-        sys.stdout.write("\n]\n")
-        return
-    if output_format == "csv":
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow(["" if row[key] is None else row[key] for key in columns])
-        return
-    table = [list(columns), *(list(_cells(row, columns)) for row in rows)]
-    if len(table) == 1:
-        print(empty)
-        return
-    common.print_table(table)
-
-
-def _cells(row: dict[str, object], columns: tuple[str, ...]) -> Iterator[str]:
-    return ("-" if row[key] is None else str(row[key]) for key in columns)
-
-
 # -- messages, messages show, recipients ----------------------------------------------------------
-
-
-def iso(value: datetime) -> str:
-    """A time as ISO 8601 in UTC, to the second (what the log lines carry), e.g. 2026-11-01T10:00:00Z."""
-    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def message_json(found: StoredMessage) -> dict[str, object]:

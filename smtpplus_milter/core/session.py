@@ -24,7 +24,7 @@ decision answers what ``milter.on_internal_error`` says (:meth:`MessageSession.f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -33,6 +33,8 @@ from typing import BinaryIO, Literal
 from smtpplus_milter.core.authorization import decide_headers, decide_mail_from
 from smtpplus_milter.core.decision import Decision, Reply, Spoofing, Unauthorized, Verdict, safe_text
 from smtpplus_milter.core.priority import HeaderEdit, PriorityPlan, plan_priority
+from smtpplus_milter.core.suppression import Entry, find
+from smtpplus_milter.core.suppression import reply as suppressed_reply
 from smtpplus_milter.core.tracking import (
     MAX_FIELD,
     MAX_RECIPIENTS,
@@ -93,6 +95,7 @@ class Action(StrEnum):
     ACCEPT = "accept"  # accept the message unchanged and stop looking at it
     REJECT = "reject"
     TEMPFAIL = "tempfail"
+    DISCARD = "discard"  # accept it and deliver it to nobody (every recipient was dropped)
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ class EndOfMessage:
     step: Step
     edits: tuple[HeaderEdit, ...] = ()
     banner: Banner | None = None
+    drop: tuple[str, ...] = ()  # RCPT TO arguments to remove (suppressed, suppression.action drop)
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,16 @@ class Notice:
     action: str  # rejected | delivered
     reply: str  # the reply the client got, "" when delivered
     shown: str = ""  # display_name_spoofing: the other addresses it showed
+
+
+@dataclass(frozen=True)
+class Suppressed:
+    """A recipient the suppression list kept from a message, and the entry that did it."""
+
+    rcpt_to: str  # as the client gave it (what the milter must name to remove it)
+    address: str
+    entry: Entry
+    dropped: bool  # accepted and removed (suppression.action drop) rather than refused at RCPT
 
 
 @dataclass(frozen=True)
@@ -149,6 +163,7 @@ class Outcome:
     spoofing: tuple[Spoofing, ...]  # only those the operator wants to hear about
     notices: tuple[Notice, ...]
     recipients: tuple[str, ...] = ()  # envelope recipients as given at RCPT TO (at most MAX_RECIPIENTS)
+    suppressed: tuple[Suppressed, ...] = ()  # recipients the suppression list kept from the message
 
     @property
     def verdict(self) -> Verdict:
@@ -184,6 +199,7 @@ class Outcome:
             queue=plan.queue,
             accepted_at=accepted_at,
             recipients=self.recipients,
+            suppressed=tuple(dict.fromkeys(item.address for item in self.suppressed)),
         )
 
     def header_values(self, name: str) -> list[str]:
@@ -216,6 +232,16 @@ class Outcome:
             "queue": plan.queue if plan else None,
             "footer": {"result": self.footer.status, "reason": self.footer.reason} if self.footer else None,
             "size": self.size,
+            **(
+                {
+                    "suppressed": [
+                        {"recipient": i.address, "scope": i.entry.scope, "reason": i.entry.reason, "dropped": i.dropped}
+                        for i in self.suppressed
+                    ]
+                }
+                if self.suppressed
+                else {}
+            ),
             "ms": round(elapsed * 1000, 2),
         }
 
@@ -237,6 +263,7 @@ class MessageSession:
         self.announced_size: int | None = None
         self.headers: list[tuple[str, str]] = []
         self.recipients: list[str] = []
+        self.suppressed: list[Suppressed] = []
         self.received = 0  # header and body bytes as they arrived
         self.reasons: list[str] = []
         self.unauthorized: list[Unauthorized] = []
@@ -288,10 +315,25 @@ class MessageSession:
             return self._refuse(Decision(Verdict.REJECT, size_reply(limit)))
         return GO_ON
 
-    def recipient(self, rcpt_to: str) -> None:
-        """One RCPT TO that Postfix accepted (kept for the tracking record, bounded)."""
-        if len(self.recipients) < MAX_RECIPIENTS:
-            self.recipients.append(recipient_address(rcpt_to))
+    def recipient(
+        self, rcpt_to: str, suppressions: Mapping[str, Sequence[Entry]] | None = None, *, drop: bool = False
+    ) -> Step:
+        """One RCPT TO that Postfix accepted so far: checked against the suppression list.
+
+        A suppressed recipient of an SMTP+ user is refused with 550 5.7.1 (the other recipients go
+        on), or with *drop* accepted and removed at the end of the message. Either way it is
+        recorded in state ``suppressed``. Every other one is kept for the tracking record (bounded).
+        """
+        address = recipient_address(rcpt_to)
+        user = self.user
+        entry = find(suppressions, user.login, user.list, address) if suppressions and user is not None else None
+        if entry is not None and len(self.suppressed) < MAX_RECIPIENTS:
+            self.suppressed.append(Suppressed(rcpt_to, address, entry, drop))
+            if not drop:
+                return Step(Action.REJECT, Reply("550", "5.7.1", suppressed_reply(address, entry.reason, entry.since)))
+        elif len(self.recipients) < MAX_RECIPIENTS:
+            self.recipients.append(address)
+        return GO_ON
 
     def header(self, name: str, value: str) -> None:
         self.headers.append((name, value))
@@ -337,7 +379,12 @@ class MessageSession:
             self.reasons.append(f"{self.received} bytes received, over limits.max_message_bytes ({limit})")
             return EndOfMessage(self._refuse(Decision(Verdict.REJECT, size_reply(limit))))
         edits = self.priority.edits if self.priority is not None else ()
-        return EndOfMessage(GO_ON, edits, self.banner)
+        drop = tuple(item.rcpt_to for item in self.suppressed if item.dropped)
+        if drop and not self.recipients:
+            # Every recipient is suppressed: nobody to deliver to, and the client is told "sent".
+            self.reasons.append("every recipient is suppressed: accepted and discarded")
+            return EndOfMessage(Step(Action.DISCARD), drop=drop)
+        return EndOfMessage(GO_ON, edits, self.banner, drop)
 
     def add_banner(self, body: BinaryIO | bytes) -> InjectionResult:
         """Run the header/footer injection on the kept body and remember its result.
@@ -438,6 +485,7 @@ class MessageSession:
             spoofing=spoofing,
             notices=self._notices(decision, spoofing),
             recipients=tuple(self.recipients),
+            suppressed=tuple(self.suppressed),
         )
 
     def _user_label(self, decision: Decision) -> str:

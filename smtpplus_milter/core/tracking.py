@@ -39,6 +39,9 @@ class MessageRecord:
     queue: str
     accepted_at: datetime
     recipients: tuple[str, ...]
+    # Recipients the suppression list kept from this message (refused at RCPT, or accepted and
+    # dropped): recorded in state ``suppressed``.
+    suppressed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.accepted_at.tzinfo is None:
@@ -62,12 +65,14 @@ class MessageRecord:
             "queue": self.queue,
             "accepted_at": self.accepted_at.isoformat(),
             "recipients": list(self.recipients),
+            "suppressed": list(self.suppressed),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> MessageRecord:
         recipients = data["recipients"]
-        assert isinstance(recipients, list)
+        suppressed = data.get("suppressed") or []  # absent in lines written before it existed
+        assert isinstance(recipients, list) and isinstance(suppressed, list)
         return cls(
             node=str(data["node"]),
             queue_id=str(data["queue_id"]),
@@ -82,6 +87,7 @@ class MessageRecord:
             queue=str(data["queue"]),
             accepted_at=datetime.fromisoformat(str(data["accepted_at"])),
             recipients=tuple(str(item) for item in recipients),
+            suppressed=tuple(str(item) for item in suppressed),
         )
 
 

@@ -63,6 +63,7 @@ _ANSWERS = MappingProxyType(
         Action.ACCEPT: Milter.ACCEPT,
         Action.REJECT: Milter.REJECT,
         Action.TEMPFAIL: Milter.TEMPFAIL,
+        Action.DISCARD: Milter.DISCARD,
     }
 )
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 from dataclasses import replace
+from datetime import UTC, datetime
+from types import MappingProxyType
 
 import pytest
 
@@ -18,10 +20,12 @@ from smtpplus_milter.core.session import (
     UNAUTHORIZED_SENDER,
     UNKNOWN,
     Action,
+    EndOfMessage,
     MessageSession,
     Rules,
     size_reply,
 )
+from smtpplus_milter.core.suppression import Entry
 from smtpplus_milter.mime.footer import Banner
 from tests.support import builders
 
@@ -177,3 +181,67 @@ def test_outcome_is_decided_once() -> None:
     session.accept()
     session.fail("again")
     assert session.outcome() is first
+
+
+# -- the suppression list at RCPT (issue 14) -----------------------------------------------------
+
+SINCE = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
+SUPPRESSIONS = MappingProxyType(
+    {
+        "gone@example.net": (Entry("user:shop", "hard_bounce", SINCE),),
+        "nolist@example.net": (Entry("list:news", "unsubscribe", SINCE),),
+        "other@example.net": (Entry("user:someone-else", "complaint", SINCE),),
+    }
+)
+
+
+def _to_headers(session: MessageSession) -> EndOfMessage:
+    session.header("From", "info@shop.example")
+    assert session.end_of_headers().action is Action.CONTINUE
+    return session.end_of_message()
+
+
+def test_a_suppressed_recipient_is_refused_and_the_others_go_on() -> None:
+    session = MessageSession(rules())
+    assert session.mail_from("shop", "<info@shop.example>", queue_id="Q1").action is Action.CONTINUE
+    refused = session.recipient("<Gone@Example.net>", SUPPRESSIONS)
+    assert refused.action is Action.REJECT and refused.reply is not None
+    assert str(refused.reply) == "550 5.7.1 <Gone@Example.net>: recipient suppressed (hard_bounce since 2026-11-01)"
+    assert str(session.recipient("<nolist@example.net>", SUPPRESSIONS).reply).endswith("(unsubscribe since 2026-11-01)")
+    assert session.recipient("<other@example.net>", SUPPRESSIONS).action is Action.CONTINUE  # another user's entry
+    assert session.recipient("<fine@example.net>", SUPPRESSIONS).action is Action.CONTINUE
+    end = _to_headers(session)
+    assert end.step.action is Action.CONTINUE and end.drop == ()
+    session.accept()
+    outcome = session.outcome()
+    assert outcome is not None
+    record = outcome.record("relay-1", SINCE)
+    assert record is not None
+    assert record.recipients == ("other@example.net", "fine@example.net")
+    assert record.suppressed == ("Gone@Example.net", "nolist@example.net")
+    logged = outcome.log_fields(0.0)["suppressed"]
+    assert logged == [
+        {"recipient": "Gone@Example.net", "scope": "user:shop", "reason": "hard_bounce", "dropped": False},
+        {"recipient": "nolist@example.net", "scope": "list:news", "reason": "unsubscribe", "dropped": False},
+    ]
+
+
+def test_drop_accepts_and_removes_and_all_dropped_is_discarded() -> None:
+    session = MessageSession(rules())
+    session.mail_from("shop", "<info@shop.example>", queue_id="Q1")
+    assert session.recipient("<gone@example.net>", SUPPRESSIONS, drop=True).action is Action.CONTINUE
+    assert session.recipient("<fine@example.net>", SUPPRESSIONS, drop=True).action is Action.CONTINUE
+    end = _to_headers(session)
+    assert end.step.action is Action.CONTINUE and end.drop == ("<gone@example.net>",)
+
+    alone = MessageSession(rules())
+    alone.mail_from("shop", "<info@shop.example>", queue_id="Q2")
+    alone.recipient("<gone@example.net>", SUPPRESSIONS, drop=True)
+    end = _to_headers(alone)
+    assert end.step.action is Action.DISCARD and end.drop == ("<gone@example.net>",)
+
+
+def test_unauthenticated_mail_is_never_checked() -> None:
+    session = MessageSession(rules())
+    session.mail_from(None, "<a@elsewhere.example>", queue_id="Q1")
+    assert session.recipient("<gone@example.net>", SUPPRESSIONS).action is Action.CONTINUE
