@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -139,3 +139,54 @@ class Tracking:
     metrics_listen: HostPort | None
     spool_dir: Path
     spool_max_bytes: int
+
+
+NoticeMode = Literal["immediate", "daily"]
+
+
+@dataclass(frozen=True)
+class Notices:
+    """Who is told of one kind of event (bounces or complaints), and when.
+
+    *mode* ``immediate``: one notice per event; ``daily``: one digest per list and day.
+    *original_sender*: the message's envelope sender is told too (always False for complaints).
+    """
+
+    to: tuple[str, ...] = ()
+    mode: NoticeMode = "immediate"
+    original_sender: bool = False
+
+
+@dataclass(frozen=True)
+class Notify:
+    """The ``notify:`` block in effect (the global one, or a list's merged over it)."""
+
+    smtp: HostPort = HostPort("127.0.0.1", 25)
+    sender: str | None = None  # notify.from; None only when nothing needs sending
+    bounces: Notices = Notices(original_sender=True)
+    complaints: Notices = Notices()
+
+
+@dataclass(frozen=True)
+class Bounces:
+    """The ``bounces:`` section. *return_path* None: the client's envelope sender is kept."""
+
+    return_path: str | None = None
+    suppress_hard_days: int = 180
+    soft_limit: int = 5
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """The ``suppression:`` section: what a suppressed recipient gets (reject: 550 at RCPT; drop)."""
+
+    action: Literal["reject", "drop"] = "reject"
+
+
+@dataclass(frozen=True)
+class Secret:
+    """The key of the tokens, read from ``secret_file`` at load; ``repr`` never shows it."""
+
+    path: Path
+    key: bytes = field(repr=False)
+    mode: int = 0o600  # the file's permission bits when it was read
