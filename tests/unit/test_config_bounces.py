@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from smtpplus_milter.config import ConfigError, HostPort, load_config
 from smtpplus_milter.config.values import Bounces, Notices, Notify, Suppression
@@ -221,3 +222,23 @@ def test_secret_and_notify_problems_are_reported_together(tmp_path: Path) -> Non
     keys = [".".join(map(str, problem.path)) for problem in caught.value.problems]
     assert keys == ["bounces.return_path", "notify.from"]
     assert all(problem.line is not None for problem in caught.value.problems)
+
+
+def test_commented_examples_in_the_shipped_file_are_valid(tmp_path: Path) -> None:
+    shipped = (Path(__file__).resolve().parents[2] / "deploy" / "smtpplus.yaml").read_text(encoding="utf-8")
+    lines = shipped.splitlines()
+    start = lines.index("# notify:")
+    block = "\n".join(line.removeprefix("# ") for line in lines[start:] if not line.startswith("#   #"))
+    list_line = next(line.strip().removeprefix("# ") for line in lines if line.strip().startswith("# notify: {"))
+    notify = yaml.safe_load(block)["notify"]
+    shop = yaml.safe_load(list_line)
+    _secret(tmp_path)
+    config = _load(
+        tmp_path,
+        secret_file="secret",
+        bounces={"return_path": "bounce.relay.example"},
+        notify=notify,
+        lists={"shop": shop},
+    )
+    assert config.notify.sender == "postmaster@relay.example" and config.notify.bounces.to == ("it@example.com",)
+    assert config.notify_for("shop").bounces.to == ("shop-it@example.com",)
