@@ -41,6 +41,8 @@ from smtpplus_milter.core.verification import STATE_FILE
 DEFAULT_CONFIG = Path("/etc/smtpplus/smtpplus.yaml")
 # Permission bits a secret_file may have without a warning (owner rw, group r).
 SECRET_MODE_OK = 0o640
+# The whole file is the key, as it is (a trailing newline counts); more than this is a wrong path.
+MAX_SECRET_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,7 @@ def _secret(secret_path: Path | None, settings: Settings, located: Located, path
     try:
         with secret_path.open("rb") as handle:
             mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
-            key = handle.read(4096)
+            key = handle.read(MAX_SECRET_BYTES + 1)  # bounded: the path might name a device
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError(
@@ -213,6 +215,18 @@ def _secret(secret_path: Path | None, settings: Settings, located: Located, path
                 )
             ]
         ) from None
+    if len(key) > MAX_SECRET_BYTES:
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    path,
+                    where,
+                    line,
+                    f"secret_file {secret_path} is longer than {MAX_SECRET_BYTES} bytes; is it the right file?",
+                    f"a key file holds {MIN_KEY_BYTES} random bytes: {make}",
+                )
+            ]
+        )
     if len(key) < MIN_KEY_BYTES:
         raise ConfigError(
             [

@@ -126,6 +126,7 @@ def test_secret_mode_wider_than_0640_warns(tmp_path: Path, mode: int, warned: bo
         pytest.param(None, {"secret_file": "secret"}, "secret_file: ", id="file-missing"),
         pytest.param(b"short", {"secret_file": "secret"}, "holds 5 bytes; a key needs at least 32", id="too-short"),
         pytest.param(b"", {"secret_file": "secret"}, "holds 0 bytes", id="empty"),
+        pytest.param(b"k" * 4097, {"secret_file": "secret"}, "longer than 4096 bytes", id="too-long"),
     ],
 )
 def test_return_path_needs_a_usable_secret(
@@ -135,8 +136,7 @@ def test_return_path_needs_a_usable_secret(
         _secret(tmp_path, key=setup)
     text = _problem(tmp_path, bounces={"return_path": "b.example"}, notify=NOTIFY, **settings)
     assert expected in text
-    if "bytes" not in expected:
-        assert "head -c 32 /dev/urandom >" in text and "umask 077" in text
+    assert "head -c 32 /dev/urandom >" in text and "umask 077" in text
 
 
 def test_secret_that_is_a_directory(tmp_path: Path) -> None:
