@@ -135,7 +135,7 @@ def load_config(path: Path | str = DEFAULT_CONFIG, *, users_text: str | None = N
     directory = Directory(_build_users(entries, settings, users_located, users_path), _auth_policy(settings))
     secret_path = _beside(path, settings.secret_file) if settings.secret_file is not None else None
     notify, list_notify = resolve_notify(settings)
-    problems = _notify_problems(settings, notify, list_notify, located, path)
+    problems = _notify_problems(notify, list_notify, located, path)
     try:
         secret = _secret(secret_path, settings, located, path)
     except ConfigError as exc:
@@ -275,7 +275,7 @@ def _notices(section: NotifySection, base: Notify | None) -> Notify:
 
 
 def _notify_problems(
-    settings: Settings, notify: Notify, list_notify: Mapping[str, Notify], located: Located, path: Path
+    notify: Notify, list_notify: Mapping[str, Notify], located: Located, path: Path
 ) -> list[ConfigProblem]:
     """A notify block that would send mail must name its sender (notify.from)."""
     problems = []
@@ -285,19 +285,15 @@ def _notify_problems(
         if value.sender is not None:
             continue
         sends_to = value.bounces.to or value.complaints.to
-        to_sender = value.bounces.original_sender and settings.bounces.return_path is not None
-        if sends_to or to_sender:
-            why = "to the listed addresses" if sends_to else "to original senders, as bounces.return_path is set"
-            # An absent notify: block has no line; the return_path that makes it send has one.
-            line = located.lines.get(where) or located.line_of(("bounces", "return_path"))
+        if sends_to or value.bounces.original_sender:
+            why = "to the listed addresses" if sends_to else "to original senders"
             problems.append(
                 ConfigProblem(
                     path,
                     (*where, "from"),
-                    line,
+                    located.line_of(where),
                     f"notices would be sent {why}, but no sender is set",
-                    f"set {'.'.join(where)}.from to an address of this relay, e.g. postmaster@relay.example"
-                    + ("" if sends_to else f" (or {'.'.join(where)}.bounces.original_sender: false)"),
+                    f"set {'.'.join(where)}.from to an address of this relay, e.g. postmaster@relay.example",
                 )
             )
     return problems

@@ -170,7 +170,7 @@ NoticeMode = Literal["immediate", "daily"]
 class BounceNotices(_Strict):
     to: Annotated[tuple[str, ...], _LIST] = ()
     mode: NoticeMode = "immediate"
-    original_sender: bool = True
+    original_sender: bool = False
 
     @field_validator("to", mode="before")
     @classmethod

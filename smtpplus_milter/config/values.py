@@ -3,7 +3,7 @@
 Every consumer (metrics, alert mail, verification mail and DNS, the daemon, the Postfix snippets)
 receives these instead of re-splitting the text; the parsers here are the only ones. They raise
 ValueError with the text the config check shows (the schema turns it into a ConfigProblem).
-Pure: no I/O, no pydantic.
+Pure: no I/O, no pydantic (only values of the core).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from smtpplus_milter.core.suppression import Policy
 
 # A bracketed IPv6 (or IPv4) literal, or a name/IPv4 without colons; then the port.
 _HOSTPORT = re.compile(r"(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):(\d{1,5})")
@@ -163,7 +165,7 @@ class Notify:
 
     smtp: HostPort = HostPort("127.0.0.1", 25)
     sender: str | None = None  # notify.from; None only when nothing needs sending
-    bounces: Notices = Notices(original_sender=True)
+    bounces: Notices = Notices()
     complaints: Notices = Notices()
 
 
@@ -174,6 +176,11 @@ class Bounces:
     return_path: str | None = None
     suppress_hard_days: int = 180
     soft_limit: int = 5
+
+    @property
+    def policy(self) -> Policy:
+        """The suppression rules' inputs (core/suppression.py) from these settings."""
+        return Policy(hard_days=self.suppress_hard_days, soft_limit=self.soft_limit)
 
 
 @dataclass(frozen=True)

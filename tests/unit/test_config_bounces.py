@@ -11,6 +11,7 @@ import yaml
 
 from smtpplus_milter.config import ConfigError, HostPort, load_config
 from smtpplus_milter.config.values import Bounces, Notices, Notify, Suppression
+from smtpplus_milter.core.suppression import Policy
 from tests.support.builders import write_config
 
 KEY = b"k" * 32
@@ -45,7 +46,7 @@ def test_defaults_need_nothing(tmp_path: Path) -> None:
     assert config.bounces == Bounces(return_path=None, suppress_hard_days=180, soft_limit=5)
     assert config.suppression == Suppression("reject")
     assert config.notify == Notify(
-        HostPort("127.0.0.1", 25), None, Notices((), "immediate", True), Notices((), "immediate", False)
+        HostPort("127.0.0.1", 25), None, Notices((), "immediate", False), Notices((), "immediate", False)
     )
     assert config.secret is None and config.secret_path is None
     assert config.notify_for("shop") == config.notify and config.notify_for(None) == config.notify
@@ -61,6 +62,7 @@ def test_full_sections_become_typed_values(tmp_path: Path) -> None:
         notify=NOTIFY,
     )
     assert config.bounces == Bounces("bounce.relay.example", 30, 3)
+    assert config.bounces.policy == Policy(hard_days=30, soft_limit=3)
     assert config.suppression.action == "drop"
     assert config.secret_path == tmp_path / "secret"  # relative to the config file
     assert config.secret is not None and config.secret.key == KEY and config.secret.path == tmp_path / "secret"
@@ -207,18 +209,17 @@ def test_section_errors(tmp_path: Path, settings: dict[str, Any], key: str, text
     assert problem.startswith(f"{key}: ") and text in problem
 
 
-def test_return_path_mails_original_senders_so_needs_a_sender(tmp_path: Path) -> None:
+def test_telling_original_senders_needs_a_sender(tmp_path: Path) -> None:
+    problem = _problem(tmp_path, notify={"bounces": {"original_sender": True}})
+    assert problem.startswith("notify.from: ") and "to original senders" in problem
     _secret(tmp_path)
-    problem = _problem(tmp_path, secret_file="secret", bounces={"return_path": "b.example"})
-    assert problem.startswith("notify.from: ") and "original sender" in problem
-    quiet = {"bounces": {"original_sender": False}}
-    config = _load(tmp_path, secret_file="secret", bounces={"return_path": "b.example"}, notify=quiet)
+    config = _load(tmp_path, secret_file="secret", bounces={"return_path": "b.example"})  # nobody is told
     assert config.notify.sender is None and config.secret is not None
 
 
 def test_secret_and_notify_problems_are_reported_together(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
-        _load(tmp_path, bounces={"return_path": "b.example"})
+        _load(tmp_path, bounces={"return_path": "b.example"}, notify={"complaints": {"to": ["it@example.com"]}})
     keys = [".".join(map(str, problem.path)) for problem in caught.value.problems]
     assert keys == ["bounces.return_path", "notify.from"]
     assert all(problem.line is not None for problem in caught.value.problems)
