@@ -2,7 +2,8 @@
 
 Depends only on :mod:`smtpplus_milter.core`; everything else receives what this package built:
 :class:`Config` (absolute paths, the users directory, the validated settings) and the small values
-of :mod:`~smtpplus_milter.config.values` (endpoints, the milter socket, what Postfix needs).
+of :mod:`~smtpplus_milter.config.values` (endpoints, the milter socket, what Postfix needs,
+bounces, suppression, notices and the token key).
 """
 
 from smtpplus_milter.config.loader import (
@@ -15,21 +16,37 @@ from smtpplus_milter.config.loader import (
     postfix_inputs,
 )
 from smtpplus_milter.config.schema import AlertmanagerSink, AlertsSection, EmailSink, Settings, WebhookSink
-from smtpplus_milter.config.values import HostPort, OwnMail, PostfixInputs, SocketSpec, Tracking
+from smtpplus_milter.config.values import (
+    Bounces,
+    HostPort,
+    Notices,
+    Notify,
+    OwnMail,
+    PostfixInputs,
+    Secret,
+    SocketSpec,
+    Suppression,
+    Tracking,
+)
 
 __all__ = [
     "DEFAULT_CONFIG",
     "AlertmanagerSink",
     "AlertsSection",
+    "Bounces",
     "Config",
     "ConfigError",
     "ConfigProblem",
     "EmailSink",
     "HostPort",
+    "Notices",
+    "Notify",
     "OwnMail",
     "PostfixInputs",
+    "Secret",
     "Settings",
     "SocketSpec",
+    "Suppression",
     "Tracking",
     "WebhookSink",
     "config_path_from_env",

@@ -11,22 +11,38 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import types
 import typing
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Any
 
 from pydantic import BaseModel, RootModel, ValidationError
 
-from smtpplus_milter.config.schema import Settings, UserEntry, UsersFile
-from smtpplus_milter.config.values import OwnMail, PostfixInputs, Tracking
+from smtpplus_milter.config.schema import NotifySection, Settings, UserEntry, UsersFile
+from smtpplus_milter.config.values import (
+    Bounces,
+    Notices,
+    Notify,
+    OwnMail,
+    PostfixInputs,
+    Secret,
+    Suppression,
+    Tracking,
+)
 from smtpplus_milter.config.yamlsrc import Located, YamlProblem, load_yaml
+from smtpplus_milter.core.tokens import MIN_KEY_BYTES
 from smtpplus_milter.core.users import AuthPolicy, Check, Directory, Mode, User, normalize_login
 from smtpplus_milter.core.verification import STATE_FILE
 
 DEFAULT_CONFIG = Path("/etc/smtpplus/smtpplus.yaml")
+# Permission bits a secret_file may have without a warning (owner rw, group r).
+SECRET_MODE_OK = 0o640
+# The whole file is the key, as it is (a trailing newline counts); more than this is a wrong path.
+MAX_SECRET_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,16 @@ class Config:
     settings: Settings
     directory: Directory
     tracking: Tracking | None = None  # None: delivery tracking is off (no tracking: section)
+    secret_path: Path | None = None  # secret_file, absolute; None: not configured
+    secret: Secret | None = None  # read at load only when a feature needs it (bounces.return_path)
+    bounces: Bounces = field(default_factory=Bounces)
+    suppression: Suppression = field(default_factory=Suppression)
+    notify: Notify = field(default_factory=Notify)  # the global notify: block
+    list_notify: Mapping[str, Notify] = field(default_factory=lambda: MappingProxyType({}))
+
+    def notify_for(self, list_name: str | None) -> Notify:
+        """The notify: block in effect for a message of *list_name* (None: no list)."""
+        return self.list_notify.get(list_name, self.notify) if list_name is not None else self.notify
 
     @property
     def users(self) -> dict[str, User]:
@@ -82,6 +108,12 @@ class Config:
                 "can connect there can pose as Postfix and claim any SASL login; firewall it to the Postfix "
                 "hosts or use a unix socket"
             )
+        secret = self.secret
+        if secret is not None and secret.mode & ~SECRET_MODE_OK:
+            found.append(
+                f"secret_file {secret.path} has mode {secret.mode:04o}: whoever can read it can forge bounce "
+                f"and unsubscribe tokens; chmod 0600 {secret.path} (0640 at most, for the milter's group)"
+            )
         return found
 
 
@@ -101,6 +133,15 @@ def load_config(path: Path | str = DEFAULT_CONFIG, *, users_text: str | None = N
     )
     entries = _validate(UsersFile, users_located, users_path).root
     directory = Directory(_build_users(entries, settings, users_located, users_path), _auth_policy(settings))
+    secret_path = _beside(path, settings.secret_file) if settings.secret_file is not None else None
+    notify, list_notify = resolve_notify(settings)
+    problems = _notify_problems(notify, list_notify, located, path)
+    try:
+        secret = _secret(secret_path, settings, located, path)
+    except ConfigError as exc:
+        problems[:0] = exc.problems
+    if problems:
+        raise ConfigError(problems)
     return Config(
         path=path,
         users_path=users_path,
@@ -109,7 +150,153 @@ def load_config(path: Path | str = DEFAULT_CONFIG, *, users_text: str | None = N
         settings=settings,
         directory=directory,
         tracking=_tracking(path, settings),
+        secret_path=secret_path,
+        secret=secret,
+        bounces=Bounces(
+            return_path=settings.bounces.return_path,
+            suppress_hard_days=settings.bounces.suppress_hard_days,
+            soft_limit=settings.bounces.soft_limit,
+        ),
+        suppression=Suppression(action=settings.suppression.action),
+        notify=notify,
+        list_notify=list_notify,
     )
+
+
+# The shell line that makes a key, for hints: written with umask 077 so it is never readable by others.
+_MAKE_SECRET = "(umask 077; head -c 32 /dev/urandom > {path})"
+
+
+def _needs_secret(settings: Settings) -> tuple[str, ...] | None:
+    """The key path of the first setting that needs the secret, or None (then it is not read)."""
+    if settings.bounces.return_path is not None:
+        return ("bounces", "return_path")
+    return None
+
+
+def _secret(secret_path: Path | None, settings: Settings, located: Located, path: Path) -> Secret | None:
+    """The key of the tokens, read now if a feature needs it; a ConfigError if it is unusable."""
+    needed_by = _needs_secret(settings)
+    if needed_by is None:
+        return None
+    needer = ".".join(needed_by)
+    if secret_path is None:
+        example = path.parent / "secret"
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    path,
+                    needed_by,
+                    located.line_of(needed_by),
+                    "set, so secret_file (the key that authenticates bounce tokens) is needed, but it is not set",
+                    f"add 'secret_file: secret' and create it: {_MAKE_SECRET.format(path=example)}",
+                )
+            ]
+        )
+    where = ("secret_file",)
+    line = located.line_of(where)
+    make = _MAKE_SECRET.format(path=secret_path)
+    try:
+        with secret_path.open("rb") as handle:
+            mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
+            key = handle.read(MAX_SECRET_BYTES + 1)  # bounded: the path might name a device
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    path,
+                    where,
+                    line,
+                    f"{needer} needs secret_file {secret_path}, which cannot be read: {reason}",
+                    f"create it: {make}; it must be readable by the user the milter runs as"
+                    if isinstance(exc, FileNotFoundError)
+                    else "check its path (relative paths are relative to the config file) and permissions",
+                )
+            ]
+        ) from None
+    if len(key) > MAX_SECRET_BYTES:
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    path,
+                    where,
+                    line,
+                    f"secret_file {secret_path} is longer than {MAX_SECRET_BYTES} bytes; is it the right file?",
+                    f"a key file holds {MIN_KEY_BYTES} random bytes: {make}",
+                )
+            ]
+        )
+    if len(key) < MIN_KEY_BYTES:
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    path,
+                    where,
+                    line,
+                    f"secret_file {secret_path} holds {len(key)} bytes; a key needs at least {MIN_KEY_BYTES}",
+                    f"make a new one: {make} (tokens already sent stop being valid)",
+                )
+            ]
+        )
+    return Secret(secret_path, key, mode)
+
+
+def resolve_notify(settings: Settings) -> tuple[Notify, Mapping[str, Notify]]:
+    """The global notify block, and each list's (its keys over the global ones), as values."""
+    base = _notices(settings.notify, None)
+    per_list = {
+        name: _notices(section.notify, base) for name, section in settings.lists.items() if section.notify is not None
+    }
+    return base, MappingProxyType(per_list)
+
+
+def _notices(section: NotifySection, base: Notify | None) -> Notify:
+    """*section* as a value; with *base*, every key the section leaves out comes from *base*."""
+    if base is None:
+        return Notify(
+            smtp=section.smtp,
+            sender=section.from_,
+            bounces=Notices(section.bounces.to, section.bounces.mode, section.bounces.original_sender),
+            complaints=Notices(section.complaints.to, section.complaints.mode),
+        )
+    given = section.model_fields_set
+
+    def over(inherited: Notices, own: BaseModel) -> Notices:
+        # The schema's keys of bounces:/complaints: are the field names of Notices.
+        return replace(inherited, **{name: getattr(own, name) for name in own.model_fields_set})
+
+    return Notify(
+        smtp=section.smtp if "smtp" in given else base.smtp,
+        sender=section.from_ if "from_" in given else base.sender,
+        bounces=over(base.bounces, section.bounces) if "bounces" in given else base.bounces,
+        complaints=over(base.complaints, section.complaints) if "complaints" in given else base.complaints,
+    )
+
+
+def _notify_problems(
+    notify: Notify, list_notify: Mapping[str, Notify], located: Located, path: Path
+) -> list[ConfigProblem]:
+    """A notify block that would send mail must name its sender (notify.from)."""
+    problems = []
+    blocks: list[tuple[tuple[str, ...], Notify]] = [(("notify",), notify)]
+    blocks += [(("lists", name, "notify"), value) for name, value in list_notify.items()]
+    for where, value in blocks:
+        if value.sender is not None:
+            continue
+        sends_to = value.bounces.to or value.complaints.to
+        if sends_to or value.bounces.original_sender:
+            why = "to the listed addresses" if sends_to else "to original senders"
+            problems.append(
+                ConfigProblem(
+                    path,
+                    (*where, "from"),
+                    located.line_of(where),
+                    f"notices would be sent {why}, but no sender is set",
+                    f"set {'.'.join(where)}.from to an address of this relay, e.g. postmaster@relay.example",
+                )
+            )
+    return problems
 
 
 def _tracking(path: Path, settings: Settings) -> Tracking | None:
@@ -325,6 +512,12 @@ def postfix_inputs(settings: Settings) -> PostfixInputs:
     verification = settings.verification
     if verification.from_ is not None:
         own.append(OwnMail("verification.smtp", verification.smtp, verification.from_))
+    notify, list_notify = resolve_notify(settings)
+    if notify.sender is not None:
+        own.append(OwnMail("notify.smtp", notify.smtp, notify.sender))
+    for name, value in list_notify.items():
+        if value.sender is not None and value != notify:
+            own.append(OwnMail(f"lists.{name}.notify.smtp", value.smtp, value.sender))
     return PostfixInputs(
         queues=frozenset(settings.priority.queues.values()),
         max_message_bytes=settings.limits.max_message_bytes,

@@ -138,9 +138,81 @@ class TextVariants(_Strict):
     html: str | None = None
 
 
+class BouncesSection(_Strict):
+    """Bounces (docs/bounces.md). With *return_path* null the client's envelope sender is kept."""
+
+    return_path: str | None = None
+    suppress_hard_days: Annotated[int, Field(ge=1, le=3650)] = 180
+    # This many soft failures in a row (spread over at least three days) suppress an address.
+    soft_limit: Annotated[int, Field(ge=1, le=1000)] = 5
+
+    @field_validator("return_path")
+    @classmethod
+    def _return_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if "@" in value:
+            raise ValueError(f"{value!r} is an address; give only the domain (mail goes to b+TOKEN@that domain)")
+        try:
+            return normalize_domain(value)
+        except AddressError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class SuppressionSection(_Strict):
+    # reject: 550 at RCPT; drop: accepted, not delivered, recorded as suppressed.
+    action: Literal["reject", "drop"] = "reject"
+
+
+NoticeMode = Literal["immediate", "daily"]
+
+
+class BounceNotices(_Strict):
+    to: Annotated[tuple[str, ...], _LIST] = ()
+    mode: NoticeMode = "immediate"
+    original_sender: bool = False
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _to(cls, value: object) -> tuple[str, ...]:
+        return _recipients(value)
+
+
+class ComplaintNotices(_Strict):
+    to: Annotated[tuple[str, ...], _LIST] = ()
+    mode: NoticeMode = "immediate"
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _to(cls, value: object) -> tuple[str, ...]:
+        return _recipients(value)
+
+
+class NotifySection(_Strict):
+    """Where bounce and complaint notices go. In ``lists.NAME.notify`` every key left out is the global one."""
+
+    smtp: HostPortValue = HostPort("127.0.0.1", 25)
+    from_: str | None = Field(default=None, alias="from")
+    bounces: BounceNotices = BounceNotices()
+    complaints: ComplaintNotices = ComplaintNotices()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=False)
+
+    @field_validator("from_")
+    @classmethod
+    def _from(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(normalize_address(value))
+        except AddressError as exc:
+            raise ValueError(f"{exc}; write the sender of notices as local@domain") from None
+
+
 class ListSection(_Strict):
     header: TextVariants | None = None
     footer: TextVariants | None = None
+    notify: NotifySection | None = None
 
 
 class SaslSection(_Strict):
@@ -212,6 +284,11 @@ class Settings(_Strict):
     sasl: SaslSection = SaslSection()
     verification: VerificationSection = VerificationSection()
     tracking: TrackingSection | None = None
+    # The key of bounce (and later unsubscribe) tokens; read only when a feature needs it.
+    secret_file: str | None = None
+    bounces: BouncesSection = BouncesSection()
+    suppression: SuppressionSection = SuppressionSection()
+    notify: NotifySection = NotifySection()
 
 
 def _entries(value: object, kind: str) -> tuple[str, ...]:
@@ -254,6 +331,16 @@ def _senders(value: object) -> tuple[str, ...]:
             result.append(str(normalize_address(item)))
         except AddressError as exc:
             raise ValueError(f"{exc}; write senders as local@domain") from None
+    return tuple(result)
+
+
+def _recipients(value: object) -> tuple[str, ...]:
+    result = []
+    for item in _entries(value, "address"):
+        try:
+            result.append(str(normalize_address(item)))
+        except AddressError as exc:
+            raise ValueError(f"{exc}; write recipients as local@domain") from None
     return tuple(result)
 
 

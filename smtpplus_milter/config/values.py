@@ -3,16 +3,18 @@
 Every consumer (metrics, alert mail, verification mail and DNS, the daemon, the Postfix snippets)
 receives these instead of re-splitting the text; the parsers here are the only ones. They raise
 ValueError with the text the config check shows (the schema turns it into a ConfigProblem).
-Pure: no I/O, no pydantic.
+Pure: no I/O, no pydantic (only values of the core).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from smtpplus_milter.core.suppression import Policy
 
 # A bracketed IPv6 (or IPv4) literal, or a name/IPv4 without colons; then the port.
 _HOSTPORT = re.compile(r"(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):(\d{1,5})")
@@ -139,3 +141,59 @@ class Tracking:
     metrics_listen: HostPort | None
     spool_dir: Path
     spool_max_bytes: int
+
+
+NoticeMode = Literal["immediate", "daily"]
+
+
+@dataclass(frozen=True)
+class Notices:
+    """Who is told of one kind of event (bounces or complaints), and when.
+
+    *mode* ``immediate``: one notice per event; ``daily``: one digest per list and day.
+    *original_sender*: the message's envelope sender is told too (always False for complaints).
+    """
+
+    to: tuple[str, ...] = ()
+    mode: NoticeMode = "immediate"
+    original_sender: bool = False
+
+
+@dataclass(frozen=True)
+class Notify:
+    """The ``notify:`` block in effect (the global one, or a list's merged over it)."""
+
+    smtp: HostPort = HostPort("127.0.0.1", 25)
+    sender: str | None = None  # notify.from; None only when nothing needs sending
+    bounces: Notices = Notices()
+    complaints: Notices = Notices()
+
+
+@dataclass(frozen=True)
+class Bounces:
+    """The ``bounces:`` section. *return_path* None: the client's envelope sender is kept."""
+
+    return_path: str | None = None
+    suppress_hard_days: int = 180
+    soft_limit: int = 5
+
+    @property
+    def policy(self) -> Policy:
+        """The suppression rules' inputs (core/suppression.py) from these settings."""
+        return Policy(hard_days=self.suppress_hard_days, soft_limit=self.soft_limit)
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """The ``suppression:`` section: what a suppressed recipient gets (reject: 550 at RCPT; drop)."""
+
+    action: Literal["reject", "drop"] = "reject"
+
+
+@dataclass(frozen=True)
+class Secret:
+    """The key of the tokens, read from ``secret_file`` at load; ``repr`` never shows it."""
+
+    path: Path
+    key: bytes = field(repr=False)
+    mode: int = 0o600  # the file's permission bits when it was read
