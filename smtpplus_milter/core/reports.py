@@ -16,14 +16,16 @@ values out).
   auto-reply, a person answering the return path): nothing to record about a delivery.
 * :class:`Unreadable`: anything else, with a reason a person can act on. Nothing here raises.
 
-Why the stdlib parser with ``compat32``: it parses ``message/delivery-status`` into header blocks by
-itself, hands header values back as written (we cut them before decoding anything), and never runs
-the address parser, whose cost grows with the square of its input. The feed parser's cost does grow
-with the nesting depth (each open multipart adds an end-of-part test to every later line) and its
-memory with the number of parts, so before it runs the raw bytes are counted: at most
-:data:`MAX_CONTAINERS` multipart/message content types, :data:`MAX_PARTS` part delimiters and
-:data:`MAX_RECIPIENTS` recipient blocks, and at most ``max_bytes`` in all. A real report is far below
-each bound; a report over one is Unreadable (``ingest`` keeps it, nothing is lost).
+Why the stdlib parser with ``compat32``: it hands header values back as written (we cut them before
+decoding anything) and never runs the address parser, whose cost grows with the square of its input.
+Its own costs are bounded before it runs: only the first :data:`MAX_PARSE_BYTES` are parsed (a
+report's own parts come first; the rest is the returned message's body, never needed), and those
+bytes may hold at most :data:`MAX_CONTAINERS` multipart/message content types (each open level adds
+a test to every later line), :data:`MAX_PARTS` part delimiters and :data:`MAX_RECIPIENTS` recipient
+blocks. The delivery-status part is read as text and split into blocks here, at most
+``MAX_RECIPIENTS + 1`` of them (the parser would build one object per block, however many). A real
+report is far below each bound; a report over one is Unreadable with the bound's name (``ingest``
+keeps it, nothing is lost).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from smtpplus_milter.core.tracking import MAX_FIELD, MAX_SUBJECT, decode_subject
 
 # A DSN returns the original message, which may be large; ingest refuses more than this.
 MAX_REPORT_BYTES = 16 * 1024 * 1024
+# The head of the message that is parsed (see read_report).
+MAX_PARSE_BYTES = 512 * 1024
 # multipart/* and message/* content types: the nesting the parser would have to follow.
 MAX_CONTAINERS = 64
 # Lines that open a part (of any declared boundary).
@@ -60,6 +64,9 @@ _ACTION_STATUS = MappingProxyType({"failed": "bounced", "delayed": "deferred"})
 
 _CONTAINER = re.compile(rb"content-type[ \t]*:\s*(?:multipart|message)/", re.IGNORECASE)
 _BOUNDARY = re.compile(rb"""boundary\s*=\s*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))""", re.IGNORECASE)
+_STATUS_TYPE = re.compile(rb"(content-type[ \t]*:\s*)message/(global-)?delivery-status", re.IGNORECASE)
+_STATUS_AS_TEXT = b"text/x-smtpplus-"
+_STATUS_TYPES = frozenset({"text/x-smtpplus-delivery-status", "text/x-smtpplus-global-delivery-status"})
 _RECIPIENT_FIELD = re.compile(rb"^final-recipient[ \t]*:", re.IGNORECASE | re.MULTILINE)
 _CODE = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 _STATUS = re.compile(r"([245]\.\d{1,3}\.\d{1,3})\Z")
@@ -146,14 +153,25 @@ def read_report(raw: bytes, *, max_bytes: int = MAX_REPORT_BYTES) -> Report:
         return Unreadable(f"report too large: {len(raw)} bytes, at most {max_bytes}")
     if not raw.strip():
         return Unreadable("empty message")
-    refusal = _too_complex(raw)
+    # Only the head is parsed: a report's own parts (the notice, the status, the returned headers)
+    # come first, and what follows (the rest of the returned message) is never needed; it is also
+    # what bounds the parser's time and memory, whatever the limit on the whole.
+    cut = len(raw) > MAX_PARSE_BYTES
+    head = raw[:MAX_PARSE_BYTES]
+    refusal = _too_complex(head)
     if refusal is not None:
         return Unreadable(refusal)
+    # The parser would read a message/delivery-status part into one message object per blank-line
+    # separated block, however many there are (a megabyte of empty blocks: seconds of CPU); as
+    # text, its blocks are split here and at most MAX_RECIPIENTS + 1 of them are read.
+    head = _STATUS_TYPE.sub(rb"\1" + _STATUS_AS_TEXT + rb"\2delivery-status", head)
     try:
-        message = message_from_bytes(raw, policy=compat32)
-        return _read(message)
+        report = _read(message_from_bytes(head, policy=compat32))
     except Exception as error:  # hostile input: any failure is a reason, never a crash
         return Unreadable(f"could not parse the message: {type(error).__name__}: {_bounded(str(error), 200)}")
+    if cut and isinstance(report, Unreadable):
+        return Unreadable(f"{report.reason} (only the first {MAX_PARSE_BYTES} of {len(raw)} bytes were read)")
+    return report
 
 
 def _too_complex(raw: bytes) -> str | None:
@@ -182,7 +200,7 @@ def _read(message: Message) -> Report:
         kind = part.get_content_type()
         if kind == "message/feedback-report" and feedback_part is None and status_part is None:
             feedback_part = part
-        elif kind in ("message/delivery-status", "message/global-delivery-status"):
+        elif kind in _STATUS_TYPES:
             if status_part is None and feedback_part is None:
                 status_part = part
         elif kind in _RETURNED_TYPES and returned_part is None and (status_part or feedback_part):
@@ -241,21 +259,15 @@ def _delivery(part: Message, returned: ReturnedHeaders | None) -> Report:
 
 def _status_blocks(part: Message) -> list[Message]:
     """The header blocks of a delivery-status part: the per-message one, then one per recipient."""
-    payload = part.get_payload()
-    if part.get_content_type() == "message/delivery-status" and isinstance(payload, list):
-        blocks = [block for block in payload if isinstance(block, Message)]
-        # Some senders put the per-message fields and the first recipient in one block.
-        if blocks and _has_recipient(blocks[0]):
-            blocks.insert(0, Message())
-        return blocks
-    # message/global-delivery-status (or an encoded delivery-status): the parser sees a nested
-    # message or text; read its text as blank-line separated header blocks.
-    text = _text(part)
-    chunks = re.split(r"\r?\n[ \t]*\r?\n", text.strip())
-    blocks = [message_from_string(chunk.strip() + "\n", policy=compat32) for chunk in chunks[: MAX_RECIPIENTS + 1]]
+    chunks = _BLANK_LINE.split(_text(part).strip(), maxsplit=MAX_RECIPIENTS + 1)[: MAX_RECIPIENTS + 1]
+    blocks = [HeaderParser(policy=compat32).parsestr(chunk.strip() + "\n") for chunk in chunks if chunk.strip()]
+    # Some senders put the per-message fields and the first recipient in one block.
     if blocks and _has_recipient(blocks[0]):
         blocks.insert(0, Message())
     return blocks
+
+
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")
 
 
 def _has_recipient(block: Message) -> bool:
