@@ -244,7 +244,8 @@ def _delivery(part: Message, returned: ReturnedHeaders | None) -> Report:
     blocks = _status_blocks(part)
     if not blocks:
         return Unreadable("delivery-status part is empty")
-    per_message, recipients = blocks[0], blocks[1:]
+    # Some senders put the per-message fields and the first recipient's in one block.
+    per_message, recipients = blocks[0], (blocks if _has_recipient(blocks[0]) else blocks[1:])
     entries = tuple(_entry(block) for block in recipients[:MAX_RECIPIENTS] if _has_recipient(block))
     if not entries:
         return Unreadable("delivery-status part names no recipient (no Final-Recipient field)")
@@ -261,9 +262,6 @@ def _status_blocks(part: Message) -> list[Message]:
     """The header blocks of a delivery-status part: the per-message one, then one per recipient."""
     chunks = _BLANK_LINE.split(_text(part).strip(), maxsplit=MAX_RECIPIENTS + 1)[: MAX_RECIPIENTS + 1]
     blocks = [HeaderParser(policy=compat32).parsestr(chunk.strip() + "\n") for chunk in chunks if chunk.strip()]
-    # Some senders put the per-message fields and the first recipient in one block.
-    if blocks and _has_recipient(blocks[0]):
-        blocks.insert(0, Message())
     return blocks
 
 

@@ -297,6 +297,7 @@ def test_per_message_fields_merged_into_the_first_recipient_block_are_still_read
     )
     assert isinstance(report, DeliveryReport)
     assert [(e.final_recipient, e.failure_class) for e in report.entries] == [("a@x.example", HARD)]
+    assert report.reporting_mta == "mx.example"
 
 
 @pytest.mark.parametrize(
