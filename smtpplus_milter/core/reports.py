@@ -316,11 +316,18 @@ def _complaint(part: Message, returned: ReturnedHeaders | None) -> Report:
 
 def _returned_headers(part: Message) -> ReturnedHeaders | None:
     payload = part.get_payload()
-    if isinstance(payload, list) and payload and isinstance(payload[0], Message):
-        headers = payload[0]
-    else:  # text/rfc822-headers, or a message/* whose body was encoded: read the text as headers
-        return _headers_of(_text(part).lstrip())
-    return _returned_from(headers)
+    if not (isinstance(payload, list) and payload and isinstance(payload[0], Message)):
+        return _headers_of(_text(part).lstrip())  # text/rfc822-headers: the text is the headers
+    returned = _returned_from(payload[0])
+    encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    if returned is None and encoding in ("base64", "quoted-printable"):
+        # Not allowed for message/* (RFC 2046), but some senders encode the returned message: the
+        # parser then read the encoded text as a body without headers.
+        carrier = Message()
+        carrier["Content-Transfer-Encoding"] = encoding
+        carrier.set_payload(str(payload[0].get_payload())[:MAX_PARSE_BYTES])
+        return _headers_of(_text(carrier).lstrip())
+    return returned
 
 
 def _headers_of(text: str) -> ReturnedHeaders | None:

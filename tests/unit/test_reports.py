@@ -4,6 +4,8 @@ exactly the values below, with LF and with CRLF line breaks."""
 
 from __future__ import annotations
 
+import base64
+import quopri
 from pathlib import Path
 
 import pytest
@@ -371,3 +373,32 @@ def test_at_most_max_recipients_blocks_are_read() -> None:
     )
     report = read_report(dsn(b"Reporting-MTA: dns; m\n" + blocks))
     assert isinstance(report, DeliveryReport) and len(report.entries) == MAX_RECIPIENTS
+
+
+ARF_HEAD = (
+    b'Content-Type: multipart/report; report-type=feedback-report; boundary="F"\n\n'
+    b"--F\nContent-Type: text/plain\n\nreport\n\n"
+    b"--F\nContent-Type: message/feedback-report\n\nFeedback-Type: %s\nVersion: 1\n\n"
+)
+RETURNED = b"From: a@yourcompany.example\nSubject: Hi\nX-SMTPPlus-ID: n1.4jdfvM0wYyzJVFD\n\nbody\n"
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body"),
+    [
+        pytest.param(b"7bit", RETURNED, id="as-is"),
+        pytest.param(b"base64", base64.encodebytes(RETURNED), id="base64"),
+        pytest.param(b"quoted-printable", quopri.encodestring(RETURNED.replace(b"Hi", b"H=")), id="quoted-printable"),
+    ],
+)
+def test_a_returned_message_is_read_even_when_its_sender_encoded_it(encoding: bytes, body: bytes) -> None:
+    raw = (ARF_HEAD % b"not-spam") + b"--F\nContent-Type: message/rfc822\nContent-Transfer-Encoding: " + encoding
+    report = read_report(raw + b"\n\n" + body + b"\n--F--\n")
+    assert isinstance(report, ComplaintReport)
+    assert report.feedback_type == "not-spam"
+    assert report.returned is not None and report.returned.smtpplus_id == "n1.4jdfvM0wYyzJVFD"
+
+
+def test_a_feedback_report_without_its_type_is_unreadable() -> None:
+    raw = (ARF_HEAD % b"").replace(b"Feedback-Type: \n", b"") + b"--F--\n"
+    assert read_report(raw) == Unreadable("feedback report without a Feedback-Type field")
