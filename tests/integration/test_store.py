@@ -22,6 +22,7 @@ from smtpplus_milter.infra.store.base import (
     Notification,
     Outcome,
     Position,
+    Report,
     StoredLink,
     StoreProblem,
     Suppression,
@@ -753,3 +754,36 @@ def test_concurrent_claims_never_hand_one_notice_to_two_workers(two_stores: tupl
         thread.join(60)
     every = [notice for ids in taken for notice in ids]
     assert len(every) == 200 and len(set(every)) == 200
+
+
+# -- asynchronous reports (issue 14) -------------------------------------------------------------
+
+
+def test_a_bounce_report_after_delivery_overturns_it_once(store: SqlStore) -> None:
+    store.record_messages([record("Q1")])
+    store.record_attempts([attempt("sent", 1)], None, policy=POLICY)
+    assert states(store) == {"bob@example.net": "delivered"}
+    late = _bounce("5.1.1", "hard", 60)
+    store.record_attempts([late], None, policy=POLICY)  # from the log: a final state stays final
+    assert states(store) == {"bob@example.net": "delivered"}
+    store.record_attempts([late], None, policy=POLICY, late=True)  # the same line again: a replay
+    assert states(store) == {"bob@example.net": "delivered"}
+    report = _bounce("5.1.1", "hard", 61)
+    assert store.record_attempts([report], None, policy=POLICY, late=True).new == 1
+    assert states(store) == {"bob@example.net": "bounced"}
+    assert _entries(store) == [("user:alice", "bob@example.net", "hard_bounce")]
+    [row] = store.stats()
+    assert (row["delivered"], row["bounced"]) == (0, 1)
+
+
+def test_a_complaint_counts_once_and_suppresses_for_the_user(store: SqlStore) -> None:
+    store.record_messages([record("Q1")])
+    report = Report("relay1", "Q1", "Bob@example.net", "complaint", T0 + timedelta(hours=1), "abuse via fbl.example")
+    entry = Suppression("user:alice", "bob@example.net", "complaint", report.at, None, "relay1", "Q1", "ingest")
+    notice = Notification("complaint", "immediate", "it@example.com", "complaint:relay1:Q1:bob", "d", {}, report.at)
+    assert store.record_report(report, entry, [notice]) is True
+    assert store.record_report(report, entry, [notice]) is False  # the same report again
+    [row] = store.stats()
+    assert row["complaints"] == 1
+    assert _entries(store) == [("user:alice", "bob@example.net", "complaint")]
+    assert [c.notification.kind for c in store.claim("w", report.at, timedelta(minutes=1), 10)] == ["complaint"]

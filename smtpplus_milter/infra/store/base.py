@@ -222,6 +222,26 @@ class Claimed:
 # enqueued in that transaction (so a replayed log line never enqueues a notice twice).
 OnOutcome = Callable[[Outcome], Iterable[Notification]]
 
+REPORT_KINDS = frozenset({"complaint", "unsubscribe"})
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A complaint or unsubscribe about one recipient of a message (it never changes delivery state)."""
+
+    node: str
+    queue_id: str
+    recipient: str
+    kind: str  # complaint | unsubscribe
+    at: datetime
+    detail: str | None = None  # e.g. the feedback type and the reporting host
+
+    def __post_init__(self) -> None:
+        _utc(self.at, "report time")
+        if self.kind not in REPORT_KINDS:
+            raise ValueError(f"report kind {self.kind!r}: expected complaint or unsubscribe")
+
+
 # created_by of the entries the follower makes from delivery outcomes.
 FOLLOWER = "follower"
 
@@ -333,18 +353,26 @@ class TrackingStore(abc.ABC):
         expirations: Iterable[Expiration] = (),
         policy: suppression.Policy | None = None,
         on_outcome: OnOutcome | None = None,
+        late: bool = False,
     ) -> RecordResult:
         """Record links, attempts and expirations and save the follower's position, in one transaction.
 
         With a ``policy``, each recipient's final outcome also applies the suppression rules
         (core/suppression.py): a streak of soft failures, a suppression, or a lifted bounce entry;
         ``on_outcome`` is asked, in the same transaction, which notices each final outcome enqueues.
+        ``late``: the attempts come from bounce reports received after the fact, so a bounce may
+        overturn ``delivered`` (the receiver accepted the message, then bounced it).
 
         Links go first, so an attempt of the same batch on a new queue id finds its message. An
         attempt already recorded (same node, queue id, recipient, time, status and dsn) is a replay:
         it is counted in ``replayed`` and changes nothing. Each expiration adds one ``expired``
         attempt per recipient still queued or deferred (counted in ``new``).
         """
+
+    @abc.abstractmethod
+    def record_report(self, report: Report, suppression: Suppression | None, notices: Iterable[Notification]) -> bool:
+        """Record a complaint or unsubscribe once (False: it was recorded before, nothing changed),
+        with the suppression entry and the notices it causes, in one transaction."""
 
     @abc.abstractmethod
     def enqueue(self, notifications: Iterable[Notification]) -> int:

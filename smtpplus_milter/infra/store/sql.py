@@ -45,6 +45,7 @@ from smtpplus_milter.infra.store.base import (
     Position,
     RecipientStory,
     RecordResult,
+    Report,
     StoredLink,
     StoredMessage,
     StoreProblem,
@@ -330,8 +331,9 @@ class SqlStore(TrackingStore):
         expirations: Iterable[Expiration] = (),
         policy: Policy | None = None,
         on_outcome: OnOutcome | None = None,
+        late: bool = False,
     ) -> RecordResult:
-        effects = _Effects(policy, on_outcome) if policy is not None or on_outcome is not None else None
+        effects = _Effects(policy, on_outcome, late) if policy or on_outcome or late else None
         new = replayed = 0
         with self._transaction() as cur:
             for link in links:
@@ -446,6 +448,8 @@ class SqlStore(TrackingStore):
             return  # not a tracked message (yet): the attempt waits in its table for the record
         message, old, user, accepted = row
         new = next_state(old, attempt.status)
+        if effects is not None and effects.late and old == "delivered" and attempt.status == "bounced":
+            new = "bounced"  # the receiver took the message, then sent a bounce report: it did not arrive
         if new == old:
             return
         cur.execute("UPDATE recipients SET state = ? WHERE message = ? AND address = ?", (new, message, address))
@@ -573,6 +577,27 @@ class SqlStore(TrackingStore):
                 " WHERE id = ?",
                 (error[:1000], epoch(retry_at), notice),
             )
+
+    # -- complaints and unsubscribes ---------------------------------------------------------------
+
+    def record_report(self, report: Report, suppression: Suppression | None, notices: Iterable[Notification]) -> bool:
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO reports (node, queue_id, recipient, kind, at, detail) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (node, queue_id, recipient, kind) DO NOTHING RETURNING kind",
+                (report.node, report.queue_id, report.recipient.lower(), report.kind, epoch(report.at), report.detail),
+            )
+            if cur.fetchone() is None:
+                return False  # read before (a retried delivery of the same report)
+            column = "complaints" if report.kind == "complaint" else "unsubscribes"
+            cur.execute(
+                f"UPDATE messages SET {column} = {column} + 1 WHERE node = ? AND queue_id = ?",
+                (report.node, report.queue_id),
+            )
+            if suppression is not None:
+                self._suppress(cur, suppression)
+            self._enqueue(cur, notices)
+        return True
 
     # -- the suppression list ----------------------------------------------------------------------
 
@@ -990,3 +1015,4 @@ class _Effects:
 
     policy: Policy | None
     on_outcome: OnOutcome | None
+    late: bool = False  # an asynchronous bounce report: it may overturn "delivered"

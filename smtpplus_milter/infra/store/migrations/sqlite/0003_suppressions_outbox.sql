@@ -1,4 +1,4 @@
--- The suppression list, the soft-failure streaks and the notification outbox (version 3).
+-- The suppression list, soft-failure streaks, the notification outbox and complaint/unsubscribe reports (version 3).
 -- One entry per (scope, address): scope is 'user:NAME', 'list:NAME' or 'global'; reason one of
 -- hard_bounce, soft_bounce, complaint, unsubscribe, manual. Times are seconds since 1970 UTC;
 -- expires NULL = never. created_by says who made it (the follower, ingest, or USER@HOST of a
@@ -44,3 +44,15 @@ CREATE TABLE notifications (
     UNIQUE (to_address, dedup)
 );
 CREATE INDEX notifications_due ON notifications (sent_at, next_try);
+
+-- Complaints and unsubscribes per message and recipient (they do not change the delivery
+-- state); the key makes a report read twice (ingest retried by Postfix) count once.
+CREATE TABLE reports (
+    node TEXT NOT NULL,
+    queue_id TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('complaint', 'unsubscribe')),
+    at REAL NOT NULL,
+    detail TEXT,
+    PRIMARY KEY (node, queue_id, recipient, kind)
+);
