@@ -9,6 +9,7 @@ from smtpplus_milter import __version__
 from smtpplus_milter.cli import check, postfix, run
 from smtpplus_milter.cli import explain as explain_cli
 from smtpplus_milter.cli import follow as follow_cli
+from smtpplus_milter.cli import ingest as ingest_cli
 from smtpplus_milter.cli import setup as setup_cli
 from smtpplus_milter.cli import suppressions as suppressions_cli
 from smtpplus_milter.cli import tracking as tracking_cli
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     setup_cli.add_parser(commands)
     tracking_cli.add_parsers(commands, _add_config)
     suppressions_cli.add_parsers(commands, _add_config)
+    ingest_cli.add_parser(commands, _add_config)
     follow_cli.add_parser(commands, _add_config)
     return parser
 
@@ -90,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         return verify_cli.main(args)
     if args.command == "setup":
         return setup_cli.main(args)
+    if args.command == "ingest":
+        return ingest_cli.main(args)
     if args.command == "suppressions":
         return suppressions_cli.main(args)
     if args.command == "follow":

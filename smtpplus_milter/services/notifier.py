@@ -16,17 +16,18 @@ marked it sent sends that notice again once its lease (2 minutes) has run out.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from itertools import groupby
 from types import MappingProxyType
 
-from smtpplus_milter.config.values import HostPort
+from smtpplus_milter.config import Config
+from smtpplus_milter.config.values import HostPort, Notices, Notify
 from smtpplus_milter.core.notices import digest, notice
 from smtpplus_milter.infra.mailer import MailProblem, submit
 from smtpplus_milter.infra.store import TrackingStore
-from smtpplus_milter.infra.store.base import Claimed, Notification, Outcome
+from smtpplus_milter.infra.store.base import Claimed, Notification, Outcome, StoredMessage
 from smtpplus_milter.observe.log import get_logger
 
 LEASE = timedelta(minutes=2)
@@ -49,21 +50,85 @@ class Audience:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Who is told about bounces and complaints: the global default and per-list overrides."""
+    """Who is told about bounces and complaints: the global default and per-list overrides.
+
+    ``sender``/``smtp``: the From and the server of this block's notices (a list may have its own);
+    None: the notifier's defaults.
+    """
 
     bounces: Audience | None = None
     complaints: Audience | None = None
     lists: Mapping[str, Plan] = field(default_factory=lambda: MappingProxyType({}))
+    sender: str | None = None
+    smtp: HostPort | None = None
 
     def for_list(self, name: str | None) -> Plan:
         return self.lists.get(name, self) if name else self
+
+
+def _audience(notices: Notices) -> Audience | None:
+    if not notices.to and not notices.original_sender:
+        return None
+    return Audience(notices.to, notices.mode, notices.original_sender)
+
+
+def _plan(notify: Notify) -> Plan:
+    return Plan(_audience(notify.bounces), _audience(notify.complaints), sender=notify.sender, smtp=notify.smtp)
+
+
+def plan_of(config: Config) -> Plan:
+    """The notice plan of a loaded config: ``notify`` and each list's own block merged over it."""
+    lists = {name: _plan(config.notify_for(name)) for name in config.list_notify}
+    return replace(_plan(config.notify_for(None)), lists=MappingProxyType(lists))
+
+
+def _targets(audience: Audience, original_sender: str | None) -> list[str]:
+    to = list(audience.to)
+    if audience.original_sender and original_sender:
+        to.append(original_sender)
+    return list({address.lower(): address for address in to}.values())
+
+
+def _utc_text(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _routing(plan: Plan) -> dict[str, object]:
+    """Where a notice goes out (kept in the payload: a list's block may name its own)."""
+    return {"notify_from": plan.sender, "notify_smtp": str(plan.smtp) if plan.smtp else None}
+
+
+def complaint_notices(
+    plan: Plan, message: StoredMessage, recipient: str, feedback_type: str, at: datetime
+) -> list[Notification]:
+    """The notices of one complaint about ``recipient`` of ``message``."""
+    rec = message.record
+    chosen = plan.for_list(rec.list)
+    audience = chosen.complaints
+    if audience is None:
+        return []
+    payload = {
+        "user": rec.user,
+        "recipient": recipient,
+        "feedback_type": feedback_type,
+        "subject": rec.subject,
+        "message_id": rec.message_id,
+        "queue_id": rec.queue_id,
+        "node": rec.node,
+        "at": _utc_text(at),
+        **_routing(chosen),
+    }
+    about = f"complaint:{rec.node}:{rec.queue_id}:{recipient}"
+    group = f"{'list ' + rec.list if rec.list else 'user ' + rec.user}, {at.astimezone(UTC).date().isoformat()}"
+    return [Notification("complaint", audience.mode, to, about, group, payload, at) for to in _targets(audience, None)]
 
 
 def bounce_notices(plan: Plan, outcome: Outcome) -> list[Notification]:
     """The notices one final outcome enqueues: a bounce (or an expiry) to each of its audience."""
     if outcome.state not in ("bounced", "expired"):
         return []
-    audience = plan.for_list(outcome.list).bounces
+    chosen = plan.for_list(outcome.list)
+    audience = chosen.bounces
     if audience is None:
         return []
     attempt = outcome.attempt
@@ -78,22 +143,16 @@ def bounce_notices(plan: Plan, outcome: Outcome) -> list[Notification]:
         "message_id": outcome.message_id,
         "queue_id": outcome.queue_id,
         "node": outcome.node,
-        "at": attempt.at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "at": _utc_text(attempt.at),
+        **_routing(chosen),
     }
-    to = list(audience.to)
-    if audience.original_sender and outcome.envelope_from:
-        to.append(outcome.envelope_from)
     about = f"bounce:{outcome.node}:{outcome.queue_id}:{outcome.recipient}"
     day = attempt.at.astimezone(UTC).date().isoformat()
     group = f"{'list ' + outcome.list if outcome.list else 'user ' + outcome.user}, {day}"
-    seen: set[str] = set()
-    notices = []
-    for address in to:
-        if address.lower() in seen:
-            continue
-        seen.add(address.lower())
-        notices.append(Notification("bounce", audience.mode, address, about, group, payload, attempt.at))
-    return notices
+    return [
+        Notification("bounce", audience.mode, to, about, group, payload, attempt.at)
+        for to in _targets(audience, outcome.envelope_from)
+    ]
 
 
 def planner(plan: Plan) -> Callable[[Outcome], Iterable[Notification]]:
@@ -112,7 +171,7 @@ class Notifier:
         worker: str,
         *,
         count: Callable[[str, str], None] = lambda kind, result: None,
-        send: Callable[[EmailMessage, str, Sequence[str]], None] | None = None,
+        send: Callable[[EmailMessage, str, Sequence[str], HostPort], None] | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
@@ -123,8 +182,21 @@ class Notifier:
         self.now = now
         self._send = send or self._submit
 
-    def _submit(self, message: EmailMessage, sender: str, to: Sequence[str]) -> None:
-        submit(self.smtp.host, self.smtp.port, message, sender=sender, recipients=to, timeout=SMTP_TIMEOUT)
+    def _sender_of(self, item: Claimed) -> str:
+        sender = item.notification.payload.get("notify_from")
+        return sender if isinstance(sender, str) and sender else self.sender
+
+    def _smtp_of(self, item: Claimed) -> HostPort:
+        smtp = item.notification.payload.get("notify_smtp")
+        if isinstance(smtp, str) and smtp:
+            try:
+                return HostPort.parse(smtp)
+            except ValueError:
+                pass  # written by an older or other version: the default server
+        return self.smtp
+
+    def _submit(self, message: EmailMessage, sender: str, to: Sequence[str], smtp: HostPort) -> None:
+        submit(smtp.host, smtp.port, message, sender=sender, recipients=to, timeout=SMTP_TIMEOUT)
 
     def run_once(self) -> int:
         """Send what is due; how many notices went out."""
@@ -159,7 +231,7 @@ class Notifier:
     def _deliver(self, message: EmailMessage, items: Sequence[Claimed], now: datetime) -> bool:
         kind = items[0].notification.kind
         try:
-            self._send(message, self.sender, [items[0].notification.to])
+            self._send(message, self._sender_of(items[0]), [items[0].notification.to], self._smtp_of(items[0]))
         except MailProblem as exc:
             tries = max(item.tries for item in items)
             wait = min(FIRST_RETRY * 2 ** (tries - 1), MAX_RETRY)

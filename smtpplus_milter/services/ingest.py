@@ -1,0 +1,179 @@
+"""``smtpplus-milter ingest``: one report that came back to the return path, into the store.
+
+Postfix's pipe transport ``smtpplus-ingest`` runs ``ingest`` once per message sent to
+``b+TOKEN@<bounces.return_path>`` (a bounce or a complaint about mail the relay sent) with the
+message on standard input and the recipient address as ``--recipient``. The outcome decides the
+exit status Postfix acts on:
+
+* recorded (or recognised as already recorded): exit 0;
+* the store cannot be reached: exit 75 (EX_TEMPFAIL), Postfix keeps the report and runs ingest
+  again later, so no report is lost;
+* anything that cannot be used (not a report, unreadable, a forged or unknown token, a message the
+  store does not know): kept in the quarantine directory with the reason beside it, logged, and
+  exit 0 (never bounced back: a bounce of a bounce helps nobody).
+
+Matching: the TOKEN in the recipient's local part (checked with the key of ``secret_file``: a
+forged token matches nothing), else the Message-ID of the returned headers. A DSN's failed and
+delayed recipients become attempts (a bounce after "delivered" overturns it: the receiver took the
+message and bounced it later) with the suppression rules and bounce notices of the follower; an
+ARF complaint suppresses the recipient for the user (reason ``complaint``, never expires), counts
+on the message, and sends the complaint notices. Plain-text bounces read from free text
+(``standard=False``) are recorded but never suppress on their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+from smtpplus_milter.config import Config
+from smtpplus_milter.core.reports import ComplaintReport, DeliveryReport, ReturnedHeaders, read_report
+from smtpplus_milter.core.tokens import BOUNCE_PREFIX, read_bounce_token
+from smtpplus_milter.infra.files import Ownership, replace_atomically
+from smtpplus_milter.infra.store import TrackingStore
+from smtpplus_milter.infra.store.base import Attempt, MessageFilter, Notification, Report, StoredMessage, Suppression
+from smtpplus_milter.services.notifier import bounce_notices, complaint_notices, plan_of
+
+EX_OK = 0
+EX_TEMPFAIL = 75
+INGEST = "ingest"
+
+
+@dataclass(frozen=True)
+class Result:
+    """What ingest did with one message: ``recorded``, ``duplicate`` or ``quarantined`` (with why)."""
+
+    status: str
+    reason: str = ""
+    queue_id: str | None = None
+    recipients: int = 0
+
+
+def when(text: str | None, now: datetime) -> datetime:
+    """A report's Arrival-Date as an aware UTC time, else *now* (a retried ingest then differs)."""
+    if text:
+        try:
+            value = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return now
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    return now
+
+
+def ingest(raw: bytes, recipient: str | None, config: Config, store: TrackingStore, now: datetime) -> Result:
+    """Read, match and record one report (see the module docstring); store errors propagate."""
+    report = read_report(raw)
+    if not isinstance(report, DeliveryReport | ComplaintReport):
+        return Result("quarantined", report.reason)
+    # A DSN comes to b+TOKEN@return_path; a complaint often to a feedback address, but it quotes
+    # the envelope sender it complains about, which is b+TOKEN@return_path too.
+    candidates = [recipient or ""]
+    if isinstance(report, ComplaintReport) and report.original_mail_from:
+        candidates.append(report.original_mail_from.strip().strip("<>"))
+    found = _match(candidates, report.returned, config, store)
+    if isinstance(found, str):
+        return Result("quarantined", found)
+    if isinstance(report, DeliveryReport):
+        return _bounces(report, found, config, store, now)
+    return _complaint(report, found, config, store, now)
+
+
+def _match(
+    addresses: list[str], returned: ReturnedHeaders | None, config: Config, store: TrackingStore
+) -> StoredMessage | str:
+    for address in addresses:
+        local = address.rpartition("@")[0]
+        if not local.lower().startswith(BOUNCE_PREFIX) or config.secret is None:
+            continue
+        token = read_bounce_token(local[len(BOUNCE_PREFIX) :], config.secret.key)
+        if token is None:
+            return f"the token in {address} is not ours (forged, or made with another secret_file)"
+        message = store.message(token.queue_id)
+        if message is None or not token.is_from(message.record.node):
+            return f"no recorded message for the token in {address} (queue id {token.queue_id})"
+        return message
+    if returned is not None and returned.message_id:
+        matches = list(store.messages(MessageFilter(message_id=returned.message_id), limit=2))
+        if len(matches) == 1:
+            return store.message(matches[0].record.queue_id, matches[0].record.node) or matches[0]
+        if matches:
+            return f"Message-ID {returned.message_id} names more than one recorded message"
+        return f"no recorded message with Message-ID {returned.message_id}"
+    return "no bounce token in the recipient and no Message-ID in the returned headers"
+
+
+def _bounces(
+    report: DeliveryReport, message: StoredMessage, config: Config, store: TrackingStore, now: datetime
+) -> Result:
+    rec = message.record
+    known = {story.address for story in message.recipients}
+    at = when(report.arrival_date, now)
+    attempts = []
+    for entry in report.entries:
+        address = (entry.recipient or "").lower()
+        if entry.tracking_status is None or address not in known:
+            continue  # delivered/relayed notices, or an address this message was not sent to
+        attempts.append(
+            Attempt(
+                rec.node,
+                rec.queue_id,
+                address,
+                at,
+                entry.tracking_status,
+                entry.status,
+                entry.remote_mta or report.reporting_mta,
+                None,
+                entry.diagnostic or "",
+                entry.failure_class,
+            )
+        )
+    if not attempts:
+        return Result("quarantined", "the report names no failed or delayed recipient of the message", rec.queue_id)
+    plan = plan_of(config)
+    done = store.record_attempts(
+        attempts,
+        None,
+        policy=config.bounces.policy if report.standard else None,
+        on_outcome=lambda outcome: bounce_notices(plan, outcome),
+        late=True,
+    )
+    status = "recorded" if done.new else "duplicate"
+    return Result(status, queue_id=rec.queue_id, recipients=len(attempts))
+
+
+def _complaint(
+    report: ComplaintReport, message: StoredMessage, config: Config, store: TrackingStore, now: datetime
+) -> Result:
+    rec = message.record
+    known = [story.address for story in message.recipients]
+    named = [address.lower() for address in report.original_rcpt_to if address.lower() in known]
+    if not named and len(known) == 1:
+        named = known  # the receiver redacted the recipient, but the message had only one
+    if not named:
+        return Result("quarantined", "the complaint names no recipient of the message (redacted?)", rec.queue_id)
+    at = when(report.arrival_date, now)
+    plan = plan_of(config)
+    recorded = 0
+    for address in named:
+        detail = f"{report.feedback_type} from {report.reporting_mta or report.user_agent or 'unknown'}"
+        entry = Suppression(f"user:{rec.user}", address, "complaint", at, None, rec.node, rec.queue_id, INGEST)
+        notices: Iterable[Notification] = complaint_notices(plan, message, address, report.feedback_type, at)
+        complaint = Report(rec.node, rec.queue_id, address, "complaint", at, detail)
+        recorded += store.record_report(complaint, entry, notices)
+    return Result("recorded" if recorded else "duplicate", queue_id=rec.queue_id, recipients=len(named))
+
+
+def quarantine(directory: Path, raw: bytes, reason: str, now: datetime) -> Path:
+    """Keep a message ingest could not use, with the reason beside it; the path it was kept at."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    path = directory / f"{now.strftime('%Y%m%dT%H%M%SZ')}-{digest}.eml"
+    own = Ownership(0o640, os.getuid(), os.getgid())
+    replace_atomically(path, raw, new_file=own)
+    replace_atomically(path.with_suffix(".reason"), (reason + "\n").encode("utf-8", "replace"), new_file=own)
+    return path
