@@ -165,6 +165,11 @@ def generate(
     unknown = sorted(set(given) - set(routed))
     if unknown:
         warnings.append(f"--nexthop for {', '.join(unknown)} ignored: no priority maps to that queue")
+    if inputs.return_path:
+        ingest_cf, ingest_master, ingest_warnings = ingest_transport(inputs.return_path, inputs.config_file)
+        main_cf.update(ingest_cf)
+        master_lines += ingest_master
+        warnings += ingest_warnings
     listener, listener_cf, listener_warnings = local_listener(inputs.own_mail, chroot=chroot)
     return PostfixSnippets(
         main_cf=main_cf,
@@ -174,6 +179,36 @@ def generate(
         local_listener=listener,
         local_listener_main_cf=listener_cf,
     )
+
+
+INGEST = "smtpplus-ingest"
+# Where install.sh puts the command (the systemd units name the same path).
+BINARY = "/usr/local/bin/smtpplus-milter"
+
+
+def ingest_transport(return_path: str, config_file: str) -> tuple[dict[str, str], list[str], list[str]]:
+    """The pipe that hands mail for the return-path domain to ``smtpplus-milter ingest``.
+
+    One message per run (destination recipient limit 1) so each report names its own token in
+    ``--recipient``; the pipe runs as the unprivileged smtpplus user; ``ingest`` exits 75 when it
+    could not record the report, which Postfix treats as "try again later".
+    """
+    main_cf = {
+        "relay_domains": f"$mydestination, {return_path}",
+        "transport_maps": f"inline:{{ {return_path} = {INGEST}: }}",
+        f"{INGEST}_destination_recipient_limit": "1",
+        f"{INGEST}_destination_concurrency_limit": "4",
+    }
+    master = [
+        f"{INGEST} unix  -       n       n       -       4       pipe",
+        f"  flags=Rq user=smtpplus argv={BINARY} ingest -c {config_file} --recipient ${{recipient}}",
+    ]
+    warnings = [
+        f"relay_domains and transport_maps take {return_path} to the {INGEST} pipe: if you already set "
+        "either, add that domain to yours instead of replacing it. Publish an MX record for "
+        f"{return_path} pointing at this relay (docs/bounces.md).",
+    ]
+    return main_cf, master, warnings
 
 
 LOCAL_SENDERS = "smtpplus_local_sender_restrictions"

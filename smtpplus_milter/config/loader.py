@@ -95,7 +95,7 @@ class Config:
     @property
     def postfix(self) -> PostfixInputs:
         """What ``postfix-config`` and ``setup`` generate the Postfix side from."""
-        return postfix_inputs(self.settings)
+        return postfix_inputs(self.settings, self.path)
 
     @property
     def warnings(self) -> list[str]:
@@ -503,8 +503,9 @@ def _auth_policy(settings: Settings) -> AuthPolicy:
     )
 
 
-def postfix_inputs(settings: Settings) -> PostfixInputs:
-    """What the Postfix snippets need from *settings*: routed queues, the size limit, own mail."""
+def postfix_inputs(settings: Settings, config_file: Path | None = None) -> PostfixInputs:
+    """What the Postfix snippets need from *settings*: routed queues, the size limit, own mail,
+    the return path's pipe (and the config file it names)."""
     own = []
     email = settings.alerts.email
     if email is not None:
@@ -522,6 +523,8 @@ def postfix_inputs(settings: Settings) -> PostfixInputs:
         queues=frozenset(settings.priority.queues.values()),
         max_message_bytes=settings.limits.max_message_bytes,
         own_mail=tuple(own),
+        return_path=settings.bounces.return_path,
+        **({"config_file": str(config_file)} if config_file is not None else {}),
     )
 
 

@@ -128,6 +128,10 @@ class PostfixInputs:
     queues: frozenset[str]  # the queues some priority maps to
     max_message_bytes: int
     own_mail: tuple[OwnMail, ...] = ()
+    # bounces.return_path: the domain whose mail goes to the smtpplus-ingest pipe (None: no pipe),
+    # and the config file that pipe's ingest reads.
+    return_path: str | None = None
+    config_file: str = "/etc/smtpplus/smtpplus.yaml"
 
 
 @dataclass(frozen=True)

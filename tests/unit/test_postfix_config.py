@@ -132,3 +132,25 @@ def test_guide_names_the_listener_as_postconf_does() -> None:
     assert "'127.0.0.1:10025/inet" in section
     # The only other spelling may appear as the warning about it.
     assert section.count("smtpplus-alerts/inet") == section.count("only warns")
+
+
+def test_a_return_path_gets_the_ingest_pipe(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(bytes(32))
+    secret.chmod(0o600)
+    config = config_with(
+        tmp_path, settings={"secret_file": str(secret), "bounces": {"return_path": "bounce.relay.example"}}
+    )
+    snippets = generate(config.postfix)
+    assert snippets.main_cf["transport_maps"] == "inline:{ bounce.relay.example = smtpplus-ingest: }"
+    assert snippets.main_cf["relay_domains"] == "$mydestination, bounce.relay.example"
+    assert snippets.main_cf["smtpplus-ingest_destination_recipient_limit"] == "1"
+    pipe = snippets.master_cf.split("smtpplus-ingest unix", 1)[1]
+    assert f"argv=/usr/local/bin/smtpplus-milter ingest -c {config.path} --recipient ${{recipient}}" in pipe
+    assert "user=smtpplus" in pipe and "flags=Rq" in pipe
+    assert any("relay_domains and transport_maps" in warning for warning in snippets.warnings)
+
+
+def test_no_return_path_no_pipe(tmp_path: Path) -> None:
+    snippets = generate(config_with(tmp_path).postfix)
+    assert "smtpplus-ingest" not in snippets.master_cf and "transport_maps" not in snippets.main_cf
