@@ -136,6 +136,17 @@ def load_config(path: Path | str = DEFAULT_CONFIG, *, users_text: str | None = N
     secret_path = _beside(path, settings.secret_file) if settings.secret_file is not None else None
     notify, list_notify = resolve_notify(settings)
     problems = _notify_problems(notify, list_notify, located, path)
+    if settings.bounces.return_path is not None and settings.tracking is None:
+        where = ("bounces", "return_path")
+        problems.append(
+            ConfigProblem(
+                path,
+                where,
+                located.line_of(where),
+                "returned reports are matched to the messages the tracking store recorded, but tracking is off",
+                "add a tracking: section (docs/tracking.md), or set bounces.return_path to null",
+            )
+        )
     try:
         secret = _secret(secret_path, settings, located, path)
     except ConfigError as exc:

@@ -7,9 +7,11 @@ plain values.
 
 from __future__ import annotations
 
+import socket
+
 from smtpplus_milter.config.loader import Config
 from smtpplus_milter.config.schema import Settings
-from smtpplus_milter.core.session import Rules
+from smtpplus_milter.core.session import ReturnPath, Rules
 from smtpplus_milter.mime.footer import Banner
 
 
@@ -38,4 +40,13 @@ def rules_of(config: Config) -> Rules:
         on_internal_error=settings.milter.on_internal_error,
         display_name_spoofing=settings.authorization.display_name_spoofing,
         per_user_labels=settings.metrics.per_user_labels,
+        return_path=_return_path(config),
     )
+
+
+def _return_path(config: Config) -> ReturnPath | None:
+    domain = config.bounces.return_path
+    if domain is None or config.secret is None:
+        return None
+    node = config.tracking.node if config.tracking is not None else socket.gethostname()
+    return ReturnPath(domain, node, config.secret.key)

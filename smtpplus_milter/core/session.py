@@ -35,6 +35,7 @@ from smtpplus_milter.core.decision import Decision, Reply, Spoofing, Unauthorize
 from smtpplus_milter.core.priority import HeaderEdit, PriorityPlan, plan_priority
 from smtpplus_milter.core.suppression import Entry, find
 from smtpplus_milter.core.suppression import reply as suppressed_reply
+from smtpplus_milter.core.tokens import BOUNCE_PREFIX, make_bounce_token
 from smtpplus_milter.core.tracking import (
     MAX_FIELD,
     MAX_RECIPIENTS,
@@ -73,6 +74,16 @@ def size_reply(limit: int) -> Reply:
 
 
 @dataclass(frozen=True)
+class ReturnPath:
+    domain: str
+    node: str
+    key: bytes = field(repr=False)
+
+    def sender(self, queue_id: str) -> str:
+        return f"{BOUNCE_PREFIX}{make_bounce_token(self.node, queue_id, self.key)}@{self.domain}"
+
+
+@dataclass(frozen=True)
 class Rules:
     """The part of the configuration a message is judged by, snapshotted at MAIL FROM."""
 
@@ -84,6 +95,9 @@ class Rules:
     on_internal_error: Literal["tempfail", "accept"] = "tempfail"
     display_name_spoofing: Literal["alert", "log", "off"] = "alert"
     per_user_labels: bool = True
+    # bounces.return_path: SMTP+ mail leaves with the envelope sender b+TOKEN@<domain> (TOKEN:
+    # this node and the queue id, signed with the key), so reports come back to the relay.
+    return_path: ReturnPath | None = None
 
     @property
     def mode(self) -> str:
@@ -119,6 +133,7 @@ class EndOfMessage:
     edits: tuple[HeaderEdit, ...] = ()
     banner: Banner | None = None
     drop: tuple[str, ...] = ()  # RCPT TO arguments to remove (suppressed, suppression.action drop)
+    sender: str | None = None  # the new envelope sender (bounces.return_path), None: unchanged
 
 
 @dataclass(frozen=True)
@@ -384,7 +399,9 @@ class MessageSession:
             # Every recipient is suppressed: nobody to deliver to, and the client is told "sent".
             self.reasons.append("every recipient is suppressed: accepted and discarded")
             return EndOfMessage(Step(Action.DISCARD), drop=drop)
-        return EndOfMessage(GO_ON, edits, self.banner, drop)
+        return_path = self.rules.return_path
+        sender = return_path.sender(self.queue_id) if return_path is not None and self.queue_id else None
+        return EndOfMessage(GO_ON, edits, self.banner, drop, sender)
 
     def add_banner(self, body: BinaryIO | bytes) -> InjectionResult:
         """Run the header/footer injection on the kept body and remember its result.

@@ -31,6 +31,9 @@ def _secret(directory: Path, key: bytes = KEY, mode: int = 0o600, name: str = "s
 
 
 def _load(directory: Path, **settings: Any) -> Any:
+    if (settings.get("bounces") or {}).get("return_path") and "tracking" not in settings:
+        # Reports are matched against the tracking store: a return path needs one.
+        settings["tracking"] = {"store": f"sqlite:///{directory}/t.db"}
     return load_config(write_config(directory, settings=settings))
 
 
@@ -243,3 +246,13 @@ def test_commented_examples_in_the_shipped_file_are_valid(tmp_path: Path) -> Non
     )
     assert config.notify.sender == "postmaster@relay.example" and config.notify.bounces.to == ("it@example.com",)
     assert config.notify_for("shop").bounces.to == ("shop-it@example.com",)
+
+
+def test_a_return_path_needs_tracking(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(bytes(32))
+    secret.chmod(0o600)
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(tmp_path, settings={"secret_file": "secret", "bounces": {"return_path": "b.example"}}))
+    [problem] = caught.value.problems
+    assert problem.path == ("bounces", "return_path") and "tracking is off" in str(problem)

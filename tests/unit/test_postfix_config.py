@@ -138,9 +138,12 @@ def test_a_return_path_gets_the_ingest_pipe(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_bytes(bytes(32))
     secret.chmod(0o600)
-    config = config_with(
-        tmp_path, settings={"secret_file": str(secret), "bounces": {"return_path": "bounce.relay.example"}}
-    )
+    settings = {
+        "secret_file": str(secret),
+        "bounces": {"return_path": "bounce.relay.example"},
+        "tracking": {"store": f"sqlite:///{tmp_path}/t.db"},
+    }
+    config = config_with(tmp_path, settings=settings)
     snippets = generate(config.postfix)
     assert snippets.main_cf["transport_maps"] == "inline:{ bounce.relay.example = smtpplus-ingest: }"
     assert snippets.main_cf["relay_domains"] == "$mydestination, bounce.relay.example"

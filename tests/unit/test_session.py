@@ -22,10 +22,12 @@ from smtpplus_milter.core.session import (
     Action,
     EndOfMessage,
     MessageSession,
+    ReturnPath,
     Rules,
     size_reply,
 )
 from smtpplus_milter.core.suppression import Entry
+from smtpplus_milter.core.tokens import read_bounce_token
 from smtpplus_milter.mime.footer import Banner
 from tests.support import builders
 
@@ -245,3 +247,17 @@ def test_unauthenticated_mail_is_never_checked() -> None:
     session = MessageSession(rules())
     session.mail_from(None, "<a@elsewhere.example>", queue_id="Q1")
     assert session.recipient("<gone@example.net>", SUPPRESSIONS).action is Action.CONTINUE
+
+
+def test_a_return_path_gives_the_message_its_signed_envelope_sender() -> None:
+    key = bytes(range(32))
+    session = MessageSession(rules(return_path=ReturnPath("bounce.relay.example", "relay-1", key)))
+    session.mail_from("shop", "<info@shop.example>", queue_id="4jdfvM0wYyzJVF1")
+    session.recipient("<fine@example.net>")
+    end = _to_headers(session)
+    assert end.sender is not None and end.sender.endswith("@bounce.relay.example")
+    token = read_bounce_token(end.sender.removeprefix("b+").split("@")[0], key)
+    assert token is not None and token.queue_id == "4jdfvM0wYyzJVF1" and token.is_from("relay-1")
+    plain = MessageSession(rules())
+    plain.mail_from("shop", "<info@shop.example>", queue_id="Q2")
+    assert _to_headers(plain).sender is None
