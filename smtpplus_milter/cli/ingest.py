@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from smtpplus_milter.cli import common
+from smtpplus_milter.config import Config
 from smtpplus_milter.core.reports import MAX_REPORT_BYTES
 
 EX_OK = 0
@@ -71,6 +72,8 @@ def main(args: argparse.Namespace, stdin: BinaryIO | None = None, now: datetime 
             finally:
                 store.close()
             reason, queue_id = result.reason, result.queue_id
+            if result.complaints:
+                _alert(config, result.complaints, result.queue_id)
             if result.status != "quarantined":
                 log.info(
                     "report_ingested",
@@ -89,3 +92,16 @@ def main(args: argparse.Namespace, stdin: BinaryIO | None = None, now: datetime 
     except Exception as exc:  # the store down, a lock timeout...: Postfix retries, nothing is lost
         log.error("report_deferred", reason=f"{type(exc).__name__}: {str(exc)[:500]}", recipient=args.recipient)
         return EX_TEMPFAIL
+
+
+def _alert(config: Config, complaints: tuple[tuple[str, str, str], ...], queue_id: str | None) -> None:
+    """SMTPPlusComplaint through the configured alert sinks (best effort: the report is recorded)."""
+    from smtpplus_milter.observe.alerts import COMPLAINT, Alert, AlertDispatcher
+
+    dispatcher = AlertDispatcher.from_config(config.settings.alerts)
+    try:
+        for user, recipient, feedback in complaints:
+            mode = config.settings.authorization.mode
+            dispatcher.submit(Alert(COMPLAINT, user, recipient, "recipient", mode, "delivered", feedback, queue_id))
+    finally:
+        dispatcher.stop(timeout=10.0)

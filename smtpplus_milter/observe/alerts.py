@@ -60,11 +60,16 @@ _HOST = socket.gethostname()
 
 RESULTS = ("sent", "failed", "dropped", "suppressed")
 
+# A recipient complained (an ARF feedback report ingest recorded): ``sender`` holds the
+# complaining recipient, ``reply`` the feedback type and who reported it.
+COMPLAINT = "complaint"
+
 ALERTNAMES = MappingProxyType(
     {
         UNAUTHORIZED_SENDER: "SMTPPlusUnauthorizedSender",
         DISABLED_USER: "SMTPPlusDisabledUserAttempt",
         DISPLAY_NAME_SPOOFING: "SMTPPlusDisplayNameSpoofing",
+        COMPLAINT: "SMTPPlusComplaint",
     }
 )
 
@@ -96,6 +101,8 @@ class Alert:
 
     @property
     def summary(self) -> str:
+        if self.kind == COMPLAINT:
+            return f"{self.sender} complained about mail of SMTP+ user {self.user} ({self.reply})"
         if self.kind == DISABLED_USER:
             return f"disabled SMTP+ user {self.user} tried to send as {self.sender or '<>'}"
         if self.kind == DISPLAY_NAME_SPOOFING:
@@ -175,6 +182,8 @@ class Alertmanager:
     def payload(self, alert: Alert) -> list[dict[str, object]]:
         starts = datetime.fromtimestamp(alert.at, UTC)
         labels = {"alertname": alert.alertname, "user": alert.user, "sender": alert.sender or "<>"}
+        if alert.kind == COMPLAINT:
+            labels = {"alertname": alert.alertname, "user": alert.user, "recipient": alert.sender}
         if alert.kind == UNAUTHORIZED_SENDER:
             labels["mode"] = alert.mode
         if alert.kind == DISPLAY_NAME_SPOOFING:

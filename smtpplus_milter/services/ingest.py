@@ -52,6 +52,7 @@ class Result:
     reason: str = ""
     queue_id: str | None = None
     recipients: int = 0
+    complaints: tuple[tuple[str, str, str], ...] = ()  # (user, recipient, feedback type) newly recorded
 
 
 def when(text: str | None, now: datetime) -> datetime:
@@ -165,7 +166,12 @@ def _complaint(
         notices: Iterable[Notification] = complaint_notices(plan, message, address, report.feedback_type, at)
         complaint = Report(rec.node, rec.queue_id, address, "complaint", at, detail)
         recorded += store.record_report(complaint, entry, notices)
-    return Result("recorded" if recorded else "duplicate", queue_id=rec.queue_id, recipients=len(named))
+    return Result(
+        "recorded" if recorded else "duplicate",
+        queue_id=rec.queue_id,
+        recipients=len(named),
+        complaints=tuple((rec.user, address, report.feedback_type) for address in named) if recorded else (),
+    )
 
 
 def quarantine(directory: Path, raw: bytes, reason: str, now: datetime) -> Path:

@@ -8,11 +8,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from lab.harness import Alertmanager
 from smtpplus_milter.core.tokens import make_bounce_token
 from smtpplus_milter.infra.store import open_store
 from smtpplus_milter.infra.store.base import Attempt
@@ -195,3 +197,21 @@ def test_the_pipe_runs_without_a_terminal_and_as_any_user(config: Path) -> None:
     command = [sys.executable, "-m", "smtpplus_milter", "ingest", "-c", str(config), "--recipient", _token_address()]
     done = subprocess.run(command, input=dsn("bob@example.net"), capture_output=True, env=env, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_complaint_raises_an_alert_in_a_real_alertmanager(config: Path, tmp_path: Path) -> None:
+    with Alertmanager(tmp_path / "am") as alertmanager:
+        text = config.read_text(encoding="utf-8")
+        config.write_text(text + f"\nalerts:\n  alertmanager: {{url: 'http://127.0.0.1:{alertmanager.port}'}}\n")
+        done = _ingest(config, arf(_token_address(), "carol@example.net"), "fbl@relay.example")
+        assert done.returncode == 0, done.stderr
+        deadline = time.monotonic() + 10
+        while not (alerts := alertmanager.alerts()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        [alert] = alerts
+        assert alert["labels"] == {
+            "alertname": "SMTPPlusComplaint",
+            "user": "shop-frontend",
+            "recipient": "carol@example.net",
+        }
+        assert "abuse" in alert["annotations"]["summary"]
