@@ -148,3 +148,21 @@ class Reader:
             self.on_problem(reason)
         except Exception:  # a reporting failure must not break the RCPT check
             pass
+
+
+class Writer:
+    """The follower's side: rewrite the snapshot when the entries in force changed (or it is gone)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._last: bytes | None = None
+
+    def update(self, entries: Iterable[tuple[str, str, str, datetime]], now: datetime) -> bool:
+        """Write the snapshot of *entries* unless the file already holds them; True when written."""
+        body = render(entries, now)
+        _, _, lines = body.partition(b"\n")
+        if self._last == lines and self.path.exists():
+            return False
+        write(self.path, body)
+        self._last = lines
+        return True

@@ -165,7 +165,7 @@ class Notifier:
 
     def __init__(
         self,
-        store: TrackingStore,
+        store: TrackingStore | None,
         smtp: HostPort,
         sender: str,
         worker: str,
@@ -174,7 +174,7 @@ class Notifier:
         send: Callable[[EmailMessage, str, Sequence[str], HostPort], None] | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.store = store
+        self.store: TrackingStore | None = store
         self.smtp = smtp
         self.sender = sender
         self.worker = worker
@@ -198,12 +198,15 @@ class Notifier:
     def _submit(self, message: EmailMessage, sender: str, to: Sequence[str], smtp: HostPort) -> None:
         submit(smtp.host, smtp.port, message, sender=sender, recipients=to, timeout=SMTP_TIMEOUT)
 
-    def run_once(self) -> int:
-        """Send what is due; how many notices went out."""
+    def run_once(self, store: TrackingStore | None = None) -> int:
+        """Send what is due (through *store*, or the one given at construction); how many went out."""
+        if store is not None:
+            self.store = store
         now = self.now()
         return self._immediate(now) + self._digests(now)
 
     def _immediate(self, now: datetime) -> int:
+        assert self.store is not None, "run_once needs a store"
         done = 0
         for item in self.store.claim(self.worker, now, LEASE, BATCH, mode="immediate"):
             wanted = item.notification
@@ -214,6 +217,7 @@ class Notifier:
 
     def _digests(self, now: datetime) -> int:
         # Only notices of days that have ended: a digest of "today" would be sent half full.
+        assert self.store is not None, "run_once needs a store"
         start_of_day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         claimed = self.store.claim(self.worker, now, LEASE, BATCH * 20, mode="daily", before=start_of_day)
         done = 0
@@ -229,6 +233,7 @@ class Notifier:
         return done
 
     def _deliver(self, message: EmailMessage, items: Sequence[Claimed], now: datetime) -> bool:
+        assert self.store is not None, "run_once needs a store"
         kind = items[0].notification.kind
         try:
             self._send(message, self._sender_of(items[0]), [items[0].notification.to], self._smtp_of(items[0]))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from smtpplus_milter.core.suppression import Entry, find
-from smtpplus_milter.infra.suppression_file import NAME, Reader, SnapshotProblem, parse, render, write
+from smtpplus_milter.infra.suppression_file import NAME, Reader, SnapshotProblem, Writer, parse, render, write
 
 T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
 ENTRIES = [
@@ -82,3 +82,14 @@ def test_the_reader_follows_replacements_and_keeps_the_last_good_list(tmp_path: 
     write(path, render(ENTRIES[:3], T0))
     clock[0] = 3.0
     assert reader.current().entries == 3
+
+
+def test_the_writer_rewrites_only_when_the_entries_change(tmp_path: Path) -> None:
+    path = tmp_path / NAME
+    writer = Writer(path)
+    assert writer.update(ENTRIES[:1], T0) is True
+    assert writer.update(ENTRIES[:1], T0.replace(hour=11)) is False  # same entries, later: no rewrite
+    assert writer.update(ENTRIES[:2], T0) is True
+    path.unlink()
+    assert writer.update(ENTRIES[:2], T0) is True  # gone: written again
+    assert parse(path.read_bytes()).entries == 2
