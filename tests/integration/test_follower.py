@@ -13,9 +13,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -612,3 +613,42 @@ def test_retention_prunes_at_start(store: TrackingStore, url: str, tmp_path: Pat
     f.close()
     assert store.message(qid(1), NODE) is None
     assert store.message(qid(2), NODE) is not None
+
+
+def test_records_after_a_gap_are_logged_and_a_torn_line_is_counted_once(
+    url: str, tmp_path: Path, logs: list[MutableMapping[str, Any]]
+) -> None:
+    log = tmp_path / "postfix.log"
+    log.write_bytes(b"")
+    directory = tmp_path / "spool"
+    appender = spool_with(directory, 1)
+    appender.close()
+    segment = directory / sorted(p.name for p in directory.glob("records-*.jsonl"))[-1]
+    with segment.open("ab") as file:
+        file.write(b'{"node":"relay-1","queue_id":"4jdf')  # the milter was killed mid-write
+    appender = spool_with(directory, 2)  # the restarted milter writes a new segment
+    now = [100.0]
+    metrics = FollowerMetrics()
+    f = Follower(url, NODE, log, metrics, spool=SpoolReader(directory), poll=0.01, clock=lambda: now[0])
+
+    def said(name: str) -> int:
+        return sum(1 for entry in logs if entry["event"] == name)
+
+    run_out(f)
+    assert (said("tracking_spool_records_found"), said("tracking_spool_records_stored")) == (1, 1)
+    assert said("tracking_spool_line_skipped") == 1 and metrics.spool_skipped._value.get() == 1
+    now[0] += 10  # soon after: no new "found" line
+    appender.append([message_record(qid(3)).as_dict()])
+    run_out(f)
+    assert said("tracking_spool_records_found") == 1
+    now[0] += 61  # after a minute without records: said again
+    appender.append([message_record(qid(4)).as_dict()])
+    run_out(f)
+    f.close()
+    assert said("tracking_spool_records_found") == 2
+    assert metrics.spool_skipped._value.get() == 1  # counted once, not at every read
+    real = open_store(url)
+    try:
+        assert sorted(m.record.queue_id for m in real.messages(limit=None)) == [qid(n) for n in (1, 2, 3, 4)]
+    finally:
+        real.close()
