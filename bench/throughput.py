@@ -52,7 +52,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lab.harness import LOOPBACK, free_port
-from lab.milter_process import MilterProcess, prepare_socket_dir
+from lab.milter_process import FollowerProcess, MilterProcess, prepare_socket_dir
 from lab.stack import DEPLOY, Stack, deep_merge
 from tests.support import postgres
 
@@ -244,8 +244,10 @@ class Rig:
         self.extra = extra  # footer, noop, lean, v:... (and @tcp) modes: further milters started here
         self.footer_milter: MilterProcess | None = None
         self.tracking_milters: dict[str, MilterProcess] = {}  # by mode: tracking, tracking-pg
+        # The milter only spools; each tracking mode's follower moves its spool into its store.
+        self.tracking_followers: dict[str, FollowerProcess] = {}
         self.pg_server: postgres.Server | None = None
-        self.writer_cpu: dict[str, tuple[float, int]] = {}  # mode: (writer thread CPU s, records stored)
+        self.writer_cpu: dict[str, tuple[float, int]] = {}  # mode: (writer thread CPU s, records spooled)
         self._cleanup = contextlib.ExitStack()
         self.crypt_auth = crypt_auth
         self.sink_port = free_port()
@@ -390,27 +392,43 @@ class Rig:
         socket_dir = stack.workdir / f"milter-{name}"
         prepare_socket_dir(socket_dir)
         spec = f"unix:{socket_dir}/milter.sock"
+        follower_port = free_port()
         settings = deep_merge(
             stack.settings,
             {
                 "milter": {"socket": spec},
                 "metrics": {"listen": f"{LOOPBACK}:{free_port()}"},
-                "tracking": {"store": store_url, "node": "bench", "spool_dir": str(stack.workdir / f"{name}-spool")},
+                "tracking": {
+                    "store": store_url,
+                    "node": "bench",
+                    "spool_dir": str(stack.workdir / f"{name}-spool"),
+                    "maillog": str(stack.workdir / "postfix" / "postfix.log"),
+                    "metrics_listen": f"{LOOPBACK}:{follower_port}",
+                },
             },
         )
         config = stack.etc / f"smtpplus-{name}.yaml"
         config.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
+        follower = FollowerProcess(config, follower_port, stack.workdir / f"follower-{name}.log")
+        self.tracking_followers[name] = follower
+        follower.start()
         process = MilterProcess(config, spec, stack.workdir / f"milter-{name}.log")
         self.tracking_milters[name] = process
         process.start()
         self.modes[name] = Mode(name, free_port(), spec, process.pid)
 
     def _stop_tracking(self, name: str) -> None:
-        """Stop a tracking milter and keep what its writer thread said it cost (before the logs go)."""
+        """Stop a tracking milter and keep what its writer thread said it cost (before the logs go);
+        then its follower, once it has drained the spool (or after 30 s)."""
         process = self.tracking_milters[name]
         process.stop()
         for event in process.events("tracking_writer_stopped")[-1:]:
-            self.writer_cpu[name] = (float(event["cpu_seconds"]), int(event["stored"]))
+            self.writer_cpu[name] = (float(event["cpu_seconds"]), int(event["spooled"]))
+        follower = self.tracking_followers[name]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "smtpplus_tracking_spooled 0.0" not in follower.metrics_text():
+            time.sleep(0.2)
+        follower.stop()
 
     def stop(self) -> None:
         errors: list[BaseException] = []
@@ -825,7 +843,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"PROBLEM: {problem}")
     for name, (cpu, stored) in rig.writer_cpu.items():
         # Over the whole run (warm-up included): the part of the milter's CPU the tracking writer took.
-        print(f"{mode_label(name)}: tracking writer thread {cpu * 1000 / max(stored, 1):.3f} ms/record ({stored})")
+        print(
+            f"{mode_label(name)}: tracking writer thread {cpu * 1000 / max(stored, 1):.3f} ms/record ({stored} spooled)"
+        )
     print(
         f"{submitted} messages submitted, {delivered} delivered to the sink, {undelivered} deferred/bounced; "
         f"run took {elapsed:.0f} s. {'VALID' if valid else 'INVALID: failures or lost messages'}"

@@ -37,6 +37,7 @@ def main(args: argparse.Namespace) -> int:
             "maillog (docs/tracking.md)"
         )
         return 1
+    from smtpplus_milter.infra.spool import SpoolProblem, SpoolReader
     from smtpplus_milter.observe import log as logsetup
     from smtpplus_milter.observe.metrics import FollowerMetrics, serve_metrics
     from smtpplus_milter.services.follower import Follower, FollowerService
@@ -53,10 +54,25 @@ def main(args: argparse.Namespace) -> int:
                     f"cannot serve metrics on {tracking.metrics_listen} ({exc.strerror}): another process uses "
                     "it? change tracking.metrics_listen"
                 ) from exc
+        try:
+            # The milter's records come through this spool: the milter appends, the follower stores.
+            spool = SpoolReader(tracking.spool_dir)
+        except SpoolProblem as exc:
+            raise StartupFailed(str(exc)) from None
         follower = Follower(
-            tracking.store, tracking.node, tracking.maillog, metrics, retention_days=tracking.retention_days
+            tracking.store,
+            tracking.node,
+            tracking.maillog,
+            metrics,
+            retention_days=tracking.retention_days,
+            spool=spool,
         )
-        details = {"maillog": str(tracking.maillog), "node": tracking.node, "metrics": str(tracking.metrics_listen)}
+        details = {
+            "maillog": str(tracking.maillog),
+            "node": tracking.node,
+            "metrics": str(tracking.metrics_listen),
+            "spool": str(tracking.spool_dir),
+        }
         return FollowerService(follower, details)
 
     daemon = Daemon(

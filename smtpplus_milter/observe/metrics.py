@@ -64,11 +64,8 @@ class Metrics:
         )
         self.alerts = Counter("smtpplus_alerts", "Alerts by sink and result", ["sink", "result"], registry=registry)
         self.reloads = Counter("smtpplus_config_reloads", "Config reloads by result", ["result"], registry=registry)
-        self.tracking_spooled = Gauge(
-            "smtpplus_tracking_spooled",
-            "Tracking records of accepted messages waiting in the spool for the store",
-            registry=registry,
-        )
+        # smtpplus_tracking_spooled is the follower's (FollowerMetrics): it reads the spool, and the
+        # milter, which only appends, could not count what the follower has taken without reading it.
         self.tracking_lost = Counter(
             "smtpplus_tracking_lost",
             "Tracking records that could not be kept (the spool was full or unwritable)",
@@ -103,6 +100,16 @@ class FollowerMetrics:
         self.store_errors = Counter(
             "smtpplus_follower_store_errors",
             "Writes to the tracking store that failed (the batch is retried with back-off)",
+            registry=registry,
+        )
+        self.tracking_spooled = Gauge(
+            "smtpplus_tracking_spooled",
+            "Tracking records of accepted messages waiting in the milter's spool for the store",
+            registry=registry,
+        )
+        self.spool_skipped = Counter(
+            "smtpplus_tracking_spool_skipped",
+            "Spool lines the follower could not read (a partial line left by a crash mid-write), skipped",
             registry=registry,
         )
         self.build_info = Gauge("smtpplus_build_info", "Build information", ["version"], registry=registry)

@@ -15,6 +15,13 @@ or removed and recreated is noticed. Rotation: the old file is read to its end, 
 from 0. A position saved in a file rotated while the follower was stopped is looked for among the
 file's siblings (``postfix.log.1``, ``postfix.log-20261201``...), finished, and then the new file read.
 
+The milter's records: the milter only appends each accepted message's record to the spool
+(:mod:`smtpplus_milter.infra.spool`); each cycle the follower also reads up to :data:`SPOOL_BATCH`
+of them, hands them to the store in one ``record_messages`` call and only then moves the spool's
+done mark (a crash in between reads them again, and the store's writes are idempotent). A store
+that fails gets the same back-off as for the log's lines; the spool grows meanwhile, up to its
+bound. The records' queue ids are watched at once.
+
 Which queue ids: those of messages the store knows and that are still open (loaded at start,
 refreshed every :data:`REFRESH_SECONDS` with what the milter recorded since), those an ``smtpd``
 line names with a ``sasl_username`` (an authenticated submission, before the milter's record
@@ -48,6 +55,8 @@ from smtpplus_milter.core.postfix_log import (
     parse_line,
     peek_queue_id,
 )
+from smtpplus_milter.core.tracking import MessageRecord
+from smtpplus_milter.infra.spool import SpoolProblem, SpoolReader
 from smtpplus_milter.infra.store import TrackingStore, open_store
 from smtpplus_milter.infra.store.base import Attempt, Expiration, Position, StoredLink
 from smtpplus_milter.observe.log import get_logger
@@ -68,6 +77,10 @@ RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 60.0
 MAX_REPLY_CHARS = 2000
 UNKNOWN_USER = "-"
+SPOOL_BATCH = 500  # milter records per store call
+SPOOL_COUNT_SECONDS = 1.0  # smtpplus_tracking_spooled is recounted this often (a read of what waits)
+SPOOL_GAP_SECONDS = 60.0  # records found after this long without any are logged (and their storing)
+SPOOL_RETRY_SECONDS = 60.0  # an unreadable spool (another format version) is tried again after this
 
 # smtpd's "QID: client=host[ip], sasl_method=PLAIN, sasl_username=alice": an authenticated submission.
 _SASL = re.compile(rf"/smtpd(?:\[\d+\])?: (?:\[ID \d+ [\w.]+\] )?({QUEUE_ID}): client=.*?\bsasl_username=([^,\s]+)")
@@ -186,6 +199,7 @@ class Follower:
         metrics: FollowerMetrics,
         *,
         retention_days: int | None = None,
+        spool: SpoolReader | None = None,
         opener: Callable[[str], TrackingStore] = open_store,
         zone: tzinfo | None = None,
         poll: float = POLL_SECONDS,
@@ -198,6 +212,7 @@ class Follower:
         self.maillog = maillog
         self.metrics = metrics
         self.retention_days = retention_days
+        self.spool = spool
         self.opener = opener
         # Postfix writes the classic timestamp in local time.
         self.zone = zone if zone is not None else (datetime.now().astimezone().tzinfo or UTC)
@@ -217,6 +232,9 @@ class Follower:
         self._next_try = 0.0
         self._retry = RETRY_SECONDS
         self._missing_said = False
+        self._next_count = 0.0
+        self._next_spool = 0.0
+        self._spool_seen: float | None = None  # when records were last found in the spool (clock)
         self._stopping = threading.Event()
 
     # -- the service ---------------------------------------------------------------------------------
@@ -256,6 +274,7 @@ class Follower:
     def step(self) -> bool:
         """One cycle: write a pending batch, or read and write one chunk. True if it did something."""
         now = self.clock()
+        self._count_spool(now)
         if now < self._next_try:
             return False
         try:
@@ -264,18 +283,19 @@ class Follower:
                 self._write(self._pending)
                 self._pending = None
             self._housekeeping(store, now)
+            spooled = self._drain_spool(store, now)
         except Exception as exc:
             self._store_failed(exc)
             return False
         try:
             if self._reading is None and not self._open_file(store):
-                return False
+                return spooled
         except Exception as exc:  # reading the saved position failed: the store went away
             self._store_failed(exc)
             return False
         batch = self._read_chunk()
         if batch is None:
-            return False
+            return spooled
         self._pending = batch
         try:
             self._write(batch)
@@ -342,6 +362,56 @@ class Follower:
             before = datetime.fromtimestamp(self.wall(), UTC) - timedelta(days=self.retention_days)
             pruned = store.prune(before, batch=PRUNE_BATCH)
             log.info("tracking_pruned", messages=pruned, before=before.isoformat())
+
+    # -- the milter's spool --------------------------------------------------------------------------
+
+    def _drain_spool(self, store: TrackingStore, now: float) -> bool:
+        """Hand up to :data:`SPOOL_BATCH` of the milter's records to the store; True if there were any."""
+        if self.spool is None or now < self._next_spool:
+            return False
+        try:
+            batch = self.spool.read(limit=SPOOL_BATCH)
+        except SpoolProblem as exc:
+            log.error("tracking_spool_unreadable", reason=str(exc), retry_in=SPOOL_RETRY_SECONDS)
+            self._next_spool = now + SPOOL_RETRY_SECONDS
+            return False
+        skipped = list(batch.skipped)
+        records: list[MessageRecord] = []
+        for item in batch.records:
+            try:
+                records.append(MessageRecord.from_dict(item))
+            except (KeyError, TypeError, ValueError, AssertionError) as exc:
+                skipped.append(f"a line that is no message record ({type(exc).__name__}: {str(exc)[:100]})")
+        after_gap = bool(records) and (self._spool_seen is None or now - self._spool_seen >= SPOOL_GAP_SECONDS)
+        if after_gap:
+            log.info("tracking_spool_records_found", records=len(records), first_queue_id=records[0].queue_id)
+        if records:
+            store.record_messages(records)  # a failure propagates: back-off, read again later
+        if batch.end != self.spool.mark:
+            self.spool.mark_done(batch.end)  # only now: a crash before this reads them again
+        for reason in skipped:  # counted once, when the mark has moved past them
+            log.warning("tracking_spool_line_skipped", spool=str(self.spool.directory), detail=reason)
+            self.metrics.spool_skipped.inc()
+        if not records:
+            return False
+        if after_gap:
+            log.info("tracking_spool_records_stored", records=len(records))
+        self._spool_seen = now
+        for record in records:
+            if record.node == self.node:
+                self._want(record.queue_id, record.user)
+        if len(records) < SPOOL_BATCH:
+            self.metrics.tracking_spooled.set(0)  # every complete record is in the store now
+        return True
+
+    def _count_spool(self, now: float) -> None:
+        if self.spool is None or now < self._next_count:
+            return
+        self._next_count = now + SPOOL_COUNT_SECONDS
+        try:
+            self.metrics.tracking_spooled.set(self.spool.count())
+        except SpoolProblem as exc:
+            log.warning("tracking_spool_uncounted", reason=str(exc))
 
     def _want(self, qid: str, user: str) -> None:
         if qid not in self._users and len(self._users) >= MAX_WANTED:

@@ -27,7 +27,7 @@ from smtpplus_milter.core.decision import Reply
 from smtpplus_milter.core.priority import HeaderEdit
 from smtpplus_milter.core.session import Action, MessageSession, Step
 from smtpplus_milter.daemon import StartupFailed
-from smtpplus_milter.infra.spool import Spool, SpoolProblem
+from smtpplus_milter.infra.spool import SpoolAppender, SpoolProblem
 from smtpplus_milter.observe.alerts import AlertDispatcher
 from smtpplus_milter.observe.log import EventWriter, get_logger
 from smtpplus_milter.observe.metrics import Metrics, serve_metrics
@@ -346,12 +346,12 @@ class MilterService:
         self.writer = EventWriter()
         self.tracking: TrackingWriter | None = None
         if config.tracking is not None:
-            # Records wait in the spool whenever the store is slow or down (docs/tracking.md).
+            # The milter only appends to the spool; the follower moves it into the store (docs/tracking.md).
             try:
-                spool = Spool(config.tracking.spool_dir, max_bytes=config.tracking.spool_max_bytes)
+                spool = SpoolAppender(config.tracking.spool_dir, max_bytes=config.tracking.spool_max_bytes)
             except SpoolProblem as exc:
                 raise StartupFailed(str(exc)) from None
-            self.tracking = TrackingWriter(config.tracking.store, spool, metrics)
+            self.tracking = TrackingWriter(spool, metrics)
             self.tracking.start()
         self.runtime = Runtime(
             config, metrics=metrics, alerts=self.alerts, emit=self.writer.emit, tracking=self.tracking

@@ -1,10 +1,10 @@
 """Delivery tracking through the lab's real Postfix into a real PostgreSQL (a private cluster).
 
-* two relay hosts (two Postfix instances, two milters, node names relay-a and relay-b) record into
-  one database, and ``stats`` adds both up;
+* two relay hosts (two Postfix instances, two milters, two followers, node names relay-a and
+  relay-b) record into one database, and ``stats`` adds both up;
 * the store goes away while mail flows: the mail is accepted and delivered all the same, the records
-  wait in the spool (``smtpplus_tracking_spooled``), and once the server is back they drain into the
-  store, each once.
+  wait in the milter's spool (the follower's ``smtpplus_tracking_spooled``), and once the server is
+  back the follower drains them into the store, each once.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import re
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -37,7 +36,8 @@ def server() -> Iterator[postgres.Server]:
 
 
 def _stack(url: str, node: str) -> Stack:
-    return Stack(tracking=url, node=node, priority_routing=None)
+    # The milter only spools; its follower moves the records into the store.
+    return Stack(tracking=url, node=node, follower=True, priority_routing=None)
 
 
 def _send(stack: Stack, subject: str, recipients: list[str]) -> None:
@@ -60,8 +60,8 @@ def _stats(stack: Stack, *args: str) -> list[dict[str, object]]:
 
 
 def _metric(stack: Stack, name: str) -> float | None:
-    with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=5) as response:
-        text = response.read().decode()
+    assert stack.follower is not None
+    text = stack.follower.metrics_text()
     match = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else None
 
@@ -73,8 +73,8 @@ def _wait(stack: Stack, condition: Callable[[], bool], timeout: float, what: str
             return
         time.sleep(0.2)
     spooled = _metric(stack, "smtpplus_tracking_spooled")
-    log = stack.milter.log_tail(30) if stack.milter else ""
-    raise AssertionError(f"{what} not reached within {timeout}s (spooled: {spooled}); the milter's log:\n{log}")
+    log = stack.follower.log_tail(30) if stack.follower else ""
+    raise AssertionError(f"{what} not reached within {timeout}s (spooled: {spooled}); the follower's log:\n{log}")
 
 
 def _messages_in_store(stack: Stack) -> int:
@@ -117,7 +117,7 @@ def test_store_down_while_mail_flows_spools_then_drains_each_record_once(server:
         finally:
             server.start()
 
-        # The writer retries with back-off (1 s, doubling): the records arrive once it is back.
+        # The follower retries with back-off (1 s, doubling): the records arrive once it is back.
         _wait(stack, lambda: _metric(stack, "smtpplus_tracking_spooled") == 0, 60, "an empty spool")
         rows = _stats(stack, "--by", "subject")
         assert sorted((row["subject"], row["messages"]) for row in rows) == [
@@ -127,5 +127,5 @@ def test_store_down_while_mail_flows_spools_then_drains_each_record_once(server:
             ("during the outage 2", 1),
             ("during the outage 3", 1),
         ]
-        events = stack.milter.events("tracking_store_unavailable") if stack.milter else []
+        events = stack.follower.events("tracking_store_unavailable") if stack.follower else []
         assert events, "the outage was not logged"

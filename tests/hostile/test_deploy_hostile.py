@@ -105,3 +105,37 @@ def test_nftables_snippet_parses(tmp_path: Path) -> None:
     (tmp_path / "rules.nft").write_text(text, encoding="utf-8")
     done = subprocess.run(["nft", "-c", "-f", str(tmp_path / "rules.nft")], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
+
+
+def _unit(name: str) -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in (REPO / "systemd" / name).read_text(encoding="utf-8").splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith(("#", "[")):
+            settings.setdefault(key.strip(), []).extend(value.split())
+    return settings
+
+
+def _writable(unit: dict[str, list[str]], path: Path) -> bool:
+    """Whether a ProtectSystem=strict unit may write *path*: under a state directory or a
+    ReadWritePaths entry, and under no ReadOnlyPaths or InaccessiblePaths entry."""
+    allowed = [Path("/var/lib", d) for d in unit.get("StateDirectory", [])] + [
+        Path(p) for p in unit.get("ReadWritePaths", [])
+    ]
+    denied = [Path(p.lstrip("-")) for p in unit.get("ReadOnlyPaths", []) + unit.get("InaccessiblePaths", [])]
+    return any(path.is_relative_to(a) for a in allowed) and not any(path.is_relative_to(d) for d in denied)
+
+
+@pytest.mark.parametrize("name", ["smtpplus-milter.service", "smtpplus-follow.service"])
+def test_both_units_can_write_the_default_spool_and_sqlite_store(name: str) -> None:
+    from smtpplus_milter.config.schema import TrackingSection
+
+    unit = _unit(name)
+    example = re.search(r"store: sqlite:///(/\S+)", (REPO / "deploy/smtpplus.yaml").read_text(encoding="utf-8"))
+    assert example is not None
+    spool = Path(TrackingSection.model_fields["spool_dir"].default)
+    assert unit["ProtectSystem"] == ["strict"] and unit["User"] == ["smtpplus"]
+    assert unit["StateDirectoryMode"] == ["0750"]  # the records are mail metadata: not for other users
+    assert _writable(unit, spool), f"{name} cannot write the default tracking.spool_dir {spool}"
+    assert _writable(unit, Path(example.group(1)).parent), f"{name} cannot write the SQLite store's directory"
+    assert not _writable(unit, Path("/etc/smtpplus/x"))  # the check itself can say no

@@ -13,13 +13,15 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lab.harness import free_port
+from smtpplus_milter.infra.spool import SpoolAppender, SpoolReader
 from smtpplus_milter.infra.store import TrackingStore, open_store
 from smtpplus_milter.observe.metrics import FollowerMetrics
 from smtpplus_milter.services.follower import REFRESH_SECONDS, REMOVED_GRACE_SECONDS, Follower, is_local_relay
@@ -340,13 +342,95 @@ def test_a_batch_the_store_refused_is_written_when_it_is_back(url: str, tmp_path
     real.close()
 
 
+# -- the milter's spool -----------------------------------------------------------------------------
+
+
+def spool_with(directory: Path, *numbers: int) -> SpoolAppender:
+    appender = SpoolAppender(directory, max_bytes=1 << 20)
+    appender.append([message_record(qid(n), recipients=("a@example.org",)).as_dict() for n in numbers])
+    return appender
+
+
+def test_the_milters_records_reach_the_store_and_their_ids_are_watched(url: str, tmp_path: Path) -> None:
+    log = tmp_path / "postfix.log"
+    spool_with(tmp_path / "spool", 1, 2)
+    metrics = FollowerMetrics()
+    f = Follower(url, NODE, log, metrics, spool=SpoolReader(tmp_path / "spool"), poll=0.01)
+    assert f.step()  # no log file yet: the spool is drained all the same
+    assert metrics.tracking_spooled._value.get() == 0
+    # No smtpd line and no refresh of the open ids yet: the record itself made qid(2) watched.
+    log.write_text(delivery(qid(2), "a@example.org", "sent", 1))
+    run_out(f)
+    f.close()
+    real = open_store(url)
+    try:
+        assert story(real, qid(1)) == {"a@example.org": ("queued", [])}
+        assert story(real, qid(2)) == {"a@example.org": ("delivered", ["sent"])}
+    finally:
+        real.close()
+    assert SpoolReader(tmp_path / "spool").read().records == ()  # marked done
+
+
+def test_store_down_the_spool_waits_then_drains_each_record_once(url: str, tmp_path: Path) -> None:
+    log = tmp_path / "postfix.log"
+    log.write_bytes(b"")
+    appender = spool_with(tmp_path / "spool", 1, 2, 3)
+    down = [True]
+
+    def opener(target: str) -> TrackingStore:
+        if down[0]:
+            raise OSError("connection refused")
+        return open_store(target)
+
+    metrics = FollowerMetrics()
+    f = Follower(url, NODE, log, metrics, spool=SpoolReader(tmp_path / "spool"), opener=opener, poll=0.01)
+    assert not f.step()
+    assert metrics.store_errors._value.get() == 1
+    assert metrics.tracking_spooled._value.get() == 3  # counted even while the store is away
+    appender.append([message_record(qid(4)).as_dict()])  # the milter goes on meanwhile
+    down[0] = False
+    f._next_try = f._next_count = 0.0  # the back-off is not what this test is about
+    run_out(f)
+    f.close()
+    real = open_store(url)
+    try:
+        assert sorted(m.record.queue_id for m in real.messages(limit=None)) == [qid(n) for n in (1, 2, 3, 4)]
+    finally:
+        real.close()
+    assert metrics.tracking_spooled._value.get() == 0
+
+
+def test_records_stored_but_not_marked_before_a_crash_are_not_counted_twice(url: str, tmp_path: Path) -> None:
+    spool_with(tmp_path / "spool", 1, 2)
+    real = open_store(url)
+    real.migrate()
+    real.record_messages([message_record(qid(1), recipients=("a@example.org",))])  # then killed: no mark
+    f = Follower(url, NODE, tmp_path / "postfix.log", FollowerMetrics(), spool=SpoolReader(tmp_path / "spool"))
+    run_out(f)
+    f.close()
+    try:
+        assert sorted(m.record.queue_id for m in real.messages(limit=None)) == [qid(1), qid(2)]
+        [by_date] = list(real.stats("date"))
+        assert (by_date["messages"], by_date["recipients"]) == (2, 2)
+    finally:
+        real.close()
+
+
 # -- the real process -------------------------------------------------------------------------------
 
 
 def _config(tmp_path: Path, log: Path, url: str, port: int) -> Path:
     return write_config(
         tmp_path,
-        settings={"tracking": {"store": url, "node": NODE, "maillog": str(log), "metrics_listen": f"127.0.0.1:{port}"}},
+        settings={
+            "tracking": {
+                "store": url,
+                "node": NODE,
+                "maillog": str(log),
+                "metrics_listen": f"127.0.0.1:{port}",
+                "spool_dir": str(tmp_path / "spool"),
+            }
+        },
     )
 
 
@@ -418,6 +502,7 @@ def test_the_process_serves_metrics_and_saves_on_sigterm(store: TrackingStore, u
     process = _follow(_config(tmp_path, log, url, port), tmp_path)
     try:
         time.sleep(0.3)
+        spool_with(tmp_path / "spool", 7)  # the milter (here: this process) appends while the follower runs
         log.write_text(delivery(qid(1), "a@example.org", "sent", 1) + delivery(qid(1), "b@example.org", "deferred", 2))
 
         def scraped() -> str:
@@ -431,6 +516,8 @@ def test_the_process_serves_metrics_and_saves_on_sigterm(store: TrackingStore, u
         page = scraped()
         assert 'smtpplus_deliveries_total{status="sent",user="shop-frontend"} 1.0' in page
         assert "smtpplus_follower_lag_seconds 0.0" in page
+        _wait(lambda: store.message(qid(7), NODE) is not None)
+        _wait(lambda: "smtpplus_tracking_spooled 0.0" in scraped())
         assert (tmp_path / "f.pid").read_text().strip() == str(process.pid)
         process.send_signal(signal.SIGTERM)
         assert process.wait(10) == 0
@@ -526,3 +613,42 @@ def test_retention_prunes_at_start(store: TrackingStore, url: str, tmp_path: Pat
     f.close()
     assert store.message(qid(1), NODE) is None
     assert store.message(qid(2), NODE) is not None
+
+
+def test_records_after_a_gap_are_logged_and_a_torn_line_is_counted_once(
+    url: str, tmp_path: Path, logs: list[MutableMapping[str, Any]]
+) -> None:
+    log = tmp_path / "postfix.log"
+    log.write_bytes(b"")
+    directory = tmp_path / "spool"
+    appender = spool_with(directory, 1)
+    appender.close()
+    segment = directory / sorted(p.name for p in directory.glob("records-*.jsonl"))[-1]
+    with segment.open("ab") as file:
+        file.write(b'{"node":"relay-1","queue_id":"4jdf')  # the milter was killed mid-write
+    appender = spool_with(directory, 2)  # the restarted milter writes a new segment
+    now = [100.0]
+    metrics = FollowerMetrics()
+    f = Follower(url, NODE, log, metrics, spool=SpoolReader(directory), poll=0.01, clock=lambda: now[0])
+
+    def said(name: str) -> int:
+        return sum(1 for entry in logs if entry["event"] == name)
+
+    run_out(f)
+    assert (said("tracking_spool_records_found"), said("tracking_spool_records_stored")) == (1, 1)
+    assert said("tracking_spool_line_skipped") == 1 and metrics.spool_skipped._value.get() == 1
+    now[0] += 10  # soon after: no new "found" line
+    appender.append([message_record(qid(3)).as_dict()])
+    run_out(f)
+    assert said("tracking_spool_records_found") == 1
+    now[0] += 61  # after a minute without records: said again
+    appender.append([message_record(qid(4)).as_dict()])
+    run_out(f)
+    f.close()
+    assert said("tracking_spool_records_found") == 2
+    assert metrics.spool_skipped._value.get() == 1  # counted once, not at every read
+    real = open_store(url)
+    try:
+        assert sorted(m.record.queue_id for m in real.messages(limit=None)) == [qid(n) for n in (1, 2, 3, 4)]
+    finally:
+        real.close()

@@ -1,10 +1,12 @@
-"""The milter's tracking writer with a real SQLite store: records arrive, wait while the store is
-down, drain in order afterwards, and a restart replays its spool without counting twice."""
+"""The milter's tracking writer and the spool it shares with the follower: the milter only appends
+(never a store), a full spool loses whole batches and counts them, and an appender and a reader
+with separate spool objects, working at once in two threads, see every record once and in order."""
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,11 +14,9 @@ import Milter
 import pytest
 
 from smtpplus_milter.core.tracking import MessageRecord
-from smtpplus_milter.infra.spool import Pending, Spool
-from smtpplus_milter.infra.store import TrackingStore, open_store
-from smtpplus_milter.infra.store.base import RecordResult
-from smtpplus_milter.infra.store.sql import SqlStore
+from smtpplus_milter.infra.spool import SpoolAppender, SpoolReader, segments
 from smtpplus_milter.observe.metrics import Metrics
+from smtpplus_milter.services import tracking
 from smtpplus_milter.services.runtime import Runtime
 from smtpplus_milter.services.tracking import TrackingWriter
 from tests.support.builders import config_with, message_record
@@ -36,75 +36,46 @@ def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def stored(url: str, queue_id: str) -> bool:
-    store = open_store(url)
-    try:
-        store.migrate()
-        return store.message(queue_id) is not None
-    finally:
-        store.close()
+def spooled_ids(directory: Path) -> list[str]:
+    return [str(item["queue_id"]) for item in SpoolReader(directory).read(limit=100_000).records]
 
 
-def test_records_reach_the_store(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/tracking.db"
+def test_records_reach_the_spool_and_the_milter_opens_no_store(tmp_path: Path) -> None:
     metrics = Metrics()
-    writer = TrackingWriter(url, Spool(tmp_path / "spool", max_bytes=1 << 20), metrics, interval=0.01)
+    writer = TrackingWriter(SpoolAppender(tmp_path / "spool", max_bytes=1 << 20), metrics, interval=0.01)
     writer.start()
     try:
         writer.submit(record("4jdfvM0wYyzJVF1"))
         writer.submit(record("4jdfvM0wYyzJVF2"))
-        eventually(lambda: stored(url, "4jdfvM0wYyzJVF2"))
+        eventually(lambda: spooled_ids(tmp_path / "spool") == ["4jdfvM0wYyzJVF1", "4jdfvM0wYyzJVF2"])
     finally:
         writer.stop()
-    assert stored(url, "4jdfvM0wYyzJVF1")
-    assert metrics.registry.get_sample_value("smtpplus_tracking_spooled") == 0
+    assert writer.spooled == 2
+    assert not hasattr(tracking, "open_store")  # the milter's side has no way to a store any more
+    assert metrics.registry.get_sample_value("smtpplus_tracking_spooled") is None  # the follower's metric
 
 
-def test_records_wait_while_the_store_is_down_then_drain(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/tracking.db"
-    down = True
-
-    def opener(address: str) -> TrackingStore:
-        if down:
-            raise OSError("connection refused (store down)")
-        return open_store(address)
-
-    metrics = Metrics()
-    writer = TrackingWriter(url, Spool(tmp_path / "spool", max_bytes=1 << 20), metrics, opener=opener, interval=0.01)
+def test_stop_spools_what_is_still_queued(tmp_path: Path) -> None:
+    writer = TrackingWriter(SpoolAppender(tmp_path / "spool", max_bytes=1 << 20), Metrics(), interval=3600)
     writer.start()
-    try:
-        for number in range(5):
-            writer.submit(record(f"4jdfvM0wYyzJVF{number}"))
-        eventually(lambda: metrics.registry.get_sample_value("smtpplus_tracking_spooled") == 5)
-        writer._next_try = 0.0  # no need to wait out the back-off in a test
-        down = False
-        eventually(lambda: metrics.registry.get_sample_value("smtpplus_tracking_spooled") == 0)
-    finally:
-        writer.stop()
-    assert all(stored(url, f"4jdfvM0wYyzJVF{number}") for number in range(5))
+    for number in range(3):
+        writer.submit(record(f"4jdfvM0wYyzJV{number}"))
+    writer.stop()  # the thread never flushed (an hour's interval): stop does
+    assert spooled_ids(tmp_path / "spool") == [f"4jdfvM0wYyzJV{number}" for number in range(3)]
 
 
-def test_a_restart_drains_the_spool_without_counting_twice(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/tracking.db"
-    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
-    # As if the milter was killed after writing the spool and after the store took the first
-    # record, but before the spool's done mark moved.
-    spool.append([record("4jdfvM0wYyzJVF1").as_dict(), record("4jdfvM0wYyzJVF2").as_dict()])
-    spool.close()
-    first = open_store(url)
-    first.migrate()
-    first.record_messages([record("4jdfvM0wYyzJVF1")])
-    first.close()
+def test_a_full_spool_loses_whole_batches_and_counts_them(tmp_path: Path) -> None:
     metrics = Metrics()
-    writer = TrackingWriter(url, Spool(tmp_path / "spool", max_bytes=1 << 20), metrics, interval=0.01)
-    assert metrics.registry.get_sample_value("smtpplus_tracking_spooled") == 2
-    writer.start()
+    size = len(record("4jdfvM0wYyzJVF1").as_dict().__repr__())
+    writer = TrackingWriter(SpoolAppender(tmp_path / "spool", max_bytes=size * 3), metrics, interval=3600)
+    writer.submit(record("4jdfvM0wYyzJVF1"))
+    writer._flush()
+    for number in range(5):
+        writer.submit(record(f"4jdfvM0wYyzJW{number}"))
+    writer._flush()  # one batch of five: over the bound, refused whole
     writer.stop()
-    store = open_store(url)
-    try:
-        assert len(list(store.messages(limit=None))) == 2
-    finally:
-        store.close()
+    assert metrics.registry.get_sample_value("smtpplus_tracking_lost_total") == 5
+    assert spooled_ids(tmp_path / "spool") == ["4jdfvM0wYyzJVF1"]
 
 
 def test_the_milter_records_an_accepted_message_with_its_recipients(tmp_path: Path) -> None:
@@ -112,7 +83,7 @@ def test_the_milter_records_an_accepted_message_with_its_recipients(tmp_path: Pa
     config = config_with(tmp_path, settings={"tracking": {"store": url, "node": "relay-1", "spool_dir": "spool"}})
     assert config.tracking is not None
     metrics = Metrics()
-    writer = TrackingWriter(url, Spool(config.tracking.spool_dir, max_bytes=1 << 20), metrics, interval=0.01)
+    writer = TrackingWriter(SpoolAppender(config.tracking.spool_dir, max_bytes=1 << 20), metrics, interval=0.01)
     writer.start()
     runtime = Runtime(config, metrics=metrics, tracking=writer)
     session = Session(runtime, "shop-frontend", queue_id="4jdfvM0wYyzJVF9")
@@ -121,72 +92,55 @@ def test_the_milter_records_an_accepted_message_with_its_recipients(tmp_path: Pa
     refused = Session(runtime, "shop-frontend", queue_id="4jdfvM0wYyzJVF8")
     assert refused.message("ceo@bank.example", headers)[1] == Milter.REJECT
     writer.stop()
-    store = open_store(url)
-    try:
-        message = store.message("4jdfvM0wYyzJVF9")
-        assert message is not None
-        assert (message.record.node, message.record.user, message.record.subject) == (
-            "relay-1",
-            "shop-frontend",
-            "Bestellbestätigung",
-        )
-        assert [(story.address, story.state) for story in message.recipients] == [("rcpt@example.org", "queued")]
-        assert store.message("4jdfvM0wYyzJVF8") is None  # refused: never queued, never recorded
-    finally:
-        store.close()
+    [item] = SpoolReader(config.tracking.spool_dir).read().records  # refused: never queued, never recorded
+    message = MessageRecord.from_dict(item)
+    assert (message.node, message.queue_id, message.user, message.subject, message.recipients) == (
+        "relay-1",
+        "4jdfvM0wYyzJVF9",
+        "shop-frontend",
+        "Bestellbestätigung",
+        ("rcpt@example.org",),
+    )
 
 
 @pytest.mark.parametrize(
-    ("left_over", "read_back", "store_calls"),
+    ("segment_bytes", "limit"),
     [
-        # Nothing older in the spool: the three flushes' batches go to the store as they are, in one call.
-        pytest.param(0, 0, [3], id="nothing-older-no-read-back"),
-        # Lines from before a restart: read back, in order, with what came after them.
-        pytest.param(2, 1, [5], id="left-over-lines-read-back-first"),
+        pytest.param(1 << 20, 500, id="one-segment"),
+        pytest.param(2_000, 7, id="many-small-segments-small-batches"),
     ],
 )
-def test_the_store_gets_the_spool_in_order_reading_back_only_what_it_must(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, left_over: int, read_back: int, store_calls: list[int]
+def test_an_appender_and_a_reader_at_once_see_every_record_once_in_order(
+    tmp_path: Path, segment_bytes: int, limit: int
 ) -> None:
-    url = f"sqlite:///{tmp_path}/tracking.db"
-    if left_over:
-        spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
-        spool.append([record(f"OLD{number}").as_dict() for number in range(left_over)])
-        spool.close()
-    reads: list[int] = []
-    pending = Spool.pending
+    directory = tmp_path / "spool"
+    total = 3_000
+    appender = SpoolAppender(directory, max_bytes=1 << 30, segment_bytes=segment_bytes)
+    reader = SpoolReader(directory)  # its own object, as in the follower's process
+    seen: list[int] = []
+    done = threading.Event()
+    problems: list[BaseException] = []
 
-    def counted(self: Spool, limit: int = 1000) -> Pending:
-        found = pending(self, limit)
-        if found.records:
-            reads.append(len(found.records))
-        return found
+    def read() -> None:
+        try:
+            while not (done.is_set() and len(seen) == total):
+                batch = reader.read(limit=limit)
+                seen.extend(int(str(item["n"])) for item in batch.records)
+                assert batch.skipped == ()
+                if batch.end != reader.mark:
+                    reader.mark_done(batch.end)
+                if not batch.records:
+                    time.sleep(0.001)
+        except BaseException as exc:  # reported to the test's thread
+            problems.append(exc)
 
-    monkeypatch.setattr(Spool, "pending", counted)
-    order: list[str] = []
-    calls: list[int] = []
-    real = SqlStore.record_messages
-
-    def recorded(self: SqlStore, records: Iterable[MessageRecord]) -> RecordResult:
-        records = list(records)
-        order.extend(one.queue_id for one in records)
-        calls.append(len(records))
-        return real(self, records)
-
-    monkeypatch.setattr(SqlStore, "record_messages", recorded)
-    metrics = Metrics()
-    writer = TrackingWriter(url, Spool(tmp_path / "spool", max_bytes=1 << 20), metrics, interval=3600)
-    writer._next_store = float("inf")  # the store's turn has not come: the flushes only write the spool
-    for number in range(3):
-        writer.submit(record(f"NEW{number}"))
-        writer._spool_incoming()
-        writer._drain()
-    assert calls == []
-    writer.stop()  # the store's turn: everything spooled goes in
-
-    assert order == [*(f"OLD{number}" for number in range(left_over)), "NEW0", "NEW1", "NEW2"]
-    assert len(reads) == read_back
-    assert calls == store_calls
-    assert writer.stored == left_over + 3
-    assert metrics.registry.get_sample_value("smtpplus_tracking_spooled") == 0
-    assert Spool(tmp_path / "spool", max_bytes=1 << 20).count_pending() == 0
+    thread = threading.Thread(target=read)
+    thread.start()
+    for start in range(0, total, 30):
+        appender.append([{"n": n, "pad": "x" * 40} for n in range(start, start + 30)])
+    done.set()
+    thread.join(60)
+    assert not thread.is_alive() and problems == []
+    assert seen == list(range(total))
+    assert segments(directory) == [appender.segment]  # every done segment but the newest is deleted
+    assert SpoolReader(directory).count() == 0
