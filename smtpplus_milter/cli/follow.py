@@ -8,6 +8,7 @@ and serves the follower's own metrics on ``tracking.metrics_listen``.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,12 @@ def main(args: argparse.Namespace) -> int:
         )
         return 1
     from smtpplus_milter.infra.spool import SpoolProblem, SpoolReader
+    from smtpplus_milter.infra.suppression_file import NAME as SNAPSHOT_NAME
+    from smtpplus_milter.infra.suppression_file import Writer as SnapshotWriter
     from smtpplus_milter.observe import log as logsetup
     from smtpplus_milter.observe.metrics import FollowerMetrics, serve_metrics
     from smtpplus_milter.services.follower import Follower, FollowerService
+    from smtpplus_milter.services.notifier import Notifier, plan_of, planner
 
     logsetup.configure(cache=True)
 
@@ -59,6 +63,16 @@ def main(args: argparse.Namespace) -> int:
             spool = SpoolReader(tracking.spool_dir)
         except SpoolProblem as exc:
             raise StartupFailed(str(exc)) from None
+        plan = plan_of(config)
+        notifier = None
+        if config.notify.sender is not None or any(value.sender for value in config.list_notify.values()):
+            notifier = Notifier(
+                None,
+                config.notify.smtp,
+                config.notify.sender or "",
+                f"{tracking.node}:{os.getpid()}",
+                count=lambda kind, result: metrics.notifications.labels(kind=kind, result=result).inc(),
+            )
         follower = Follower(
             tracking.store,
             tracking.node,
@@ -66,6 +80,10 @@ def main(args: argparse.Namespace) -> int:
             metrics,
             retention_days=tracking.retention_days,
             spool=spool,
+            policy=config.bounces.policy,
+            on_outcome=planner(plan),
+            notifier=notifier,
+            snapshot=SnapshotWriter(tracking.spool_dir / SNAPSHOT_NAME),
         )
         details = {
             "maillog": str(tracking.maillog),

@@ -71,6 +71,12 @@ class Metrics:
             "Tracking records that could not be kept (the spool was full or unwritable)",
             registry=registry,
         )
+        self.suppressed = Counter(
+            "smtpplus_suppressed",
+            "Recipients kept from SMTP+ messages by the suppression list, by user and reason",
+            ["user", "reason"],
+            registry=registry,
+        )
         self.build_info = Gauge("smtpplus_build_info", "Build information", ["version"], registry=registry)
         self.build_info.labels(version=__version__).set(1)
 
@@ -97,6 +103,18 @@ class FollowerMetrics:
             registry=registry,
         )
         self.lines = Counter("smtpplus_follower_lines", "Log lines the follower read", registry=registry)
+        self.notifications = Counter(
+            "smtpplus_notifications",
+            "Bounce and complaint notices by kind and result (sent, failed: tried again later)",
+            ["kind", "result"],
+            registry=registry,
+        )
+        self.bounces = Counter(
+            "smtpplus_bounces",
+            "Bounced delivery attempts by SMTP+ user and class (hard, soft, blocked)",
+            ["user", "type"],
+            registry=registry,
+        )
         self.store_errors = Counter(
             "smtpplus_follower_store_errors",
             "Writes to the tracking store that failed (the batch is retried with back-off)",

@@ -55,12 +55,15 @@ from smtpplus_milter.core.postfix_log import (
     parse_line,
     peek_queue_id,
 )
+from smtpplus_milter.core.suppression import Policy
 from smtpplus_milter.core.tracking import MessageRecord
 from smtpplus_milter.infra.spool import SpoolProblem, SpoolReader
 from smtpplus_milter.infra.store import TrackingStore, open_store
-from smtpplus_milter.infra.store.base import Attempt, Expiration, Position, StoredLink
+from smtpplus_milter.infra.store.base import Attempt, Expiration, OnOutcome, Position, StoredLink
+from smtpplus_milter.infra.suppression_file import Writer as SnapshotWriter
 from smtpplus_milter.observe.log import get_logger
 from smtpplus_milter.observe.metrics import FollowerMetrics
+from smtpplus_milter.services.notifier import Notifier
 
 log = get_logger()
 
@@ -69,6 +72,9 @@ CHUNK_BYTES = 1024 * 1024  # one read, one store transaction
 FINGERPRINT_BYTES = 256
 REFRESH_SECONDS = 2.0
 PRUNE_SECONDS = 3600.0
+# Notices sent and the suppression snapshot refreshed this often (the milter sees a new entry
+# within this plus its own one-second check).
+DUTY_SECONDS = 5.0
 PRUNE_BATCH = 500
 REMOVED_GRACE_SECONDS = 600.0  # a notification or a late line may follow "removed"
 MAX_WANTED = 200_000
@@ -200,6 +206,10 @@ class Follower:
         *,
         retention_days: int | None = None,
         spool: SpoolReader | None = None,
+        policy: Policy | None = None,
+        on_outcome: OnOutcome | None = None,
+        notifier: Notifier | None = None,
+        snapshot: SnapshotWriter | None = None,
         opener: Callable[[str], TrackingStore] = open_store,
         zone: tzinfo | None = None,
         poll: float = POLL_SECONDS,
@@ -213,6 +223,14 @@ class Follower:
         self.metrics = metrics
         self.retention_days = retention_days
         self.spool = spool
+        # Issue 14's duties, done in this process because it holds the store: the suppression
+        # rules and notices applied with each outcome, sending the notices, and the snapshot of
+        # the suppression list the milter checks at RCPT.
+        self.policy = policy
+        self.on_outcome = on_outcome
+        self.notifier = notifier
+        self.snapshot = snapshot
+        self._next_duties = 0.0
         self.opener = opener
         # Postfix writes the classic timestamp in local time.
         self.zone = zone if zone is not None else (datetime.now().astimezone().tzinfo or UTC)
@@ -357,11 +375,27 @@ class Follower:
                 self._finished[qid] = None
                 if len(self._finished) > MAX_FINISHED:
                     del self._finished[next(iter(self._finished))]
+        if now >= self._next_duties and (self.notifier is not None or self.snapshot is not None):
+            self._next_duties = now + DUTY_SECONDS
+            self._duties(store)
         if self.retention_days is not None and now >= self._next_prune:
             self._next_prune = now + PRUNE_SECONDS
             before = datetime.fromtimestamp(self.wall(), UTC) - timedelta(days=self.retention_days)
             pruned = store.prune(before, batch=PRUNE_BATCH)
             log.info("tracking_pruned", messages=pruned, before=before.isoformat())
+
+    def _duties(self, store: TrackingStore) -> None:
+        """Send due notices and refresh the suppression snapshot; failures wait for the next turn."""
+        moment = datetime.fromtimestamp(self.wall(), UTC)
+        if self.snapshot is not None:
+            entries = ((e.address, e.scope, e.reason, e.created) for e in store.suppressions(now=moment))
+            if self.snapshot.update(entries, moment):
+                log.info("suppression_snapshot_written", path=str(self.snapshot.path))
+        if self.notifier is not None:
+            try:
+                self.notifier.run_once(store)
+            except Exception as exc:  # the notices stay in the outbox: nothing is lost
+                log.warning("notifications_not_sent", reason=f"{type(exc).__name__}: {str(exc)[:300]}")
 
     # -- the milter's spool --------------------------------------------------------------------------
 
@@ -596,12 +630,21 @@ class Follower:
 
     def _write(self, batch: _Batch) -> None:
         assert self._store is not None
-        result = self._store.record_attempts(batch.attempts, batch.position, batch.links, batch.expirations)
+        result = self._store.record_attempts(
+            batch.attempts,
+            batch.position,
+            batch.links,
+            batch.expirations,
+            policy=self.policy,
+            on_outcome=self.on_outcome,
+        )
         replayed = result.replayed
         if replayed < len(batch.attempts) or not batch.attempts:
             # A batch re-read after a crash is mostly replays: count only a batch that is mostly new.
             for attempt, user in zip(batch.attempts, batch.users, strict=True):
                 self.metrics.deliveries.labels(user=user, status=attempt.status).inc()
+                if attempt.status == "bounced" and attempt.failure_class is not None:
+                    self.metrics.bounces.labels(user=user, type=attempt.failure_class).inc()
         expired = result.new - (len(batch.attempts) - replayed)
         if expired > 0:
             user = next(iter(batch.expiring_users)) if len(batch.expiring_users) == 1 else UNKNOWN_USER

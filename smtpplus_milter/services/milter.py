@@ -129,6 +129,10 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
             log.error("macros_not_requested", reason=str(exc), consequence="sessions without a login get 451")
             return answer
         self.macros_requested = True
+        if self.runtime.suppressions is not None:
+            # The suppression list is checked at RCPT: Postfix must wait for that answer.
+            opts[1] &= ~Milter.P_NR_RCPT
+            self._protocol = opts[1]
         return answer
 
     # Steps we never need: Postfix skips them entirely.
@@ -140,12 +144,24 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
     def hello(self, hostname: str) -> int:
         return Milter.CONTINUE
 
-    # Each recipient Postfix accepted, for the tracking record; no reply, so Postfix never waits.
+    # Each recipient Postfix accepted: for the tracking record, and checked against the suppression
+    # list. Without tracking nothing is answered here (noreply: Postfix does not wait).
     @Milter.noreply
     @_guarded(replying=False)
     def envrcpt(self, to: str, *params: str) -> int:
-        if self.session is not None and self.runtime.tracking is not None:
-            self.session.recipient(to)
+        session = self.session
+        if session is None or self.runtime.tracking is None or session.decided:
+            return Milter.CONTINUE
+        reader = self.runtime.suppressions
+        index = reader.current().index if reader is not None else None
+        config, _rules = self.runtime.snapshot()
+        step = session.recipient(to, index, drop=config.suppression.action == "drop")
+        if session.suppressed and session.suppressed[-1].rcpt_to == to:
+            reason = session.suppressed[-1].entry.reason
+            self.runtime.metrics.suppressed.labels(user=session.login or "", reason=reason).inc()
+        if step.action is Action.REJECT and step.reply is not None:
+            self._set_reply(step.reply)  # this recipient only; the others go on
+            return Milter.REJECT
         return Milter.CONTINUE
 
     @_guarded(replying=True)
@@ -213,9 +229,13 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
         self._apply(end.edits)
         if end.banner is not None and self.spool is not None:
             self._add_banner(session, self.spool)
+        for rcpt in end.drop:  # suppressed recipients accepted under suppression.action drop
+            self.delrcpt(rcpt)
+        if end.sender is not None:  # bounces.return_path: reports come back to the relay
+            self.chgfrom(f"<{end.sender}>")
         session.accept()
         self._report()
-        return Milter.CONTINUE
+        return _ANSWERS[end.step.action]
 
     def abort(self) -> int:
         # RSET, QUIT or a dropped client in the middle of a message: it was never accepted.

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from smtpplus_milter.config import Config, ConfigError, load_config
 from smtpplus_milter.config.rules import rules_of
 from smtpplus_milter.core.session import Rules
+from smtpplus_milter.infra.suppression_file import NAME as SNAPSHOT_NAME
+from smtpplus_milter.infra.suppression_file import Reader
 from smtpplus_milter.observe.alerts import AlertDispatcher
 from smtpplus_milter.observe.log import Emit, emit_now, get_logger
 from smtpplus_milter.observe.metrics import Metrics
@@ -153,6 +155,13 @@ class Runtime:
         # Where accepted messages' records go (None: tracking off); its node is fixed at start.
         self.tracking = tracking
         self.node = config.tracking.node if config.tracking is not None else ""
+        # The suppression list as the follower last wrote it (checked at RCPT; tracking on only).
+        self.suppressions: Reader | None = None
+        if config.tracking is not None and tracking is not None:
+            self.suppressions = Reader(
+                config.tracking.spool_dir / SNAPSHOT_NAME,
+                on_problem=lambda reason: log.warning("suppression_list_unavailable", reason=reason),
+            )
         self.reporter = Reporter(self.metrics, alerts, emit)
         self._current: tuple[Config, Rules] = (config, rules_of(config))
         self.budget = ByteBudget(injection_budget(config.settings.limits.max_message_bytes))

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from smtpplus_milter.observe.metrics import Metrics
+from smtpplus_milter.observe.metrics import FollowerMetrics, Metrics
 
 PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULES = PROMETHEUS / "smtpplus-rules.yml"
@@ -31,9 +31,10 @@ _LABEL_VALUES = re.compile(r"^\s*label_values\(\s*(?:(?P<expr>.*),\s*)?(?P<label
 
 
 def exported_names() -> set[str]:
-    """Every series name metrics.py exposes, suffixes included."""
+    """Every series name metrics.py exposes (the milter's and the follower's), suffixes included."""
     names: set[str] = set()
-    for family in Metrics().registry.collect():
+    families = [*Metrics().registry.collect(), *FollowerMetrics().registry.collect()]
+    for family in families:
         if family.type == "counter":
             names.add(f"{family.name}_total")
         elif family.type == "histogram":
@@ -162,6 +163,7 @@ def test_rules_cover_the_issue() -> None:
         "SMTPPlusHighRejectRatio",
         "SMTPPlusConfigReloadFailed",
         "SMTPPlusAlertSinkFailing",
+        "SMTPPlusBounceRateHigh",
     }
 
 
