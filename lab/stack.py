@@ -12,7 +12,7 @@ import secrets
 import shutil
 import smtplib
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,8 @@ class SendResult:
     stage: str  # "done" | "connect" | "starttls" | "auth" | "mail" | "rcpt" | "data"
     code: int
     text: str
+    # Recipients refused while others were accepted: address -> (code, reply text).
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return f"{self.code} {self.text}" if not self.accepted else f"accepted ({self.code} {self.text})"
@@ -300,7 +302,7 @@ def submit(
                 except smtplib.SMTPAuthenticationError as exc:
                     return SendResult(False, "auth", exc.smtp_code, _text(exc.smtp_error))
             try:
-                client.sendmail(mail_from, rcpt_to, message)
+                refused = client.sendmail(mail_from, rcpt_to, message)
             except smtplib.SMTPSenderRefused as exc:
                 return SendResult(False, "mail", exc.smtp_code, _text(exc.smtp_error))
             except smtplib.SMTPRecipientsRefused as exc:
@@ -308,7 +310,8 @@ def submit(
                 return SendResult(False, "rcpt", code, _text(text))
             except smtplib.SMTPDataError as exc:
                 return SendResult(False, "data", exc.smtp_code, _text(exc.smtp_error))
-            return SendResult(True, "done", 250, "queued")
+            partly = {address: (code, _text(text)) for address, (code, text) in refused.items()}
+            return SendResult(True, "done", 250, "queued", partly)
     except smtplib.SMTPConnectError as exc:
         return SendResult(False, "connect", exc.smtp_code, _text(exc.smtp_error))
     except smtplib.SMTPResponseException as exc:
