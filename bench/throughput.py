@@ -34,14 +34,17 @@ import functools
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lab.harness import LOOPBACK, free_port
 from lab.milter_process import FollowerProcess, MilterProcess, prepare_socket_dir
 from lab.stack import DEPLOY, Stack, deep_merge
+from smtpplus_milter.infra.store import open_store
+from smtpplus_milter.infra.store.base import Suppression
+from smtpplus_milter.infra.suppression_file import NAME as SNAPSHOT_NAME
 from tests.support import postgres
 
 HERE = Path(__file__).resolve().parent
@@ -71,6 +77,7 @@ MODE_LABELS = {
     "footer": "milter unix + footer",
     "tracking": "milter unix + tracking (SQLite)",
     "tracking-pg": "milter unix + tracking (PostgreSQL)",
+    "tracking-supp": "milter unix + tracking (SQLite) + 10,000 suppressed",
     "noop": "no-op milter unix",
     "lean": "lean no-op milter unix",
 }
@@ -81,7 +88,10 @@ VARIANT_PREFIX = "v:"  # v:timing = smtpplus-milter on a unix socket with bench/
 REVISION_PREFIX = "rev:"
 
 
-TRACKING_MODES = ("tracking", "tracking-pg")
+TRACKING_MODES = ("tracking", "tracking-pg", "tracking-supp")
+# tracking-supp: this many suppressed addresses (none of them a recipient the benchmark sends to),
+# so the milter answers every RCPT and looks each recipient up.
+SUPPRESSED = 10_000
 TCP_SUFFIX = "@tcp"  # lean@tcp, v:cache@tcp: an extra milter on TCP instead of a unix socket
 
 
@@ -248,6 +258,10 @@ class Rig:
         self.tracking_followers: dict[str, FollowerProcess] = {}
         self.pg_server: postgres.Server | None = None
         self.writer_cpu: dict[str, tuple[float, int]] = {}  # mode: (writer thread CPU s, records spooled)
+        # mode: the highest follower lag and spool backlog seen while the run went on (sampled).
+        self.follower_peak: dict[str, tuple[float, float]] = {}
+        self._sampling = threading.Event()
+        self._sampler: threading.Thread | None = None
         self._cleanup = contextlib.ExitStack()
         self.crypt_auth = crypt_auth
         self.sink_port = free_port()
@@ -330,6 +344,22 @@ class Rig:
         if "tracking" in self.extra:
             # The same milter recording every accepted message into a SQLite store (tracking on).
             self._start_tracking("tracking", f"sqlite:///{stack.workdir}/tracking.db")
+        if "tracking-supp" in self.extra:
+            url = f"sqlite:///{stack.workdir}/tracking-supp.db"
+            store = open_store(url)
+            try:
+                store.migrate()
+                now = datetime.now(UTC)
+                store.suppress(
+                    Suppression("global", f"gone{n}@suppressed.example", "manual", now) for n in range(SUPPRESSED)
+                )
+            finally:
+                store.close()
+            self._start_tracking("tracking-supp", url)
+            snapshot = stack.workdir / "tracking-supp-spool" / SNAPSHOT_NAME
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not snapshot.exists():
+                time.sleep(0.2)  # the follower writes it within its first duty cycle
         if "tracking-pg" in self.extra:
             # The same into PostgreSQL: a private server of our own (tests/support/postgres.py;
             # fsync off there, which only spares the server's disk, not the milter's CPU).
@@ -416,6 +446,31 @@ class Rig:
         self.tracking_milters[name] = process
         process.start()
         self.modes[name] = Mode(name, free_port(), spec, process.pid)
+
+    def start_sampling(self) -> None:
+        """Read every tracking follower's lag and spool backlog twice a second until stop()."""
+        if not self.tracking_followers:
+            return
+
+        def sample() -> None:
+            while not self._sampling.wait(0.5):
+                for name, follower in list(self.tracking_followers.items()):
+                    try:
+                        text = follower.metrics_text()
+                    except OSError:
+                        continue
+                    lag = _gauge(text, "smtpplus_follower_lag_seconds")
+                    spooled = _gauge(text, "smtpplus_tracking_spooled")
+                    old_lag, old_spooled = self.follower_peak.get(name, (0.0, 0.0))
+                    self.follower_peak[name] = (max(old_lag, lag), max(old_spooled, spooled))
+
+        self._sampler = threading.Thread(target=sample, name="follower-sampler", daemon=True)
+        self._sampler.start()
+
+    def stop_sampling(self) -> None:
+        self._sampling.set()
+        if self._sampler is not None:
+            self._sampler.join(5)
 
     def _stop_tracking(self, name: str) -> None:
         """Stop a tracking milter and keep what its writer thread said it cost (before the logs go);
@@ -800,6 +855,7 @@ def main(argv: list[str] | None = None) -> int:
                 per_mode[mode] += warm["ok"]
                 if warm["failed"]:
                     raise RuntimeError(f"warm-up of {mode} failed: {warm['failures']}")
+        rig.start_sampling()  # the followers' lag and spool backlog while the rounds run
         for repeat in range(args.repeat):
             for concurrency, per_session in shapes:
                 shift = repeat % len(args.mode_list)
@@ -831,6 +887,7 @@ def main(argv: list[str] | None = None) -> int:
         undelivered = log.count("status=deferred") + log.count("status=bounced")
         problems = rig.check_decisions(per_mode)
     finally:
+        rig.stop_sampling()
         rig.stop()
     elapsed = time.monotonic() - started
     table, valid = report(list(scenarios.values()), args.mode_list)
@@ -841,6 +898,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for problem in problems:
         print(f"PROBLEM: {problem}")
+    for name, (lag, spooled) in rig.follower_peak.items():
+        print(f"{mode_label(name)}: follower lag at most {lag:.2f} s, spool backlog at most {spooled:.0f} records")
     for name, (cpu, stored) in rig.writer_cpu.items():
         # Over the whole run (warm-up included): the part of the milter's CPU the tracking writer took.
         print(
@@ -864,6 +923,11 @@ def main(argv: list[str] | None = None) -> int:
             encoding="utf-8",
         )
     return 0 if valid else 1
+
+
+def _gauge(text: str, name: str) -> float:
+    match = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
 
 
 if __name__ == "__main__":

@@ -129,8 +129,10 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
             log.error("macros_not_requested", reason=str(exc), consequence="sessions without a login get 451")
             return answer
         self.macros_requested = True
-        if self.runtime.suppressions is not None:
-            # The suppression list is checked at RCPT: Postfix must wait for that answer.
+        reader = self.runtime.suppressions
+        if reader is not None and reader.current().entries:
+            # The suppression list is checked at RCPT: Postfix must wait for that answer. Decided
+            # per connection: while the list is empty, RCPT stays unanswered (no round trip).
             opts[1] &= ~Milter.P_NR_RCPT
             self._protocol = opts[1]
         return answer
@@ -153,7 +155,9 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
         if session is None or self.runtime.tracking is None or session.decided:
             return Milter.CONTINUE
         reader = self.runtime.suppressions
-        index = reader.current().index if reader is not None else None
+        # Only a connection that answers RCPT can refuse one (see negotiate).
+        checking = reader is not None and not getattr(self, "_protocol", 0) & Milter.P_NR_RCPT
+        index = reader.current().index if checking and reader is not None else None
         config, _rules = self.runtime.snapshot()
         step = session.recipient(to, index, drop=config.suppression.action == "drop")
         if session.suppressed and session.suppressed[-1].rcpt_to == to:
