@@ -24,7 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from smtpplus_milter.core.suppression import REASONS, Entry
-from smtpplus_milter.infra.files import FileProblem, Ownership, replace_atomically
+from smtpplus_milter.infra.files import Ownership, replace_atomically
 
 NAME = "suppressions.tsv"
 VERSION = 1
@@ -71,7 +71,7 @@ def parse(data: bytes) -> Snapshot:
         raise SnapshotProblem(f"the first line is not '# smtpplus-suppressions {VERSION} ...'")
     try:
         generated = datetime.fromtimestamp(float(fields[3].removeprefix("generated=")), UTC)
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
         raise SnapshotProblem("the first line has no generated=EPOCH") from None
     index: dict[str, list[Entry]] = {}
     count = 0
@@ -140,7 +140,7 @@ class Reader:
             return
         try:
             self._snapshot = parse(self.path.read_bytes())
-        except (OSError, SnapshotProblem, FileProblem) as exc:
+        except Exception as exc:  # whatever the file holds, RCPT goes on with the last good list
             self._problem(f"{self.path}: {exc}; kept the previous list")
 
     def _problem(self, reason: str) -> None:
