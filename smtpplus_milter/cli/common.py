@@ -26,7 +26,7 @@ from smtpplus_milter.config import Config, ConfigError, ConfigProblem, load_conf
 from smtpplus_milter.core.users import User
 from smtpplus_milter.infra.files import FileProblem
 from smtpplus_milter.infra.passwd import PasswdProblem
-from smtpplus_milter.infra.store import TrackingStore, open_store
+from smtpplus_milter.infra.store import StoreProblem, TrackingStore, open_store
 from smtpplus_milter.infra.usersfile import ALLOW_ANY_SENDER, EditProblem
 
 PROGRAM = "smtpplus-milter"
@@ -203,6 +203,18 @@ def moment(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD) or an ISO time") from None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def configured_store(path: Path, command: str = "") -> TrackingStore | None:
+    """The tracking store of the config at *path*, or None with the reason said on stderr."""
+    config = load_or_report(path, command=command)
+    if config is None:
+        return None
+    try:
+        return store_of(config)
+    except StoreProblem as exc:
+        err(f"{PROGRAM}{' ' + command if command else ''}: {exc}")
+        return None
 
 
 def store_of(config: Config) -> TrackingStore | None:

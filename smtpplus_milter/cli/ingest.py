@@ -19,7 +19,7 @@ from smtpplus_milter.config import Config
 from smtpplus_milter.core.reports import MAX_REPORT_BYTES
 
 EX_OK = 0
-EX_TEMPFAIL = 75
+EX_TEMPFAIL = 75  # sysexits.h: Postfix's pipe defers the message and runs ingest again later
 
 
 def add_parser(commands: Any, add_config: Callable[[argparse.ArgumentParser], None]) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from smtpplus_milter.cli import common
-from smtpplus_milter.cli.common import FORMATS, iso, moment, store_of, write_rows
+from smtpplus_milter.cli.common import FORMATS, iso, moment, write_rows
 from smtpplus_milter.core.addresses import AddressError, normalize_address
 from smtpplus_milter.core.suppression import MANUAL, PERMANENT_REASONS, REASONS
 from smtpplus_milter.infra.store import StoreProblem, TrackingStore
@@ -91,14 +91,7 @@ def _scope(args: argparse.Namespace) -> str | None:
 def main(args: argparse.Namespace, now: datetime | None = None) -> int:
     command = f"suppressions {args.suppressions_command}"
     now = now or datetime.now(UTC)
-    config = common.load_or_report(args.config)
-    if config is None:
-        return 1
-    try:
-        store = store_of(config)
-    except StoreProblem as exc:
-        common.err(f"{common.PROGRAM} {command}: {exc}")
-        return 1
+    store = common.configured_store(args.config, command)
     if store is None:
         return 1
     try:

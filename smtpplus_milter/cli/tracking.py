@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from smtpplus_milter.cli import common
-from smtpplus_milter.cli.common import FORMATS, iso, moment, store_of, write_rows
+from smtpplus_milter.cli.common import FORMATS, iso, moment, write_rows
 from smtpplus_milter.infra.store import StoreProblem, TrackingStore
 from smtpplus_milter.infra.store.base import (
     STATES,
@@ -125,14 +125,7 @@ def _limit(text: str) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    config = common.load_or_report(args.config)
-    if config is None:
-        return 1
-    try:
-        store = store_of(config)
-    except StoreProblem as exc:
-        common.err(f"{common.PROGRAM}: {exc}")
-        return 1
+    store = common.configured_store(args.config)
     if store is None:
         return 1
     try:

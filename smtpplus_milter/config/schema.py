@@ -201,12 +201,17 @@ class NotifySection(_Strict):
     @field_validator("from_")
     @classmethod
     def _from(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return str(normalize_address(value))
-        except AddressError as exc:
-            raise ValueError(f"{exc}; write the sender of notices as local@domain") from None
+        return _sender(value, "notices")
+
+
+def _sender(value: str | None, what: str) -> str | None:
+    """A ``from:`` address, normalised; a ValueError that says what it is the sender of."""
+    if value is None:
+        return None
+    try:
+        return str(normalize_address(value))
+    except AddressError as exc:
+        raise ValueError(f"{exc}; write the sender of {what} as local@domain") from None
 
 
 class ListSection(_Strict):
@@ -232,12 +237,7 @@ class VerificationSection(_Strict):
     @field_validator("from_")
     @classmethod
     def _from(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return str(normalize_address(value))
-        except AddressError as exc:
-            raise ValueError(f"{exc}; write the sender of verification mail as local@domain") from None
+        return _sender(value, "verification mail")
 
     @field_validator("relay_ips")
     @classmethod

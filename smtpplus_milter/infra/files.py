@@ -117,7 +117,7 @@ def replace_atomically(
         if isinstance(exc, OSError):
             raise FileProblem(f"cannot replace {path}: {exc.strerror}") from None
         raise
-    _sync_dir(directory)
+    sync_directory(directory)
 
 
 def _own(fd: int, ownership: Ownership) -> None:
@@ -131,7 +131,8 @@ def _own(fd: int, ownership: Ownership) -> None:
     os.fchmod(fd, ownership.mode)
 
 
-def _sync_dir(directory: Path) -> None:
+def sync_directory(directory: Path) -> None:
+    """fsync a directory: a new or renamed file survives a power cut only once its entry is on disk."""
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:

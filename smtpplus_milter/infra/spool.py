@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smtpplus_milter.infra.files import sync_directory
+
 FORMAT = "smtpplus-tracking-spool"
 VERSION = 1
 HEADER = json.dumps({"format": FORMAT, "version": VERSION}, separators=(",", ":")).encode("ascii") + b"\n"
@@ -122,20 +124,6 @@ def _make_directory(directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True, mode=DIRECTORY_MODE)
     except OSError as exc:
         raise SpoolProblem(f"cannot create the spool directory {directory}: {exc.strerror}") from None
-
-
-def _fsync_directory(directory: Path) -> None:
-    # A new or renamed file survives a power cut only once its directory entry is on disk.
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class SpoolAppender:
@@ -226,7 +214,7 @@ class SpoolAppender:
         except OSError as exc:
             os.close(fd)
             raise SpoolProblem(f"cannot write the spool segment {path}: {exc.strerror}") from None
-        _fsync_directory(self.directory)
+        sync_directory(self.directory)
         self.close()
         self._fd, self.segment, self.size = fd, number, len(HEADER)
 

@@ -39,8 +39,6 @@ from smtpplus_milter.infra.store import TrackingStore
 from smtpplus_milter.infra.store.base import Attempt, MessageFilter, Notification, Report, StoredMessage, Suppression
 from smtpplus_milter.services.notifier import bounce_notices, complaint_notices, plan_of
 
-EX_OK = 0
-EX_TEMPFAIL = 75
 INGEST = "ingest"
 
 
