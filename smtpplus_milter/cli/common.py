@@ -53,10 +53,15 @@ def report_problems(problems: Sequence[ConfigProblem], *, command: str = "", hea
         err(f"  {problem}")
 
 
-def load_or_report(path: Path, *, command: str = "", headline: str = "") -> Config | None:
-    """The configuration at *path*, or None after its problems were printed (see :func:`report_problems`)."""
+def load_or_report(
+    path: Path, *, command: str = "", headline: str = "", create_secret: bool = False
+) -> Config | None:
+    """The configuration at *path*, or None after its problems were printed (see :func:`report_problems`).
+
+    *create_secret*: a needed ``secret_file`` that does not exist yet is made (``run``, ``ingest``).
+    """
     try:
-        return load_config(path)
+        return load_config(path, create_secret=create_secret)
     except ConfigError as exc:
         report_problems(exc.problems, command=command, headline=headline)
         return None

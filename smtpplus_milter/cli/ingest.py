@@ -50,7 +50,7 @@ def main(args: argparse.Namespace, stdin: BinaryIO | None = None, now: datetime 
     log = logsetup.get_logger()
     raw = _read(stdin or sys.stdin.buffer)
     now = now or datetime.now(UTC)
-    config = common.load_or_report(args.config, command="ingest")
+    config = common.load_or_report(args.config, command="ingest", create_secret=True)
     if config is None:
         return EX_TEMPFAIL  # the operator fixes the config; Postfix keeps the report meanwhile
     if config.tracking is None:

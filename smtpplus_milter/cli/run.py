@@ -13,7 +13,7 @@ from smtpplus_milter.daemon import Daemon
 
 
 def main(path: Path, pid_file: Path | None = None) -> int:
-    config = load_or_report(path)
+    config = load_or_report(path, create_secret=True)
     if config is None:
         return 1
     from smtpplus_milter.observe import log as logsetup

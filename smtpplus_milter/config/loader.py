@@ -10,8 +10,10 @@ keep serving the old one. Every path the config names is resolved here, once.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import stat
+import tempfile
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -109,6 +111,12 @@ class Config:
                 "hosts or use a unix socket"
             )
         secret = self.secret
+        if secret is None and self.secret_path is not None and self.bounces.return_path is not None:
+            found.append(
+                f"secret_file {self.secret_path} does not exist yet: `smtpplus-milter run` (or ingest) creates it "
+                "on first use; it must be able to write there, else create it yourself: "
+                + _MAKE_SECRET.format(path=self.secret_path)
+            )
         if secret is not None and secret.mode & ~SECRET_MODE_OK:
             found.append(
                 f"secret_file {secret.path} has mode {secret.mode:04o}: whoever can read it can forge bounce "
@@ -117,12 +125,18 @@ class Config:
         return found
 
 
-def load_config(path: Path | str = DEFAULT_CONFIG, *, users_text: str | None = None) -> Config:
+def load_config(
+    path: Path | str = DEFAULT_CONFIG, *, users_text: str | None = None, create_secret: bool = False
+) -> Config:
     """Read and validate the main file and the users file it names; raise ConfigError.
 
     *users_text*, when given, is validated in place of the users file's current content (and
     reported under its path): ``smtpplus-milter users`` checks the file it is about to write
     with exactly the code that ``check-config`` and a reload use.
+
+    *create_secret*: the process uses the tokens (``run``, ``ingest``): a ``secret_file`` that a
+    feature needs and that does not exist yet is created (0600, 32 random bytes, atomically, so two
+    processes starting at once end up with the same key). Without it a missing file is a warning.
     """
     path = Path(path).absolute()
     located = _read(path, "the config file")
@@ -148,7 +162,7 @@ def load_config(path: Path | str = DEFAULT_CONFIG, *, users_text: str | None = N
             )
         )
     try:
-        secret = _secret(secret_path, settings, located, path)
+        secret = _secret(secret_path, settings, located, path, create=create_secret)
     except ConfigError as exc:
         problems[:0] = exc.problems
     if problems:
@@ -185,8 +199,14 @@ def _needs_secret(settings: Settings) -> tuple[str, ...] | None:
     return None
 
 
-def _secret(secret_path: Path | None, settings: Settings, located: Located, path: Path) -> Secret | None:
-    """The key of the tokens, read now if a feature needs it; a ConfigError if it is unusable."""
+def _secret(
+    secret_path: Path | None, settings: Settings, located: Located, path: Path, *, create: bool = False
+) -> Secret | None:
+    """The key of the tokens, read now if a feature needs it; a ConfigError if it is unusable.
+
+    A file that does not exist yet is created when *create* (see :func:`load_config`), else
+    None: the feature waits for the first process that creates it (``Config.warnings`` says so).
+    """
     needed_by = _needs_secret(settings)
     if needed_by is None:
         return None
@@ -207,6 +227,24 @@ def _secret(secret_path: Path | None, settings: Settings, located: Located, path
     where = ("secret_file",)
     line = located.line_of(where)
     make = _MAKE_SECRET.format(path=secret_path)
+    if not secret_path.exists() and not secret_path.is_symlink():
+        if not create:
+            return None
+        try:
+            create_secret_file(secret_path)
+        except OSError as exc:
+            raise ConfigError(
+                [
+                    ConfigProblem(
+                        path,
+                        where,
+                        line,
+                        f"{needer} needs secret_file {secret_path}, which does not exist and cannot be created "
+                        f"here: {exc.strerror or exc}",
+                        f"create it as root: {make}; then chown it to the user the milter runs as",
+                    )
+                ]
+            ) from None
     try:
         with secret_path.open("rb") as handle:
             mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
@@ -251,6 +289,29 @@ def _secret(secret_path: Path | None, settings: Settings, located: Located, path
             ]
         )
     return Secret(secret_path, key, mode)
+
+
+def create_secret_file(path: Path) -> None:
+    """A new key file: 32 random bytes, mode 0600, complete before it appears under its name.
+
+    Written to a temporary name and linked into place, which fails if the name exists: when two
+    processes create it at once, one wins and both then read the winner's key.
+    """
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, secrets.token_bytes(MIN_KEY_BYTES))
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process made it first: its key is the key
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        os.unlink(temporary)
 
 
 def resolve_notify(settings: Settings) -> tuple[Notify, Mapping[str, Notify]]:

@@ -182,7 +182,7 @@ class Runtime:
         with self._reload_lock:
             old = self._current[0]
             try:
-                new = load_config(old.path)
+                new = load_config(old.path, create_secret=True)
             except ConfigError as exc:
                 self.metrics.reloads.labels(result="failed").inc()
                 log.error(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 import yaml
 
 from smtpplus_milter.config import ConfigError, HostPort, load_config
+from smtpplus_milter.config.loader import create_secret_file
 from smtpplus_milter.config.values import Bounces, Notices, Notify, Suppression
 from smtpplus_milter.core.suppression import Policy
 from tests.support.builders import write_config
@@ -128,7 +130,6 @@ def test_secret_mode_wider_than_0640_warns(tmp_path: Path, mode: int, warned: bo
             "bounces.return_path: ",
             id="no-secret-file-key",
         ),
-        pytest.param(None, {"secret_file": "secret"}, "secret_file: ", id="file-missing"),
         pytest.param(b"short", {"secret_file": "secret"}, "holds 5 bytes; a key needs at least 32", id="too-short"),
         pytest.param(b"", {"secret_file": "secret"}, "holds 0 bytes", id="empty"),
         pytest.param(b"k" * 4097, {"secret_file": "secret"}, "longer than 4096 bytes", id="too-long"),
@@ -256,3 +257,34 @@ def test_a_return_path_needs_tracking(tmp_path: Path) -> None:
         load_config(write_config(tmp_path, settings={"secret_file": "secret", "bounces": {"return_path": "b.example"}}))
     [problem] = caught.value.problems
     assert problem.path == ("bounces", "return_path") and "tracking is off" in str(problem)
+
+
+def test_a_missing_secret_is_a_warning_until_run_or_ingest_creates_it(tmp_path: Path) -> None:
+    settings: dict[str, Any] = {"secret_file": "secret", "bounces": {"return_path": "b.example"}, "notify": NOTIFY}
+    checked = _load(tmp_path, **settings)
+    assert checked.secret is None and not (tmp_path / "secret").exists()
+    assert any("does not exist yet" in warning and "umask 077" in warning for warning in checked.warnings)
+
+    path = write_config(tmp_path, settings={**settings, "tracking": {"store": f"sqlite:///{tmp_path}/t.db"}})
+    started = load_config(path, create_secret=True)
+    assert started.secret is not None and len(started.secret.key) == 32
+    secret = tmp_path / "secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and secret.read_bytes() == started.secret.key
+    again = load_config(path, create_secret=True)  # a second process, or a restart: the same key
+    assert again.secret is not None and again.secret.key == started.secret.key
+    create_secret_file(secret)  # losing a race to create it changes nothing
+    assert secret.read_bytes() == started.secret.key
+    assert [name for name in os.listdir(tmp_path) if name.startswith(".secret.")] == []
+
+
+def test_a_secret_that_cannot_be_created_is_a_problem_with_the_command(tmp_path: Path) -> None:
+    settings = {
+        "secret_file": "no-such-dir/secret",
+        "bounces": {"return_path": "b.example"},
+        "notify": NOTIFY,
+        "tracking": {"store": f"sqlite:///{tmp_path}/t.db"},
+    }
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(tmp_path, settings=settings), create_secret=True)
+    [problem] = caught.value.problems
+    assert problem.path == ("secret_file",) and "cannot be created" in str(problem) and "umask 077" in str(problem)
