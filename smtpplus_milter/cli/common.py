@@ -53,9 +53,7 @@ def report_problems(problems: Sequence[ConfigProblem], *, command: str = "", hea
         err(f"  {problem}")
 
 
-def load_or_report(
-    path: Path, *, command: str = "", headline: str = "", create_secret: bool = False
-) -> Config | None:
+def load_or_report(path: Path, *, command: str = "", headline: str = "", create_secret: bool = False) -> Config | None:
     """The configuration at *path*, or None after its problems were printed (see :func:`report_problems`).
 
     *create_secret*: a needed ``secret_file`` that does not exist yet is made (``run``, ``ingest``).

@@ -109,6 +109,12 @@ class FollowerMetrics:
             ["kind", "result"],
             registry=registry,
         )
+        self.complaints = Counter(
+            "smtpplus_complaints",
+            "Complaints (ARF reports) recorded about this relay host's messages since the follower started",
+            ["user"],
+            registry=registry,
+        )
         self.bounces = Counter(
             "smtpplus_bounces",
             "Bounced delivery attempts by SMTP+ user and class (hard, soft, blocked)",

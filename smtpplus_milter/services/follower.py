@@ -231,6 +231,7 @@ class Follower:
         self.notifier = notifier
         self.snapshot = snapshot
         self._next_duties = 0.0
+        self._complaints: dict[str, int] | None = None  # the last counts read (None: not yet)
         self.opener = opener
         # Postfix writes the classic timestamp in local time.
         self.zone = zone if zone is not None else (datetime.now().astimezone().tzinfo or UTC)
@@ -375,7 +376,7 @@ class Follower:
                 self._finished[qid] = None
                 if len(self._finished) > MAX_FINISHED:
                     del self._finished[next(iter(self._finished))]
-        if now >= self._next_duties and (self.notifier is not None or self.snapshot is not None):
+        if now >= self._next_duties:
             self._next_duties = now + DUTY_SECONDS
             self._duties(store)
         if self.retention_days is not None and now >= self._next_prune:
@@ -391,11 +392,24 @@ class Follower:
             entries = ((e.address, e.scope, e.reason, e.created) for e in store.suppressions(now=moment))
             if self.snapshot.update(entries, moment):
                 log.info("suppression_snapshot_written", path=str(self.snapshot.path))
+        self._count_complaints(store)
         if self.notifier is not None:
             try:
                 self.notifier.run_once(store)
             except Exception as exc:  # the notices stay in the outbox: nothing is lost
                 log.warning("notifications_not_sent", reason=f"{type(exc).__name__}: {str(exc)[:300]}")
+
+    def _count_complaints(self, store: TrackingStore) -> None:
+        """``smtpplus_complaints_total``: ingest records complaints in the store (it is a short-lived
+        process), so this process counts them, per user, for this node's messages. The counts at
+        start are the baseline: only complaints recorded while the follower runs are counted."""
+        counts = store.report_counts(self.node, "complaint")
+        if self._complaints is not None:
+            for user, count in counts.items():
+                grown = count - self._complaints.get(user, 0)
+                if grown > 0:
+                    self.metrics.complaints.labels(user=user).inc(grown)
+        self._complaints = counts
 
     # -- the milter's spool --------------------------------------------------------------------------
 

@@ -21,10 +21,15 @@ from typing import Any
 import pytest
 
 from lab.harness import free_port
+from smtpplus_milter.config.values import HostPort
+from smtpplus_milter.core.suppression import Policy
 from smtpplus_milter.infra.spool import SpoolAppender, SpoolReader
 from smtpplus_milter.infra.store import TrackingStore, open_store
+from smtpplus_milter.infra.store.base import Report
+from smtpplus_milter.infra.suppression_file import Writer as SnapshotWriter
 from smtpplus_milter.observe.metrics import FollowerMetrics
 from smtpplus_milter.services.follower import REFRESH_SECONDS, REMOVED_GRACE_SECONDS, Follower, is_local_relay
+from smtpplus_milter.services.notifier import Audience, Notifier, Plan, planner
 from tests.support import postgres
 from tests.support.builders import message_record, write_config
 
@@ -652,3 +657,52 @@ def test_records_after_a_gap_are_logged_and_a_torn_line_is_counted_once(
         assert sorted(m.record.queue_id for m in real.messages(limit=None)) == [qid(n) for n in (1, 2, 3, 4)]
     finally:
         real.close()
+
+
+def test_issue_14_duties_suppression_snapshot_notices_and_complaint_counts(
+    store: TrackingStore, url: str, tmp_path: Path
+) -> None:
+    """With its issue-14 parts the follower applies the suppression rules with each outcome, writes
+    the snapshot for the milter, sends due notices, and counts complaints ingest recorded."""
+    log = tmp_path / "postfix.log"
+    store.record_messages([message_record(qid(1), recipients=("gone@example.org", "fine@example.org"))])
+    append(log, smtpd(qid(1)) + delivery(qid(1), "gone@example.org", "bounced", 1))
+    metrics = FollowerMetrics()
+    sent: list[tuple[str, list[str]]] = []
+    notifier = Notifier(
+        None,
+        HostPort("127.0.0.1", 1),
+        "postmaster@relay.example",
+        "test",
+        send=lambda message, sender, to, smtp: sent.append((str(message["Subject"]), list(to))),
+    )
+    plan = Plan(bounces=Audience(("it@example.com",)))
+    snapshot = SnapshotWriter(tmp_path / "suppressions.tsv")
+    f = Follower(
+        url,
+        NODE,
+        log,
+        metrics,
+        poll=0.01,
+        policy=Policy(hard_days=180, soft_limit=5),
+        on_outcome=planner(plan),
+        notifier=notifier,
+        snapshot=snapshot,
+    )
+    try:
+        run_out(f)
+        f._next_duties = 0.0  # the next step does the duties now rather than in 5 s
+        run_out(f)
+        assert [(s.scope, s.address, s.reason) for s in store.suppressions()] == [
+            ("user:shop-frontend", "gone@example.org", "hard_bounce")
+        ]
+        assert "gone@example.org\tuser:shop-frontend\thard_bounce" in (tmp_path / "suppressions.tsv").read_text()
+        assert [to for _, to in sent] == [["it@example.com"]] and "gone@example.org" in sent[0][0]
+        assert metrics.bounces.labels(user="shop-frontend", type="hard")._value.get() == 1
+        report = Report(NODE, qid(1), "fine@example.org", "complaint", datetime.now(UTC))
+        store.record_report(report, None, ())
+        f._next_duties = 0.0
+        run_out(f)
+        assert metrics.complaints.labels(user="shop-frontend")._value.get() == 1
+    finally:
+        f.close()

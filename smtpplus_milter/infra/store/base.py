@@ -375,6 +375,10 @@ class TrackingStore(abc.ABC):
         with the suppression entry and the notices it causes, in one transaction."""
 
     @abc.abstractmethod
+    def report_counts(self, node: str, kind: str) -> dict[str, int]:
+        """Complaints (or unsubscribes) recorded about ``node``'s messages, per SMTP+ user."""
+
+    @abc.abstractmethod
     def enqueue(self, notifications: Iterable[Notification]) -> int:
         """Add notices to the outbox (one per ``to`` and ``dedup``: a second is dropped); how many are new."""
 

@@ -599,6 +599,15 @@ class SqlStore(TrackingStore):
             self._enqueue(cur, notices)
         return True
 
+    def report_counts(self, node: str, kind: str) -> dict[str, int]:
+        with self._reading() as cur:
+            cur.execute(
+                "SELECT m.username, COUNT(*) FROM reports r JOIN messages m ON m.node = r.node AND"
+                " m.queue_id = r.queue_id WHERE r.node = ? AND r.kind = ? GROUP BY m.username",
+                (node, kind),
+            )
+            return {str(user): int(count) for user, count in cur.fetchall()}
+
     # -- the suppression list ----------------------------------------------------------------------
 
     def _suppress(self, cur: Cursor, entry: Suppression) -> bool:
