@@ -12,12 +12,15 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from email import message_from_bytes, policy
 
 import pytest
 
 from lab.harness import Sink
 from lab.stack import Stack, make_message
+from smtpplus_milter.infra.store import open_store
+from smtpplus_milter.infra.store.base import Suppression
 
 pytestmark = [
     pytest.mark.e2e,
@@ -103,3 +106,27 @@ def test_a_hard_bounce_notifies_it_and_suppresses_the_next_message(stack: Stack,
     assert event["suppressed"] == [
         {"recipient": "unknown-9@example.org", "scope": f"user:{USER}", "reason": "hard_bounce", "dropped": False}
     ]
+
+
+def test_drop_accepts_a_suppressed_recipient_and_delivers_only_the_others() -> None:
+    settings = {"suppression": {"action": "drop"}}
+    with Stack(tracking="sqlite", follower=True, priority_routing=None, settings=settings) as stack:
+        store = open_store(str(stack.settings["tracking"]["store"]))
+        try:
+            store.migrate()
+            store.suppress([Suppression(f"user:{USER}", "gone@example.org", "manual", datetime.now(UTC))])
+        finally:
+            store.close()
+        snapshot = stack.workdir / "tracking-spool" / "suppressions.tsv"
+        _wait("the snapshot", lambda: snapshot.exists() and "gone@example.org" in snapshot.read_text(), stack)
+        time.sleep(1.2)
+        assert _send(stack, "dropped one", ["gone@example.org", "kept@example.org"]) == {}  # nothing refused
+        [delivered] = stack.sink.wait_for(1, timeout=30)
+        assert delivered.rcpt_tos == ["kept@example.org"]
+        assert _send(stack, "all dropped", ["gone@example.org"]) == {}  # accepted, then discarded
+        assert stack.milter is not None
+        event = stack.milter.wait_for_event("message", lambda e: "discarded" in " ".join(e.get("reasons", [])))
+        assert event["suppressed"][0]["dropped"] is True
+        assert stack.postfix is not None
+        stack.postfix.wait_for_empty_queue(timeout=20)
+        assert len(stack.sink.messages) == 1  # the discarded message went nowhere
