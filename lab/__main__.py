@@ -71,6 +71,12 @@ def _delivery_outcomes(stack: Stack) -> None:
     print("  " + _command(stack, "messages", "show", queue_id).rstrip().replace("\n", "\n  "))
     print(f"\n$ smtpplus-milter stats --by user -c {stack.config_path}")
     print("  " + _command(stack, "stats", "--by", "user").rstrip().replace("\n", "\n  "))
+    print(
+        "\nThe hard bounce (5.1.1) suppressed its address for the user; the next message to it is refused"
+        " at RCPT (the 5.7.1 block suppresses nothing):"
+    )
+    print(f"$ smtpplus-milter suppressions list -c {stack.config_path}")
+    print("  " + _command(stack, "suppressions", "list").rstrip().replace("\n", "\n  "))
 
 
 def main(argv: list[str] | None = None) -> int:
