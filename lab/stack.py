@@ -8,18 +8,45 @@ real components wired the same way. Starts from the shipped example config
 from __future__ import annotations
 
 import copy
+import os
+import pwd
 import secrets
 import shutil
 import smtplib
 import ssl
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from lab.harness import Dovecot, Postfix, Sink, free_port, make_workdir, remove_workdir
+from lab.harness import Dovecot, LabError, Postfix, Sink, free_port, make_workdir, remove_workdir
 from lab.milter_process import FollowerProcess, MilterProcess, prepare_socket_dir
+from smtpplus_milter.config.loader import create_secret_file
+
+
+def pipe_command() -> str:
+    """How the pipe (as PIPE_USER) runs this checkout's ``smtpplus-milter``.
+
+    This virtualenv's interpreter when that user may run it; else (a virtualenv over an interpreter
+    under /root, as pyenv makes) the system's python3 of the same version, given the virtualenv's
+    packages and the checkout on PYTHONPATH. LabError when neither can work.
+    """
+    repo = Path(__file__).resolve().parents[1]
+    if subprocess.run(["runuser", "-u", PIPE_USER, "--", "test", "-x", sys.executable], check=False).returncode == 0:
+        return f"{sys.executable} -m smtpplus_milter"
+    system = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+    site = next(Path(sys.prefix).glob("lib/python*/site-packages"), None)
+    if not system.exists() or site is None:
+        raise LabError(f"user {PIPE_USER} cannot run {sys.executable}, and there is no {system} to run instead")
+    return f"/usr/bin/env PYTHONPATH={site}:{repo} {system} -m smtpplus_milter"
+
+
+# The unprivileged user Postfix's pipe runs the lab's ingest as (Postfix refuses root there).
+PIPE_USER = "nobody"
+PIPE_IDS = (pwd.getpwnam(PIPE_USER).pw_uid, pwd.getpwnam(PIPE_USER).pw_gid)
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -76,6 +103,7 @@ class Stack:
         tracking: str | None = None,
         node: str = "lab",
         follower: bool = False,
+        return_path: str | None = None,
     ) -> None:
         """*priority_routing*: None (no transports), ``"sinks"`` (smtpplus-high/-low deliver to
         sinks of their own, ``high_sink`` / ``low_sink``) or ``"relayhost"`` (they deliver to the
@@ -85,7 +113,10 @@ class Stack:
         alert and verification mail (on the ports the settings name).
         *tracking*: record every accepted message into this store (``"sqlite"``: a SQLite file in
         the work directory; or a store URL such as a test's PostgreSQL), as relay host *node*;
-        *follower* also runs ``smtpplus-milter follow`` on the Postfix log (started after Postfix)."""
+        *follower* also runs ``smtpplus-milter follow`` on the Postfix log (started after Postfix).
+        *return_path*: ``bounces.return_path`` with its key, and Postfix routes that domain to the
+        ``smtpplus-ingest`` pipe, which runs this virtualenv's ``ingest`` as user nobody (the
+        store must then be one nobody can reach: a PostgreSQL URL over TCP)."""
         # A directory we made ourselves is removed after stop() (SMTPPLUS_LAB_KEEP=1 keeps it).
         self.cleanup = cleanup and workdir is None
         self.workdir = workdir or make_workdir("smtpplus-lab")
@@ -121,6 +152,16 @@ class Stack:
                 "maillog": str(self.workdir / "postfix" / "postfix.log"),
                 "metrics_listen": f"127.0.0.1:{self.tracking_metrics_port}",
             }
+        self.return_path = return_path
+        if return_path is not None:
+            secret = self.etc / "secret"
+            create_secret_file(secret)
+            os.chown(secret, *PIPE_IDS)  # the pipe's ingest reads it as nobody (root still can)
+            overrides["secret_file"] = str(secret)
+            overrides["bounces"] = {"return_path": return_path}
+            quarantine = self.workdir / "ingest-quarantine"
+            quarantine.mkdir()
+            os.chown(quarantine, *PIPE_IDS)
         self.settings = deep_merge(deep_merge(base, overrides), settings or {})
         self.write_settings(self.settings)
         if users is None:
@@ -186,8 +227,21 @@ class Stack:
         return self
 
     def _routing(self) -> tuple[dict[str, str], str, dict[str, str]]:
-        """The priority transports (and the local listener) exactly as ``smtpplus-milter
-        postfix-config`` prints them."""
+        """The priority transports (and the local listener, and the ingest pipe) exactly as
+        ``smtpplus-milter postfix-config`` prints them."""
+        from smtpplus_milter.admin.postfix import ingest_transport
+
+        if self.return_path is not None:
+            main_cf, master, files = self._routing_without_ingest()
+            ingest_cf, ingest_master, _ = ingest_transport(
+                self.return_path, str(self.config_path), command=pipe_command(), user=PIPE_USER
+            )
+            # The lab takes unauthenticated mail for example.net: keep that beside the return path.
+            ingest_cf["relay_domains"] = f"example.net, {self.return_path}"
+            return {**main_cf, **ingest_cf}, master + "\n".join(ingest_master) + "\n", files
+        return self._routing_without_ingest()
+
+    def _routing_without_ingest(self) -> tuple[dict[str, str], str, dict[str, str]]:
         from smtpplus_milter.admin.postfix import generate
         from smtpplus_milter.config import load_config
 

@@ -186,22 +186,25 @@ INGEST = "smtpplus-ingest"
 BINARY = "/usr/local/bin/smtpplus-milter"
 
 
-def ingest_transport(return_path: str, config_file: str) -> tuple[dict[str, str], list[str], list[str]]:
+def ingest_transport(
+    return_path: str, config_file: str, *, command: str = BINARY, user: str = "smtpplus"
+) -> tuple[dict[str, str], list[str], list[str]]:
     """The pipe that hands mail for the return-path domain to ``smtpplus-milter ingest``.
 
     One message per run (destination recipient limit 1) so each report names its own token in
     ``--recipient``; the pipe runs as the unprivileged smtpplus user; ``ingest`` exits 75 when it
-    could not record the report, which Postfix treats as "try again later".
+    could not record the report, which Postfix treats as "try again later". *command* and *user*:
+    another installation of the program (the lab runs its virtualenv's) and the user it runs as.
     """
     main_cf = {
         "relay_domains": f"$mydestination, {return_path}",
-        "transport_maps": f"inline:{{ {return_path} = {INGEST}: }}",
+        "transport_maps": f"inline:{{ {return_path}={INGEST}: }}",
         f"{INGEST}_destination_recipient_limit": "1",
         f"{INGEST}_destination_concurrency_limit": "4",
     }
     master = [
         f"{INGEST} unix  -       n       n       -       4       pipe",
-        f"  flags=Rq user=smtpplus argv={BINARY} ingest -c {config_file} --recipient ${{recipient}}",
+        f"  flags=Rq user={user} argv={command} ingest -c {config_file} --recipient ${{recipient}}",
     ]
     warnings = [
         f"relay_domains and transport_maps take {return_path} to the {INGEST} pipe: if you already set "

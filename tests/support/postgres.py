@@ -47,14 +47,19 @@ class Server:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{USER}@/{database}?host={self.socket_dir}&port={self.port}"
 
-    def create_database(self) -> str:
+    def tcp_url(self, database: str = "postgres") -> str:
+        """The same over TCP on 127.0.0.1: for a client running as a user that cannot enter the
+        socket directory (e.g. Postfix's pipe running ingest as nobody)."""
+        return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, *, tcp: bool = False) -> str:
         """A new empty database's URL (one per test keeps tests apart without a new server)."""
         import psycopg
 
         name = f"t_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
-        return self.url(name)
+        return self.tcp_url(name) if tcp else self.url(name)
 
     def stop(self) -> None:
         """Stop the server (immediately, like a crash), for tests of a store that went away."""

@@ -145,7 +145,7 @@ def test_a_return_path_gets_the_ingest_pipe(tmp_path: Path) -> None:
     }
     config = config_with(tmp_path, settings=settings)
     snippets = generate(config.postfix)
-    assert snippets.main_cf["transport_maps"] == "inline:{ bounce.relay.example = smtpplus-ingest: }"
+    assert snippets.main_cf["transport_maps"] == "inline:{ bounce.relay.example=smtpplus-ingest: }"
     assert snippets.main_cf["relay_domains"] == "$mydestination, bounce.relay.example"
     assert snippets.main_cf["smtpplus-ingest_destination_recipient_limit"] == "1"
     pipe = snippets.master_cf.split("smtpplus-ingest unix", 1)[1]
