@@ -151,7 +151,13 @@ def _dispatch(store: TrackingStore, args: argparse.Namespace, command: str, now:
     return 0
 
 
+# RFC 5321 allows at most 254 octets in a path's address (256 with the angle brackets).
+MAX_ADDRESS = 254
+
+
 def _address(text: str) -> str:
+    if len(text.strip()) > MAX_ADDRESS:
+        raise BadInput(f"an address of {len(text.strip())} characters is no address (at most {MAX_ADDRESS})")
     try:
         normalize_address(text)
     except AddressError as exc:
