@@ -787,3 +787,33 @@ def test_a_complaint_counts_once_and_suppresses_for_the_user(store: SqlStore) ->
     assert row["complaints"] == 1
     assert _entries(store) == [("user:alice", "bob@example.net", "complaint")]
     assert [c.notification.kind for c in store.claim("w", report.at, timedelta(minutes=1), 10)] == ["complaint"]
+
+
+def test_processes_migrating_a_fresh_database_at_once_do_not_collide(pg_server: postgres.Server) -> None:
+    # The follower, ingest and a second host may all start on a new database at the same moment.
+    for _ in range(5):
+        url = pg_server.create_database()
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(6)
+
+        def migrate(url: str = url, barrier: threading.Barrier = barrier, errors: list[BaseException] = errors) -> None:
+            store = open_store(url)
+            try:
+                barrier.wait(10)
+                store.migrate()
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                store.close()
+
+        threads = [threading.Thread(target=migrate) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        store = open_store(url)
+        try:
+            assert isinstance(store, SqlStore) and store.schema_version() == 3
+        finally:
+            store.close()

@@ -156,6 +156,9 @@ class SqlStore(TrackingStore):
 
     def migrate(self) -> tuple[int, ...]:
         with self._transaction() as cur:
+            # Under the lock too: PostgreSQL's CREATE TABLE IF NOT EXISTS is not safe against a
+            # second process doing the same at the same moment (a unique violation in pg_type).
+            self._lock_migrations(cur)
             cur.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version"
                 " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
