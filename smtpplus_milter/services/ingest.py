@@ -37,7 +37,7 @@ from smtpplus_milter.core.tokens import BOUNCE_PREFIX, read_bounce_token
 from smtpplus_milter.infra.files import Ownership, replace_atomically
 from smtpplus_milter.infra.store import TrackingStore
 from smtpplus_milter.infra.store.base import Attempt, MessageFilter, Notification, Report, StoredMessage, Suppression
-from smtpplus_milter.services.notifier import bounce_notices, complaint_notices, plan_of
+from smtpplus_milter.services.notifier import complaint_notices, plan_of, planner
 
 INGEST = "ingest"
 
@@ -138,7 +138,7 @@ def _bounces(
         attempts,
         None,
         policy=config.bounces.policy if report.standard else None,
-        on_outcome=lambda outcome: bounce_notices(plan, outcome),
+        on_outcome=planner(plan),
         late=True,
     )
     status = "recorded" if done.new else "duplicate"
