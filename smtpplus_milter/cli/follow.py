@@ -3,7 +3,7 @@
 The process around it (pid file, signals, stop) is :class:`smtpplus_milter.daemon.Daemon`'s; the
 follower itself is :class:`smtpplus_milter.services.follower.Follower`. This module only joins them,
 serves the follower's own metrics on ``tracking.metrics_listen`` and says how a loaded config becomes
-the follower's settings (:func:`tuning`), at start and on each SIGHUP
+the follower's settings (the nested ``tuning``), at start and on each SIGHUP
 (:class:`~smtpplus_milter.services.follower.Reloader`).
 """
 
