@@ -22,6 +22,15 @@ done mark (a crash in between reads them again, and the store's writes are idemp
 that fails gets the same back-off as for the log's lines; the spool grows meanwhile, up to its
 bound. The records' queue ids are watched at once.
 
+Reload (SIGHUP): :class:`Reloader` reads the config file again. A file that does not validate is
+logged and the running settings stay. Otherwise what may change in a running follower (the
+suppression rules, the notice plan, the notifier's sender and server, the retention) is one frozen
+:class:`Tuning` value that replaces the old one in a single assignment; each store transaction and
+each round of duties reads it once, so a batch is never handled half with the old settings and half
+with the new. What the follower was started with and cannot change while it runs (the store, the
+node, the log file, the spool, the metrics port: :data:`FIXED_AT_START`) is only compared, and a
+change is logged with the keys to restart for (:func:`restart_keys`).
+
 Which queue ids: those of messages the store knows and that are still open (loaded at start,
 refreshed every :data:`REFRESH_SECONDS` with what the milter recorded since), those an ``smtpd``
 line names with a ``sasl_username`` (an authenticated submission, before the milter's record
@@ -38,12 +47,14 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import BinaryIO
 
+from smtpplus_milter.config import Config, ConfigError
+from smtpplus_milter.config.values import Tracking
 from smtpplus_milter.core.failures import classify
 from smtpplus_milter.core.lines import Line, LineSplitter
 from smtpplus_milter.core.postfix_log import (
@@ -96,6 +107,39 @@ _NOTIFICATION_KINDS = frozenset({"bounce", "delay", "dsn"})
 # How the text after the queue id starts in the lines parse_line makes events of (a delivery,
 # qmgr's expiry or active line, "removed", bounce's notification).
 _EVENT_STARTS = ("to=<", "from=<", "removed", "sender ", "postmaster ")
+
+
+# The tracking keys a running follower keeps from its start: its store connection and node name, the
+# open log file, the spool it drains, the port its metrics are served on. A reload compares them
+# and names the changed ones; only a restart applies them.
+FIXED_AT_START = ("store", "node", "maillog", "spool_dir", "metrics_listen")
+RESTART_HINT = "restart the follower to apply"
+
+
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """What a reload may change in a running follower, swapped as one value between two batches.
+
+    *policy*: the suppression rules applied with each outcome (None: none); *on_outcome*: the
+    notices an outcome enqueues; *notifier*: who sends the outbox, with its default sender and
+    server (None: nothing is sent); *retention_days*: how long the store keeps a message (None: forever).
+    """
+
+    policy: Policy | None = None
+    on_outcome: OnOutcome | None = None
+    notifier: Notifier | None = None
+    retention_days: int | None = None
+
+
+def restart_keys(running: Tracking, new: Tracking | None) -> tuple[str, ...]:
+    """The ``tracking.*`` keys of *new* that differ from what the follower was started with.
+
+    A reload cannot apply them; they are named in a warning. *new* None (the section is gone) names
+    every one of them: tracking cannot be turned off under a running follower.
+    """
+    if new is None:
+        return tuple(f"tracking.{name}" for name in FIXED_AT_START)
+    return tuple(f"tracking.{name}" for name in FIXED_AT_START if getattr(running, name) != getattr(new, name))
 
 
 def _quick_queue_id(text: str) -> tuple[str | None, int]:
@@ -221,14 +265,12 @@ class Follower:
         self.node = node
         self.maillog = maillog
         self.metrics = metrics
-        self.retention_days = retention_days
         self.spool = spool
         # Issue 14's duties, done in this process because it holds the store: the suppression
         # rules and notices applied with each outcome, sending the notices, and the snapshot of
         # the suppression list the milter checks at RCPT.
-        self.policy = policy
-        self.on_outcome = on_outcome
-        self.notifier = notifier
+        # What a reload may change: one value, replaced whole by reconfigure().
+        self._tuning = Tuning(policy, on_outcome, notifier, retention_days)
         self.snapshot = snapshot
         self._next_duties = 0.0
         self._complaints: dict[str, int] | None = None  # the last counts read (None: not yet)
@@ -287,6 +329,18 @@ class Follower:
 
     def watched(self) -> int:
         return len(self._users)
+
+    @property
+    def tuning(self) -> Tuning:
+        return self._tuning
+
+    def reconfigure(self, tuning: Tuning) -> None:
+        """Use *tuning* from the next store transaction on (called from the reload thread).
+
+        One reference assignment: the serving thread reads ``_tuning`` once per transaction and
+        once per round of duties, so it sees either the old value or the new one, never a mix.
+        """
+        self._tuning = tuning
 
     # -- one cycle -----------------------------------------------------------------------------------
 
@@ -379,9 +433,10 @@ class Follower:
         if now >= self._next_duties:
             self._next_duties = now + DUTY_SECONDS
             self._duties(store)
-        if self.retention_days is not None and now >= self._next_prune:
+        retention_days = self._tuning.retention_days
+        if retention_days is not None and now >= self._next_prune:
             self._next_prune = now + PRUNE_SECONDS
-            before = datetime.fromtimestamp(self.wall(), UTC) - timedelta(days=self.retention_days)
+            before = datetime.fromtimestamp(self.wall(), UTC) - timedelta(days=retention_days)
             pruned = store.prune(before, batch=PRUNE_BATCH)
             log.info("tracking_pruned", messages=pruned, before=before.isoformat())
 
@@ -393,9 +448,10 @@ class Follower:
             if self.snapshot.update(entries, moment):
                 log.info("suppression_snapshot_written", path=str(self.snapshot.path))
         self._count_complaints(store)
-        if self.notifier is not None:
+        notifier = self._tuning.notifier
+        if notifier is not None:
             try:
-                self.notifier.run_once(store)
+                notifier.run_once(store)
             except Exception as exc:  # the notices stay in the outbox: nothing is lost
                 log.warning("notifications_not_sent", reason=f"{type(exc).__name__}: {str(exc)[:300]}")
 
@@ -644,13 +700,14 @@ class Follower:
 
     def _write(self, batch: _Batch) -> None:
         assert self._store is not None
+        tuning = self._tuning  # once: the whole transaction uses one reload's settings
         result = self._store.record_attempts(
             batch.attempts,
             batch.position,
             batch.links,
             batch.expirations,
-            policy=self.policy,
-            on_outcome=self.on_outcome,
+            policy=tuning.policy,
+            on_outcome=tuning.on_outcome,
         )
         replayed = result.replayed
         if replayed < len(batch.attempts) or not batch.attempts:
@@ -665,12 +722,77 @@ class Follower:
             self.metrics.deliveries.labels(user=user, status="expired").inc(expired)
 
 
-class FollowerService:
-    """:class:`Follower` as a :class:`smtpplus_milter.daemon.Service` (``smtpplus-milter follow``)."""
+class Reloader:
+    """SIGHUP for the follower: read the config file again and hand the new :class:`Tuning` over.
 
-    def __init__(self, follower: Follower, details: Mapping[str, object]) -> None:
+    *config*: the config the follower was started with (its path is read again, its
+    ``tracking`` values are what :func:`restart_keys` compares with: they stay in force until a
+    restart, however many reloads come). *load*: reads a config file (raises ConfigError); *tune*:
+    the :class:`Tuning` of a loaded config. Returns whether the new settings are in use.
+    """
+
+    def __init__(
+        self,
+        follower: Follower,
+        config: Config,
+        load: Callable[[Path], Config],
+        tune: Callable[[Config], Tuning],
+    ) -> None:
+        assert config.tracking is not None, "the follower runs only with a tracking: section"
+        self.follower = follower
+        self.path = config.path
+        self.running = config.tracking
+        self._load = load
+        self._tune = tune
+        self._lock = threading.Lock()  # two quick SIGHUPs: one reload after the other
+
+    def __call__(self) -> bool:
+        with self._lock:
+            try:
+                new = self._load(self.path)
+            except ConfigError as exc:
+                self._failed([str(problem) for problem in exc.problems])
+                return False
+            if new.tracking is None:
+                gone = f"{self.path}: tracking: the section is gone; the follower needs it (stop the follower instead)"
+                self._failed([gone])
+                return False
+            changed = restart_keys(self.running, new.tracking)
+            if changed:
+                log.warning(
+                    "config_reload_needs_restart",
+                    config=str(self.path),
+                    keys=list(changed),
+                    detail=f"{RESTART_HINT}; until then the running values stay in use",
+                )
+            tuning = self._tune(new)
+            self.follower.reconfigure(tuning)
+            log.info(
+                "config_reloaded",
+                config=str(self.path),
+                suppress_hard_days=tuning.policy.hard_days if tuning.policy else None,
+                soft_limit=tuning.policy.soft_limit if tuning.policy else None,
+                notifier=tuning.notifier is not None,
+                retention_days=tuning.retention_days,
+            )
+            return True
+
+    def _failed(self, problems: Sequence[str]) -> None:
+        log.error("config_reload_failed", config=str(self.path), problems=list(problems), kept="previous config")
+
+
+class FollowerService:
+    """:class:`Follower` as a :class:`smtpplus_milter.daemon.Service` (``smtpplus-milter follow``).
+
+    *reload*: what SIGHUP runs (a :class:`Reloader`); None: SIGHUP is logged and ignored.
+    """
+
+    def __init__(
+        self, follower: Follower, details: Mapping[str, object], reload: Callable[[], object] | None = None
+    ) -> None:
         self.follower = follower
         self._details = details
+        self._reload = reload
 
     def serve(self) -> None:
         self.follower.serve()
@@ -679,7 +801,13 @@ class FollowerService:
         self.follower.stop()
 
     def reload(self) -> None:
-        log.info("reload_ignored", reason="the follower reads its config at start; restart it to change it")
+        if self._reload is None:
+            log.info("reload_ignored", reason="this follower was started without a config file to read again")
+            return
+        try:
+            self._reload()
+        except Exception:  # a reload that fails must not end the process; the old settings stay
+            log.exception("config_reload_failed", kept="previous config")
 
     def busy(self) -> int:
         return 0
