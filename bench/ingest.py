@@ -4,16 +4,20 @@ Two numbers, side by side on the same store (SQLite, in a temporary directory) a
 (RFC 3464 DSNs, one failed recipient each, matched by their b+TOKEN):
 
 * in process: the ingest code itself (read, match, record) called in a loop;
-* as Postfix runs it: one ``python -m smtpplus_milter ingest`` process per report, as the pipe
-  transport does, ``--parallel`` at a time (the pipe's process limit).
+* as Postfix's pipe runs it: one ``python -m smtpplus_milter ingest`` process per report,
+  ``--parallel`` at a time (the pipe's process limit);
+* as Postfix's LMTP client delivers to ``ingest --serve`` (``bounces.ingest_listen``): ``--parallel``
+  connections kept open, one report (MAIL, RCPT, DATA) after another on each, as Postfix's
+  connection cache does.
 
-    .venv/bin/python bench/ingest.py --reports 2000 --processes 100 --parallel 4
+    .venv/bin/python bench/ingest.py --reports 2000 --processes 100 --lmtp 4000 --parallel 4
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import smtplib
 import subprocess
 import sys
 import tempfile
@@ -23,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's tests/support
 
+from lab.milter_process import IngestProcess
 from smtpplus_milter.config import load_config
 from smtpplus_milter.core.tokens import make_bounce_token
 from smtpplus_milter.infra.store import open_store
@@ -50,7 +55,7 @@ def prepare(directory: Path, count: int) -> tuple[Path, list[tuple[bytes, str]]]
     settings = {
         "secret_file": "secret",
         "tracking": {"store": f"sqlite:///{directory}/t.db", "node": "relay-1", "spool_dir": str(directory / "s")},
-        "bounces": {"return_path": DOMAIN},
+        "bounces": {"return_path": DOMAIN, "ingest_listen": f"unix:{directory}/ingest.sock"},
     }
     config = write_config(directory, settings=settings)
     store = open_store(f"sqlite:///{directory}/t.db")
@@ -68,11 +73,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reports", type=int, default=2000, help="reports recorded in process")
     parser.add_argument("--processes", type=int, default=100, help="reports recorded as one process each")
-    parser.add_argument("--parallel", type=int, default=4, help="ingest processes at a time")
+    parser.add_argument("--lmtp", type=int, default=4000, help="reports delivered to ingest --serve over LMTP")
+    parser.add_argument("--parallel", type=int, default=4, help="ingest processes (LMTP connections) at a time")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="smtpplus-bench-ingest-") as tmp:
         directory = Path(tmp)
-        config_path, reports = prepare(directory, args.reports + args.processes)
+        config_path, reports = prepare(directory, args.reports + args.processes + args.lmtp)
         config = load_config(config_path)
         store = open_store(f"sqlite:///{directory}/t.db")
         started = time.perf_counter()
@@ -90,13 +96,39 @@ def main() -> int:
 
         started = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
-            codes = list(pool.map(one, reports[args.reports :]))
+            codes = list(pool.map(one, reports[args.reports : args.reports + args.processes]))
         outside = time.perf_counter() - started
         assert codes == [0] * args.processes, codes
+
+        served = reports[args.reports + args.processes :]
+
+        def connection(share: list[tuple[bytes, str]]) -> int:
+            recorded = 0
+            with smtplib.LMTP(str(directory / "ingest.sock")) as client:
+                client.ehlo()
+                for raw, recipient in share:
+                    client.mail("<>")
+                    client.rcpt(recipient)
+                    code, text = client.data(raw)
+                    assert (code, text) == (250, b"2.0.0 Report recorded"), (code, text)
+                    recorded += 1
+            return recorded
+
+        with IngestProcess(config_path, f"unix:{directory}/ingest.sock", directory / "ingest.log"):
+            shares = [served[n :: args.parallel] for n in range(args.parallel)]
+            started = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
+                recorded = sum(pool.map(connection, shares))
+            lmtp = time.perf_counter() - started
+        assert recorded == args.lmtp, recorded
     print(f"in process:      {args.reports} reports in {inside:.2f} s = {args.reports / inside:,.0f} reports/s")
     print(
         f"one process each: {args.processes} reports in {outside:.2f} s = {args.processes / outside:,.1f} reports/s"
         f" ({args.parallel} at a time)"
+    )
+    print(
+        f"ingest --serve:   {args.lmtp} reports in {lmtp:.2f} s = {args.lmtp / lmtp:,.0f} reports/s"
+        f" over LMTP ({args.parallel} connections)"
     )
     return 0
 

@@ -188,3 +188,15 @@ class FollowerProcess(DaemonProcess):
 
     def where(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+
+class IngestProcess(MilterProcess):
+    """``smtpplus-milter ingest --serve``: ready when its LMTP socket (bounces.ingest_listen) accepts."""
+
+    command = "ingest"
+    name = "smtpplus-milter ingest --serve"
+
+    def __init__(
+        self, config_path: Path, socket_spec: str, log_file: Path, *, extra_args: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(config_path, socket_spec, log_file, extra_args=("--serve", *extra_args))

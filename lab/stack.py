@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from lab.harness import Dovecot, LabError, Postfix, Sink, free_port, make_workdir, remove_workdir
-from lab.milter_process import FollowerProcess, MilterProcess, prepare_socket_dir
+from lab.milter_process import FollowerProcess, IngestProcess, MilterProcess, prepare_socket_dir
 from smtpplus_milter.config.loader import create_secret_file
 
 
@@ -104,6 +104,7 @@ class Stack:
         node: str = "lab",
         follower: bool = False,
         return_path: str | None = None,
+        ingest: str = "pipe",
     ) -> None:
         """*priority_routing*: None (no transports), ``"sinks"`` (smtpplus-high/-low deliver to
         sinks of their own, ``high_sink`` / ``low_sink``) or ``"relayhost"`` (they deliver to the
@@ -116,7 +117,10 @@ class Stack:
         *follower* also runs ``smtpplus-milter follow`` on the Postfix log (started after Postfix).
         *return_path*: ``bounces.return_path`` with its key, and Postfix routes that domain to the
         ``smtpplus-ingest`` pipe, which runs this virtualenv's ``ingest`` as user nobody (the
-        store must then be one nobody can reach: a PostgreSQL URL over TCP)."""
+        store must then be one nobody can reach: a PostgreSQL URL over TCP). *ingest* ``"lmtp"``:
+        instead of the pipe, ``bounces.ingest_listen`` on a unix socket in the work directory, served
+        by ``smtpplus-milter ingest --serve`` (started before Postfix), and Postfix's LMTP client
+        delivers there, as ``postfix-config`` prints it."""
         # A directory we made ourselves is removed after stop() (SMTPPLUS_LAB_KEEP=1 keeps it).
         self.cleanup = cleanup and workdir is None
         self.workdir = workdir or make_workdir("smtpplus-lab")
@@ -153,12 +157,19 @@ class Stack:
                 "metrics_listen": f"127.0.0.1:{self.tracking_metrics_port}",
             }
         self.return_path = return_path
+        self.ingest_spec: str | None = None
         if return_path is not None:
             secret = self.etc / "secret"
             create_secret_file(secret)
             os.chown(secret, *PIPE_IDS)  # the pipe's ingest reads it as nobody (root still can)
             overrides["secret_file"] = str(secret)
-            overrides["bounces"] = {"return_path": return_path}
+            bounces = {"return_path": return_path}
+            if ingest == "lmtp":
+                socket_dir = self.workdir / "ingest"
+                prepare_socket_dir(socket_dir)
+                self.ingest_spec = f"unix:{socket_dir}/ingest.sock"
+                bounces["ingest_listen"] = self.ingest_spec
+            overrides["bounces"] = bounces
             quarantine = self.workdir / "ingest-quarantine"
             quarantine.mkdir()
             os.chown(quarantine, *PIPE_IDS)
@@ -185,6 +196,9 @@ class Stack:
             if follower and self.tracking_metrics_port is not None
             else None
         )
+        self.ingest = (
+            IngestProcess(self.config_path, self.ingest_spec, self.workdir / "ingest.log") if self.ingest_spec else None
+        )
         self.postfix_main_cf = postfix_main_cf or {}
         self.local_listener = local_listener
         self.postfix: Postfix | None = None
@@ -207,6 +221,8 @@ class Stack:
             self.dovecot.start()
             if self.milter:
                 self.milter.start()
+            if self.ingest:
+                self.ingest.start()
             main_cf, master_extra, files = self._routing()
             self.postfix = Postfix(
                 self.workdir / "postfix",
@@ -230,11 +246,13 @@ class Stack:
         """The priority transports (and the local listener, and the ingest pipe) exactly as
         ``smtpplus-milter postfix-config`` prints them."""
         from smtpplus_milter.admin.postfix import ingest_transport
+        from smtpplus_milter.config import SocketSpec
 
         if self.return_path is not None:
             main_cf, master, files = self._routing_without_ingest()
+            listen = SocketSpec.parse(self.ingest_spec) if self.ingest_spec else None
             ingest_cf, ingest_master, _ = ingest_transport(
-                self.return_path, str(self.config_path), command=pipe_command(), user=PIPE_USER
+                self.return_path, str(self.config_path), listen=listen, command=pipe_command(), user=PIPE_USER
             )
             # The lab takes unauthenticated mail for example.net: keep that beside the return path.
             ingest_cf["relay_domains"] = f"example.net, {self.return_path}"
@@ -285,6 +303,7 @@ class Stack:
             self.follower.stop if self.follower else None,
             self.postfix.stop if self.postfix else None,
             self.milter.stop if self.milter else None,
+            self.ingest.stop if self.ingest else None,
             self.dovecot.stop,
             self.sink.stop,
             self.high_sink.stop if self.high_sink else None,

@@ -166,7 +166,9 @@ def generate(
     if unknown:
         warnings.append(f"--nexthop for {', '.join(unknown)} ignored: no priority maps to that queue")
     if inputs.return_path:
-        ingest_cf, ingest_master, ingest_warnings = ingest_transport(inputs.return_path, inputs.config_file)
+        ingest_cf, ingest_master, ingest_warnings = ingest_transport(
+            inputs.return_path, inputs.config_file, listen=inputs.ingest_listen
+        )
         main_cf.update(ingest_cf)
         master_lines += ingest_master
         warnings += ingest_warnings
@@ -187,31 +189,56 @@ BINARY = "/usr/local/bin/smtpplus-milter"
 
 
 def ingest_transport(
-    return_path: str, config_file: str, *, command: str = BINARY, user: str = "smtpplus"
+    return_path: str,
+    config_file: str,
+    *,
+    listen: SocketSpec | None = None,
+    command: str = BINARY,
+    user: str = "smtpplus",
 ) -> tuple[dict[str, str], list[str], list[str]]:
-    """The pipe that hands mail for the return-path domain to ``smtpplus-milter ingest``.
+    """The transport that hands mail for the return-path domain to ``smtpplus-milter ingest``.
 
-    One message per run (destination recipient limit 1) so each report names its own token in
-    ``--recipient``; the pipe runs as the unprivileged smtpplus user; ``ingest`` exits 75 when it
-    could not record the report, which Postfix treats as "try again later". *command* and *user*:
-    another installation of the program (the lab runs its virtualenv's) and the user it runs as.
+    Without *listen*, a pipe: one ``ingest`` process per report (destination recipient limit 1,
+    so each report names its own token in ``--recipient``), run as the unprivileged smtpplus user;
+    ``ingest`` exits 75 when it could not record the report, which Postfix treats as "try again
+    later". With *listen* (``bounces.ingest_listen``), Postfix's LMTP client delivers to the
+    long-running ``ingest --serve`` on that socket instead, over cached connections (a process
+    start per report costs more than reading it); a report that could not be recorded is
+    answered 451 there, the same "try again later". *command* and *user*: another installation of
+    the program (the lab runs its virtualenv's) and the user the pipe runs as.
     """
+    nexthop = _lmtp_nexthop(listen) if listen is not None else ""
     main_cf = {
         "relay_domains": f"$mydestination, {return_path}",
-        "transport_maps": f"inline:{{ {return_path}={INGEST}: }}",
+        "transport_maps": f"inline:{{ {return_path}={INGEST}:{nexthop} }}",
         f"{INGEST}_destination_recipient_limit": "1",
         f"{INGEST}_destination_concurrency_limit": "4",
     }
-    master = [
-        f"{INGEST} unix  -       n       n       -       4       pipe",
-        f"  flags=Rq user={user} argv={command} ingest -c {config_file} --recipient ${{recipient}}",
-    ]
+    if listen is None:
+        master = [
+            f"{INGEST} unix  -       n       n       -       4       pipe",
+            f"  flags=Rq user={user} argv={command} ingest -c {config_file} --recipient ${{recipient}}",
+        ]
+    else:
+        master = [
+            f"{INGEST} unix  -       -       n       -       4       lmtp",
+            f"  -o syslog_name=postfix/{INGEST}",
+        ]
+    where = f"the {INGEST} pipe" if listen is None else f"`smtpplus-milter ingest --serve` on {listen} (LMTP)"
     warnings = [
-        f"relay_domains and transport_maps take {return_path} to the {INGEST} pipe: if you already set "
+        f"relay_domains and transport_maps take {return_path} to {where}: if you already set "
         "either, add that domain to yours instead of replacing it. Publish an MX record for "
         f"{return_path} pointing at this relay (docs/bounces.md).",
     ]
     return main_cf, master, warnings
+
+
+def _lmtp_nexthop(listen: SocketSpec) -> str:
+    """Postfix's LMTP destination for a socket written the milter way (``inet:PORT@HOST``)."""
+    if listen.path is not None:
+        return f"unix:{listen.path}"
+    host = f"[{listen.host}]" if listen.host and ":" in listen.host else listen.host
+    return f"inet:{host}:{listen.port}"
 
 
 LOCAL_SENDERS = "smtpplus_local_sender_restrictions"

@@ -36,6 +36,15 @@ def add_parser(commands: Any, add_config: Callable[[argparse.ArgumentParser], No
         metavar="DIR",
         help="where reports that cannot be used are kept (default: ingest-quarantine beside tracking.spool_dir)",
     )
+    ingest.add_argument(
+        "--serve",
+        action="store_true",
+        help="instead of one report on stdin, take reports over LMTP on bounces.ingest_listen until SIGTERM "
+        "(foreground; SIGHUP re-reads the config)",
+    )
+    ingest.add_argument(
+        "--pid-file", type=Path, default=None, metavar="FILE", help="with --serve: write the process id here"
+    )
 
 
 def _read(stream: BinaryIO) -> bytes:
@@ -44,6 +53,8 @@ def _read(stream: BinaryIO) -> bytes:
 
 
 def main(args: argparse.Namespace, stdin: BinaryIO | None = None, now: datetime | None = None) -> int:
+    if args.serve:
+        return serve(args)
     from smtpplus_milter.observe import log as logsetup
 
     logsetup.configure()
@@ -53,45 +64,70 @@ def main(args: argparse.Namespace, stdin: BinaryIO | None = None, now: datetime 
     config = common.load_or_report(args.config, command="ingest", create_secret=True)
     if config is None:
         return EX_TEMPFAIL  # the operator fixes the config; Postfix keeps the report meanwhile
-    if config.tracking is None:
+    tracking = config.tracking
+    if tracking is None:
         common.err(f"{common.PROGRAM} ingest: tracking is off in {config.path}: nothing to record reports in")
         return EX_TEMPFAIL
-    from smtpplus_milter.infra.files import FileProblem
-    from smtpplus_milter.infra.store import open_store
-    from smtpplus_milter.services.ingest import ingest, quarantine
+    from smtpplus_milter.infra.store import TrackingStore, open_store
+    from smtpplus_milter.services.ingest import quarantine_dir, take
 
-    directory = args.quarantine or Path(config.tracking.spool_dir).parent / "ingest-quarantine"
+    opened: list[TrackingStore] = []
+
+    def store() -> TrackingStore:
+        opened.append(open_store(tracking.store))
+        opened[0].migrate()
+        return opened[0]
+
     try:
-        if len(raw) > MAX_REPORT_BYTES:
-            reason, queue_id = f"over {MAX_REPORT_BYTES} bytes", None
-        else:
-            store = open_store(config.tracking.store)
-            try:
-                store.migrate()
-                result = ingest(raw, args.recipient, config, store, now)
-            finally:
-                store.close()
-            reason, queue_id = result.reason, result.queue_id
-            if result.complaints:
-                _alert(config, result.complaints, result.queue_id)
-            if result.status != "quarantined":
-                log.info(
-                    "report_ingested",
-                    status=result.status,
-                    queue_id=result.queue_id,
-                    recipients=result.recipients,
-                    recipient=args.recipient,
-                )
-                return EX_OK
-        kept = quarantine(directory, raw[:MAX_REPORT_BYTES], reason, now)
-        log.warning("report_quarantined", reason=reason, kept=str(kept), queue_id=queue_id, recipient=args.recipient)
-        return EX_OK
-    except FileProblem as exc:
-        log.error("report_not_kept", reason=str(exc), recipient=args.recipient)
-        return EX_TEMPFAIL
-    except Exception as exc:  # the store down, a lock timeout...: Postfix retries, nothing is lost
-        log.error("report_deferred", reason=f"{type(exc).__name__}: {str(exc)[:500]}", recipient=args.recipient)
-        return EX_TEMPFAIL
+        taken = take(raw, args.recipient, config, store, quarantine_dir(config, args.quarantine), now)
+    finally:
+        for each in opened:
+            each.close()
+    if taken.complaints:
+        _alert(config, taken.complaints, taken.queue_id)
+    level = log.error if taken.retry else log.warning if taken.event == "report_quarantined" else log.info
+    level(taken.event, **taken.fields)
+    return EX_TEMPFAIL if taken.retry else EX_OK
+
+
+def serve(args: argparse.Namespace) -> int:
+    """``ingest --serve``: the LMTP door (services/ingest_lmtp.py) run by the shared daemon lifecycle."""
+    config = common.load_or_report(args.config, command="ingest", create_secret=True)
+    if config is None:
+        return 1
+    listen = config.bounces.ingest_listen
+    if config.tracking is None or listen is None:
+        missing = "tracking is off" if config.tracking is None else "bounces.ingest_listen is not set"
+        common.err(
+            f"{common.PROGRAM} ingest --serve: {missing} in {config.path}: set bounces.ingest_listen (e.g. "
+            "unix:/run/smtpplus/ingest.sock) with tracking on, or let Postfix's pipe run `ingest` (docs/bounces.md)"
+        )
+        return 1
+    from smtpplus_milter.config import load_config
+    from smtpplus_milter.daemon import Daemon
+    from smtpplus_milter.observe import log as logsetup
+    from smtpplus_milter.observe.alerts import AlertDispatcher
+    from smtpplus_milter.services.ingest_lmtp import IngestHandler, IngestService
+
+    logsetup.configure(cache=True)
+    log = logsetup.get_logger()
+
+    def alerts_of(config: Config) -> AlertDispatcher:
+        return AlertDispatcher.from_config(config.settings.alerts)
+
+    def start() -> IngestService:
+        handler = IngestHandler(config, log, quarantine=args.quarantine, alerts=alerts_of(config))
+        return IngestService(listen, handler, lambda: load_config(args.config, create_secret=True), log, alerts_of)
+
+    daemon = Daemon(
+        log=log,
+        socket=listen,
+        pid_file=args.pid_file,
+        drain_seconds=0.0,  # the service drains itself before it returns (DRAIN_SECONDS)
+        warnings=config.warnings,
+        malloc_arenas=None,
+    )
+    return daemon.run(start)
 
 
 def _alert(config: Config, complaints: tuple[tuple[str, str, str], ...], queue_id: str | None) -> None:

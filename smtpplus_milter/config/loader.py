@@ -110,6 +110,18 @@ class Config:
                 "can connect there can pose as Postfix and claim any SASL login; firewall it to the Postfix "
                 "hosts or use a unix socket"
             )
+        listen = self.bounces.ingest_listen
+        if listen is not None and listen.exposed_host is not None:
+            found.append(
+                f"bounces.ingest_listen {listen} listens on {listen.exposed_host}, not on loopback: anyone who "
+                "can connect there can feed reports (a forged token is ignored, a complaint quoting a real "
+                "message is not); firewall it to the Postfix hosts or use a unix socket"
+            )
+        if listen is not None and self.bounces.return_path is None:
+            found.append(
+                "bounces.ingest_listen is set but bounces.return_path is not: no report comes back to "
+                "this relay, so `ingest --serve` has nothing to take"
+            )
         secret = self.secret
         if secret is None and self.secret_path is not None and self.bounces.return_path is not None:
             found.append(
@@ -181,6 +193,7 @@ def load_config(
             return_path=settings.bounces.return_path,
             suppress_hard_days=settings.bounces.suppress_hard_days,
             soft_limit=settings.bounces.soft_limit,
+            ingest_listen=settings.bounces.ingest_listen,
         ),
         suppression=Suppression(action=settings.suppression.action),
         notify=notify,
@@ -596,6 +609,7 @@ def postfix_inputs(settings: Settings, config_file: Path | None = None) -> Postf
         max_message_bytes=settings.limits.max_message_bytes,
         own_mail=tuple(own),
         return_path=settings.bounces.return_path,
+        ingest_listen=settings.bounces.ingest_listen,
         **({"config_file": str(config_file)} if config_file is not None else {}),
     )
 

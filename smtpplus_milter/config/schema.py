@@ -145,6 +145,9 @@ class BouncesSection(_Strict):
     suppress_hard_days: Annotated[int, Field(ge=1, le=3650)] = 180
     # This many soft failures in a row (spread over at least three days) suppress an address.
     soft_limit: Annotated[int, Field(ge=1, le=1000)] = 5
+    # null: Postfix runs `smtpplus-milter ingest` once per report (pipe); a socket
+    # (unix:/PATH or inet:PORT@127.0.0.1): `ingest --serve` takes reports over LMTP there.
+    ingest_listen: SocketValue | None = None
 
     @field_validator("return_path")
     @classmethod

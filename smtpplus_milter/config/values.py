@@ -132,6 +132,8 @@ class PostfixInputs:
     # and the config file that pipe's ingest reads.
     return_path: str | None = None
     config_file: str = "/etc/smtpplus/smtpplus.yaml"
+    # bounces.ingest_listen: the LMTP socket of `ingest --serve` (None: the pipe).
+    ingest_listen: SocketSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,8 @@ class Bounces:
     return_path: str | None = None
     suppress_hard_days: int = 180
     soft_limit: int = 5
+    # Where `ingest --serve` takes reports over LMTP (None: Postfix's pipe runs `ingest` per report).
+    ingest_listen: SocketSpec | None = None
 
     @property
     def policy(self) -> Policy:

@@ -25,16 +25,22 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from smtpplus_milter.config import Config
-from smtpplus_milter.core.reports import ComplaintReport, DeliveryReport, ReturnedHeaders, read_report
+from smtpplus_milter.core.reports import (
+    MAX_REPORT_BYTES,
+    ComplaintReport,
+    DeliveryReport,
+    ReturnedHeaders,
+    read_report,
+)
 from smtpplus_milter.core.tokens import BOUNCE_PREFIX, read_bounce_token
-from smtpplus_milter.infra.files import Ownership, replace_atomically
+from smtpplus_milter.infra.files import FileProblem, Ownership, replace_atomically
 from smtpplus_milter.infra.store import TrackingStore
 from smtpplus_milter.infra.store.base import Attempt, MessageFilter, Notification, Report, StoredMessage, Suppression
 from smtpplus_milter.services.notifier import complaint_notices, plan_of, planner
@@ -181,3 +187,66 @@ def quarantine(directory: Path, raw: bytes, reason: str, now: datetime) -> Path:
     replace_atomically(path, raw, new_file=own)
     replace_atomically(path.with_suffix(".reason"), (reason + "\n").encode("utf-8", "replace"), new_file=own)
     return path
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What became of one report, for the door that took it (pipe exit status, LMTP reply).
+
+    *retry*: it was not recorded nor kept, for a reason that may pass (the store, a full disk):
+    the door answers "try again later" (exit 75, LMTP 451) and Postfix keeps the report.
+    *event* and *fields*: the log line. *complaints*: (user, recipient, feedback type) newly
+    recorded, for the ``SMTPPlusComplaint`` alert.
+    """
+
+    retry: bool
+    event: str
+    fields: Mapping[str, object] = field(default_factory=dict)
+    complaints: tuple[tuple[str, str, str], ...] = ()
+    queue_id: str | None = None
+
+
+def take(
+    raw: bytes,
+    recipient: str | None,
+    config: Config,
+    store: Callable[[], TrackingStore],
+    directory: Path,
+    now: datetime,
+) -> Taken:
+    """One report from either door: recorded, kept in quarantine *directory*, or to be retried.
+
+    *raw* may hold one byte over :data:`MAX_REPORT_BYTES` (the doors read at most that much): such
+    a report is kept cut at the bound, never parsed. *store* gives the open store (it may raise:
+    the store is down); nothing here raises.
+    """
+    try:
+        if len(raw) > MAX_REPORT_BYTES:
+            reason, queue_id = f"over {MAX_REPORT_BYTES} bytes", None
+        else:
+            result = ingest(raw, recipient, config, store(), now)
+            reason, queue_id = result.reason, result.queue_id
+            if result.status != "quarantined":
+                fields = {
+                    "status": result.status,
+                    "queue_id": result.queue_id,
+                    "recipients": result.recipients,
+                    "recipient": recipient,
+                }
+                return Taken(False, "report_ingested", fields, result.complaints, result.queue_id)
+        kept = quarantine(directory, raw[:MAX_REPORT_BYTES], reason, now)
+        fields = {"reason": reason, "kept": str(kept), "queue_id": queue_id, "recipient": recipient}
+        return Taken(False, "report_quarantined", fields, queue_id=queue_id)
+    except FileProblem as exc:
+        return Taken(True, "report_not_kept", {"reason": str(exc), "recipient": recipient})
+    except Exception as exc:  # the store down, a lock timeout...: Postfix retries, nothing is lost
+        reason = f"{type(exc).__name__}: {str(exc)[:500]}"
+        return Taken(True, "report_deferred", {"reason": reason, "recipient": recipient})
+
+
+def quarantine_dir(config: Config, given: Path | None = None) -> Path:
+    """Where unusable reports are kept: *given*, else ``ingest-quarantine`` beside the spool."""
+    if given is not None:
+        return given
+    assert config.tracking is not None  # both doors refuse to start without tracking
+    return Path(config.tracking.spool_dir).parent / "ingest-quarantine"

@@ -1,9 +1,9 @@
 """A bounce that comes back later, end to end: the milter gives the message the envelope sender
 b+TOKEN@<bounces.return_path>, the recipient's server first accepts it and later sends a DSN to
 that address; the lab's real Postfix takes the DSN for the return-path domain and hands it to the
-smtpplus-ingest pipe (as postfix-config prints it, run as nobody), and the recipient turns from
-delivered to bounced. With the store down, ingest answers 75 and Postfix keeps the DSN until the
-store is back."""
+smtpplus-ingest pipe (as postfix-config prints it, run as nobody) or, with bounces.ingest_listen,
+to `ingest --serve` over LMTP, and the recipient turns from delivered to bounced. With the store
+down, ingest answers 75 (LMTP: 451) and Postfix keeps the DSN until the store is back."""
 
 from __future__ import annotations
 
@@ -69,9 +69,19 @@ def _wait(what: str, condition: Callable[[], bool], stack: Stack, timeout: float
     raise AssertionError(f"{what}: not within {timeout}s\npostfix:\n{postfix}")
 
 
-def test_a_late_dsn_reaches_ingest_through_postfix_and_bounces_the_recipient(server: postgres.Server) -> None:
+# What Postfix logs for a delivered report: the pipe's own words, or the LMTP server's 250.
+SENT = {
+    "pipe": r"relay=smtpplus-ingest, .*status=sent \(delivered via smtpplus-ingest service",
+    "lmtp": r"smtpplus-ingest.*status=sent \(250 2\.0\.0 Report recorded",
+}
+
+
+@pytest.mark.parametrize("ingest", ["pipe", "lmtp"])
+def test_a_late_dsn_reaches_ingest_through_postfix_and_bounces_the_recipient(
+    server: postgres.Server, ingest: str
+) -> None:
     url = server.create_database(tcp=True)
-    with Stack(tracking=url, follower=True, priority_routing=None, return_path=RETURN_PATH) as stack:
+    with Stack(tracking=url, follower=True, priority_routing=None, return_path=RETURN_PATH, ingest=ingest) as stack:
         assert stack.postfix is not None and stack.milter is not None
         message = make_message(from_=f"Shop <{SENDER}>", subject="will bounce later")
         assert stack.send(message, login="shop-frontend", mail_from=SENDER, rcpt_to=["late@example.org"]).accepted
@@ -87,7 +97,7 @@ def test_a_late_dsn_reaches_ingest_through_postfix_and_bounces_the_recipient(ser
         dsn = _dsn(delivered.mail_from, "late@example.org")
         assert stack.send(dsn, login=None, mail_from="", rcpt_to=[delivered.mail_from]).accepted
         _wait("bounced by the DSN", lambda: _state(url, token.queue_id, "late@example.org") == "bounced", stack)
-        stack.postfix.wait_for_log(r"relay=smtpplus-ingest, .*status=sent \(delivered via smtpplus-ingest service")
+        stack.postfix.wait_for_log(SENT[ingest])
 
         # Store down: ingest exits 75, Postfix keeps the DSN; once the store is back a flush delivers it.
         assert stack.send(message, login="shop-frontend", mail_from=SENDER, rcpt_to=["late2@example.org"]).accepted

@@ -288,3 +288,31 @@ def test_a_secret_that_cannot_be_created_is_a_problem_with_the_command(tmp_path:
         load_config(write_config(tmp_path, settings=settings), create_secret=True)
     [problem] = caught.value.problems
     assert problem.path == ("secret_file",) and "cannot be created" in str(problem) and "umask 077" in str(problem)
+
+
+@pytest.mark.parametrize(
+    ("listen", "warning"),
+    [
+        pytest.param("unix:/run/smtpplus-ingest/ingest.sock", None, id="unix"),
+        pytest.param("inet:10026@127.0.0.1", None, id="loopback"),
+        pytest.param("inet:10026@192.0.2.1", "not on loopback", id="exposed"),
+    ],
+)
+def test_ingest_listen_is_a_socket_and_warns_off_loopback(tmp_path: Path, listen: str, warning: str | None) -> None:
+    config = _load(
+        tmp_path, secret_file=str(_secret(tmp_path)), bounces={"return_path": "b.example", "ingest_listen": listen}
+    )
+    assert str(config.bounces.ingest_listen) == listen
+    assert config.postfix.ingest_listen == config.bounces.ingest_listen
+    found = [w for w in config.warnings if "ingest_listen" in w]
+    assert (warning in found[0]) if warning else not found
+
+
+def test_ingest_listen_without_a_return_path_warns(tmp_path: Path) -> None:
+    config = _load(tmp_path, bounces={"ingest_listen": "unix:/run/i.sock"})
+    assert any("nothing to take" in w for w in config.warnings)
+
+
+def test_ingest_listen_must_be_a_socket(tmp_path: Path) -> None:
+    problem = _problem(tmp_path, bounces={"ingest_listen": "/run/i.sock"})
+    assert problem.startswith("bounces.ingest_listen: ") and "unix:/ABSOLUTE/PATH" in problem

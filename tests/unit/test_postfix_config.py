@@ -154,6 +154,32 @@ def test_a_return_path_gets_the_ingest_pipe(tmp_path: Path) -> None:
     assert any("relay_domains and transport_maps" in warning for warning in snippets.warnings)
 
 
+@pytest.mark.parametrize(
+    ("listen", "nexthop"),
+    [
+        pytest.param("unix:/run/smtpplus-ingest/ingest.sock", "unix:/run/smtpplus-ingest/ingest.sock", id="unix"),
+        pytest.param("inet:10026@127.0.0.1", "inet:127.0.0.1:10026", id="inet"),
+        pytest.param("inet6:10026@[::1]", "inet:[::1]:10026", id="inet6"),
+    ],
+)
+def test_an_ingest_listen_gets_lmtp_instead_of_the_pipe(tmp_path: Path, listen: str, nexthop: str) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(bytes(32))
+    secret.chmod(0o600)
+    settings = {
+        "secret_file": str(secret),
+        "bounces": {"return_path": "bounce.relay.example", "ingest_listen": listen},
+        "tracking": {"store": f"sqlite:///{tmp_path}/t.db"},
+    }
+    snippets = generate(config_with(tmp_path, settings=settings).postfix)
+    assert snippets.main_cf["transport_maps"] == f"inline:{{ bounce.relay.example=smtpplus-ingest:{nexthop} }}"
+    assert snippets.main_cf["smtpplus-ingest_destination_recipient_limit"] == "1"
+    [entry, option] = [line for line in snippets.master_cf.splitlines() if "smtpplus-ingest" in line]
+    assert entry.split() == ["smtpplus-ingest", "unix", "-", "-", "n", "-", "4", "lmtp"]
+    assert option.split() == ["-o", "syslog_name=postfix/smtpplus-ingest"]
+    assert "pipe" not in snippets.master_cf.split("smtpplus-ingest unix", 1)[1]
+
+
 def test_no_return_path_no_pipe(tmp_path: Path) -> None:
     snippets = generate(config_with(tmp_path).postfix)
     assert "smtpplus-ingest" not in snippets.master_cf and "transport_maps" not in snippets.main_cf
