@@ -490,7 +490,9 @@ class Follower:
         if after_gap:
             log.info("tracking_spool_records_found", records=len(records), first_queue_id=records[0].queue_id)
         if records:
-            store.record_messages(records)  # a failure propagates: back-off, read again later
+            # An outcome the log told before the record came gets its rules and notices now.
+            tuning = self._tuning
+            store.record_messages(records, tuning.policy, tuning.on_outcome)  # a failure: back-off, read again
         if batch.end != self.spool.mark:
             self.spool.mark_done(batch.end)  # only now: a crash before this reads them again
         for reason in skipped:  # counted once, when the mark has moved past them

@@ -713,6 +713,28 @@ def test_a_bounce_enqueues_its_notice_once_in_the_same_transaction(store: SqlSto
     assert claimed.notification.dedup == "relay1:Q1:bob@example.net" and claimed.tries == 1
 
 
+def test_an_outcome_read_before_its_record_still_suppresses_and_notifies_once(store: SqlStore) -> None:
+    # The follower can read the 550 from the log before the milter's spooled record reaches the
+    # store: the attempt waits, and the record brings its rules and notices with it.
+    bounced = _bounce("5.1.1", "hard", 1)
+    deferred = Attempt("relay1", "Q1", "carol@example.net", T0 + timedelta(seconds=30), "deferred", "4.2.0")
+    store.record_attempts([bounced, deferred], None, policy=POLICY, on_outcome=_notices_for)
+    assert _entries(store) == [] and store.claim("x", T0 + timedelta(minutes=2), timedelta(minutes=1), 10) == []
+    the_record = record("Q1", "bob@example.net", "carol@example.net")
+    store.record_messages([the_record], POLICY, _notices_for)
+    store.record_messages([the_record], POLICY, _notices_for)  # the spool replayed it
+    assert _entries(store) == [("user:alice", "bob@example.net", "hard_bounce")]
+    [entry] = store.suppressions()
+    assert entry.created == bounced.at and entry.source_queue_id == "Q1"
+    [claimed] = store.claim("host-a", T0 + timedelta(minutes=2), timedelta(minutes=1), 10)
+    assert claimed.notification.dedup == "relay1:Q1:bob@example.net"  # carol is only deferred: no notice
+    found = store.message("Q1")
+    assert found is not None and {r.address: r.state for r in found.recipients} == {
+        "bob@example.net": "bounced",
+        "carol@example.net": "deferred",
+    }
+
+
 def test_claims_are_leased_retried_and_sent_once(two_stores: tuple[SqlStore, SqlStore]) -> None:
     store, _ = two_stores
     notices = [Notification("bounce", "immediate", "it@example.com", f"k{n}", "d", {"n": n}, T0) for n in range(3)]

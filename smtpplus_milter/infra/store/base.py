@@ -306,14 +306,6 @@ def next_state(current: str, status: str) -> str:
     return STATE_OF_STATUS[status]
 
 
-def fold_states(statuses: Iterable[str], start: str = "queued") -> str:
-    """The state after a sequence of attempt statuses, in the order they are applied."""
-    state = start
-    for status in statuses:
-        state = next_state(state, status)
-    return state
-
-
 def epoch(value: datetime) -> float:
     """Seconds since 1970 UTC: how both SQL backends store times (cheap to group by day and compare)."""
     _utc(value, "time")
@@ -341,8 +333,18 @@ class TrackingStore(abc.ABC):
         """Apply the migrations not yet applied, each in its own transaction; the versions applied."""
 
     @abc.abstractmethod
-    def record_messages(self, records: Iterable[MessageRecord]) -> RecordResult:
-        """Record messages; the same (node, queue_id) again is the same message (a spool may replay)."""
+    def record_messages(
+        self,
+        records: Iterable[MessageRecord],
+        policy: suppression.Policy | None = None,
+        on_outcome: OnOutcome | None = None,
+    ) -> RecordResult:
+        """Record messages; the same (node, queue_id) again is the same message (a spool may replay).
+
+        A recipient whose final outcome was recorded before its message (the log read first) gets
+        the outcome's effects now, as :meth:`record_attempts` would have applied them: *policy*
+        (the suppression rules) and *on_outcome* (the notices to enqueue).
+        """
 
     @abc.abstractmethod
     def record_attempts(

@@ -54,7 +54,6 @@ from smtpplus_milter.infra.store.base import (
     day_of,
     domain_of,
     epoch,
-    fold_states,
     from_epoch,
     next_state,
 )
@@ -187,7 +186,9 @@ class SqlStore(TrackingStore):
 
     # -- writes ------------------------------------------------------------------------------------
 
-    def record_messages(self, records: Iterable[MessageRecord]) -> RecordResult:
+    def record_messages(
+        self, records: Iterable[MessageRecord], policy: Policy | None = None, on_outcome: OnOutcome | None = None
+    ) -> RecordResult:
         # One transaction and a handful of statements per batch, not ~6 per record: the milter's
         # writer thread shares the process (and the GIL) with the mail path, so every statement
         # it saves is CPU the mail path gets back. Same rows as recording the records one by one.
@@ -202,7 +203,8 @@ class SqlStore(TrackingStore):
             return RecordResult(new=0, replayed=replayed)
         with self._transaction() as cur:
             ids = self._insert_messages(cur, tuple(unique.values()))
-            self._add_recipients(cur, tuple((ids[key], rec) for key, rec in unique.items() if key in ids))
+            effects = _Effects(policy, on_outcome) if policy or on_outcome else None
+            self._add_recipients(cur, tuple((ids[key], rec) for key, rec in unique.items() if key in ids), effects)
         return RecordResult(new=len(ids), replayed=replayed + len(unique) - len(ids))
 
     def _insert_messages(self, cur: Cursor, records: Sequence[MessageRecord]) -> dict[tuple[str, str], int]:
@@ -229,18 +231,31 @@ class SqlStore(TrackingStore):
         """``column`` is one of ``values``: the SQL and its parameters (at most :data:`IN_VALUES`)."""
         return f"{column} IN ({', '.join('?' for _ in values)})", list(values)
 
-    def _add_recipients(self, cur: Cursor, new: Sequence[tuple[int, MessageRecord]]) -> None:
-        """The recipients rows, the recipients database and the counters of newly inserted messages."""
+    def _add_recipients(
+        self, cur: Cursor, new: Sequence[tuple[int, MessageRecord]], effects: _Effects | None = None
+    ) -> None:
+        """The recipients rows, the recipients database and the counters of newly inserted messages.
+
+        The follower may read a recipient's outcome from Postfix's log before the milter's record
+        of the message reaches the store (a refusal on loopback takes milliseconds, the milter's
+        spool is written every 100 ms): the attempt then waited in its table. Its state is folded in
+        here, and a final one gets the same *effects* (suppression rules, notices) as if the
+        attempt had come after the record.
+        """
         if not new:
             return
         earlier = self._earlier_attempts(cur, tuple(rec for _, rec in new))
         recipients: list[tuple[int, str, str, str]] = []
         contacts: list[tuple[str, str, float, float, str]] = []
+        decided: list[tuple[int, MessageRecord, str, str, int]] = []  # (message, record, address, state, attempt)
         for message, rec in new:
             counts: dict[str, int] = {}
             accepted = epoch(rec.accepted_at)
             for address in _addresses(rec):
-                state = fold_states(earlier.get((rec.node, rec.queue_id, address), ()))
+                story = earlier.get((rec.node, rec.queue_id, address), ())
+                state, deciding = _fold_with_cause(story)
+                if effects is not None and state in FINAL_STATES and deciding is not None:
+                    decided.append((message, rec, address, state, deciding))
                 counts[state] = counts.get(state, 0) + 1
                 recipients.append((message, address, domain_of(address), state))
                 contacts.append((rec.user, address, accepted, accepted, state))
@@ -265,9 +280,16 @@ class SqlStore(TrackingStore):
             " ELSE contacts.state END",
             contacts,
         )
+        for message, rec, address, state, attempt_id in decided:
+            assert effects is not None
+            attempt = self._attempt(cur, attempt_id)
+            self._apply_effects(cur, rec.node, message, rec.user, address, state, attempt, effects)
 
-    def _earlier_attempts(self, cur: Cursor, records: Sequence[MessageRecord]) -> dict[tuple[str, str, str], list[str]]:
-        """Statuses the follower recorded before these records arrived, by (node, queue id, recipient).
+    def _earlier_attempts(
+        self, cur: Cursor, records: Sequence[MessageRecord]
+    ) -> dict[tuple[str, str, str], list[tuple[str, int]]]:
+        """(status, attempt id) the follower recorded before these records arrived, by (node, queue id,
+        recipient), in the order they happened.
 
         An attempt on a queue id that continues a record's (queued_as links) counts for that record.
         Two look-ups per node for the whole batch (the links, the attempts); usually both find nothing.
@@ -313,7 +335,7 @@ class SqlStore(TrackingStore):
                     for root in owners[queue_id]:
                         found.setdefault((node, root, recipient), []).append((at, attempt_id, status))
         # In the order they happened (the chunks' results were gathered unordered).
-        return {key: [status for _, _, status in sorted(rows)] for key, rows in found.items()}
+        return {key: [(status, attempt) for _, attempt, status in sorted(rows)] for key, rows in found.items()}
 
     def _concat(self, a: str, b: str) -> str:
         """Two text values joined (both dialects spell it ||)."""
@@ -468,18 +490,38 @@ class SqlStore(TrackingStore):
             (new, user, address, accepted),
         )
         if effects is not None and new in FINAL_STATES:
-            if effects.policy is not None:
-                self._after_outcome(cur, node, user, address, attempt, effects.policy)
-            if effects.on_outcome is not None:
-                cur.execute(
-                    "SELECT queue_id, list_name, envelope_from, subject, message_id FROM messages WHERE id = ?",
-                    (message,),
-                )
-                root, list_name, envelope_from, subject, message_id = cur.fetchone()
-                outcome = Outcome(
-                    node, root, user, list_name, envelope_from, subject, message_id, address, new, attempt
-                )
-                self._enqueue(cur, effects.on_outcome(outcome))
+            self._apply_effects(cur, node, message, user, address, new, attempt, effects)
+
+    def _apply_effects(
+        self,
+        cur: Cursor,
+        node: str,
+        message: int,
+        user: str,
+        address: str,
+        state: str,
+        attempt: Attempt,
+        effects: _Effects,
+    ) -> None:
+        """What a recipient's final outcome also does, in its transaction: rules, then notices."""
+        if effects.policy is not None:
+            self._after_outcome(cur, node, user, address, attempt, effects.policy)
+        if effects.on_outcome is not None:
+            cur.execute(
+                "SELECT queue_id, list_name, envelope_from, subject, message_id FROM messages WHERE id = ?",
+                (message,),
+            )
+            root, list_name, envelope_from, subject, message_id = cur.fetchone()
+            outcome = Outcome(node, root, user, list_name, envelope_from, subject, message_id, address, state, attempt)
+            self._enqueue(cur, effects.on_outcome(outcome))
+
+    def _attempt(self, cur: Cursor, attempt_id: int) -> Attempt:
+        cur.execute(
+            "SELECT node, queue_id, recipient, at, status, dsn, relay, delay, reply, class FROM attempts WHERE id = ?",
+            (attempt_id,),
+        )
+        node, qid, recipient, at, status, dsn, relay, delay, reply, cls = cur.fetchone()
+        return Attempt(node, qid, recipient, from_epoch(at), status, dsn or None, relay, delay, reply, cls)
 
     def _after_outcome(self, cur: Cursor, node: str, user: str, address: str, attempt: Attempt, policy: Policy) -> None:
         """Apply core/suppression.py's rules to the recipient's final outcome (once per message)."""
@@ -1019,6 +1061,16 @@ def _statements(script: str) -> Iterator[str]:
 
 
 __all__ = ["MESSAGE_INSERT_COLUMNS", "Cursor", "SqlStore", "message_row"]
+
+
+def _fold_with_cause(story: Sequence[tuple[str, int]]) -> tuple[str, int | None]:
+    """The state after *story* ((status, attempt id) in order) and the attempt that last changed it."""
+    state, cause = "queued", None
+    for status, attempt in story:
+        moved = next_state(state, status)
+        if moved != state:
+            state, cause = moved, attempt
+    return state, cause
 
 
 @dataclass(frozen=True, slots=True)
