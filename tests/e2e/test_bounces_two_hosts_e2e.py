@@ -161,8 +161,10 @@ def test_two_hosts_send_each_bounce_notice_once_while_both_send(hosts: Hosts) ->
         if holders != set(USERS):
             # Only one follower sends: more bounces through the host of the other (a follower
             # records only its own host's log), which it then claims while the first still holds.
+            # Several: a bounce whose log line the follower reads before the milter's record is
+            # never told (see the last assertion), and one notice is all this step needs.
             [idle] = set(USERS) - holders
-            for number in range(PER_HOST, PER_HOST + 2):
+            for number in range(PER_HOST, PER_HOST + 4):
                 send(idle, number)
         both = hosts.it.wait_until(lambda: hosts.it.held >= 2, 18)
         assert both, f"the followers never sent at the same moment (held by {hosts.holders()})\n{hosts.logs()}"
@@ -223,7 +225,17 @@ def test_two_hosts_send_each_bounce_notice_once_while_both_send(hosts: Hosts) ->
         for address in bouncing
     }
     assert len(want) == expected_count
-    assert set(got) == want, f"bounced but never told: {sorted(want - set(got))}; told: {sorted(set(got))}"
+    missing = sorted(want - set(got))
+    # Every hard bounce also suppresses the address for its user: a missing notice with a missing
+    # entry says the bounce's outcome effects never ran, not that a notice was lost on its way.
+    store = open_store(hosts.url)
+    try:
+        suppressed = {entry.address for entry in store.suppressions()}
+    finally:
+        store.close()
+    assert missing == [], (
+        f"bounced but never told: {missing}; of those suppressed: {suppressed & {m[0] for m in missing}}"
+    )
     # The address that bounced on both hosts was told once per message: two notices, one per host.
     assert sorted(node for (address, node, _, _) in got if address == SHARED) == ["east", "west"]
 
@@ -264,6 +276,8 @@ def test_two_hosts_send_one_digest_per_list_and_day(hosts: Hosts) -> None:
             store.close()
 
     first, second = groups
+    # Only digests may reach the gate: nothing else left to send, nobody sending.
+    hosts.wait("the outbox sent", lambda: all(row[4] for row in hosts.outbox()) and hosts.it.held == 0)
     hosts.it.close_gate()
     try:
         enqueue(first)
@@ -271,7 +285,8 @@ def test_two_hosts_send_one_digest_per_list_and_day(hosts: Hosts) -> None:
         # The follower that took the first list is stuck sending it: the other takes the second.
         enqueue(second)
         both = hosts.it.wait_until(lambda: hosts.it.held >= 2, 15)
-        assert both, f"the followers never sent at the same moment\n{hosts.logs()}"
+        assert both, f"the followers never sent at the same moment (held by {hosts.holders()})\n{hosts.logs()}"
+        assert hosts.holders() == set(USERS)
     finally:
         hosts.it.open_gate()
     hosts.wait("both digests", lambda: len(_notices(hosts, "[SMTP+] Daily digest:")) >= before + 2)
