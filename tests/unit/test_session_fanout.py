@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
+from smtpplus_milter.config.loader import ConfigError
+from smtpplus_milter.config.rules import rules_of
 from smtpplus_milter.core.fanout import TAG, Tag
 from smtpplus_milter.core.priority import QUEUE_HEADER, HeaderEdit
 from smtpplus_milter.core.session import MAX_NAMED_BYTES, Action, EndOfMessage, MessageSession, Rules
@@ -148,3 +151,10 @@ def test_dropped_recipients_do_not_count() -> None:
     session.end_of_headers()
     end = session.end_of_message(QUEUE_ID)
     assert end.drop == ("<c@x.example>",) and _tags(end) == []
+
+
+def test_bcc_in_to_reaches_the_rules(tmp_path: Path) -> None:
+    lists = {"shop": {"bcc_in_to": True}, "news": {}, "crm": {"bcc_in_to": False}}
+    assert rules_of(builders.config_with(tmp_path, settings={"lists": lists})).fanout == {"shop": "bcc"}
+    with pytest.raises(ConfigError, match="bcc_in_to"):
+        builders.config_with(tmp_path, settings={"lists": {"shop": {"bcc_in_to": "sometimes"}}})
