@@ -4,6 +4,11 @@ The milter adds ``X-SMTPPlus-Queue: high|normal|low``; Postfix's ``milter_header
 only sees headers a milter produced, never what a client sent) turns ``high`` and ``low`` into a
 FILTER to the ``smtpplus-high`` / ``smtpplus-low`` transports; ``smtp_header_checks`` removes the
 header on the way out, so recipients never see it.
+
+When some list has ``bcc_in_to``, the milter also adds ``X-SMTPPlus-Fanout`` (after the queue
+header: the last FILTER wins) and :func:`fanout_transport` sends such messages to the fanout filter
+over LMTP, one recipient per delivery, and takes its copies back on a loopback smtpd without this
+milter (docs/fanout.md).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from smtpplus_milter.config import HostPort, OwnMail, PostfixInputs, SocketSpec
 
 MILTER_CHECKS = "smtpplus_milter_header_checks"
 SMTP_CHECKS = "smtpplus_smtp_header_checks"
+FANOUT_CHECKS = "smtpplus_fanout_header_checks"
 
 # Postfix's message_size_limit must sit a little ABOVE limits.max_message_bytes, so that our 552
 # (which names limits.max_message_bytes) is the refusal a client sees, not Postfix's "message size
@@ -141,10 +147,12 @@ def generate(
             f"  -o syslog_name=postfix/{name}",
         ]
         checks.append(f"/^X-SMTPPlus-Queue:[[:space:]]*{queue}[[:space:]]*$/ FILTER {name}:{nexthops.get(queue, '')}")
+    queue_checks = checks[2:]
     strip = [
         "# Written by smtpplus-milter postfix-config: recipients never see the routing header.",
         "/^X-SMTPPlus-Queue:/ IGNORE",
     ]
+    files: dict[str, str] = {}
     warnings = [
         "FILTER overrides content_filter: a message routed to smtpplus-high/-low skips an "
         "after-queue content_filter (e.g. amavis). Run such filters as milters (before "
@@ -172,14 +180,113 @@ def generate(
         main_cf.update(ingest_cf)
         master_lines += ingest_master
         warnings += ingest_warnings
+    if inputs.fanout:
+        fanout = fanout_transport(inputs.fanout_listen, inputs.fanout_reinject, directory)
+        checks += fanout.milter_checks
+        strip += fanout.strip
+        main_cf.update(fanout.main_cf)
+        master_lines += fanout.master
+        files[FANOUT_CHECKS] = "\n".join([*fanout.reinject_checks_head, *queue_checks]) + "\n"
+        warnings += fanout.warnings
     listener, listener_cf, listener_warnings = local_listener(inputs.own_mail, chroot=chroot)
     return PostfixSnippets(
         main_cf=main_cf,
         master_cf="\n".join(master_lines) + ("\n" if master_lines else ""),
-        files={MILTER_CHECKS: "\n".join(checks) + "\n", SMTP_CHECKS: "\n".join(strip) + "\n"},
+        files={MILTER_CHECKS: "\n".join(checks) + "\n", SMTP_CHECKS: "\n".join(strip) + "\n", **files},
         warnings=warnings + listener_warnings,
         local_listener=listener,
         local_listener_main_cf=listener_cf,
+    )
+
+
+FANOUT = "smtpplus-fanout"
+FANOUT_CLEANUP = "smtpplus-fanout-cleanup"
+FANOUT_MILTERS = "smtpplus_fanout_milters"
+FANOUT_TAG = "X-SMTPPlus-Fanout"
+
+
+@dataclass(frozen=True)
+class FanoutLines:
+    """What the fanout filter needs from Postfix (see :func:`fanout_transport`)."""
+
+    milter_checks: tuple[str, ...]  # appended to milter_header_checks, AFTER the queue lines
+    strip: tuple[str, ...]  # appended to smtp_header_checks
+    main_cf: dict[str, str]
+    master: tuple[str, ...]
+    reinject_checks_head: tuple[str, ...]  # comment lines of FANOUT_CHECKS (the queue lines follow)
+    warnings: tuple[str, ...]
+
+
+def fanout_transport(listen: SocketSpec, reinject: HostPort, postfix_dir: PurePosixPath) -> FanoutLines:
+    """The per-message after-queue filter that makes one copy per recipient, and its way back.
+
+    - ``milter_header_checks``: a message the milter tagged goes to the ``smtpplus-fanout`` LMTP
+      transport. The line comes after the queue lines: when several FILTER actions match, Postfix
+      runs the last one, and the tag is added after the queue header for the same reason.
+    - ``smtpplus-fanout_destination_recipient_limit = 1``: the LMTP client hands the filter the
+      message once per recipient, so each answer (250 or 451) is about one copy.
+    - The re-injection listener on *reinject*: a loopback smtpd that does not run this milter
+      (each copy was judged as the original), only takes mail from loopback without a login, skips
+      a global content_filter and the address mappings already applied to the original, and runs
+      ``$smtpplus_fanout_milters`` (empty here: the operator's DKIM signer goes there, so every copy
+      is signed after its To: changed). Its own cleanup service reads :data:`FANOUT_CHECKS`, the
+      queue FILTER lines without the fanout line, so each copy goes to its priority transport.
+      A separate cleanup because header_checks are applied by cleanup(8), not smtpd: an
+      ``-o header_checks=`` on the smtpd line would not be seen. milter_header_checks cannot do it:
+      the queue header of a copy comes from the filter, not from a milter.
+    """
+    loopback = reinject.host in ("127.0.0.1", "::1", "localhost")
+    endpoint = f"[{reinject.host}]:{reinject.port}" if ":" in reinject.host else str(reinject)
+    milter_checks = (
+        "# Tagged by the milter: one copy per recipient, made by smtpplus-milter fanout. Keep this",
+        "# line after the X-SMTPPlus-Queue lines: Postfix runs the last FILTER that matched.",
+        f"/^{FANOUT_TAG}:/ FILTER {FANOUT}:{_lmtp_nexthop(listen)}",
+    )
+    master = (
+        f"{FANOUT} unix  -       -       n       -       10      lmtp",
+        f"  -o syslog_name=postfix/{FANOUT}",
+        f"{endpoint} inet  n       -       n       -       -       smtpd",
+        "  -o syslog_name=postfix/smtpplus-reinject",
+        f"  -o smtpd_milters=${FANOUT_MILTERS}",
+        "  -o non_smtpd_milters=",
+        "  -o content_filter=",
+        f"  -o cleanup_service_name={FANOUT_CLEANUP}",
+        "  -o receive_override_options=no_unknown_recipient_checks,no_address_mappings",
+        "  -o mynetworks=127.0.0.0/8,[::1]/128",
+        "  -o smtpd_client_restrictions=permit_mynetworks,reject",
+        "  -o smtpd_helo_restrictions=",
+        "  -o smtpd_sender_restrictions=",
+        "  -o smtpd_recipient_restrictions=permit_mynetworks,reject",
+        "  -o smtpd_relay_restrictions=permit_mynetworks,reject",
+        "  -o smtpd_sasl_auth_enable=no",
+        f"{FANOUT_CLEANUP} unix n       -       n       -       0       cleanup",
+        f"  -o syslog_name=postfix/{FANOUT_CLEANUP}",
+        f"  -o header_checks=regexp:{postfix_dir / FANOUT_CHECKS}",
+        # Both default to $header_checks: a forwarded message inside a copy must not route it.
+        "  -o mime_header_checks=",
+        "  -o nested_header_checks=",
+    )
+    warnings = [
+        f"{FANOUT_MILTERS} is empty: put your DKIM signer there (e.g. {FANOUT_MILTERS} = "
+        "inet:127.0.0.1:8891) so each copy is signed after the split; a signature made before "
+        "the split is removed from copies whose To: changes. Never put smtpplus-milter there.",
+        f"Start smtpplus-milter fanout (systemd unit smtpplus-fanout) listening on {listen}: until "
+        f"it answers, messages with a BCC recipient wait in Postfix's queue (deferred, retried).",
+        f"The copies come back on {endpoint} with the sender's envelope; your own header_checks, "
+        "body_checks and address mappings already applied to the original are not run again there.",
+    ]
+    if not loopback:
+        warnings.append(f"fanout re-injection {endpoint} is not a loopback address: it must be")
+    return FanoutLines(
+        milter_checks=milter_checks,
+        strip=(f"/^{FANOUT_TAG}:/ IGNORE",),
+        main_cf={f"{FANOUT}_destination_recipient_limit": "1", FANOUT_MILTERS: ""},
+        master=master,
+        reinject_checks_head=(
+            "# Written by smtpplus-milter postfix-config: the copies the fanout filter re-injects go",
+            "# to the transport of their priority (the same lines as milter_header_checks, no fanout).",
+        ),
+        warnings=tuple(warnings),
     )
 
 

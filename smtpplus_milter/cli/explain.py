@@ -37,6 +37,13 @@ def add_parser(commands: Any, add_config: Any) -> None:
     parser.add_argument(
         "--header", action="append", default=[], metavar="'NAME: VALUE'", help="any other header (repeatable)"
     )
+    parser.add_argument(
+        "--rcpt",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="an envelope recipient (repeatable): shows whether a list with bcc_in_to would split the message",
+    )
     parser.add_argument("--json", action="store_true", help="JSON instead of text")
 
 
@@ -69,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     mail_from = args.mail_from if args.mail_from.startswith("<") else f"<{args.mail_from}>"
-    result = explain(rules_of(config), args.user or None, mail_from, headers)
+    result = explain(rules_of(config), args.user or None, mail_from, headers, recipients=args.rcpt)
     record = to_record(config, result, assumed_from=args.header_from is None and not args.no_header_from)
     if args.json:
         print(json.dumps(record, indent=2, ensure_ascii=False))
@@ -131,7 +138,11 @@ def to_record(config: Config, result: Explanation, *, assumed_from: bool = False
             "effective": plan.effective,
         },
         "queue": plan.queue if plan else None,
-        "header_edits": [] if plan is None else [_edit_text(edit) for edit in plan.edits],
+        "header_edits": [] if plan is None else [_edit_text(edit) for edit in result.edits or plan.edits],
+        "recipients": list(result.recipients),
+        "fanout": None
+        if not result.splits
+        else {"mode": result.fanout.mode if result.fanout else None, "tagged": result.fanout is not None},
         "list": list_info,
     }
 
@@ -197,6 +208,16 @@ def to_text(record: dict[str, Any]) -> str:
                 f"effective {priority['effective']} -> queue {record['queue']}"
             )
         lines += [f"  header edit: {edit}" for edit in record["header_edits"]]
+    fanout = record.get("fanout")
+    if fanout and not record["recipients"]:
+        lines.append("Copies: the list makes per-recipient copies (bcc_in_to); give --rcpt to see this message's")
+    elif fanout and fanout["tagged"]:
+        lines.append(
+            "Copies: tagged for the fanout filter: each recipient not named in To:/Cc: gets a copy with "
+            "their own address in To: (the others get the message unchanged)"
+        )
+    elif fanout:
+        lines.append("Copies: none (every recipient is named in To:/Cc:)")
     if record["list"]:
         item = record["list"]
         lines.append(

@@ -604,14 +604,15 @@ def postfix_inputs(settings: Settings, config_file: Path | None = None) -> Postf
     for name, value in list_notify.items():
         if value.sender is not None and value != notify:
             own.append(OwnMail(f"lists.{name}.notify.smtp", value.smtp, value.sender))
-    return PostfixInputs(
+    inputs = PostfixInputs(
         queues=frozenset(settings.priority.queues.values()),
         max_message_bytes=settings.limits.max_message_bytes,
         own_mail=tuple(own),
         return_path=settings.bounces.return_path,
         ingest_listen=settings.bounces.ingest_listen,
-        **({"config_file": str(config_file)} if config_file is not None else {}),
+        fanout=any(section.bcc_in_to for section in settings.lists.values()),
     )
+    return inputs if config_file is None else replace(inputs, config_file=str(config_file))
 
 
 def config_path_from_env() -> Path:

@@ -41,6 +41,7 @@ def rules_of(config: Config) -> Rules:
         display_name_spoofing=settings.authorization.display_name_spoofing,
         per_user_labels=settings.metrics.per_user_labels,
         return_path=_return_path(config),
+        fanout={name: "bcc" for name, section in settings.lists.items() if section.bcc_in_to},
     )
 
 

@@ -221,6 +221,9 @@ class ListSection(_Strict):
     header: TextVariants | None = None
     footer: TextVariants | None = None
     notify: NotifySection | None = None
+    # A recipient not named in To:/Cc: gets a copy of their own whose To: is their address
+    # (docs/fanout.md: the milter tags the message, the fanout filter makes the copies).
+    bcc_in_to: bool = False
 
 
 class SaslSection(_Strict):

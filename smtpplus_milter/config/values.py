@@ -109,6 +109,11 @@ class SocketSpec:
         return self.text
 
 
+# Where the fanout filter listens and where it re-injects copies, until the config names them.
+FANOUT_LISTEN = SocketSpec.parse("unix:/run/smtpplus-fanout/fanout.sock")
+FANOUT_REINJECT = HostPort("127.0.0.1", 10027)
+
+
 @dataclass(frozen=True)
 class OwnMail:
     """Mail the product itself sends (alerts, verification codes): where to, and from whom.
@@ -134,6 +139,11 @@ class PostfixInputs:
     config_file: str = "/etc/smtpplus/smtpplus.yaml"
     # bounces.ingest_listen: the LMTP socket of `ingest --serve` (None: the pipe).
     ingest_listen: SocketSpec | None = None
+    # Some list has bcc_in_to: tagged messages go to the fanout filter (LMTP on fanout_listen),
+    # which re-injects each copy into the loopback smtpd on fanout_reinject (docs/fanout.md).
+    fanout: bool = False
+    fanout_listen: SocketSpec = FANOUT_LISTEN
+    fanout_reinject: HostPort = FANOUT_REINJECT
 
 
 @dataclass(frozen=True)

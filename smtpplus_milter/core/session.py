@@ -16,7 +16,12 @@ The rules, in the order they apply:
 2. End of headers: :func:`~smtpplus_milter.core.authorization.decide_headers` (From:/Sender:), then
    the priority plan (headers read, combined with the user's priority, one queue).
 3. End of message: the size actually received is checked again (a client may lie in SIZE= or
-   send none); then the priority edits and the banner of the user's list.
+   send none); then the priority edits and the banner of the user's list. When the user's list
+   splits its messages (``lists.NAME.bcc_in_to``) and some envelope recipient is not named in
+   To:/Cc:, the tag ``X-SMTPPlus-Fanout: <queue id> <mode>`` is added AFTER ``X-SMTPPlus-Queue``:
+   Postfix runs the last FILTER its header checks found, and the fanout filter must win over the
+   priority transport (each copy gets its priority transport when it is re-injected). A milter
+   cannot create messages; the copies are made after the queue (docs/fanout.md).
 
 A refusal, once decided, stays that refusal whatever fails afterwards; a failure before any
 decision answers what ``milter.on_internal_error`` says (:meth:`MessageSession.fail`).
@@ -32,6 +37,7 @@ from typing import BinaryIO, Literal
 
 from smtpplus_milter.core.authorization import decide_headers, decide_mail_from
 from smtpplus_milter.core.decision import Decision, Reply, Spoofing, Unauthorized, Verdict, safe_text
+from smtpplus_milter.core.fanout import TAG, Tag, named, needs_fanout
 from smtpplus_milter.core.priority import HeaderEdit, PriorityPlan, plan_priority
 from smtpplus_milter.core.suppression import Entry, find
 from smtpplus_milter.core.suppression import reply as suppressed_reply
@@ -55,6 +61,13 @@ MACROS_MISSING_REPLY = Reply(
 )
 # Put into every HTML banner/footer so a forwarded or resent message never gets a second one.
 FOOTER_MARKER = "smtpplus-footer"
+
+# To:/Cc: values above this many bytes in all are not parsed to find who is named (measured with
+# the parser core.fanout.named uses: 64 KiB of commas 0.14 s, 64 KiB of addresses 0.06 s): such a
+# message is tagged whenever its list splits, and the fanout filter decides per copy (a named
+# recipient's copy goes on unchanged). So is a value the parser gives up on (600 nested "(" make
+# it recurse too deep): tagging when in doubt costs a pass through the filter, never a copy.
+MAX_NAMED_BYTES = 64 * 1024
 
 # Metric label values that are not logins.
 UNAUTHENTICATED = "_unauthenticated"
@@ -98,6 +111,9 @@ class Rules:
     # bounces.return_path: SMTP+ mail leaves with the envelope sender b+TOKEN@<domain> (TOKEN:
     # this node and the queue id, signed with the key), so reports come back to the relay.
     return_path: ReturnPath | None = None
+    # List name -> how its messages are split into per-recipient copies (core.fanout.MODES;
+    # lists.NAME.bcc_in_to gives "bcc"). Lists that are not split are not here.
+    fanout: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def mode(self) -> str:
@@ -179,6 +195,7 @@ class Outcome:
     notices: tuple[Notice, ...]
     recipients: tuple[str, ...] = ()  # envelope recipients as given at RCPT TO (at most MAX_RECIPIENTS)
     suppressed: tuple[Suppressed, ...] = ()  # recipients the suppression list kept from the message
+    fanout: Tag | None = None  # the tag added: the message is split into per-recipient copies
 
     @property
     def verdict(self) -> Verdict:
@@ -257,6 +274,7 @@ class Outcome:
                 if self.suppressed
                 else {}
             ),
+            **({"fanout": self.fanout.mode} if self.fanout is not None else {}),
             "ms": round(elapsed * 1000, 2),
         }
 
@@ -278,6 +296,8 @@ class MessageSession:
         self.announced_size: int | None = None
         self.headers: list[tuple[str, str]] = []
         self.recipients: list[str] = []
+        self.more_recipients = False  # more than MAX_RECIPIENTS: the rest were not kept
+        self.fanout: Tag | None = None
         self.suppressed: list[Suppressed] = []
         self.received = 0  # header and body bytes as they arrived
         self.reasons: list[str] = []
@@ -348,7 +368,15 @@ class MessageSession:
                 return Step(Action.REJECT, Reply("550", "5.7.1", suppressed_reply(address, entry.reason, entry.since)))
         elif len(self.recipients) < MAX_RECIPIENTS:
             self.recipients.append(address)
+        else:
+            self.more_recipients = True
         return GO_ON
+
+    @property
+    def wants_recipients(self) -> bool:
+        """True when the end of message needs the envelope recipients (the user's list splits)."""
+        user = self.user
+        return user is not None and user.list is not None and user.list in self.rules.fanout
 
     def header(self, name: str, value: str) -> None:
         self.headers.append((name, value))
@@ -401,7 +429,34 @@ class MessageSession:
             return EndOfMessage(Step(Action.DISCARD), drop=drop)
         return_path = self.rules.return_path
         sender = return_path.sender(self.queue_id) if return_path is not None and self.queue_id else None
-        return EndOfMessage(GO_ON, edits, self.banner, drop, sender)
+        return EndOfMessage(GO_ON, (*edits, *self._fanout_edits()), self.banner, drop, sender)
+
+    def _fanout_edits(self) -> tuple[HeaderEdit, ...]:
+        """The fanout tag, when the user's list splits and a recipient is not named in To:/Cc:.
+
+        Added after the priority edits, so after ``X-SMTPPlus-Queue`` (the last FILTER wins).
+        """
+        user = self.user
+        mode = self.rules.fanout.get(user.list) if user is not None and user.list else None
+        if mode is None:
+            return ()
+        if not self.queue_id:
+            # The filter keys its journal by the queue id: without one, no copies (never the case
+            # with Postfix, which we ask for macro i at end of message).
+            self.reasons.append("no queue id from Postfix: not split into per-recipient copies")
+            return ()
+        values = [value for name, value in self.headers if name.strip().lower() in ("to", "cc")]
+        if self.more_recipients or sum(len(value) for value in values) > MAX_NAMED_BYTES:
+            needed = True  # cannot tell cheaply: the filter decides per copy
+        else:
+            try:
+                needed = needs_fanout(mode, named(values), self.recipients)
+            except (RecursionError, ValueError):
+                needed = True
+        if not needed:
+            return ()
+        self.fanout = Tag(self.queue_id, mode)
+        return (HeaderEdit("add", TAG, self.fanout.render()),)
 
     def add_banner(self, body: BinaryIO | bytes) -> InjectionResult:
         """Run the header/footer injection on the kept body and remember its result.
@@ -503,6 +558,7 @@ class MessageSession:
             notices=self._notices(decision, spoofing),
             recipients=tuple(self.recipients),
             suppressed=tuple(self.suppressed),
+            fanout=self.fanout if accepted else None,
         )
 
     def _user_label(self, decision: Decision) -> str:

@@ -146,13 +146,14 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
     def hello(self, hostname: str) -> int:
         return Milter.CONTINUE
 
-    # Each recipient Postfix accepted: for the tracking record, and checked against the suppression
-    # list. Without tracking nothing is answered here (noreply: Postfix does not wait).
+    # Each recipient Postfix accepted: for the tracking record, checked against the suppression
+    # list, and for the fanout decision at end of message (a list with bcc_in_to). Without the
+    # suppression list nothing is answered here (noreply: Postfix does not wait).
     @Milter.noreply
     @_guarded(replying=False)
     def envrcpt(self, to: str, *params: str) -> int:
         session = self.session
-        if session is None or self.runtime.tracking is None or session.decided:
+        if session is None or session.decided or (self.runtime.tracking is None and not session.wants_recipients):
             return Milter.CONTINUE
         reader = self.runtime.suppressions
         # Only a connection that answers RCPT can refuse one (see negotiate).

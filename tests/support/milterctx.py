@@ -7,7 +7,7 @@ so every caller drives the adapter through the same steps.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import Milter
 from Milter import testctx
@@ -64,17 +64,23 @@ class Session:
         return self.ctx._reply  # type: ignore[no-any-return]
 
     def message(
-        self, mail_from: str, headers: list[tuple[str, str]], body: bytes = b"", params: tuple[str, ...] = ()
+        self,
+        mail_from: str,
+        headers: list[tuple[str, str]],
+        body: bytes = b"",
+        params: tuple[str, ...] = (),
+        recipients: Sequence[str] = ("<rcpt@example.org>",),
     ) -> tuple[str, int]:
-        """Send one message; return the stage that answered last and its code."""
+        """Send one message (RCPT TO each of *recipients*); return the stage that answered last and its code."""
         self.ctx._reply = None
         self.ctx.edits = []
         self.ctx._bodyreplaced = False
         rc = self.ctx._envfrom(f"<{mail_from}>" if not mail_from.startswith("<") else mail_from, *params)
         if rc != Milter.CONTINUE:
             return "envfrom", rc
-        rc = self.ctx._envrcpt("<rcpt@example.org>")
-        assert rc in (Milter.CONTINUE, Milter.NOREPLY)  # no reply: Postfix never waits for it
+        for rcpt in recipients:
+            rc = self.ctx._envrcpt(rcpt)
+            assert rc in (Milter.CONTINUE, Milter.NOREPLY)  # no reply: Postfix never waits for it
         rc = self.ctx._data()
         if rc != Milter.CONTINUE:
             return "data", rc

@@ -183,3 +183,107 @@ def test_an_ingest_listen_gets_lmtp_instead_of_the_pipe(tmp_path: Path, listen: 
 def test_no_return_path_no_pipe(tmp_path: Path) -> None:
     snippets = generate(config_with(tmp_path).postfix)
     assert "smtpplus-ingest" not in snippets.master_cf and "transport_maps" not in snippets.main_cf
+
+
+def _master_services(master_cf: str) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """master.cf text -> service name -> (its fields, its -o options), as Postfix reads the lines."""
+    services: dict[str, tuple[list[str], dict[str, str]]] = {}
+    current: dict[str, str] = {}
+    for line in master_cf.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        if line[0].isspace():
+            flag, option = line.split()
+            assert flag == "-o", line
+            name, _, value = option.partition("=")
+            current[name] = value
+        else:
+            fields = line.split()
+            current = {}
+            services[fields[0]] = (fields[1:], current)
+    return services
+
+
+def test_bcc_in_to_wires_the_fanout_filter_and_its_way_back(tmp_path: Path) -> None:
+    inputs = config_with(tmp_path, settings={"lists": {"shop": {}, "crm": {"bcc_in_to": True}}}).postfix
+    assert inputs.fanout
+    snippets = generate(inputs, postfix_dir="/etc/postfix")
+    checks = [
+        line
+        for line in snippets.files["smtpplus_milter_header_checks"].splitlines()
+        if "FILTER" in line and not line.startswith("#")
+    ]
+    # The fanout line comes last: Postfix runs the last FILTER that matched.
+    assert checks[-1] == "/^X-SMTPPlus-Fanout:/ FILTER smtpplus-fanout:unix:/run/smtpplus-fanout/fanout.sock"
+    assert [line.split()[0] for line in checks[:-1]] == [
+        "/^X-SMTPPlus-Queue:[[:space:]]*high[[:space:]]*$/",
+        "/^X-SMTPPlus-Queue:[[:space:]]*low[[:space:]]*$/",
+    ]
+    assert snippets.main_cf["smtpplus-fanout_destination_recipient_limit"] == "1"
+    assert snippets.main_cf["smtpplus_fanout_milters"] == ""
+    services = _master_services(snippets.master_cf)
+    fields, options = services["smtpplus-fanout"]
+    assert fields == ["unix", "-", "-", "n", "-", "10", "lmtp"]
+    assert options == {"syslog_name": "postfix/smtpplus-fanout"}
+    fields, options = services["127.0.0.1:10027"]
+    assert fields == ["inet", "n", "-", "n", "-", "-", "smtpd"]
+    assert options["smtpd_milters"] == "$smtpplus_fanout_milters"  # never this milter: the DKIM signer
+    assert options["content_filter"] == "" and options["non_smtpd_milters"] == ""
+    assert options["receive_override_options"] == "no_unknown_recipient_checks,no_address_mappings"
+    assert options["mynetworks"] == "127.0.0.0/8,[::1]/128"
+    assert options["smtpd_client_restrictions"] == "permit_mynetworks,reject"
+    assert options["smtpd_recipient_restrictions"] == "permit_mynetworks,reject"
+    assert options["smtpd_sasl_auth_enable"] == "no"
+    assert options["syslog_name"] == "postfix/smtpplus-reinject"
+    # header_checks are cleanup(8)'s: the listener names a cleanup service that reads ours.
+    assert "header_checks" not in options
+    fields, cleanup = services[options["cleanup_service_name"]]
+    assert fields == ["unix", "n", "-", "n", "-", "0", "cleanup"]
+    assert cleanup["header_checks"] == "regexp:/etc/postfix/smtpplus_fanout_header_checks"
+    assert cleanup["mime_header_checks"] == "" and cleanup["nested_header_checks"] == ""
+    # The copies' table routes by priority and never back to the filter.
+    reinject = [
+        line
+        for line in snippets.files["smtpplus_fanout_header_checks"].splitlines()
+        if "FILTER" in line and not line.startswith("#")
+    ]
+    assert reinject == checks[:-1]
+    assert "/^X-SMTPPlus-Fanout:/ IGNORE" in snippets.files["smtpplus_smtp_header_checks"].splitlines()
+    warnings = " ".join(snippets.warnings)
+    assert "smtpplus_fanout_milters is empty: put your DKIM signer there" in warnings
+    assert "smtpplus-milter fanout" in warnings
+
+
+def test_fanout_socket_and_reinject_come_from_the_inputs(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from smtpplus_milter.config import HostPort, SocketSpec
+
+    inputs = config_with(tmp_path, settings={"lists": {"shop": {"bcc_in_to": True}}}).postfix
+    inputs = replace(
+        inputs, fanout_listen=SocketSpec.parse("inet:10030@127.0.0.1"), fanout_reinject=HostPort("::1", 10031)
+    )
+    snippets = generate(inputs)
+    assert (
+        "/^X-SMTPPlus-Fanout:/ FILTER smtpplus-fanout:inet:127.0.0.1:10030"
+        in snippets.files["smtpplus_milter_header_checks"].splitlines()
+    )
+    assert "[::1]:10031" in _master_services(snippets.master_cf)
+    assert not any("not a loopback" in warning for warning in snippets.warnings)
+    outside = generate(replace(inputs, fanout_reinject=HostPort("192.0.2.7", 10027)))
+    assert any("192.0.2.7:10027 is not a loopback address" in warning for warning in outside.warnings)
+
+
+@pytest.mark.parametrize(
+    "lists",
+    [
+        pytest.param({"shop": {}}, id="no-list-splits"),
+        pytest.param({"shop": {"bcc_in_to": False}}, id="bcc-in-to-false"),
+    ],
+)
+def test_no_bcc_in_to_no_fanout_lines(tmp_path: Path, lists: dict[str, object]) -> None:
+    inputs = config_with(tmp_path, settings={"lists": lists}).postfix
+    snippets = generate(inputs)
+    assert not inputs.fanout
+    assert "fanout" not in snippets.master_cf + str(snippets.main_cf) + "".join(snippets.files.values())
+    assert "smtpplus_fanout_header_checks" not in snippets.files
