@@ -59,7 +59,7 @@ _FOLD = re.compile(r"\r?\n(?=[ \t])")
 # Postfix queue ids, short (hex) or long (letters and digits).
 _QUEUE_ID = re.compile(r"[0-9A-Za-z]{1,40}")
 # A recipient we can write between angle brackets on one header line.
-_UNWRITABLE = re.compile(r"[\x00-\x1f\x7f<>]")
+_UNWRITABLE = re.compile(r"[\x00-\x1f\x7f<>\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -132,8 +132,9 @@ def make_copy(raw: bytes, recipient: str, *, extra_headers: Sequence[tuple[str, 
     `To: <recipient>` when the tag's mode is `each` or the recipient is not named in To:/Cc: (then also
     any DKIM-Signature header of the first pass is removed: it no longer verifies); *extra_headers*
     (issue 16's per-recipient List-Unsubscribe) added. Everything else byte for byte (byte splicing of
-    the header section, the body untouched). A header section it cannot read: data == raw minus
-    nothing, problem set (the filter sends it on unchanged and counts it; never dropped or bounced).
+    the header section, the body untouched). A message it cannot read (header section, tag, the
+    recipient, a bound): ``data`` is *raw* itself and ``problem`` says why (the filter sends it on
+    unchanged and counts it; never dropped or bounced).
 
     *extra_headers* come from our own code, not from the message: a name that is no field name or
     a value with a line break or non-ASCII text is a programming error (ValueError).
@@ -176,7 +177,7 @@ def make_copy(raw: bytes, recipient: str, *, extra_headers: Sequence[tuple[str, 
 
     eol = b"\r\n" if raw[: raw.find(b"\n") + 1].endswith(b"\r\n") else b"\n"
     dropped = {_TAG_NAME, _BCC} | ({_TO, _DKIM} if rewrite else set())
-    to_line = b"To: <" + address.encode("utf-8", "surrogateescape") + b">" + eol
+    to_line = b"To: <" + address.encode("utf-8") + b">" + eol
     pieces: list[bytes] = []
     to_written = not rewrite
     for field in fields:
@@ -197,8 +198,8 @@ def _read_header_section(raw: bytes) -> tuple[int, list[_Field]] | str:
     """(where the header section ends, its fields), or why it cannot be read."""
     if raw.startswith((b"\n", b"\r\n")):
         return "no header section (the message starts with an empty line)"
-    window = raw[: MAX_HEADER_BYTES + 2]
-    hits = [hit + 1 for hit in (window.find(b"\n\n"), window.find(b"\n\r\n")) if hit >= 0]
+    limit = MAX_HEADER_BYTES + 2  # the empty line may start right at the bound
+    hits = [hit + 1 for hit in (raw.find(b"\n\n", 0, limit), raw.find(b"\n\r\n", 0, limit)) if hit >= 0]
     if hits:
         head_end = min(hits)  # the empty line and the body stay as they are
     elif len(raw) <= MAX_HEADER_BYTES:
