@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import getaddresses
 
+from smtpplus_milter.mime.rawparts import detect_eol
+
 TAG = "X-SMTPPlus-Fanout"
 MODES = ("bcc", "each")
 
@@ -93,7 +95,8 @@ def named(values: Sequence[str]) -> frozenset[str]:
     addresses (``undisclosed-recipients:;`` names nobody). Values the parser must not read (over
     :data:`MAX_PARSE_BYTES`, more than :data:`MAX_NAMED` addresses, syntax it cannot handle)
     name nobody: the empty set makes every recipient "not named", so such a message is split and
-    :func:`make_copy` sends each copy on unchanged, saying why.
+    :func:`make_copy` decides each copy (a recipient whose address is not written there at all
+    gets its own To:; one whose address is, gets the message unchanged with ``problem`` set).
     """
     found = _read_named(values)
     return frozenset() if isinstance(found, str) else found
@@ -176,7 +179,7 @@ def make_copy(raw: bytes, recipient: str, *, extra_headers: Sequence[tuple[str, 
         else:
             rewrite = True
 
-    eol = b"\r\n" if raw[: raw.find(b"\n") + 1].endswith(b"\r\n") else b"\n"
+    eol = detect_eol(raw)  # the first line's: added lines end like the others (CRLF when none has an end)
     dropped = {_TAG_NAME, _BCC} | ({_TO, _DKIM} if rewrite else set())
     to_line = b"To: <" + address.encode("utf-8") + b">" + eol
     pieces: list[bytes] = []

@@ -379,3 +379,7 @@ def test_other_fields_and_the_body_are_kept_byte_for_byte(
     raw = b"To: a@x" + eol + b"Bcc: c@x" + eol + TAGGED + eol + kept + eol + body
     assert make_copy(raw, "c@x").data == b"To: <c@x>" + eol + kept + eol + body
     assert make_copy(raw, "a@x").data == b"To: a@x" + eol + kept + eol + body
+
+
+def test_a_one_line_message_gets_crlf_line_ends() -> None:
+    assert make_copy(TAGGED, "c@x") == Copy(b"To: <c@x>\r\n", Tag("4AbC12", "bcc"), True)
