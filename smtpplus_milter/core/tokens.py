@@ -129,7 +129,11 @@ def make_unsubscribe_token(user: str, list_name: str, recipient: str, key: bytes
     if any(not part or "\0" in part for part in parts):
         raise ValueError("user, list and recipient must be non-empty and contain no NUL character")
     body = "\0".join(parts).encode("utf-8")
-    return _encode(body + _mac(key, _UNSUBSCRIBE_CONTEXT, body))
+    token = _encode(body + _mac(key, _UNSUBSCRIBE_CONTEXT, body))
+    if len(token) > _MAX_TOKEN:
+        # read_unsubscribe_token refuses longer input before decoding it: never hand one out.
+        raise ValueError(f"user, list and recipient are too long for a token ({len(body)} bytes)")
+    return token
 
 
 def read_unsubscribe_token(token: str, key: bytes) -> UnsubscribeToken | None:
