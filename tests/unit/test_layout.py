@@ -84,3 +84,15 @@ def test_unit_tests_stay_in_the_process() -> None:
         for path in sorted((TESTS / "unit").glob("test_*.py"))
     }
     assert {name: found for name, found in offenders.items() if found} == {}, "move these to tests/integration/"
+
+
+def test_test_module_basenames_are_unique() -> None:
+    # pytest imports test modules by basename (rootdir import mode, no __init__.py in the test
+    # directories): a second tests/*/test_x.py stops the whole collection.
+    seen: dict[str, Path] = {}
+    twice = []
+    for path in sorted(TESTS.rglob("test_*.py")):
+        if path.name in seen:
+            twice.append(f"{seen[path.name].relative_to(TESTS)} and {path.relative_to(TESTS)}")
+        seen.setdefault(path.name, path)
+    assert not twice, "rename one of: " + "; ".join(twice)
