@@ -41,7 +41,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import Envelope, Session
 
 from smtpplus_milter.config import Config, ConfigError, HostPort, SocketSpec
-from smtpplus_milter.core.fanout import make_copy
+from smtpplus_milter.core.fanout import TAG, make_copy
 from smtpplus_milter.infra.fanout_journal import FanoutJournal, JournalError
 from smtpplus_milter.observe.metrics import FanoutMetrics
 from smtpplus_milter.services.lmtp import IDLE_SECONDS, LmtpServer, hostname
@@ -212,7 +212,8 @@ class FanoutHandler:
 
     async def handle_DATA(self, server: LMTP, session: Session, envelope: Envelope) -> str:
         raw = bytes(envelope.original_content or b"")
-        sender = envelope.mail_from or ""
+        # aiosmtpd spells the null sender (a bounce's) "<>"; smtplib writes "" as MAIL FROM:<>.
+        sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
         recipient = envelope.rcpt_tos[0]
         options = tuple(envelope.mail_options)
         self.in_flight += 1
@@ -240,7 +241,9 @@ class FanoutHandler:
                 self._counted("replayed", fields, new_queue_id=made.new_queue_id)
                 return _accepted(made.new_queue_id)
         if tag is None:
-            result, data, problem = "passed", raw, "no X-SMTPPlus-Fanout tag: sent on unchanged"
+            # Not split by us (should not happen: only the tag routes a message here); it goes on
+            # as it came, and with no queue id to key on a retry would send it again.
+            result, data, problem = "passed", raw, copy.problem or f"no {TAG} header"
         elif copy.problem is not None:
             result, data, problem = "passed", copy.data, copy.problem
         else:
