@@ -188,13 +188,14 @@ class FanoutHandler:
         journal: FanoutJournal,
         *,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        reinjector: Reinjector | None = None,
     ) -> None:
         self._config = config
         self._log = log
         self._metrics = metrics
         self._journal = journal
         self._now = now
-        self._reinjector = Reinjector(config.fanout.reinject)
+        self._reinjector = reinjector or Reinjector(config.fanout.reinject)
         self._workers = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="fanout")
         self._lock = threading.Lock()
         self._pruned_at = 0.0
