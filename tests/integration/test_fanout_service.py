@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import smtplib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -154,3 +155,32 @@ def test_kill_9_with_50_in_flight_then_retries_give_one_copy_each(tmp_path: Path
     # journal write (so before its answer).
     assert twice <= at_kill & set(unanswered), twice
     assert all(n <= 2 for n in counts.values())
+
+
+def test_sighup_moves_reinjection_and_a_bad_file_keeps_the_old(tmp_path: Path) -> None:
+    with ReinjectSink() as first, ReinjectSink() as second:
+        fanout = Filter(tmp_path, first)
+        with fanout.process:
+            assert fanout.deliver(message(), "bob@example.org")[0] == 250
+            config = fanout.process.config_path
+            text = config.read_text()
+            config.write_text(text.replace(f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"))
+            fanout.process.reload()
+            fanout.process.wait_for_event("config_reloaded")
+            assert fanout.deliver(message(), "carol@example.org")[0] == 250
+            config.write_text(text + "\nfanout: [")  # not YAML
+            fanout.process.reload()
+            fanout.process.wait_for_event("config_reload_failed")
+            assert fanout.deliver(message(), "dave@example.org")[0] == 250
+        assert [m.rcpt_tos for m in first.messages] == [("bob@example.org",)]
+        assert [m.rcpt_tos for m in second.messages] == [("carol@example.org",), ("dave@example.org",)]
+
+
+def test_sigterm_answers_the_deliveries_in_hand(running: Filter) -> None:
+    running.sink.delay = 1.0
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(running.deliver, message(), f"r{n}@example.org") for n in range(3)]
+        time.sleep(0.5)  # the three are at the sink, waiting for its answer
+        assert running.process.stop() == 0
+        assert [f.result()[0] for f in futures] == [250, 250, 250]
+    assert len(running.journaled()) == 3
