@@ -108,14 +108,21 @@ class Reinjector:
         client, reused = self._take()
         try:
             code, text = self._mail(client, sender, options, utf8)
-        except (OSError, smtplib.SMTPServerDisconnected):
+        except OSError:  # smtplib's errors are OSErrors too
+            code, text = 421, b"connection closed"
+        if code == 421 and reused:
+            # An idle connection the smtpd closed meanwhile (its idle timeout, a restart): nothing
+            # of this copy was sent on it, so a fresh connection cannot make a duplicate.
             _close(client)
-            if not reused:
-                raise ReinjectError(f"{self.target} closed the connection at MAIL FROM") from None
-            # An idle connection the server closed meanwhile: nothing was sent on it, so a fresh
-            # one cannot make a duplicate.
             client = self._connect()
-            code, text = self._mail(client, sender, options, utf8)
+            try:
+                code, text = self._mail(client, sender, options, utf8)
+            except OSError as exc:
+                _close(client)
+                raise ReinjectError(f"{self.target} closed the connection at MAIL FROM: {exc}") from exc
+        elif code == 421:
+            _close(client)
+            raise ReinjectError(f"{self.target} closed the connection at MAIL FROM: {_text(text)}")
         try:
             if code != 250:
                 raise ReinjectError(f"{self.target} refused MAIL FROM:<{sender}>: {code} {_text(text)}")

@@ -184,3 +184,14 @@ def test_sigterm_answers_the_deliveries_in_hand(running: Filter) -> None:
         assert running.process.stop() == 0
         assert [f.result()[0] for f in futures] == [250, 250, 250]
     assert len(running.journaled()) == 3
+
+
+def test_a_kept_connection_the_smtpd_closed_is_replaced(tmp_path: Path) -> None:
+    with ReinjectSink() as sink:
+        fanout = Filter(tmp_path, sink)
+        with fanout.process:
+            assert fanout.deliver(message(), "bob@example.org")[0] == 250
+            sink.__exit__(None, None, None)  # the smtpd restarts: the kept connection is dead
+            with ReinjectSink(port=sink.port) as restarted:
+                assert fanout.deliver(message(), "carol@example.org")[0] == 250
+                assert [m.rcpt_tos for m in restarted.wait_for(1)] == [("carol@example.org",)]

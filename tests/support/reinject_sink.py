@@ -29,8 +29,8 @@ class Reinjected:
 
 
 class ReinjectSink:
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.rcpt_reply: str | None = None  # e.g. "550 5.1.1 no": every RCPT refused with it
         self.data_reply: str | None = None  # e.g. "451 4.3.0 later": every message refused after DATA
         self.queue_ids = True
