@@ -200,3 +200,10 @@ class IngestProcess(MilterProcess):
         self, config_path: Path, socket_spec: str, log_file: Path, *, extra_args: tuple[str, ...] = ()
     ) -> None:
         super().__init__(config_path, socket_spec, log_file, extra_args=("--serve", *extra_args))
+
+
+class FanoutProcess(MilterProcess):
+    """``smtpplus-milter fanout``: ready when its LMTP socket (fanout.listen) accepts."""
+
+    command = "fanout"
+    name = "smtpplus-milter fanout"

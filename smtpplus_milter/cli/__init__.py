@@ -8,6 +8,7 @@ from pathlib import Path
 from smtpplus_milter import __version__
 from smtpplus_milter.cli import check, postfix, run
 from smtpplus_milter.cli import explain as explain_cli
+from smtpplus_milter.cli import fanout as fanout_cli
 from smtpplus_milter.cli import follow as follow_cli
 from smtpplus_milter.cli import ingest as ingest_cli
 from smtpplus_milter.cli import setup as setup_cli
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     suppressions_cli.add_parsers(commands, _add_config)
     ingest_cli.add_parser(commands, _add_config)
     follow_cli.add_parser(commands, _add_config)
+    fanout_cli.add_parser(commands, _add_config)
     return parser
 
 
@@ -94,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return setup_cli.main(args)
     if args.command == "ingest":
         return ingest_cli.main(args)
+    if args.command == "fanout":
+        return fanout_cli.main(args)
     if args.command == "suppressions":
         return suppressions_cli.main(args)
     if args.command == "follow":

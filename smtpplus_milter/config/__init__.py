@@ -18,6 +18,7 @@ from smtpplus_milter.config.loader import (
 from smtpplus_milter.config.schema import AlertmanagerSink, AlertsSection, EmailSink, Settings, WebhookSink
 from smtpplus_milter.config.values import (
     Bounces,
+    Fanout,
     HostPort,
     Notices,
     Notify,
@@ -38,6 +39,7 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "EmailSink",
+    "Fanout",
     "HostPort",
     "Notices",
     "Notify",

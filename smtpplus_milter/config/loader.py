@@ -27,6 +27,7 @@ from pydantic import BaseModel, RootModel, ValidationError
 from smtpplus_milter.config.schema import NotifySection, Settings, UserEntry, UsersFile
 from smtpplus_milter.config.values import (
     Bounces,
+    Fanout,
     Notices,
     Notify,
     OwnMail,
@@ -83,6 +84,7 @@ class Config:
     secret: Secret | None = None  # read at load only when a feature needs it (bounces.return_path)
     bounces: Bounces = field(default_factory=Bounces)
     suppression: Suppression = field(default_factory=Suppression)
+    fanout: Fanout = field(default_factory=Fanout)
     notify: Notify = field(default_factory=Notify)  # the global notify: block
     list_notify: Mapping[str, Notify] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -196,6 +198,13 @@ def load_config(
             ingest_listen=settings.bounces.ingest_listen,
         ),
         suppression=Suppression(action=settings.suppression.action),
+        fanout=Fanout(
+            listen=settings.fanout.listen,
+            reinject=settings.fanout.reinject,
+            metrics_listen=settings.fanout.metrics_listen,
+            journal=_beside(path, settings.fanout.journal),
+            journal_days=settings.fanout.journal_days,
+        ),
         notify=notify,
         list_notify=list_notify,
     )

@@ -271,6 +271,35 @@ class TrackingSection(_Strict):
     spool_max_mb: Annotated[int, Field(ge=1, le=100_000)] = 256
 
 
+class FanoutSection(_Strict):
+    """One copy per recipient (docs/fanout.md): the content filter ``smtpplus-milter fanout``."""
+
+    # Where Postfix's LMTP client hands the filter each message, once per recipient.
+    listen: SocketValue = SocketSpec.parse("unix:/run/smtpplus-fanout/fanout.sock")
+    # The loopback smtpd (without this milter) that takes the copies back.
+    reinject: HostPortValue = HostPort("127.0.0.1", 10027)
+    metrics_listen: HostPortValue | None = None
+    # Which copies were already made: a retry answers from here instead of sending a second copy.
+    journal: str = "/var/lib/smtpplus/fanout.db"
+    journal_days: Annotated[int, Field(ge=1, le=365)] = 7
+
+    @field_validator("reinject")
+    @classmethod
+    def _loopback(cls, value: HostPort) -> HostPort:
+        # The copies skip this milter's checks, so they must go only to a listener that accepts
+        # nothing from outside (postfix-config prints one on 127.0.0.1:10027).
+        try:
+            loopback = ipaddress.ip_address(value.host).is_loopback
+        except ValueError:
+            loopback = value.host == "localhost"
+        if not loopback:
+            raise ValueError(
+                f"{value} is not a loopback address: copies go back to the relay's own re-injection "
+                "smtpd (e.g. 127.0.0.1:10027), never to another host"
+            )
+        return value
+
+
 class Settings(_Strict):
     """The main YAML file."""
 
@@ -295,6 +324,7 @@ class Settings(_Strict):
     bounces: BouncesSection = BouncesSection()
     suppression: SuppressionSection = SuppressionSection()
     notify: NotifySection = NotifySection()
+    fanout: FanoutSection = FanoutSection()
 
 
 def _entries(value: object, kind: str) -> tuple[str, ...]:

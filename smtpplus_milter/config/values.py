@@ -201,6 +201,22 @@ class Bounces:
         return Policy(hard_days=self.suppress_hard_days, soft_limit=self.soft_limit)
 
 
+FANOUT_SOCKET = SocketSpec.parse("unix:/run/smtpplus-fanout/fanout.sock")
+
+
+@dataclass(frozen=True)
+class Fanout:
+    """The ``fanout:`` section: the content filter that makes one copy per recipient."""
+
+    listen: SocketSpec = SocketSpec(
+        "unix:/run/smtpplus-fanout/fanout.sock", "unix", Path("/run/smtpplus-fanout/fanout.sock")
+    )
+    reinject: HostPort = HostPort("127.0.0.1", 10027)
+    metrics_listen: HostPort | None = None
+    journal: Path = Path("/var/lib/smtpplus/fanout.db")
+    journal_days: int = 7
+
+
 @dataclass(frozen=True)
 class Suppression:
     """The ``suppression:`` section: what a suppressed recipient gets (reject: 550 at RCPT; drop)."""

@@ -140,6 +140,28 @@ class FollowerMetrics:
         self.build_info.labels(version=__version__).set(1)
 
 
+class FanoutMetrics:
+    """The fanout filter's metrics (``smtpplus-milter fanout``, on ``fanout.metrics_listen``)."""
+
+    # rewritten: own To:; unchanged: a recipient named in To:/Cc:; passed: unreadable, sent on as
+    # it came; replayed: a retry answered from the journal; deferred: 451 to Postfix.
+    RESULTS = ("rewritten", "unchanged", "passed", "replayed", "deferred")
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.copies = Counter(
+            "smtpplus_fanout_copies",
+            "Per-recipient deliveries the fanout filter answered, by result",
+            ["result"],
+            registry=registry,
+        )
+        for result in self.RESULTS:
+            self.copies.labels(result=result)  # every series from the start (rate() needs a zero)
+        self.build_info = Gauge("smtpplus_build_info", "Build information", ["version"], registry=registry)
+        self.build_info.labels(version=__version__).set(1)
+
+
 def serve_metrics(listen: HostPort, registry: CollectorRegistry) -> None:
     """Serve /metrics of *registry* on *listen* (``metrics.listen``) in a daemon thread."""
     start_http_server(listen.port, addr=listen.host, registry=registry)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-import socket
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -47,11 +46,10 @@ from smtpplus_milter.infra.files import Ownership, replace_atomically
 from smtpplus_milter.infra.store import TrackingStore, open_store
 from smtpplus_milter.observe.alerts import COMPLAINT, Alert, AlertDispatcher
 from smtpplus_milter.services.ingest import Taken, quarantine_dir, take
+from smtpplus_milter.services.lmtp import IDLE_SECONDS, LmtpServer, hostname
 
 # aiosmtpd's own reply when DATA went over data_size_limit (it has dropped the data by then).
 _TOO_MUCH = "552 Error: Too much mail data"
-# An idle LMTP connection is closed after this long (Postfix's client reconnects when it needs to).
-IDLE_SECONDS = 300
 # After a stop, how long the reports being taken may take to finish.
 DRAIN_SECONDS = 30.0
 
@@ -209,23 +207,12 @@ class IngestService:
         self._load = load
         self._log = log
         self._alerts_of = alerts_of
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._hostname = socket.gethostname()  # not getfqdn(): no DNS look-up at start
-
-    def serve(self) -> None:
-        asyncio.run(self._main())
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        listen = self._listen
+        name = hostname()
 
         def session() -> _Session:
             return _Session(
-                self._handler,
-                hostname=self._hostname,
+                handler,
+                hostname=name,
                 ident="smtpplus-milter ingest",
                 data_size_limit=MAX_REPORT_BYTES,
                 enable_SMTPUTF8=True,
@@ -233,24 +220,15 @@ class IngestService:
                 timeout=IDLE_SECONDS,
             )
 
-        if listen.path is not None:
-            server = await self._loop.create_unix_server(session, path=str(listen.path))
-        else:
-            assert listen.port is not None  # an inet SocketSpec always has one
-            server = await self._loop.create_server(session, host=listen.host, port=listen.port)
-        self._ready.set()
-        async with server:
-            await self._stop.wait()
-            server.close()
-            # Let the reports being taken finish and be answered (a cut one is sent again by
-            # Postfix and found to be a duplicate, but an answer saves the second delivery).
-            deadline = self._loop.time() + DRAIN_SECONDS
-            while self._handler.in_flight and self._loop.time() < deadline:
-                await asyncio.sleep(0.05)
+        # A stop lets the reports being taken finish and be answered (a cut one is sent again by
+        # Postfix and found to be a duplicate, but an answer saves the second delivery).
+        self._server = LmtpServer(listen, session, lambda: handler.in_flight, DRAIN_SECONDS)
+
+    def serve(self) -> None:
+        self._server.serve()
 
     def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+        self._server.stop()
 
     def reload(self) -> None:
         try:

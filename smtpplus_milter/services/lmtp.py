@@ -1,0 +1,66 @@
+"""The LMTP server both LMTP doors run (``ingest --serve`` and ``fanout``): listen, serve, drain.
+
+aiosmtpd's LMTP protocol on a unix or inet socket (a maintained asyncio implementation: the
+protocol is not ours to write again), on an asyncio loop of its own; each door brings its
+session class and handler. A stop closes the listening socket, then waits up to *drain_seconds*
+while the door still has deliveries in hand, so that they are answered rather than cut (a cut one
+is delivered again by Postfix, which each door makes harmless, but an answer saves the retry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Callable
+
+from aiosmtpd.lmtp import LMTP
+
+from smtpplus_milter.config import SocketSpec
+
+# An idle LMTP connection is closed after this long (Postfix's client reconnects when it needs to).
+IDLE_SECONDS = 300
+
+
+def hostname() -> str:
+    """The name the server greets with: gethostname(), not getfqdn(): no DNS look-up at start."""
+    return socket.gethostname()
+
+
+class LmtpServer:
+    """Serve *session* connections on *listen* until :meth:`stop`; then drain (see the module)."""
+
+    def __init__(
+        self, listen: SocketSpec, session: Callable[[], LMTP], in_flight: Callable[[], int], drain_seconds: float
+    ) -> None:
+        self._listen = listen
+        self._session = session
+        self._in_flight = in_flight
+        self._drain_seconds = drain_seconds
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self.ready = threading.Event()
+
+    def serve(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        listen = self._listen
+        if listen.path is not None:
+            server = await self._loop.create_unix_server(self._session, path=str(listen.path))
+        else:
+            assert listen.port is not None  # an inet SocketSpec always has one
+            server = await self._loop.create_server(self._session, host=listen.host, port=listen.port)
+        self.ready.set()
+        async with server:
+            await self._stop.wait()
+            server.close()
+            deadline = self._loop.time() + self._drain_seconds
+            while self._in_flight() and self._loop.time() < deadline:
+                await asyncio.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
