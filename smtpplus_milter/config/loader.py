@@ -620,6 +620,8 @@ def postfix_inputs(settings: Settings, config_file: Path | None = None) -> Postf
         return_path=settings.bounces.return_path,
         ingest_listen=settings.bounces.ingest_listen,
         fanout=any(section.bcc_in_to for section in settings.lists.values()),
+        fanout_listen=settings.fanout.listen,
+        fanout_reinject=settings.fanout.reinject,
     )
     return inputs if config_file is None else replace(inputs, config_file=str(config_file))
 

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, GetPydanticSchema, RootModel, field_validator
 from pydantic_core import core_schema
 
-from smtpplus_milter.config.values import HostPort, SocketSpec
+from smtpplus_milter.config.values import FANOUT_LISTEN, FANOUT_REINJECT, HostPort, SocketSpec
 from smtpplus_milter.core.addresses import AddressError, normalize_address, normalize_domain
 
 Priority = Annotated[int, Field(ge=1, le=5)]
@@ -275,9 +275,9 @@ class FanoutSection(_Strict):
     """One copy per recipient (docs/fanout.md): the content filter ``smtpplus-milter fanout``."""
 
     # Where Postfix's LMTP client hands the filter each message, once per recipient.
-    listen: SocketValue = SocketSpec.parse("unix:/run/smtpplus-fanout/fanout.sock")
+    listen: SocketValue = FANOUT_LISTEN
     # The loopback smtpd (without this milter) that takes the copies back.
-    reinject: HostPortValue = HostPort("127.0.0.1", 10027)
+    reinject: HostPortValue = FANOUT_REINJECT
     metrics_listen: HostPortValue | None = None
     # Which copies were already made: a retry answers from here instead of sending a second copy.
     journal: str = "/var/lib/smtpplus/fanout.db"

@@ -109,7 +109,7 @@ class SocketSpec:
         return self.text
 
 
-# Where the fanout filter listens and where it re-injects copies, until the config names them.
+# Where the fanout filter listens and where it re-injects copies by default (fanout.listen/reinject).
 FANOUT_LISTEN = SocketSpec.parse("unix:/run/smtpplus-fanout/fanout.sock")
 FANOUT_REINJECT = HostPort("127.0.0.1", 10027)
 
@@ -201,17 +201,12 @@ class Bounces:
         return Policy(hard_days=self.suppress_hard_days, soft_limit=self.soft_limit)
 
 
-FANOUT_SOCKET = SocketSpec.parse("unix:/run/smtpplus-fanout/fanout.sock")
-
-
 @dataclass(frozen=True)
 class Fanout:
     """The ``fanout:`` section: the content filter that makes one copy per recipient."""
 
-    listen: SocketSpec = SocketSpec(
-        "unix:/run/smtpplus-fanout/fanout.sock", "unix", Path("/run/smtpplus-fanout/fanout.sock")
-    )
-    reinject: HostPort = HostPort("127.0.0.1", 10027)
+    listen: SocketSpec = FANOUT_LISTEN
+    reinject: HostPort = FANOUT_REINJECT
     metrics_listen: HostPort | None = None
     journal: Path = Path("/var/lib/smtpplus/fanout.db")
     journal_days: int = 7

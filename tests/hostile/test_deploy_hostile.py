@@ -126,7 +126,10 @@ def _writable(unit: dict[str, list[str]], path: Path) -> bool:
     return any(path.is_relative_to(a) for a in allowed) and not any(path.is_relative_to(d) for d in denied)
 
 
-@pytest.mark.parametrize("name", ["smtpplus-milter.service", "smtpplus-follow.service", "smtpplus-ingest.service"])
+@pytest.mark.parametrize(
+    "name",
+    ["smtpplus-milter.service", "smtpplus-follow.service", "smtpplus-ingest.service", "smtpplus-fanout.service"],
+)
 def test_the_units_can_write_the_default_spool_and_sqlite_store(name: str) -> None:
     from smtpplus_milter.config.schema import TrackingSection
 

@@ -14,7 +14,8 @@ import importlib, importlib.abc, pkgutil, sys
 
 class NoTestExtra(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"aiosmtpd", "pytest", "hypothesis", "lab", "tests"}:
+        # aiosmtpd is a runtime dependency (ingest --serve, fanout), not part of the test extra.
+        if name.split(".")[0] in {"pytest", "hypothesis", "lab", "tests"}:
             raise ImportError(f"{name} is not installed in production")
         return None
 
