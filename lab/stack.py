@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from lab.harness import Dovecot, LabError, Postfix, Sink, free_port, make_workdir, remove_workdir
-from lab.milter_process import FollowerProcess, IngestProcess, MilterProcess, prepare_socket_dir
+from lab.milter_process import FanoutProcess, FollowerProcess, IngestProcess, MilterProcess, prepare_socket_dir
 from smtpplus_milter.config.loader import create_secret_file
 
 
@@ -105,6 +105,7 @@ class Stack:
         follower: bool = False,
         return_path: str | None = None,
         ingest: str = "pipe",
+        fanout: bool = False,
     ) -> None:
         """*priority_routing*: None (no transports), ``"sinks"`` (smtpplus-high/-low deliver to
         sinks of their own, ``high_sink`` / ``low_sink``) or ``"relayhost"`` (they deliver to the
@@ -120,7 +121,10 @@ class Stack:
         store must then be one nobody can reach: a PostgreSQL URL over TCP). *ingest* ``"lmtp"``:
         instead of the pipe, ``bounces.ingest_listen`` on a unix socket in the work directory, served
         by ``smtpplus-milter ingest --serve`` (started before Postfix), and Postfix's LMTP client
-        delivers there, as ``postfix-config`` prints it."""
+        delivers there, as ``postfix-config`` prints it. *fanout*: run ``smtpplus-milter fanout``
+        (its LMTP socket in the work directory, its journal there, the re-injection smtpd on a free
+        port); Postfix gets the fanout lines ``postfix-config`` prints once some list has
+        ``bcc_in_to`` (the settings say which)."""
         # A directory we made ourselves is removed after stop() (SMTPPLUS_LAB_KEEP=1 keeps it).
         self.cleanup = cleanup and workdir is None
         self.workdir = workdir or make_workdir("smtpplus-lab")
@@ -173,6 +177,16 @@ class Stack:
             quarantine = self.workdir / "ingest-quarantine"
             quarantine.mkdir()
             os.chown(quarantine, *PIPE_IDS)
+        self.fanout_spec: str | None = None
+        if fanout:
+            socket_dir = self.workdir / "fanout"
+            prepare_socket_dir(socket_dir)
+            self.fanout_spec = f"unix:{socket_dir}/fanout.sock"
+            overrides["fanout"] = {
+                "listen": self.fanout_spec,
+                "reinject": f"127.0.0.1:{free_port()}",
+                "journal": str(self.workdir / "fanout.db"),
+            }
         self.settings = deep_merge(deep_merge(base, overrides), settings or {})
         self.write_settings(self.settings)
         if users is None:
@@ -199,6 +213,9 @@ class Stack:
         self.ingest = (
             IngestProcess(self.config_path, self.ingest_spec, self.workdir / "ingest.log") if self.ingest_spec else None
         )
+        self.fanout = (
+            FanoutProcess(self.config_path, self.fanout_spec, self.workdir / "fanout.log") if self.fanout_spec else None
+        )
         self.postfix_main_cf = postfix_main_cf or {}
         self.local_listener = local_listener
         self.postfix: Postfix | None = None
@@ -223,6 +240,8 @@ class Stack:
                 self.milter.start()
             if self.ingest:
                 self.ingest.start()
+            if self.fanout:
+                self.fanout.start()
             main_cf, master_extra, files = self._routing()
             self.postfix = Postfix(
                 self.workdir / "postfix",
@@ -304,6 +323,7 @@ class Stack:
             self.postfix.stop if self.postfix else None,
             self.milter.stop if self.milter else None,
             self.ingest.stop if self.ingest else None,
+            self.fanout.stop if self.fanout else None,
             self.dovecot.stop,
             self.sink.stop,
             self.high_sink.stop if self.high_sink else None,
