@@ -233,8 +233,8 @@ def stop_orphans(root: Path = LAB_ROOT) -> list[Path]:
 
     *root* is a directory of labs (default: where make_workdir() puts them) or one lab directory.
 
-    Context managers cannot run when the owner is SIGKILLed; this finds such Postfix and Dovecot
-    instances by the owner file each one keeps while running, and stops exactly those (by their
+    Context managers cannot run when the owner is SIGKILLed; this finds such Postfix, Dovecot and
+    OpenDKIM instances by the owner file each one keeps while running, and stops exactly those (by their
     own pid files and config paths, never by process name). Instances of live owners are left
     alone. Returns the instance directories it stopped.
     """
@@ -257,6 +257,8 @@ def stop_orphans(root: Path = LAB_ROOT) -> list[Path]:
                 _stop_postfix(directory / "etc", directory / "queue")
             elif owner.get("kind") == "dovecot" and isinstance(owner.get("pgid"), int):
                 _stop_dovecot_group(owner["pgid"], directory / "dovecot.conf")
+            elif owner.get("kind") == "opendkim" and isinstance(owner.get("pgid"), int):
+                _stop_dovecot_group(owner["pgid"], directory / "opendkim.conf")  # lab/dkim.py
             owner_file.unlink(missing_ok=True)
             stopped.append(directory)
     return stopped
@@ -711,7 +713,8 @@ def _group_pids(pgid: int) -> list[int]:
 
 
 def _stop_dovecot_group(pgid: int, config_file: Path) -> None:
-    # Only if the group leader still is that Dovecot: the pgid may have been reused since.
+    # Only if the group leader still is that Dovecot (or OpenDKIM, started the same way, in a
+    # session of its own with its config file in argv): the pgid may have been reused since.
     try:
         command = Path(f"/proc/{pgid}/cmdline").read_bytes().split(b"\0")
     except OSError:

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from lab.dkim import OpenDkim
 from lab.harness import Dovecot, LabError, Postfix, Sink, free_port, make_workdir, remove_workdir
 from lab.milter_process import FanoutProcess, FollowerProcess, IngestProcess, MilterProcess, prepare_socket_dir
 from smtpplus_milter.config.loader import create_secret_file
@@ -106,6 +107,7 @@ class Stack:
         return_path: str | None = None,
         ingest: str = "pipe",
         fanout: bool = False,
+        dkim_domain: str | None = None,
     ) -> None:
         """*priority_routing*: None (no transports), ``"sinks"`` (smtpplus-high/-low deliver to
         sinks of their own, ``high_sink`` / ``low_sink``) or ``"relayhost"`` (they deliver to the
@@ -124,7 +126,9 @@ class Stack:
         delivers there, as ``postfix-config`` prints it. *fanout*: run ``smtpplus-milter fanout``
         (its LMTP socket in the work directory, its journal there, the re-injection smtpd on a free
         port); Postfix gets the fanout lines ``postfix-config`` prints once some list has
-        ``bcc_in_to`` (the settings say which)."""
+        ``bcc_in_to`` (the settings say which). *dkim_domain*: a private OpenDKIM (lab/dkim.py)
+        signs that domain's mail as the operator's signer in ``smtpplus_fanout_milters``: every
+        copy is signed after the split."""
         # A directory we made ourselves is removed after stop() (SMTPPLUS_LAB_KEEP=1 keeps it).
         self.cleanup = cleanup and workdir is None
         self.workdir = workdir or make_workdir("smtpplus-lab")
@@ -216,6 +220,7 @@ class Stack:
         self.fanout = (
             FanoutProcess(self.config_path, self.fanout_spec, self.workdir / "fanout.log") if self.fanout_spec else None
         )
+        self.dkim = OpenDkim(self.workdir / "opendkim", dkim_domain) if dkim_domain else None
         self.postfix_main_cf = postfix_main_cf or {}
         self.local_listener = local_listener
         self.postfix: Postfix | None = None
@@ -243,6 +248,9 @@ class Stack:
             if self.fanout:
                 self.fanout.start()
             main_cf, master_extra, files = self._routing()
+            if self.dkim:
+                self.dkim.start()
+                main_cf["smtpplus_fanout_milters"] = self.dkim.milter
             self.postfix = Postfix(
                 self.workdir / "postfix",
                 relayhost_port=self.sink.port,
@@ -324,6 +332,7 @@ class Stack:
             self.milter.stop if self.milter else None,
             self.ingest.stop if self.ingest else None,
             self.fanout.stop if self.fanout else None,
+            self.dkim.stop if self.dkim else None,
             self.dovecot.stop,
             self.sink.stop,
             self.high_sink.stop if self.high_sink else None,

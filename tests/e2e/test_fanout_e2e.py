@@ -145,3 +145,27 @@ def test_the_filter_killed_mid_split_loses_no_copy() -> None:
         # Only the documented window can give a second copy: the smtpd took the copy, the filter
         # died before its journal write; that copy was already at the sink when it was killed.
         assert twice <= set(at_kill) and len(twice) <= 2 and all(n <= 2 for n in counts.values()), counts
+
+
+def test_every_copy_is_signed_by_the_dkim_signer_after_the_split() -> None:
+    import dkim
+
+    settings = {"lists": {"staff": {"bcc_in_to": True}}}
+    with Stack(settings=settings, priority_routing="sinks", fanout=True, dkim_domain="yourcompany.com") as stack:
+        assert stack.high_sink is not None and stack.dkim is not None
+        record = stack.dkim.dns_record()
+
+        def dns(name: bytes, timeout: int = 5) -> bytes:
+            assert name == b"lab._domainkey.yourcompany.com.", name
+            return record
+
+        message = make_message(from_=f"CEO <{SENDER}>", to=NAMED[0])
+        assert stack.send(message, login="ceo-outlook", mail_from=SENDER, rcpt_to=[NAMED[0], HIDDEN[0]]).accepted
+        copies = stack.high_sink.wait_for(2, timeout=60)
+        for copy in copies:
+            parsed = _parsed(copy.data)
+            [signature] = parsed.get_all("DKIM-Signature") or [None]
+            assert signature is not None and "d=yourcompany.com" in signature, copy.rcpt_tos
+            assert dkim.verify(copy.data, dnsfunc=dns), copy.rcpt_tos  # the To: it was signed with
+        hidden = next(c for c in copies if c.rcpt_tos == [HIDDEN[0]])
+        assert HIDDEN[0] in str(_parsed(hidden.data)["To"])
