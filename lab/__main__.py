@@ -1,8 +1,9 @@
 """``python -m lab``: the SMTP+ lab on loopback, with a guided tour.
 
 Starts a private Postfix (submission with STARTTLS + SASL), a private Dovecot auth (passwd-file),
-smtpplus-milter with the example config recording into a SQLite tracking store, and the log
-follower on Postfix's log; sends sample messages, and prints what each client saw, what arrived
+smtpplus-milter with the example config recording into a SQLite tracking store, the log
+follower on Postfix's log, and the fanout filter (per-recipient copies for the staff list);
+sends sample messages, and prints what each client saw, what arrived
 at the sink, what the milter logged, and what became of each recipient (``messages show``,
 ``stats``). The sink answers by local part: ``unknown…`` 550 5.1.1, ``blocked…`` 550 5.7.1,
 ``busy…`` 450 4.2.0, anyone else 250. ``--keep`` leaves it running.
@@ -84,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="stay up after the tour until Ctrl-C / SIGTERM")
     args = parser.parse_args(argv)
 
-    stack = Stack(cleanup=False, tracking="sqlite", follower=True)
+    # The staff list has bcc_in_to: a BCC recipient of the CEO gets a copy with their own To:.
+    settings = {"lists": {"staff": {"bcc_in_to": True}}}
+    stack = Stack(cleanup=False, tracking="sqlite", follower=True, fanout=True, settings=settings)
     print(f"Starting the SMTP+ lab in {stack.workdir} ...")
     with stack:
         assert stack.postfix is not None and stack.milter is not None
@@ -124,6 +127,18 @@ def main(argv: list[str] | None = None) -> int:
                     login="ceo-outlook",
                     mail_from="ceo@yourcompany.com",
                     message=make_message(from_="ceo@yourcompany.com", subject="Board meeting moved"),
+                ),
+            ),
+            (
+                "ceo-outlook writes To: board@example.org and sends a BCC to chair@example.org (list staff,"
+                " bcc_in_to): two copies, the BCC one with To: chair@example.org",
+                dict(
+                    login="ceo-outlook",
+                    mail_from="ceo@yourcompany.com",
+                    rcpt_to=["board@example.org", "chair@example.org"],
+                    message=make_message(
+                        from_="ceo@yourcompany.com", to="board@example.org", subject="Budget (chair in BCC)"
+                    ),
                 ),
             ),
             (
@@ -186,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             result = stack.send(**kwargs)  # type: ignore[arg-type]
             accepted += result.accepted
             _show(title, result)
-        received = stack.sink.wait_for(accepted, timeout=30)
+        # The BCC sample arrives as two messages (one per recipient).
+        received = stack.sink.wait_for(accepted + 1, timeout=30)
         print(f"\nDelivered to the sink: {len(received)} message(s)")
         for item in received:
             text = item.data.decode(errors="replace")
@@ -194,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             subject = next((line for line in lines if line.lower().startswith("subject:")), "")
             priority = next((line for line in lines if line.lower().startswith("x-priority:")), "no X-Priority")
             footer = "footer added" if "Example Shop" in text else "no footer"
-            print(f"  - from {item.mail_from} to {', '.join(item.rcpt_tos)}: {subject} ({priority}; {footer})")
+            to = next((line for line in lines if line.lower().startswith("to:")), "no To:")
+            print(f"  - from {item.mail_from} to {', '.join(item.rcpt_tos)}: {subject} ({to}; {priority}; {footer})")
         time.sleep(0.3)
         print(f"\nThe milter's log, one `message` event per message (JSON lines in {stack.milter.log_file}):")
         for event in stack.milter.events("message"):
