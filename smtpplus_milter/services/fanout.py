@@ -44,7 +44,7 @@ from smtpplus_milter.config import Config, ConfigError, HostPort, SocketSpec
 from smtpplus_milter.core.fanout import TAG, make_copy
 from smtpplus_milter.infra.fanout_journal import FanoutJournal, JournalError
 from smtpplus_milter.observe.metrics import FanoutMetrics
-from smtpplus_milter.services.lmtp import IDLE_SECONDS, LmtpServer, hostname
+from smtpplus_milter.services.lmtp import IDLE_SECONDS, LmtpServer, OneRecipient, hostname
 
 # Worker threads: re-injections in flight at once (each waits on the loopback smtpd's reply).
 WORKERS = 4
@@ -184,7 +184,7 @@ def _text(text: bytes) -> str:
     return text.decode("utf-8", "replace").replace("\n", " ")
 
 
-class FanoutHandler:
+class FanoutHandler(OneRecipient):
     """The aiosmtpd handler: one recipient per delivery, each delivery on a worker thread."""
 
     def __init__(
@@ -209,14 +209,6 @@ class FanoutHandler:
         self.in_flight = 0
 
     # -- aiosmtpd hooks --------------------------------------------------------------------
-
-    async def handle_RCPT(
-        self, server: LMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
-    ) -> str:
-        if envelope.rcpt_tos:
-            return "452 4.5.3 One recipient per delivery: send this recipient again"
-        envelope.rcpt_tos.append(address)
-        return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: LMTP, session: Session, envelope: Envelope) -> str:
         raw = bytes(envelope.original_content or b"")

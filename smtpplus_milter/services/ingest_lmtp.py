@@ -46,7 +46,7 @@ from smtpplus_milter.infra.files import Ownership, replace_atomically
 from smtpplus_milter.infra.store import TrackingStore, open_store
 from smtpplus_milter.observe.alerts import COMPLAINT, Alert, AlertDispatcher
 from smtpplus_milter.services.ingest import Taken, quarantine_dir, take
-from smtpplus_milter.services.lmtp import IDLE_SECONDS, LmtpServer, hostname
+from smtpplus_milter.services.lmtp import IDLE_SECONDS, LmtpServer, OneRecipient, hostname
 
 # aiosmtpd's own reply when DATA went over data_size_limit (it has dropped the data by then).
 _TOO_MUCH = "552 Error: Too much mail data"
@@ -68,7 +68,7 @@ class _Session(LMTP):
         await super().push(status)
 
 
-class IngestHandler:
+class IngestHandler(OneRecipient):
     """The aiosmtpd handler: one recipient per delivery, each report through :func:`take`."""
 
     def __init__(
@@ -86,14 +86,6 @@ class IngestHandler:
         self.in_flight = 0
 
     # -- aiosmtpd hooks --------------------------------------------------------------------
-
-    async def handle_RCPT(
-        self, server: LMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
-    ) -> str:
-        if envelope.rcpt_tos:
-            return "452 4.5.3 One report per delivery: send this recipient again"
-        envelope.rcpt_tos.append(address)
-        return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: LMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""

@@ -15,11 +15,29 @@ import threading
 from collections.abc import Callable
 
 from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import Envelope, Session
 
 from smtpplus_milter.config import SocketSpec
 
 # An idle LMTP connection is closed after this long (Postfix's client reconnects when it needs to).
 IDLE_SECONDS = 300
+
+
+class OneRecipient:
+    """aiosmtpd handler part: one recipient per delivery, so the one reply after DATA is about it.
+
+    LMTP answers DATA once per accepted recipient; taking one per transaction keeps the handler's
+    one answer right (Postfix's ``_destination_recipient_limit = 1`` sends them so anyway). A
+    second RCPT is told to come again in the next delivery.
+    """
+
+    async def handle_RCPT(
+        self, server: LMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        if envelope.rcpt_tos:
+            return "452 4.5.3 One recipient per delivery: send this recipient again"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
 
 
 def hostname() -> str:
