@@ -40,11 +40,11 @@ from typing import Any
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import Envelope, Session
 
-from smtpplus_milter.config import Config, ConfigError, HostPort, SocketSpec
+from smtpplus_milter.config import Config, HostPort
 from smtpplus_milter.core.fanout import TAG, make_copy
 from smtpplus_milter.infra.fanout_journal import FanoutJournal, JournalError
 from smtpplus_milter.observe.metrics import FanoutMetrics
-from smtpplus_milter.services.lmtp import IDLE_SECONDS, LmtpServer, OneRecipient, hostname
+from smtpplus_milter.services.lmtp import LmtpDoor, OneRecipient, hostname
 
 # Worker threads: re-injections in flight at once (each waits on the loopback smtpd's reply).
 WORKERS = 4
@@ -312,45 +312,30 @@ def _accepted(new_queue_id: str | None) -> str:
     return f"250 2.0.0 Ok: queued as {new_queue_id}" if new_queue_id else "250 2.0.0 Ok: queued"
 
 
-class FanoutService:
+class FanoutService(LmtpDoor):
     """:class:`smtpplus_milter.daemon.Service` for ``fanout``: LMTP on ``fanout.listen``."""
 
     def __init__(self, handler: FanoutHandler, load: Callable[[], Config], log: Any) -> None:
-        self._listen: SocketSpec = handler.config.fanout.listen
-        self._handler = handler
-        self._load = load
-        self._log = log
-        name = hostname()
         # Postfix refuses a message over message_size_limit before it is queued, so what reaches us
         # is bounded by limits.max_message_bytes plus the headers added on the way (a margin).
         limit = handler.config.settings.limits.max_message_bytes * 2 + 1024 * 1024
-
-        def session() -> LMTP:
-            return LMTP(
-                handler,
-                hostname=name,
-                ident="smtpplus-milter fanout",
-                data_size_limit=limit,
-                enable_SMTPUTF8=True,
-                decode_data=False,
-                timeout=IDLE_SECONDS,
-            )
-
-        self._server = LmtpServer(self._listen, session, lambda: handler.in_flight, DRAIN_SECONDS)
-
-    def serve(self) -> None:
-        self._server.serve()
-
-    def stop(self) -> None:
-        self._server.stop()
+        super().__init__(
+            handler.config.fanout.listen,
+            handler,
+            session_class=LMTP,
+            ident="smtpplus-milter fanout",
+            data_size_limit=limit,
+            drain_seconds=DRAIN_SECONDS,
+            load=load,
+            log=log,
+        )
+        self._fanout = handler
 
     def reload(self) -> None:
-        try:
-            config = self._load()
-        except ConfigError as exc:
-            self._log.error("config_reload_failed", problems=[str(problem) for problem in exc.problems])
+        config = self._reread()
+        if config is None:
             return
-        old = self._handler.config.fanout
+        old = self._fanout.config.fanout
         moved = [
             f"fanout.{key} changed to {getattr(config.fanout, key)}"
             for key in ("listen", "journal", "metrics_listen")
@@ -358,15 +343,9 @@ class FanoutService:
         ]
         if moved:
             self._log.warning("config_reload_partial", reason="; ".join(moved) + ": restart fanout to apply")
-        self._handler.replace(config)
+        self._fanout.replace(config)
         self._log.info("config_reloaded", path=str(config.path))
 
-    def busy(self) -> int:
-        return self._handler.in_flight
-
-    def close(self) -> None:
-        self._handler.close()
-
     def details(self) -> Mapping[str, object]:
-        fanout = self._handler.config.fanout
+        fanout = self._fanout.config.fanout
         return {"listen": str(self._listen), "reinject": str(fanout.reinject), "journal": str(fanout.journal)}

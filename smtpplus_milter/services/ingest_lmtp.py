@@ -40,13 +40,13 @@ from typing import Any, AnyStr
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import Envelope, Session
 
-from smtpplus_milter.config import Config, ConfigError, SocketSpec
+from smtpplus_milter.config import Config, SocketSpec
 from smtpplus_milter.core.reports import MAX_REPORT_BYTES
 from smtpplus_milter.infra.files import Ownership, replace_atomically
 from smtpplus_milter.infra.store import TrackingStore, open_store
 from smtpplus_milter.observe.alerts import COMPLAINT, Alert, AlertDispatcher
 from smtpplus_milter.services.ingest import Taken, quarantine_dir, take
-from smtpplus_milter.services.lmtp import IDLE_SECONDS, LmtpServer, OneRecipient, hostname
+from smtpplus_milter.services.lmtp import LmtpDoor, OneRecipient
 
 # aiosmtpd's own reply when DATA went over data_size_limit (it has dropped the data by then).
 _TOO_MUCH = "552 Error: Too much mail data"
@@ -183,7 +183,7 @@ class IngestHandler(OneRecipient):
             self._alerts.stop(timeout=10.0)
 
 
-class IngestService:
+class IngestService(LmtpDoor):
     """:class:`smtpplus_milter.daemon.Service` for ``ingest --serve``: LMTP on *listen*."""
 
     def __init__(
@@ -194,39 +194,24 @@ class IngestService:
         log: Any,
         alerts_of: Callable[[Config], AlertDispatcher | None],
     ) -> None:
-        self._listen = listen
-        self._handler = handler
-        self._load = load
-        self._log = log
-        self._alerts_of = alerts_of
-        name = hostname()
-
-        def session() -> _Session:
-            return _Session(
-                handler,
-                hostname=name,
-                ident="smtpplus-milter ingest",
-                data_size_limit=MAX_REPORT_BYTES,
-                enable_SMTPUTF8=True,
-                decode_data=False,
-                timeout=IDLE_SECONDS,
-            )
-
         # A stop lets the reports being taken finish and be answered (a cut one is sent again by
         # Postfix and found to be a duplicate, but an answer saves the second delivery).
-        self._server = LmtpServer(listen, session, lambda: handler.in_flight, DRAIN_SECONDS)
-
-    def serve(self) -> None:
-        self._server.serve()
-
-    def stop(self) -> None:
-        self._server.stop()
+        super().__init__(
+            listen,
+            handler,
+            session_class=_Session,
+            ident="smtpplus-milter ingest",
+            data_size_limit=MAX_REPORT_BYTES,
+            drain_seconds=DRAIN_SECONDS,
+            load=load,
+            log=log,
+        )
+        self._ingest = handler
+        self._alerts_of = alerts_of
 
     def reload(self) -> None:
-        try:
-            config = self._load()
-        except ConfigError as exc:
-            self._log.error("config_reload_failed", problems=[str(problem) for problem in exc.problems])
+        config = self._reread()
+        if config is None:
             return
         if config.tracking is None:
             self._log.error("config_reload_failed", problems=[f"{config.path}: tracking is off: kept the old config"])
@@ -237,17 +222,11 @@ class IngestService:
                 reason=f"bounces.ingest_listen changed to {config.bounces.ingest_listen}: "
                 "restart ingest --serve to move",
             )
-        old = self._handler.replace(config, self._alerts_of(config))
+        old = self._ingest.replace(config, self._alerts_of(config))
         if old is not None:
             old.stop(timeout=10.0)
         self._log.info("config_reloaded", path=str(config.path))
 
-    def busy(self) -> int:
-        return self._handler.in_flight
-
-    def close(self) -> None:
-        self._handler.close()
-
     def details(self) -> Mapping[str, object]:
-        config = self._handler.config
+        config = self._ingest.config
         return {"listen": str(self._listen), "node": config.tracking.node if config.tracking else None}

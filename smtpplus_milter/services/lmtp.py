@@ -13,11 +13,12 @@ import asyncio
 import socket
 import threading
 from collections.abc import Callable
+from typing import Any, Protocol
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import Envelope, Session
 
-from smtpplus_milter.config import SocketSpec
+from smtpplus_milter.config import Config, ConfigError, SocketSpec
 
 # An idle LMTP connection is closed after this long (Postfix's client reconnects when it needs to).
 IDLE_SECONDS = 300
@@ -82,3 +83,69 @@ class LmtpServer:
     def stop(self) -> None:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
+
+
+class Handler(Protocol):
+    """What a door's aiosmtpd handler offers the service around it."""
+
+    @property
+    def in_flight(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class LmtpDoor:
+    """:class:`smtpplus_milter.daemon.Service` parts both LMTP doors share: serve *handler*'s
+    sessions (*session_class*, aiosmtpd's LMTP or a subclass) on *listen*, stop and drain, close;
+    each door adds ``reload`` and ``details``."""
+
+    def __init__(
+        self,
+        listen: SocketSpec,
+        handler: Handler,
+        *,
+        session_class: type[LMTP],
+        ident: str,
+        data_size_limit: int,
+        drain_seconds: float,
+        load: Callable[[], Config],
+        log: Any,
+    ) -> None:
+        self._listen = listen
+        self._handler = handler
+        self._load = load
+        self._log = log
+        name = hostname()
+
+        def session() -> LMTP:
+            return session_class(
+                handler,
+                hostname=name,
+                ident=ident,
+                data_size_limit=data_size_limit,
+                enable_SMTPUTF8=True,
+                decode_data=False,
+                timeout=IDLE_SECONDS,
+            )
+
+        self._server = LmtpServer(listen, session, lambda: handler.in_flight, drain_seconds)
+
+    def serve(self) -> None:
+        self._server.serve()
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def busy(self) -> int:
+        return self._handler.in_flight
+
+    def close(self) -> None:
+        self._handler.close()
+
+    def _reread(self) -> Config | None:
+        """The config file again, or None after logging why it was not taken (the old one stays)."""
+        try:
+            return self._load()
+        except ConfigError as exc:
+            self._log.error("config_reload_failed", problems=[str(problem) for problem in exc.problems])
+            return None
