@@ -432,7 +432,8 @@ class MessageSession:
         return EndOfMessage(GO_ON, (*edits, *self._fanout_edits()), self.banner, drop, sender)
 
     def _fanout_edits(self) -> tuple[HeaderEdit, ...]:
-        """The fanout tag, when the user's list splits and a recipient is not named in To:/Cc:.
+        """For a list that splits: every Bcc: header deleted, and the fanout tag when a recipient is
+        not named in To:/Cc:.
 
         Added after the priority edits, so after ``X-SMTPPlus-Queue`` (the last FILTER wins).
         """
@@ -440,11 +441,16 @@ class MessageSession:
         mode = self.rules.fanout.get(user.list) if user is not None and user.list else None
         if mode is None:
             return ()
+        # A Bcc: header never leaves a list that splits, whether this message is split or not (the
+        # filter also removes it from every copy; this covers the unsplit ones and the copies
+        # of a message the filter could not read). Last first: the indices never shift.
+        bcc = [name for name, _ in self.headers if name.strip().lower() == "bcc"]
+        hidden = tuple(HeaderEdit("delete", bcc[i], index=i + 1) for i in reversed(range(len(bcc))))
         if not self.queue_id:
             # The filter keys its journal by the queue id: without one, no copies (never the case
             # with Postfix, which we ask for macro i at end of message).
             self.reasons.append("no queue id from Postfix: not split into per-recipient copies")
-            return ()
+            return hidden
         values = [value for name, value in self.headers if name.strip().lower() in ("to", "cc")]
         if self.more_recipients or sum(len(value) for value in values) > MAX_NAMED_BYTES:
             needed = True  # cannot tell cheaply: the filter decides per copy
@@ -454,9 +460,9 @@ class MessageSession:
             except (RecursionError, ValueError):
                 needed = True
         if not needed:
-            return ()
+            return hidden
         self.fanout = Tag(self.queue_id, mode)
-        return (HeaderEdit("add", TAG, self.fanout.render()),)
+        return (*hidden, HeaderEdit("add", TAG, self.fanout.render()))
 
     def add_banner(self, body: BinaryIO | bytes) -> InjectionResult:
         """Run the header/footer injection on the kept body and remember its result.

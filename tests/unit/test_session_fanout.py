@@ -158,3 +158,19 @@ def test_bcc_in_to_reaches_the_rules(tmp_path: Path) -> None:
     assert rules_of(builders.config_with(tmp_path, settings={"lists": lists})).fanout == {"shop": "bcc"}
     with pytest.raises(ConfigError, match="bcc_in_to"):
         builders.config_with(tmp_path, settings={"lists": {"shop": {"bcc_in_to": "sometimes"}}})
+
+
+@pytest.mark.parametrize(
+    ("login", "recipients", "deleted"),
+    [
+        pytest.param("crm", ["<a@x.example>", "<c@x.example>"], True, id="split"),
+        pytest.param("crm", ["<a@x.example>"], True, id="splitting-list-all-named"),
+        pytest.param("news", ["<a@x.example>", "<c@x.example>"], False, id="list-that-does-not-split"),
+    ],
+)
+def test_a_splitting_list_never_lets_a_bcc_header_leave(login: str, recipients: list[str], deleted: bool) -> None:
+    headers = [("To", "a@x.example"), ("Bcc", "c@x.example"), ("BCC", "d@x.example")]
+    _session, end = send(login, headers, recipients)
+    removed = [edit for edit in end.edits if edit.action == "delete" and edit.name.lower() == "bcc"]
+    # Last first, so the index of the one still to go never shifts.
+    assert removed == ([HeaderEdit("delete", "BCC", index=2), HeaderEdit("delete", "Bcc", index=1)] if deleted else [])
