@@ -26,6 +26,7 @@ from smtpplus_milter.infra.store.base import (
     StoredLink,
     StoreProblem,
     Suppression,
+    Unsubscribe,
 )
 from smtpplus_milter.infra.store.sql import SqlStore
 from tests.support import postgres
@@ -839,3 +840,39 @@ def test_processes_migrating_a_fresh_database_at_once_do_not_collide(pg_server: 
             assert isinstance(store, SqlStore) and store.schema_version() == 3
         finally:
             store.close()
+
+
+def test_an_unsubscribe_suppresses_for_the_list_and_counts_once_on_the_latest_message(store: SqlStore) -> None:
+    store.record_messages(
+        [
+            record("Q1", "bob@example.net", accepted_at=T0),
+            record("Q2", "bob@example.net", accepted_at=T0 + timedelta(days=1)),
+            record("Q3", "bob@example.net", accepted_at=T0 + timedelta(days=2), list="other"),
+        ]
+    )
+    seen: list[Report | None] = []
+
+    def notices(report: Report | None) -> list[Notification]:
+        seen.append(report)
+        return []
+
+    at = T0 + timedelta(days=3)
+    click = Unsubscribe("alice", "news", "Bob@Example.net", at, "one_click", "web")
+    assert store.record_unsubscribe(click, notices) is True
+    assert store.record_unsubscribe(click, notices) is False  # the receiver POSTed twice: nothing changes
+    [entry] = store.suppressions()
+    assert (entry.scope, entry.address, entry.reason, entry.expires) == (
+        "list:news",
+        "bob@example.net",
+        "unsubscribe",
+        None,
+    )
+    assert (entry.source_queue_id, entry.created_by) == ("Q2", "web")  # the latest news message, not Q3
+    [report] = seen
+    assert report is not None and (report.queue_id, report.kind, report.detail) == ("Q2", "unsubscribe", "one_click")
+    counts = {m.record.queue_id: m.unsubscribes for m in store.messages()}
+    assert counts == {"Q1": 0, "Q2": 1, "Q3": 0}
+    # A token for an address the store never sent to still unsubscribes it (the token is valid).
+    lone = Unsubscribe("alice", "news", "carol@example.net", at, "mailto", "ingest")
+    assert store.record_unsubscribe(lone) is True
+    assert {e.address for e in store.suppressions(scope="list:news")} == {"bob@example.net", "carol@example.net"}

@@ -223,6 +223,25 @@ class Claimed:
 OnOutcome = Callable[[Outcome], Iterable[Notification]]
 
 REPORT_KINDS = frozenset({"complaint", "unsubscribe"})
+# Where an unsubscribe came from: the RFC 8058 one-click POST, the confirm page, a mailto: message.
+UNSUBSCRIBE_SOURCES = ("one_click", "page", "mailto")
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """A recipient asked to get no more mail of one user's list (a valid unsubscribe token)."""
+
+    user: str
+    list_name: str
+    address: str
+    at: datetime
+    source: str  # one of UNSUBSCRIBE_SOURCES
+    created_by: str  # who recorded it: "web" or "ingest"
+
+    def __post_init__(self) -> None:
+        _utc(self.at, "unsubscribe time")
+        if self.source not in UNSUBSCRIBE_SOURCES:
+            raise ValueError(f"unsubscribe source {self.source!r}: expected one of {', '.join(UNSUBSCRIBE_SOURCES)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +394,15 @@ class TrackingStore(abc.ABC):
     def record_report(self, report: Report, suppression: Suppression | None, notices: Iterable[Notification]) -> bool:
         """Record a complaint or unsubscribe once (False: it was recorded before, nothing changed),
         with the suppression entry and the notices it causes, in one transaction."""
+
+    @abc.abstractmethod
+    def record_unsubscribe(
+        self, item: Unsubscribe, notices: Callable[[Report | None], Iterable[Notification]] = lambda report: ()
+    ) -> bool:
+        """Suppress the address for ``list:NAME`` (reason ``unsubscribe``, never expires) and count
+        it once on the latest message of that user and list sent to the address (when the store has
+        one: that message's ``unsubscribes``), with the *notices* of that report, in one transaction.
+        True when new; an address already unsubscribed from the list changes nothing (False)."""
 
     @abc.abstractmethod
     def report_counts(self, node: str, kind: str) -> dict[str, int]:
