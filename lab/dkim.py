@@ -22,10 +22,13 @@ START_SECONDS = 15.0
 
 
 class OpenDkim:
-    def __init__(self, workdir: Path, domain: str, selector: str = "lab") -> None:
+    def __init__(self, workdir: Path, domain: str, selector: str = "lab", *, bits: int = 2048) -> None:
+        """*bits*: 1024 keeps the public key in one TXT string (255 octets), which dnsmasq needs
+        to publish it (lab.harness.DnsServer); 2048 otherwise."""
         self.workdir = Path(workdir)
         self.domain = domain
         self.selector = selector
+        self.bits = bits
         self.port = free_port()
         self.config_file = self.workdir / "opendkim.conf"
         self.log_file = self.workdir / "opendkim.log"
@@ -43,11 +46,15 @@ class OpenDkim:
         quoted = "".join(part.split('"')[1] for part in text.split("\n") if '"' in part)
         return quoted.encode("ascii")
 
+    def txt_record(self) -> tuple[str, str]:
+        """(name, text) of the key's TXT record, for :class:`lab.harness.DnsServer`."""
+        return f"{self.selector}._domainkey.{self.domain}", self.dns_record().decode("ascii")
+
     def start(self) -> OpenDkim:
         _prepare_dir(self.workdir)
         _ensure_traversable(self.workdir)
         made = subprocess.run(
-            ["opendkim-genkey", "-b", "2048", "-d", self.domain, "-s", self.selector, "-D", str(self.workdir)],
+            ["opendkim-genkey", "-b", str(self.bits), "-d", self.domain, "-s", self.selector, "-D", str(self.workdir)],
             capture_output=True,
             text=True,
             timeout=60,
