@@ -108,6 +108,8 @@ class Stack:
         ingest: str = "pipe",
         fanout: bool = False,
         dkim_domain: str | None = None,
+        dkim_after_milter: bool = False,
+        dkim_bits: int = 2048,
     ) -> None:
         """*priority_routing*: None (no transports), ``"sinks"`` (smtpplus-high/-low deliver to
         sinks of their own, ``high_sink`` / ``low_sink``) or ``"relayhost"`` (they deliver to the
@@ -128,7 +130,8 @@ class Stack:
         port); Postfix gets the fanout lines ``postfix-config`` prints once some list has
         ``bcc_in_to`` (the settings say which). *dkim_domain*: a private OpenDKIM (lab/dkim.py)
         signs that domain's mail as the operator's signer in ``smtpplus_fanout_milters``: every
-        copy is signed after the split."""
+        copy is signed after the split; with *dkim_after_milter* also in ``smtpd_milters`` after
+        smtpplus-milter, as a relay signs its mail (our headers are added before it signs)."""
         # A directory we made ourselves is removed after stop() (SMTPPLUS_LAB_KEEP=1 keeps it).
         self.cleanup = cleanup and workdir is None
         self.workdir = workdir or make_workdir("smtpplus-lab")
@@ -220,7 +223,8 @@ class Stack:
         self.fanout = (
             FanoutProcess(self.config_path, self.fanout_spec, self.workdir / "fanout.log") if self.fanout_spec else None
         )
-        self.dkim = OpenDkim(self.workdir / "opendkim", dkim_domain) if dkim_domain else None
+        self.dkim = OpenDkim(self.workdir / "opendkim", dkim_domain, bits=dkim_bits) if dkim_domain else None
+        self.dkim_after_milter = dkim_after_milter
         self.postfix_main_cf = postfix_main_cf or {}
         self.local_listener = local_listener
         self.postfix: Postfix | None = None
@@ -251,6 +255,9 @@ class Stack:
             if self.dkim:
                 self.dkim.start()
                 main_cf["smtpplus_fanout_milters"] = self.dkim.milter
+                ours = self._postfix_milter_spec()
+                if self.dkim_after_milter and ours:
+                    main_cf["smtpd_milters"] = f"{ours}, {self.dkim.milter}"
             self.postfix = Postfix(
                 self.workdir / "postfix",
                 relayhost_port=self.sink.port,
