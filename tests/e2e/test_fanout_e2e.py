@@ -18,6 +18,7 @@ import pytest
 from lab.harness import ReceivedMessage
 from lab.stack import Stack, make_message
 from smtpplus_milter.infra.store import open_store
+from smtpplus_milter.services.fanout import WORKERS
 
 pytestmark = [
     pytest.mark.e2e,
@@ -142,9 +143,10 @@ def test_the_filter_killed_mid_split_loses_no_copy() -> None:
         counts = _count(stack.high_sink.messages)
         assert sorted(counts) == recipients  # nobody lost
         twice = {r for r, n in counts.items() if n > 1}
-        # Only the documented window can give a second copy: the smtpd took the copy, the filter
-        # died before its journal write; that copy was already at the sink when it was killed.
-        assert twice <= set(at_kill) and len(twice) <= 2 and all(n <= 2 for n in counts.values()), counts
+        # Only the documented window can give a second copy: the re-injection smtpd took the copy
+        # (it may still be in Postfix's queue, not yet at the sink), the filter died before its
+        # journal write. At most the deliveries in hand at the kill: one per worker.
+        assert len(twice) <= WORKERS and all(n <= 2 for n in counts.values()), counts
 
 
 def test_every_copy_is_signed_by_the_dkim_signer_after_the_split() -> None:
