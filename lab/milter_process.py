@@ -207,3 +207,37 @@ class FanoutProcess(MilterProcess):
 
     command = "fanout"
     name = "smtpplus-milter fanout"
+
+
+class WebProcess(DaemonProcess):
+    """``smtpplus-milter web``: ready when ``GET /healthz`` on web.listen answers 200."""
+
+    command = "web"
+    name = "smtpplus-milter web"
+
+    def __init__(
+        self,
+        config_path: Path,
+        port: int,
+        log_file: Path,
+        *,
+        metrics_port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(config_path, log_file, extra_args=extra_args)
+        self.port = port
+        self.metrics_port = metrics_port  # web.metrics_listen's port, if the config sets one
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/healthz", timeout=1) as response:
+                return int(response.status) == 200
+        except OSError:
+            return False
+
+    def where(self) -> str:
+        return f"{self.base_url}/healthz"

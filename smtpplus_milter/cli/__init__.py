@@ -16,6 +16,7 @@ from smtpplus_milter.cli import suppressions as suppressions_cli
 from smtpplus_milter.cli import tracking as tracking_cli
 from smtpplus_milter.cli import users as users_cli
 from smtpplus_milter.cli import verify as verify_cli
+from smtpplus_milter.cli import web as web_cli
 from smtpplus_milter.config import DEFAULT_CONFIG
 
 
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_cli.add_parser(commands, _add_config)
     follow_cli.add_parser(commands, _add_config)
     fanout_cli.add_parser(commands, _add_config)
+    web_cli.add_parser(commands, _add_config)
     return parser
 
 
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         return ingest_cli.main(args)
     if args.command == "fanout":
         return fanout_cli.main(args)
+    if args.command == "web":
+        return web_cli.main(args)
     if args.command == "suppressions":
         return suppressions_cli.main(args)
     if args.command == "follow":

@@ -28,6 +28,7 @@ from smtpplus_milter.config.values import (
     SocketSpec,
     Suppression,
     Tracking,
+    Web,
 )
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "SocketSpec",
     "Suppression",
     "Tracking",
+    "Web",
     "WebhookSink",
     "config_path_from_env",
     "load_config",

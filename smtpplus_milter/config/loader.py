@@ -35,6 +35,7 @@ from smtpplus_milter.config.values import (
     Secret,
     Suppression,
     Tracking,
+    Web,
 )
 from smtpplus_milter.config.yamlsrc import Located, YamlProblem, load_yaml
 from smtpplus_milter.core.tokens import MIN_KEY_BYTES
@@ -86,6 +87,7 @@ class Config:
     suppression: Suppression = field(default_factory=Suppression)
     fanout: Fanout = field(default_factory=Fanout)
     notify: Notify = field(default_factory=Notify)  # the global notify: block
+    web: Web | None = None  # the web: section (the unsubscribe endpoint); None: not on this host
     list_notify: Mapping[str, Notify] = field(default_factory=lambda: MappingProxyType({}))
 
     def notify_for(self, list_name: str | None) -> Notify:
@@ -124,8 +126,15 @@ class Config:
                 "bounces.ingest_listen is set but bounces.return_path is not: no report comes back to "
                 "this relay, so `ingest --serve` has nothing to take"
             )
+        web = self.web
+        if web is not None and web.exposed_host is not None:
+            found.append(
+                f"web.listen {web.listen} listens on {web.exposed_host}, not on loopback: the endpoint speaks "
+                "plain HTTP and is meant to sit behind the TLS proxy (deploy/nginx/smtpplus-unsubscribe.conf); "
+                "firewall it to the proxy or listen on 127.0.0.1"
+            )
         secret = self.secret
-        if secret is None and self.secret_path is not None and self.bounces.return_path is not None:
+        if secret is None and self.secret_path is not None and _needs_secret(self.settings) is not None:
             found.append(
                 f"secret_file {self.secret_path} does not exist yet: `smtpplus-milter run` (or ingest) creates it "
                 "on first use; it must be able to write there, else create it yourself: "
@@ -175,6 +184,16 @@ def load_config(
                 "add a tracking: section (docs/tracking.md), or set bounces.return_path to null",
             )
         )
+    if settings.web is not None and settings.tracking is None:
+        problems.append(
+            ConfigProblem(
+                path,
+                ("web",),
+                located.line_of(("web",)),
+                "the unsubscribe endpoint records each unsubscribe in the tracking store, but tracking is off",
+                "add a tracking: section (docs/tracking.md), or remove the web: section",
+            )
+        )
     try:
         secret = _secret(secret_path, settings, located, path, create=create_secret)
     except ConfigError as exc:
@@ -207,6 +226,7 @@ def load_config(
         ),
         notify=notify,
         list_notify=list_notify,
+        web=Web(settings.web.listen, settings.web.metrics_listen) if settings.web is not None else None,
     )
 
 
@@ -218,6 +238,8 @@ def _needs_secret(settings: Settings) -> tuple[str, ...] | None:
     """The key path of the first setting that needs the secret, or None (then it is not read)."""
     if settings.bounces.return_path is not None:
         return ("bounces", "return_path")
+    if settings.web is not None:
+        return ("web",)  # the endpoint reads the unsubscribe tokens in its URLs
     return None
 
 

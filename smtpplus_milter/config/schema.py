@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, GetPydanticSchema, RootModel, field_validator
 from pydantic_core import core_schema
 
-from smtpplus_milter.config.values import FANOUT_LISTEN, FANOUT_REINJECT, HostPort, SocketSpec
+from smtpplus_milter.config.values import FANOUT_LISTEN, FANOUT_REINJECT, WEB_LISTEN, HostPort, SocketSpec
 from smtpplus_milter.core.addresses import AddressError, normalize_address, normalize_domain
 
 Priority = Annotated[int, Field(ge=1, le=5)]
@@ -300,6 +300,14 @@ class FanoutSection(_Strict):
         return value
 
 
+class WebSection(_Strict):
+    """The unsubscribe endpoint ``smtpplus-milter web`` (docs/unsubscribe.md, "The web endpoint")."""
+
+    # Plain HTTP behind the operator's TLS reverse proxy: loopback unless the proxy is elsewhere.
+    listen: HostPortValue = WEB_LISTEN
+    metrics_listen: HostPortValue | None = None
+
+
 class Settings(_Strict):
     """The main YAML file."""
 
@@ -325,6 +333,8 @@ class Settings(_Strict):
     suppression: SuppressionSection = SuppressionSection()
     notify: NotifySection = NotifySection()
     fanout: FanoutSection = FanoutSection()
+    # null: no unsubscribe endpoint on this host (the section is what asks for one).
+    web: WebSection | None = None
 
 
 def _entries(value: object, kind: str) -> tuple[str, ...]:

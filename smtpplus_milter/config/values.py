@@ -112,6 +112,8 @@ class SocketSpec:
 # Where the fanout filter listens and where it re-injects copies by default (fanout.listen/reinject).
 FANOUT_LISTEN = SocketSpec.parse("unix:/run/smtpplus-fanout/fanout.sock")
 FANOUT_REINJECT = HostPort("127.0.0.1", 10027)
+# Where the unsubscribe endpoint listens by default (web.listen): loopback, behind a TLS proxy.
+WEB_LISTEN = HostPort("127.0.0.1", 8025)
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,24 @@ class Fanout:
     metrics_listen: HostPort | None = None
     journal: Path = Path("/var/lib/smtpplus/fanout.db")
     journal_days: int = 7
+
+
+@dataclass(frozen=True)
+class Web:
+    """The ``web:`` section: the unsubscribe endpoint's HTTP listener and its metrics."""
+
+    listen: HostPort = WEB_LISTEN
+    metrics_listen: HostPort | None = None
+
+    @property
+    def exposed_host(self) -> str | None:
+        """The host of *listen* when it is not loopback (then the proxy is not the only way in)."""
+        if self.listen.host == "localhost":
+            return None
+        try:
+            return None if ipaddress.ip_address(self.listen.host).is_loopback else self.listen.host
+        except ValueError:
+            return self.listen.host
 
 
 @dataclass(frozen=True)

@@ -162,6 +162,26 @@ class FanoutMetrics:
         self.build_info.labels(version=__version__).set(1)
 
 
+class WebMetrics:
+    """The unsubscribe endpoint's metrics (``smtpplus-milter web``, on ``web.metrics_listen``)."""
+
+    # one_click: a receiver's RFC 8058 POST; page: the confirm button of our page. (mailto ones
+    # are recorded by ingest, not by this process.)
+    SOURCES = ("one_click", "page")
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.unsubscribes = Counter(
+            "smtpplus_unsubscribes",
+            "Recipients unsubscribed from a list (counted once: a repeated request is not), by list and source",
+            ["list", "source"],
+            registry=registry,
+        )
+        self.build_info = Gauge("smtpplus_build_info", "Build information", ["version"], registry=registry)
+        self.build_info.labels(version=__version__).set(1)
+
+
 def serve_metrics(listen: HostPort, registry: CollectorRegistry) -> None:
     """Serve /metrics of *registry* on *listen* (``metrics.listen``) in a daemon thread."""
     start_http_server(listen.port, addr=listen.host, registry=registry)
