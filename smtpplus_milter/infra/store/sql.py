@@ -648,36 +648,48 @@ class SqlStore(TrackingStore):
     def record_unsubscribe(
         self, item: Unsubscribe, notices: Callable[[Report | None], Iterable[Notification]] = lambda report: ()
     ) -> bool:
-        scope, address = f"list:{item.list_name}", item.address.lower()
+        return self.record_unsubscribes([item], notices)[0]
+
+    def record_unsubscribes(
+        self,
+        items: Sequence[Unsubscribe],
+        notices: Callable[[Report | None], Iterable[Notification]] = lambda report: (),
+    ) -> list[bool]:
         with self._transaction() as cur:
-            cur.execute("SELECT reason FROM suppressions WHERE scope = ? AND address = ?", (scope, address))
-            found = cur.fetchone()
-            if found is not None and found[0] == "unsubscribe":
-                return False  # a repeated POST, a second mailto: nothing changes
+            return [self._record_unsubscribe(cur, item, notices) for item in items]
+
+    def _record_unsubscribe(
+        self, cur: Cursor, item: Unsubscribe, notices: Callable[[Report | None], Iterable[Notification]]
+    ) -> bool:
+        scope, address = f"list:{item.list_name}", item.address.lower()
+        cur.execute("SELECT reason FROM suppressions WHERE scope = ? AND address = ?", (scope, address))
+        found = cur.fetchone()
+        if found is not None and found[0] == "unsubscribe":
+            return False  # a repeated POST, a second mailto: nothing changes
+        cur.execute(
+            "SELECT m.node, m.queue_id FROM messages m JOIN recipients r ON r.message = m.id"
+            " WHERE r.address = ? AND m.username = ? AND m.list_name = ?"
+            " ORDER BY m.accepted_at DESC, m.id DESC LIMIT 1",
+            (address, item.user, item.list_name),
+        )
+        row = cur.fetchone()
+        node, queue_id = (str(row[0]), str(row[1])) if row else (None, None)
+        entry = Suppression(scope, address, "unsubscribe", item.at, None, node, queue_id, item.created_by)
+        self._suppress(cur, entry)
+        report = None
+        if node is not None and queue_id is not None:
+            report = Report(node, queue_id, address, "unsubscribe", item.at, item.source)
             cur.execute(
-                "SELECT m.node, m.queue_id FROM messages m JOIN recipients r ON r.message = m.id"
-                " WHERE r.address = ? AND m.username = ? AND m.list_name = ?"
-                " ORDER BY m.accepted_at DESC, m.id DESC LIMIT 1",
-                (address, item.user, item.list_name),
+                "INSERT INTO reports (node, queue_id, recipient, kind, at, detail) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (node, queue_id, recipient, kind) DO NOTHING RETURNING kind",
+                (node, queue_id, address, "unsubscribe", epoch(item.at), item.source),
             )
-            row = cur.fetchone()
-            node, queue_id = (str(row[0]), str(row[1])) if row else (None, None)
-            entry = Suppression(scope, address, "unsubscribe", item.at, None, node, queue_id, item.created_by)
-            self._suppress(cur, entry)
-            report = None
-            if node is not None and queue_id is not None:
-                report = Report(node, queue_id, address, "unsubscribe", item.at, item.source)
+            if cur.fetchone() is not None:
                 cur.execute(
-                    "INSERT INTO reports (node, queue_id, recipient, kind, at, detail) VALUES (?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (node, queue_id, recipient, kind) DO NOTHING RETURNING kind",
-                    (node, queue_id, address, "unsubscribe", epoch(item.at), item.source),
+                    "UPDATE messages SET unsubscribes = unsubscribes + 1 WHERE node = ? AND queue_id = ?",
+                    (node, queue_id),
                 )
-                if cur.fetchone() is not None:
-                    cur.execute(
-                        "UPDATE messages SET unsubscribes = unsubscribes + 1 WHERE node = ? AND queue_id = ?",
-                        (node, queue_id),
-                    )
-            self._enqueue(cur, notices(report))
+        self._enqueue(cur, notices(report))
         return True
 
     def report_counts(self, node: str, kind: str) -> dict[str, int]:
