@@ -158,8 +158,9 @@ def make_copy(raw: bytes, recipient: str, *, extra_headers: Sequence[tuple[str, 
     any DKIM-Signature header of the first pass is removed: it no longer verifies); *extra_headers*
     (issue 16's per-recipient List-Unsubscribe) added in place of any field of the same name.
     Everything else byte for byte (byte splicing of the header section, the body untouched).
-    A message it cannot read (header section, tag, the recipient, a bound): ``data`` is *raw* itself and ``problem`` says why (the filter sends it on
-    unchanged and counts it; never dropped or bounced).
+    A message it cannot read (header section, tag, the recipient, a bound): ``data`` is *raw*
+    itself and ``problem`` says why (the filter sends it on unchanged and counts it; never
+    dropped or bounced).
 
     *extra_headers* come from our own code, not from the message: a name that is no field name or
     a value with a line break or non-ASCII text is a programming error (ValueError).
