@@ -12,7 +12,8 @@ once per recipient, and the filter asks :func:`make_copy` for that recipient's c
   named in); a signature of the first pass (``DKIM-Signature``) then no longer
   verifies and is removed too (the signer on the re-injection path signs the copy);
 * the *extra_headers* the filter asks for (a list's List-Unsubscribe with this recipient's token)
-  are added, and any field of the same name is removed first: only ours may leave;
+  are added, and any field of the same name is removed first: only ours may leave; a first-pass
+  ``DKIM-Signature`` is removed too (a signer that oversigns those names fails once they are added);
 * anything else is kept byte for byte: the header section is cut into fields (a field is its
   first line and its folded continuation lines) and whole fields are dropped or replaced, the
   body is never looked at, every line keeps its own line ending.
@@ -201,7 +202,9 @@ def make_copy(raw: bytes, recipient: str, *, extra_headers: Sequence[tuple[str, 
 
     eol = detect_eol(raw)  # the first line's: added lines end like the others (CRLF when none has an end)
     replaced = {name.lower().encode("ascii") for name, _ in extra_headers}
-    dropped = {_TAG_NAME, _BCC} | replaced | ({_TO, _DKIM} if rewrite else set())
+    # A first-pass signature no longer verifies once To: is replaced, nor (if it oversigned them)
+    # once headers are added; the signer after the split signs the copy.
+    dropped = {_TAG_NAME, _BCC} | replaced | ({_TO, _DKIM} if rewrite else set()) | ({_DKIM} if extra else set())
     to_line = b"To: <" + address.encode("utf-8") + b">" + eol
     pieces: list[bytes] = []
     to_written = not rewrite

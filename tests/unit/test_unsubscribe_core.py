@@ -81,13 +81,23 @@ def test_tag_parse_refuses_bad_shapes(text: str) -> None:
     assert Tag.parse(text) is None
 
 
-def test_a_copy_replaces_the_headers_it_is_given() -> None:
-    raw = b"From: s@x\r\nTo: a@x\r\nList-Unsubscribe: <https://evil.example>\r\nX-SMTPPlus-Fanout: Q1 each n u\r\n\r\nbody\r\n"
+@pytest.mark.parametrize(
+    ("recipient", "to", "rewritten"),
+    [
+        pytest.param("b@x", b"To: <b@x>", True, id="blind-recipient-own-to"),
+        pytest.param("a@x", b"To: a@x", False, id="named-recipient-keeps-to-loses-first-signature"),
+    ],
+)
+def test_a_copy_replaces_the_headers_it_is_given(recipient: str, to: bytes, rewritten: bool) -> None:
+    raw = (
+        b"From: s@x\r\nTo: a@x\r\nList-Unsubscribe: <https://evil.example>\r\nX-SMTPPlus-Fanout: Q1 each n u\r\n"
+        b"DKIM-Signature: v=1; h=from:to:list-unsubscribe:list-unsubscribe\r\n\r\nbody\r\n"
+    )
     extra = (("List-Unsubscribe", "<https://r.example/u/t>"), ("List-Unsubscribe-Post", ONE_CLICK))
-    copy = make_copy(raw, "b@x", extra_headers=extra)
-    assert copy.problem is None and copy.rewritten
+    copy = make_copy(raw, recipient, extra_headers=extra)
+    assert copy.problem is None and copy.rewritten is rewritten
     assert copy.data == (
-        b"From: s@x\r\nTo: <b@x>\r\nList-Unsubscribe: <https://r.example/u/t>\r\n"
+        b"From: s@x\r\n" + to + b"\r\nList-Unsubscribe: <https://r.example/u/t>\r\n"
         b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n\r\nbody\r\n"
     )
 
