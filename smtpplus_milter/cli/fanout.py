@@ -24,7 +24,8 @@ def add_parser(commands: Any, add_config: Callable[[argparse.ArgumentParser], No
 
 
 def main(args: argparse.Namespace) -> int:
-    config = common.load_or_report(args.config, command="fanout")
+    # create_secret: a list with unsubscribe needs the key for each copy's token.
+    config = common.load_or_report(args.config, command="fanout", create_secret=True)
     if config is None:
         return 1
     from smtpplus_milter.config import load_config
@@ -59,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
 
     def start() -> FanoutService:
         handler = FanoutHandler(config, log, metrics, journal)
-        return FanoutService(handler, lambda: load_config(args.config), log)
+        return FanoutService(handler, lambda: load_config(args.config, create_secret=True), log)
 
     daemon = Daemon(
         log=log,

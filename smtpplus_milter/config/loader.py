@@ -39,6 +39,7 @@ from smtpplus_milter.config.values import (
 )
 from smtpplus_milter.config.yamlsrc import Located, YamlProblem, load_yaml
 from smtpplus_milter.core.tokens import MIN_KEY_BYTES
+from smtpplus_milter.core.unsubscribe import ListUnsubscribe
 from smtpplus_milter.core.users import AuthPolicy, Check, Directory, Mode, User, normalize_login
 from smtpplus_milter.core.verification import STATE_FILE
 
@@ -89,6 +90,9 @@ class Config:
     notify: Notify = field(default_factory=Notify)  # the global notify: block
     web: Web | None = None  # the web: section (the unsubscribe endpoint); None: not on this host
     list_notify: Mapping[str, Notify] = field(default_factory=lambda: MappingProxyType({}))
+    # Each list with lists.NAME.unsubscribe, with the key; empty while the key is not read (no
+    # secret_file yet: a process started without create_secret, see load_config).
+    unsubscribe: Mapping[str, ListUnsubscribe] = field(default_factory=lambda: MappingProxyType({}))
 
     def notify_for(self, list_name: str | None) -> Notify:
         """The notify: block in effect for a message of *list_name* (None: no list)."""
@@ -173,6 +177,7 @@ def load_config(
     secret_path = _beside(path, settings.secret_file) if settings.secret_file is not None else None
     notify, list_notify = resolve_notify(settings)
     problems = _notify_problems(notify, list_notify, located, path)
+    problems += _unsubscribe_problems(settings, located, path)
     if settings.bounces.return_path is not None and settings.tracking is None:
         where = ("bounces", "return_path")
         problems.append(
@@ -227,6 +232,7 @@ def load_config(
         notify=notify,
         list_notify=list_notify,
         web=Web(settings.web.listen, settings.web.metrics_listen) if settings.web is not None else None,
+        unsubscribe=_unsubscribe(settings, secret),
     )
 
 
@@ -238,9 +244,60 @@ def _needs_secret(settings: Settings) -> tuple[str, ...] | None:
     """The key path of the first setting that needs the secret, or None (then it is not read)."""
     if settings.bounces.return_path is not None:
         return ("bounces", "return_path")
+    for name, section in settings.lists.items():
+        if section.unsubscribe is not None:
+            return ("lists", name, "unsubscribe")
     if settings.web is not None:
         return ("web",)  # the endpoint reads the unsubscribe tokens in its URLs
     return None
+
+
+def _unsubscribe_problems(settings: Settings, located: Located, path: Path) -> list[ConfigProblem]:
+    """A list's unsubscribe needs the store (to suppress) and, for mailto:, the return path."""
+    problems = []
+    for name, section in settings.lists.items():
+        if section.unsubscribe is None:
+            continue
+        where = ("lists", name, "unsubscribe")
+        if settings.tracking is None:
+            problems.append(
+                ConfigProblem(
+                    path,
+                    where,
+                    located.line_of(where),
+                    "an unsubscribe is recorded as a suppression in the tracking store, but tracking is off",
+                    "add a tracking: section (docs/tracking.md), or remove unsubscribe "
+                    "(the list is then transactional)",
+                )
+            )
+        if section.unsubscribe.mailto and settings.bounces.return_path is None:
+            mailto = (*where, "mailto")
+            problems.append(
+                ConfigProblem(
+                    path,
+                    mailto,
+                    located.line_of(mailto),
+                    "mailto: unsubscribes go to u+TOKEN@<bounces.return_path>, but bounces.return_path is not set",
+                    "set bounces.return_path (docs/bounces.md), or set mailto: false",
+                )
+            )
+    return problems
+
+
+def _unsubscribe(settings: Settings, secret: Secret | None) -> Mapping[str, ListUnsubscribe]:
+    """Each list's unsubscribe settings as values (the mailto: domain only with mailto: true)."""
+    if secret is None:
+        return MappingProxyType({})
+    return_path = settings.bounces.return_path
+    return MappingProxyType(
+        {
+            name: ListUnsubscribe(
+                section.unsubscribe.url, return_path if section.unsubscribe.mailto else None, secret.key
+            )
+            for name, section in settings.lists.items()
+            if section.unsubscribe is not None
+        }
+    )
 
 
 def _secret(
@@ -263,7 +320,8 @@ def _secret(
                     path,
                     needed_by,
                     located.line_of(needed_by),
-                    "set, so secret_file (the key that authenticates bounce tokens) is needed, but it is not set",
+                    "set, so secret_file (the key that authenticates bounce and unsubscribe tokens) is needed, "
+                    "but it is not set",
                     f"add 'secret_file: secret' and create it: {_MAKE_SECRET.format(path=example)}",
                 )
             ]
@@ -375,11 +433,12 @@ def _notices(section: NotifySection, base: Notify | None) -> Notify:
             sender=section.from_,
             bounces=Notices(section.bounces.to, section.bounces.mode, section.bounces.original_sender),
             complaints=Notices(section.complaints.to, section.complaints.mode),
+            unsubscribes=Notices(section.unsubscribes.to, section.unsubscribes.mode),
         )
     given = section.model_fields_set
 
     def over(inherited: Notices, own: BaseModel) -> Notices:
-        # The schema's keys of bounces:/complaints: are the field names of Notices.
+        # The schema's keys of bounces:/complaints:/unsubscribes: are the field names of Notices.
         return replace(inherited, **{name: getattr(own, name) for name in own.model_fields_set})
 
     return Notify(
@@ -387,6 +446,7 @@ def _notices(section: NotifySection, base: Notify | None) -> Notify:
         sender=section.from_ if "from_" in given else base.sender,
         bounces=over(base.bounces, section.bounces) if "bounces" in given else base.bounces,
         complaints=over(base.complaints, section.complaints) if "complaints" in given else base.complaints,
+        unsubscribes=over(base.unsubscribes, section.unsubscribes) if "unsubscribes" in given else base.unsubscribes,
     )
 
 
@@ -400,7 +460,7 @@ def _notify_problems(
     for where, value in blocks:
         if value.sender is not None:
             continue
-        sends_to = value.bounces.to or value.complaints.to
+        sends_to = value.bounces.to or value.complaints.to or value.unsubscribes.to
         if sends_to or value.bounces.original_sender:
             why = "to the listed addresses" if sends_to else "to original senders"
             problems.append(
@@ -641,7 +701,8 @@ def postfix_inputs(settings: Settings, config_file: Path | None = None) -> Postf
         own_mail=tuple(own),
         return_path=settings.bounces.return_path,
         ingest_listen=settings.bounces.ingest_listen,
-        fanout=any(section.bcc_in_to for section in settings.lists.values()),
+        # A list with unsubscribe splits too: every recipient needs a copy with their own token.
+        fanout=any(section.bcc_in_to or section.unsubscribe is not None for section in settings.lists.values()),
         fanout_listen=settings.fanout.listen,
         fanout_reinject=settings.fanout.reinject,
     )

@@ -42,6 +42,8 @@ def rules_of(config: Config) -> Rules:
         per_user_labels=settings.metrics.per_user_labels,
         return_path=_return_path(config),
         fanout={name: "bcc" for name, section in settings.lists.items() if section.bcc_in_to},
+        unsubscribe=dict(config.unsubscribe),
+        list_ids={name: section.list_id for name, section in settings.lists.items() if section.list_id is not None},
     )
 
 

@@ -12,6 +12,7 @@ import ipaddress
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, GetPydanticSchema, RootModel, field_validator
 from pydantic_core import core_schema
@@ -191,13 +192,27 @@ class ComplaintNotices(_Strict):
         return _recipients(value)
 
 
+class UnsubscribeNotices(_Strict):
+    to: Annotated[tuple[str, ...], _LIST] = ()
+    mode: NoticeMode = "immediate"
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _to(cls, value: object) -> tuple[str, ...]:
+        return _recipients(value)
+
+
 class NotifySection(_Strict):
-    """Where bounce and complaint notices go. In ``lists.NAME.notify`` every key left out is the global one."""
+    """Where bounce, complaint and unsubscribe notices go.
+
+    In ``lists.NAME.notify`` every key left out is the global one.
+    """
 
     smtp: HostPortValue = HostPort("127.0.0.1", 25)
     from_: str | None = Field(default=None, alias="from")
     bounces: BounceNotices = BounceNotices()
     complaints: ComplaintNotices = ComplaintNotices()
+    unsubscribes: UnsubscribeNotices = UnsubscribeNotices()
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=False)
 
@@ -217,7 +232,36 @@ def _sender(value: str | None, what: str) -> str | None:
         raise ValueError(f"{exc}; write the sender of {what} as local@domain") from None
 
 
+# RFC 2919's list-id: dot-atom text (letters, digits and a few symbols, dot-separated), no brackets.
+_LIST_ID = r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)+$"
+
+
+class UnsubscribeSection(_Strict):
+    """``lists.NAME.unsubscribe`` (docs/unsubscribe.md): every recipient gets List-Unsubscribe."""
+
+    # The web endpoint's base; each recipient's link is URL/TOKEN.
+    url: Annotated[str, Field(max_length=500)]
+    # Also offer mailto:u+TOKEN@<bounces.return_path> (answered by ingest).
+    mailto: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"{value!r} is not an http(s) URL; give e.g. https://relay.example/u")
+        if parts.query or parts.fragment or "?" in value or "#" in value:
+            raise ValueError(f"{value!r} has a query or fragment; the token is added as a last path segment")
+        if any(ch.isspace() or ch in '<>,"' or not ch.isprintable() or not ch.isascii() for ch in value):
+            raise ValueError(f"{value!r} holds a character a List-Unsubscribe header cannot carry")
+        return value.rstrip("/")
+
+
 class ListSection(_Strict):
+    # List-Id: <list_id> on the list's mail (RFC 2919), e.g. news.yourcompany.com.
+    list_id: Annotated[str, Field(pattern=_LIST_ID, max_length=255)] | None = None
+    # absent: transactional mail, no List-Unsubscribe.
+    unsubscribe: UnsubscribeSection | None = None
     header: TextVariants | None = None
     footer: TextVariants | None = None
     notify: NotifySection | None = None
@@ -327,7 +371,7 @@ class Settings(_Strict):
     sasl: SaslSection = SaslSection()
     verification: VerificationSection = VerificationSection()
     tracking: TrackingSection | None = None
-    # The key of bounce (and later unsubscribe) tokens; read only when a feature needs it.
+    # The key of bounce and unsubscribe tokens; read only when a feature needs it.
     secret_file: str | None = None
     bounces: BouncesSection = BouncesSection()
     suppression: SuppressionSection = SuppressionSection()

@@ -166,10 +166,10 @@ NoticeMode = Literal["immediate", "daily"]
 
 @dataclass(frozen=True)
 class Notices:
-    """Who is told of one kind of event (bounces or complaints), and when.
+    """Who is told of one kind of event (bounces, complaints or unsubscribes), and when.
 
     *mode* ``immediate``: one notice per event; ``daily``: one digest per list and day.
-    *original_sender*: the message's envelope sender is told too (always False for complaints).
+    *original_sender*: the message's envelope sender is told too (always False but for bounces).
     """
 
     to: tuple[str, ...] = ()
@@ -185,6 +185,7 @@ class Notify:
     sender: str | None = None  # notify.from; None only when nothing needs sending
     bounces: Notices = Notices()
     complaints: Notices = Notices()
+    unsubscribes: Notices = Notices()
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,19 @@
 """One recipient's copy of a message that is split per recipient (the pure half of ``fanout``).
 
 The milter marks a message that must reach each recipient on its own with one tag header
-(:data:`TAG`, value ``<queue id> <mode>``); Postfix then hands the fanout filter that message
+(:data:`TAG`, value ``<queue id> <mode>``, or ``<queue id> each <list> <user>`` for a list whose
+copies carry List-Unsubscribe with each recipient's own token); Postfix then hands the fanout filter that message
 once per recipient, and the filter asks :func:`make_copy` for that recipient's copy:
 
 * the tag and every ``Bcc:`` field are always removed (a blind copy must never show who else got
   the message, and the tag has done its work);
-* ``To:`` becomes exactly ``To: <recipient>`` when the mode is ``each`` or the recipient is not
-  named in ``To:``/``Cc:``; a signature of the first pass (``DKIM-Signature``) then no longer
+* ``To:`` becomes exactly ``To: <recipient>`` when the recipient is not named in ``To:``/``Cc:``
+  (in both modes: ``each`` only splits more often, a named recipient keeps the To: they were
+  named in); a signature of the first pass (``DKIM-Signature``) then no longer
   verifies and is removed too (the signer on the re-injection path signs the copy);
+* the *extra_headers* the filter asks for (a list's List-Unsubscribe with this recipient's token)
+  are added, and any field of the same name is removed first: only ours may leave; a first-pass
+  ``DKIM-Signature`` is removed too (a signer that oversigns those names fails once they are added);
 * anything else is kept byte for byte: the header section is cut into fields (a field is its
   first line and its folded continuation lines) and whole fields are dropped or replaced, the
   body is never looked at, every line keeps its own line ending.
@@ -27,6 +32,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import getaddresses
+from urllib.parse import quote, unquote
 
 from smtpplus_milter.mime.rawparts import detect_eol
 
@@ -67,25 +73,41 @@ _UNWRITABLE = re.compile(r"[\x00-\x1f\x7f<>\ud800-\udfff]")
 
 @dataclass(frozen=True)
 class Tag:
-    """What the milter's tag says: the message's first-pass queue id and how to split it."""
+    """What the milter's tag says: the message's first-pass queue id and how to split it.
+
+    *list_name* and *user* are set for a list with unsubscribe (issue 16): the filter adds that
+    recipient's List-Unsubscribe to each copy. Both or neither.
+    """
 
     queue_id: str
     mode: str  # "bcc" | "each"
+    list_name: str | None = None
+    user: str | None = None
 
     def render(self) -> str:
-        """The tag header's value."""
-        return f"{self.queue_id} {self.mode}"
+        """The tag header's value (list and user percent-encoded: one ASCII word each)."""
+        if self.list_name is None or self.user is None:
+            return f"{self.queue_id} {self.mode}"
+        return f"{self.queue_id} {self.mode} {quote(self.list_name, safe='')} {quote(self.user, safe='')}"
 
     @classmethod
     def parse(cls, text: str) -> Tag | None:
         """The tag in a header value; None when it is not one of ours (wrong shape, unknown mode)."""
         parts = text.split()
-        if len(parts) != 2:
+        if len(parts) not in (2, 4):
             return None
-        queue_id, mode = parts
+        queue_id, mode = parts[:2]
         if mode not in MODES or not _QUEUE_ID.fullmatch(queue_id):
             return None
-        return cls(queue_id, mode)
+        if len(parts) == 2:
+            return cls(queue_id, mode)
+        try:
+            list_name, user = (unquote(part, errors="strict") for part in parts[2:])
+        except UnicodeDecodeError:
+            return None
+        if not list_name or not user:
+            return None
+        return cls(queue_id, mode, list_name, user)
 
 
 def named(values: Sequence[str]) -> frozenset[str]:
@@ -133,12 +155,13 @@ class _Field:
 
 def make_copy(raw: bytes, recipient: str, *, extra_headers: Sequence[tuple[str, str]] = ()) -> Copy:
     """The copy for *recipient*: the tag header and every Bcc: header removed; To: replaced by exactly
-    `To: <recipient>` when the tag's mode is `each` or the recipient is not named in To:/Cc: (then also
+    `To: <recipient>` when the recipient is not named in To:/Cc: (whatever the mode; then also
     any DKIM-Signature header of the first pass is removed: it no longer verifies); *extra_headers*
-    (issue 16's per-recipient List-Unsubscribe) added. Everything else byte for byte (byte splicing of
-    the header section, the body untouched). A message it cannot read (header section, tag, the
-    recipient, a bound): ``data`` is *raw* itself and ``problem`` says why (the filter sends it on
-    unchanged and counts it; never dropped or bounced).
+    (issue 16's per-recipient List-Unsubscribe) added in place of any field of the same name.
+    Everything else byte for byte (byte splicing of the header section, the body untouched).
+    A message it cannot read (header section, tag, the recipient, a bound): ``data`` is *raw*
+    itself and ``problem`` says why (the filter sends it on unchanged and counts it; never
+    dropped or bounced).
 
     *extra_headers* come from our own code, not from the message: a name that is no field name or
     a value with a line break or non-ASCII text is a programming error (ValueError).
@@ -161,26 +184,27 @@ def make_copy(raw: bytes, recipient: str, *, extra_headers: Sequence[tuple[str, 
     if not address or _UNWRITABLE.search(address):
         return Copy(raw, tag, False, f"recipient {recipient[:80]!r} cannot be written into a To: header")
 
-    rewrite = tag.mode == "each"
-    if not rewrite:
-        values = [_value(raw, field) for field in fields if field.name in (_TO, _CC)]
-        problem = _too_many(values)
-        if problem is not None:
-            return Copy(raw, tag, False, problem)
-        wanted = address.lower()
-        # Not even written in To:/Cc: (one linear search): not named, and the parser is not needed.
-        # The parser could only find it where comments or blanks split the address, which no
-        # mailer writes; the copy would then show the recipient's own address, nothing else.
-        if any(wanted in value.lower() for value in values):
-            found = _read_named(values)
-            if isinstance(found, str):
-                return Copy(raw, tag, False, found)
-            rewrite = wanted not in found
-        else:
-            rewrite = True
+    values = [_value(raw, field) for field in fields if field.name in (_TO, _CC)]
+    problem = _too_many(values)
+    if problem is not None:
+        return Copy(raw, tag, False, problem)
+    wanted = address.lower()
+    # Not even written in To:/Cc: (one linear search): not named, and the parser is not needed.
+    # The parser could only find it where comments or blanks split the address, which no
+    # mailer writes; the copy would then show the recipient's own address, nothing else.
+    if any(wanted in value.lower() for value in values):
+        found = _read_named(values)
+        if isinstance(found, str):
+            return Copy(raw, tag, False, found)
+        rewrite = wanted not in found
+    else:
+        rewrite = True
 
     eol = detect_eol(raw)  # the first line's: added lines end like the others (CRLF when none has an end)
-    dropped = {_TAG_NAME, _BCC} | ({_TO, _DKIM} if rewrite else set())
+    replaced = {name.lower().encode("ascii") for name, _ in extra_headers}
+    # A first-pass signature no longer verifies once To: is replaced, nor (if it oversigned them)
+    # once headers are added; the signer after the split signs the copy.
+    dropped = {_TAG_NAME, _BCC} | replaced | ({_TO, _DKIM} if rewrite else set()) | ({_DKIM} if extra else set())
     to_line = b"To: <" + address.encode("utf-8") + b">" + eol
     pieces: list[bytes] = []
     to_written = not rewrite

@@ -22,6 +22,10 @@ The rules, in the order they apply:
    Postfix runs the last FILTER its header checks found, and the fanout filter must win over the
    priority transport (each copy gets its priority transport when it is re-injected). A milter
    cannot create messages; the copies are made after the queue (docs/fanout.md).
+   A list with ``unsubscribe`` (docs/unsubscribe.md): any ``List-Unsubscribe``/``List-Unsubscribe-Post``
+   the client sent is deleted (and ``List-Id`` when the list has ``list_id``, which is then added);
+   with one recipient the two headers with that recipient's token are added here, with several the
+   message is tagged ``<queue id> each <list> <user>`` and the fanout filter adds them to each copy.
 
 A refusal, once decided, stays that refusal whatever fails afterwards; a failure before any
 decision answers what ``milter.on_internal_error`` says (:meth:`MessageSession.fail`).
@@ -52,6 +56,8 @@ from smtpplus_milter.core.tracking import (
     from_address,
     recipient_address,
 )
+from smtpplus_milter.core.unsubscribe import HEADERS as UNSUBSCRIBE_HEADERS
+from smtpplus_milter.core.unsubscribe import LIST_ID, ListUnsubscribe, list_id_value
 from smtpplus_milter.core.users import Directory, User
 from smtpplus_milter.mime.footer import Banner, InjectionResult, inject
 
@@ -114,6 +120,11 @@ class Rules:
     # List name -> how its messages are split into per-recipient copies (core.fanout.MODES;
     # lists.NAME.bcc_in_to gives "bcc"). Lists that are not split are not here.
     fanout: Mapping[str, str] = field(default_factory=dict)
+    # List name -> its unsubscribe settings (lists.NAME.unsubscribe, with the key): every recipient
+    # gets List-Unsubscribe with their own token. Lists without it (transactional) are not here.
+    unsubscribe: Mapping[str, ListUnsubscribe] = field(default_factory=dict)
+    # List name -> lists.NAME.list_id (List-Id: <id>); lists without one are not here.
+    list_ids: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def mode(self) -> str:
@@ -376,7 +387,9 @@ class MessageSession:
     def wants_recipients(self) -> bool:
         """True when the end of message needs the envelope recipients (the user's list splits)."""
         user = self.user
-        return user is not None and user.list is not None and user.list in self.rules.fanout
+        if user is None or user.list is None:
+            return False
+        return user.list in self.rules.fanout or user.list in self.rules.unsubscribe
 
     def header(self, name: str, value: str) -> None:
         self.headers.append((name, value))
@@ -429,7 +442,43 @@ class MessageSession:
             return EndOfMessage(Step(Action.DISCARD), drop=drop)
         return_path = self.rules.return_path
         sender = return_path.sender(self.queue_id) if return_path is not None and self.queue_id else None
-        return EndOfMessage(GO_ON, (*edits, *self._fanout_edits()), self.banner, drop, sender)
+        list_edits = (*self._list_edits(), *self._fanout_edits())
+        return EndOfMessage(GO_ON, (*edits, *list_edits), self.banner, drop, sender)
+
+    def _list_edits(self) -> tuple[HeaderEdit, ...]:
+        """List-Id and, for a list with unsubscribe, the client's List-Unsubscribe headers replaced.
+
+        The two List-Unsubscribe headers are added here only for a message with one recipient;
+        with several, :meth:`_fanout_edits` tags it and the filter adds them per copy.
+        """
+        user = self.user
+        if user is None or user.list is None:
+            return ()
+        unsubscribe = self.rules.unsubscribe.get(user.list)
+        list_id = self.rules.list_ids.get(user.list)
+        replaced = {name.lower() for name in UNSUBSCRIBE_HEADERS} if unsubscribe is not None else set()
+        if list_id is not None:
+            replaced.add(LIST_ID.lower())
+        edits: list[HeaderEdit] = []
+        for wanted in sorted(replaced):
+            found = [name for name, _ in self.headers if name.strip().lower() == wanted]
+            # Last first: the indices of the ones still to delete never shift.
+            edits += [HeaderEdit("delete", found[i], index=i + 1) for i in reversed(range(len(found)))]
+        if list_id is not None:
+            edits.append(HeaderEdit("add", LIST_ID, list_id_value(list_id)))
+        recipients = self._distinct_recipients()
+        if unsubscribe is not None and len(recipients) == 1 and not self.more_recipients:
+            try:
+                added = unsubscribe.headers(user.login, user.list, recipients[0])
+            except ValueError as exc:  # an address too long for a token: delivered without them
+                self.reasons.append(f"no List-Unsubscribe: {exc}")
+            else:
+                edits += [HeaderEdit("add", name, value) for name, value in added]
+        return tuple(edits)
+
+    def _distinct_recipients(self) -> list[str]:
+        """The envelope recipients still in the message, each address once (case-insensitive)."""
+        return list({address.lower(): address for address in self.recipients}.values())
 
     def _fanout_edits(self) -> tuple[HeaderEdit, ...]:
         """For a list that splits: every Bcc: header deleted, and the fanout tag when a recipient is
@@ -439,7 +488,11 @@ class MessageSession:
         """
         user = self.user
         mode = self.rules.fanout.get(user.list) if user is not None and user.list else None
-        if mode is None:
+        # A list with unsubscribe gives every recipient their own copy (their own token).
+        unsubscribe = user is not None and user.list is not None and user.list in self.rules.unsubscribe
+        if unsubscribe:
+            mode = "each"
+        if mode is None or user is None:
             return ()
         # A Bcc: header never leaves a list that splits, whether this message is split or not (the
         # filter also removes it from every copy; this covers the unsplit ones and the copies
@@ -452,7 +505,11 @@ class MessageSession:
             self.reasons.append("no queue id from Postfix: not split into per-recipient copies")
             return hidden
         values = [value for name, value in self.headers if name.strip().lower() in ("to", "cc")]
-        if self.more_recipients or sum(len(value) for value in values) > MAX_NAMED_BYTES:
+        if mode == "each":
+            # Who is named does not matter: more than one recipient is split (and one recipient
+            # already got the headers from _list_edits).
+            needed = self.more_recipients or len(self._distinct_recipients()) > 1
+        elif self.more_recipients or sum(len(value) for value in values) > MAX_NAMED_BYTES:
             needed = True  # cannot tell cheaply: the filter decides per copy
         else:
             try:
@@ -461,7 +518,7 @@ class MessageSession:
                 needed = True
         if not needed:
             return hidden
-        self.fanout = Tag(self.queue_id, mode)
+        self.fanout = Tag(self.queue_id, mode, user.list, user.login) if unsubscribe else Tag(self.queue_id, mode)
         return (*hidden, HeaderEdit("add", TAG, self.fanout.render()))
 
     def add_banner(self, body: BinaryIO | bytes) -> InjectionResult:

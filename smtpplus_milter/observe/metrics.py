@@ -115,6 +115,14 @@ class FollowerMetrics:
             ["user"],
             registry=registry,
         )
+        # The web endpoint counts one_click and page in its own process; mailto: ones are recorded
+        # by ingest (short-lived), so this process counts them from the store like complaints.
+        self.unsubscribes = Counter(
+            "smtpplus_unsubscribes",
+            "Unsubscribes by mail (mailto:) recorded for this relay host's list messages since the follower started",
+            ["list", "source"],
+            registry=registry,
+        )
         self.bounces = Counter(
             "smtpplus_bounces",
             "Bounced delivery attempts by SMTP+ user and class (hard, soft, blocked)",

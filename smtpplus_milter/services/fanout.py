@@ -14,6 +14,11 @@ so each delivery here carries one recipient. Per delivery (docs/fanout.md):
 3. Re-injection refused or failed, or the journal unreadable: ``451 4.3.0``; Postfix keeps the
    message and delivers it again later. No copy is lost.
 
+For a tag that names a list and a user (``<queue id> each <list> <user>``) whose list has
+``unsubscribe`` in this filter's config, each copy gets that recipient's ``List-Unsubscribe`` and
+``List-Unsubscribe-Post`` (core/unsubscribe.py; docs/unsubscribe.md). Without the key (no
+``secret_file`` yet) such a copy is deferred (451) rather than sent without them.
+
 A copy the core could not read (``problem`` set) and a message without a tag go on unchanged,
 never dropped or bounced. The journal write failing after the copy was sent is logged and
 answered 250 all the same: a 451 there would make Postfix send the recipient a second copy.
@@ -41,7 +46,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import Envelope, Session
 
 from smtpplus_milter.config import Config, HostPort
-from smtpplus_milter.core.fanout import TAG, make_copy
+from smtpplus_milter.core.fanout import TAG, Copy, Tag, make_copy
 from smtpplus_milter.infra.fanout_journal import FanoutJournal, JournalError
 from smtpplus_milter.observe.metrics import FanoutMetrics
 from smtpplus_milter.services.lmtp import LmtpDoor, OneRecipient, hostname
@@ -240,6 +245,12 @@ class FanoutHandler(OneRecipient):
             if made is not None:
                 self._counted("replayed", fields, new_queue_id=made.new_queue_id)
                 return _accepted(made.new_queue_id)
+            if tag.list_name is not None and copy.problem is None:
+                fields["list"] = tag.list_name
+                headed = self._with_unsubscribe(raw, recipient, tag, fields)
+                if isinstance(headed, str):
+                    return self._deferred(fields, headed)
+                copy = headed
         if tag is None:
             # Not split by us (should not happen: only the tag routes a message here); it goes on
             # as it came, and with no queue id to key on a retry would send it again.
@@ -263,6 +274,28 @@ class FanoutHandler(OneRecipient):
             extra["reply"] = sent.reply  # no link to the copy: say what the smtpd answered
         self._counted(result, fields, new_queue_id=sent.new_queue_id, **extra)
         return _accepted(sent.new_queue_id)
+
+    def _with_unsubscribe(self, raw: bytes, recipient: str, tag: Tag, fields: dict[str, object]) -> Copy | str:
+        """The copy with *recipient*'s List-Unsubscribe headers, or why it must wait (no key).
+
+        A list that is unknown here or has no unsubscribe (any more) gets the copy without them;
+        so does an address too long for a token (noted in the log line).
+        """
+        config = self.config
+        assert tag.list_name is not None and tag.user is not None
+        section = config.settings.lists.get(tag.list_name)
+        if section is None or section.unsubscribe is None:
+            fields["unsubscribe"] = "the list has no unsubscribe in this config"
+            return make_copy(raw, recipient)
+        settings = config.unsubscribe.get(tag.list_name)
+        if settings is None:
+            return f"lists.{tag.list_name}.unsubscribe needs secret_file, which is not read yet"
+        try:
+            extra = settings.headers(tag.user, tag.list_name, recipient)
+        except ValueError as exc:
+            fields["unsubscribe"] = str(exc)
+            return make_copy(raw, recipient)
+        return make_copy(raw, recipient, extra_headers=extra)
 
     def _counted(self, result: str, fields: dict[str, object], **more: object) -> None:
         self._metrics.copies.labels(result=result).inc()

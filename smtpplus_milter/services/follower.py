@@ -274,6 +274,7 @@ class Follower:
         self.snapshot = snapshot
         self._next_duties = 0.0
         self._complaints: dict[str, int] | None = None  # the last counts read (None: not yet)
+        self._unsubscribes: dict[str, int] | None = None  # mailto: unsubscribes per list, likewise
         self.opener = opener
         # Postfix writes the classic timestamp in local time.
         self.zone = zone if zone is not None else (datetime.now().astimezone().tzinfo or UTC)
@@ -458,7 +459,8 @@ class Follower:
     def _count_complaints(self, store: TrackingStore) -> None:
         """``smtpplus_complaints_total``: ingest records complaints in the store (it is a short-lived
         process), so this process counts them, per user, for this node's messages. The counts at
-        start are the baseline: only complaints recorded while the follower runs are counted."""
+        start are the baseline: only complaints recorded while the follower runs are counted.
+        ``smtpplus_unsubscribes_total{list,source="mailto"}`` the same way (ingest records those too)."""
         counts = store.report_counts(self.node, "complaint")
         if self._complaints is not None:
             for user, count in counts.items():
@@ -466,6 +468,13 @@ class Follower:
                 if grown > 0:
                     self.metrics.complaints.labels(user=user).inc(grown)
         self._complaints = counts
+        unsubscribes = store.report_counts_by_list(self.node, "unsubscribe", "mailto")
+        if self._unsubscribes is not None:
+            for name, count in unsubscribes.items():
+                grown = count - self._unsubscribes.get(name, 0)
+                if grown > 0:
+                    self.metrics.unsubscribes.labels(list=name, source="mailto").inc(grown)
+        self._unsubscribes = unsubscribes
 
     # -- the milter's spool --------------------------------------------------------------------------
 

@@ -12,6 +12,12 @@ exit status Postfix acts on:
   store does not know): kept in the quarantine directory with the reason beside it, logged, and
   exit 0 (never bounced back: a bounce of a bounce helps nobody).
 
+An unsubscribe by mail (``mailto:u+TOKEN@<bounces.return_path>`` from a list message's
+``List-Unsubscribe``, docs/unsubscribe.md) comes the same way: whatever the message says, a valid
+TOKEN (user, list, recipient) suppresses that recipient for the list (reason ``unsubscribe``,
+source ``mailto``; a repeat is a ``duplicate``); a forged one is quarantined like a forged bounce
+token.
+
 Matching: the TOKEN in the recipient's local part (checked with the key of ``secret_file``: a
 forged token matches nothing), else the Message-ID of the returned headers. A DSN's failed and
 delayed recipients become attempts (a bounce after "delivered" overturns it: the receiver took the
@@ -39,10 +45,18 @@ from smtpplus_milter.core.reports import (
     ReturnedHeaders,
     read_report,
 )
-from smtpplus_milter.core.tokens import BOUNCE_PREFIX, read_bounce_token
+from smtpplus_milter.core.tokens import BOUNCE_PREFIX, UNSUBSCRIBE_PREFIX, read_bounce_token, read_unsubscribe_token
 from smtpplus_milter.infra.files import FileProblem, Ownership, replace_atomically
 from smtpplus_milter.infra.store import TrackingStore
-from smtpplus_milter.infra.store.base import Attempt, MessageFilter, Notification, Report, StoredMessage, Suppression
+from smtpplus_milter.infra.store.base import (
+    Attempt,
+    MessageFilter,
+    Notification,
+    Report,
+    StoredMessage,
+    Suppression,
+    Unsubscribe,
+)
 from smtpplus_milter.services.notifier import complaint_notices, plan_of, planner
 
 INGEST = "ingest"
@@ -57,6 +71,7 @@ class Result:
     queue_id: str | None = None
     recipients: int = 0
     complaints: tuple[tuple[str, str, str], ...] = ()  # (user, recipient, feedback type) newly recorded
+    unsubscribed: tuple[str, str, str] | None = None  # (user, list, recipient) of a new mailto: unsubscribe
 
 
 def when(text: str | None, now: datetime) -> datetime:
@@ -72,6 +87,9 @@ def when(text: str | None, now: datetime) -> datetime:
 
 def ingest(raw: bytes, recipient: str | None, config: Config, store: TrackingStore, now: datetime) -> Result:
     """Read, match and record one report (see the module docstring); store errors propagate."""
+    local = (recipient or "").rpartition("@")[0]
+    if local.lower().startswith(UNSUBSCRIBE_PREFIX):
+        return _unsubscribe(local[len(UNSUBSCRIBE_PREFIX) :], recipient or "", config, store, now)
     report = read_report(raw)
     if not isinstance(report, DeliveryReport | ComplaintReport):
         return Result("quarantined", report.reason)
@@ -110,6 +128,19 @@ def _match(
             return f"Message-ID {returned.message_id} names more than one recorded message"
         return f"no recorded message with Message-ID {returned.message_id}"
     return "no bounce token in the recipient and no Message-ID in the returned headers"
+
+
+def _unsubscribe(token: str, address: str, config: Config, store: TrackingStore, now: datetime) -> Result:
+    """A mail to u+TOKEN@return_path: the token's recipient unsubscribed from the token's list."""
+    if config.secret is None:
+        return Result("quarantined", f"an unsubscribe to {address}, but secret_file is not read (no key to check it)")
+    found = read_unsubscribe_token(token, config.secret.key)
+    if found is None:
+        return Result("quarantined", f"the unsubscribe token in {address} is not ours (forged, or another secret_file)")
+    item = Unsubscribe(found.user, found.list, found.recipient, now, "mailto", INGEST)
+    if not store.record_unsubscribe(item):
+        return Result("duplicate", recipients=1)
+    return Result("recorded", recipients=1, unsubscribed=(found.user, found.list, found.recipient))
 
 
 def _bounces(
@@ -233,6 +264,9 @@ def take(
                     "recipients": result.recipients,
                     "recipient": recipient,
                 }
+                if result.unsubscribed is not None:
+                    user, list_name, address = result.unsubscribed
+                    fields.update(kind="unsubscribe", user=user, list=list_name, address=address)
                 return Taken(False, "report_ingested", fields, result.complaints, result.queue_id)
         kept = quarantine(directory, raw[:MAX_REPORT_BYTES], reason, now)
         fields = {"reason": reason, "kept": str(kept), "queue_id": queue_id, "recipient": recipient}

@@ -8,6 +8,7 @@ import smtplib
 import sqlite3
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from lab.harness import free_port
 from lab.milter_process import FanoutProcess
@@ -34,7 +35,8 @@ def message(queue_id: str = "4jdfvM0wYyzJVF1", mode: str = "bcc", extra: bytes =
 class Filter:
     """The running filter, its sink, and what a test needs to talk to them."""
 
-    def __init__(self, tmp_path: Path, sink: ReinjectSink) -> None:
+    def __init__(self, tmp_path: Path, sink: ReinjectSink, settings: dict[str, Any] | None = None) -> None:
+        """*settings*: more top-level keys of the config file (e.g. lists with unsubscribe)."""
         self.sink = sink
         self.socket = tmp_path / "fanout.sock"
         self.journal = tmp_path / "fanout.db"
@@ -47,7 +49,8 @@ class Filter:
                     "reinject": f"127.0.0.1:{sink.port}",
                     "metrics_listen": f"127.0.0.1:{self.metrics_port}",
                     "journal": str(self.journal),
-                }
+                },
+                **(settings or {}),
             },
         )
         self.process = FanoutProcess(config, f"unix:{self.socket}", tmp_path / "fanout.log")

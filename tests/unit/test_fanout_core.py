@@ -118,9 +118,16 @@ ORIGINAL = msg(
         pytest.param(
             msg(b"From: s@x", b"To: a@x", b"Cc: b@x", EACH, b"DKIM-Signature: v=1"),
             "a@x",
-            msg(b"From: s@x", b"To: <a@x>", b"Cc: b@x"),
+            msg(b"From: s@x", b"To: a@x", b"Cc: b@x", b"DKIM-Signature: v=1"),
+            False,
+            id="mode-each-keeps-a-named-recipients-to",
+        ),
+        pytest.param(
+            msg(b"From: s@x", b"To: a@x", b"Cc: b@x", EACH, b"DKIM-Signature: v=1"),
+            "c@x",
+            msg(b"From: s@x", b"To: <c@x>", b"Cc: b@x"),
             True,
-            id="mode-each-rewrites-a-named-recipient-too",
+            id="mode-each-rewrites-an-unnamed-recipient",
         ),
         pytest.param(
             msg(

@@ -418,6 +418,11 @@ class TrackingStore(abc.ABC):
         """Complaints (or unsubscribes) recorded about ``node``'s messages, per SMTP+ user."""
 
     @abc.abstractmethod
+    def report_counts_by_list(self, node: str, kind: str, detail: str) -> dict[str, int]:
+        """Reports of ``kind`` with ``detail`` (an unsubscribe's source) about ``node``'s messages,
+        per list (messages of no list are left out)."""
+
+    @abc.abstractmethod
     def enqueue(self, notifications: Iterable[Notification]) -> int:
         """Add notices to the outbox (one per ``to`` and ``dedup``: a second is dropped); how many are new."""
 

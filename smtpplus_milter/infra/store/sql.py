@@ -701,6 +701,16 @@ class SqlStore(TrackingStore):
             )
             return {str(user): int(count) for user, count in cur.fetchall()}
 
+    def report_counts_by_list(self, node: str, kind: str, detail: str) -> dict[str, int]:
+        with self._reading() as cur:
+            cur.execute(
+                "SELECT m.list_name, COUNT(*) FROM reports r JOIN messages m ON m.node = r.node AND"
+                " m.queue_id = r.queue_id WHERE r.node = ? AND r.kind = ? AND r.detail = ?"
+                " AND m.list_name IS NOT NULL GROUP BY m.list_name",
+                (node, kind, detail),
+            )
+            return {str(name): int(count) for name, count in cur.fetchall()}
+
     # -- the suppression list ----------------------------------------------------------------------
 
     def _suppress(self, cur: Cursor, entry: Suppression) -> bool:
