@@ -292,7 +292,10 @@ def _unsubscribe(settings: Settings, secret: Secret | None) -> Mapping[str, List
     return MappingProxyType(
         {
             name: ListUnsubscribe(
-                section.unsubscribe.url, return_path if section.unsubscribe.mailto else None, secret.key
+                section.unsubscribe.url,
+                return_path if section.unsubscribe.mailto else None,
+                secret.key,
+                node=_tracking_node(settings),
             )
             for name, section in settings.lists.items()
             if section.unsubscribe is not None
@@ -475,13 +478,19 @@ def _notify_problems(
     return problems
 
 
+def _tracking_node(settings: Settings) -> str:
+    """``tracking.node``, by default this host's name ("" without tracking)."""
+    section = settings.tracking
+    return "" if section is None else section.node or socket.gethostname()
+
+
 def _tracking(path: Path, settings: Settings) -> Tracking | None:
     section = settings.tracking
     if section is None:
         return None
     return Tracking(
         store=section.store,
-        node=section.node or socket.gethostname(),
+        node=_tracking_node(settings),
         maillog=_beside(path, section.maillog),
         retention_days=section.retention_days,
         metrics_listen=section.metrics_listen,

@@ -469,7 +469,7 @@ class MessageSession:
         recipients = self._distinct_recipients()
         if unsubscribe is not None and len(recipients) == 1 and not self.more_recipients:
             try:
-                added = unsubscribe.headers(user.login, user.list, recipients[0])
+                added = unsubscribe.headers(user.login, user.list, recipients[0], self.queue_id)
             except ValueError as exc:  # an address too long for a token: delivered without them
                 self.reasons.append(f"no List-Unsubscribe: {exc}")
             else:

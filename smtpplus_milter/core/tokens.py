@@ -24,11 +24,16 @@ valid form per case.
   needs about 2**79 guesses per accepted token, each one a mail to us; 80 bits keep the longest
   address ``b+`` + 62 characters = 64 octets, the RFC 5321 limit of a local part.
 
-**Unsubscribe token** (``/u/TOKEN`` and ``u+TOKEN@<bounces.return_path>``, issue 16):
-``base32(user NUL list NUL recipient + mac[10])``, everything carried so that the web endpoint can
-act without a database. A recipient address can be 254 octets, so the token is often longer than 62
-characters: it always fits a URL, and :func:`fits_local_part` says whether the ``mailto:`` form may
-be offered for it.
+**Unsubscribe token** (``/u/TOKEN``, issue 16): ``base32(user NUL list NUL recipient + mac[10])``,
+everything carried so that the web endpoint can act without a database. A recipient address can be
+254 octets, so the token is often far longer than a local part may be: it only travels in URLs.
+
+**Mail unsubscribe token** (``u+TOKEN@<bounces.return_path>``, the ``mailto:`` of the same header):
+``base32(node_tag[4] + recipient_tag[4] + queue_id + mac[8])``, short enough for a local part like
+the bounce token (a long queue id of 15 characters gives 50 characters). It names the message and,
+by a keyed 32-bit tag, which of its recipients; ``ingest`` (which has the store anyway) looks the
+message up and finds the recipient whose tag matches, so user and list come from the record. 64
+bits of MAC: a forger needs about 2**63 mails to us per accepted token.
 
 Each kind has its own context string inside the MAC, so a token of one kind is never valid as
 the other, and a future format gets a new context string rather than a version field.
@@ -57,6 +62,10 @@ MAX_QUEUE_ID = 23
 
 _BOUNCE_CONTEXT = b"smtpplus bounce v1\0"
 _UNSUBSCRIBE_CONTEXT = b"smtpplus unsubscribe v1\0"
+_MAIL_UNSUBSCRIBE_CONTEXT = b"smtpplus unsubscribe mail v1\0"
+_RECIPIENT_CONTEXT = b"smtpplus recipient v1\0"
+RECIPIENT_TAG_BYTES = 4
+MAIL_MAC_BYTES = 8
 _QUEUE_ID = re.compile(rb"[0-9A-Za-z]{1,%d}" % MAX_QUEUE_ID)
 _BASE32 = re.compile(r"[a-z2-7]+")
 # Longer input is refused before decoding: an unsubscribe token of the longest address is ~460.
@@ -82,6 +91,54 @@ class UnsubscribeToken:
     user: str
     list: str
     recipient: str
+
+
+@dataclass(frozen=True)
+class MailUnsubscribeToken:
+    """What a valid mail unsubscribe token says: which node's message, and which recipient (by tag)."""
+
+    node_tag: bytes
+    queue_id: str
+    recipient_tag: bytes
+
+    def is_from(self, node: str) -> bool:
+        return hmac.compare_digest(self.node_tag, node_tag(node))
+
+    def names(self, recipient: str, key: bytes) -> bool:
+        """True if *recipient* (any case) is the recipient this token was made for (by its tag)."""
+        return hmac.compare_digest(self.recipient_tag, recipient_tag(recipient, key))
+
+
+def recipient_tag(recipient: str, key: bytes) -> bytes:
+    """The keyed 4-byte tag of a recipient address (lowercased): it does not give the address away."""
+    return hmac.new(key, _RECIPIENT_CONTEXT + recipient.lower().encode("utf-8"), hashlib.sha256).digest()[
+        :RECIPIENT_TAG_BYTES
+    ]
+
+
+def make_mail_unsubscribe_token(node: str, queue_id: str, recipient: str, key: bytes) -> str:
+    """The TOKEN of ``u+TOKEN@return_path`` for *recipient* of the message *queue_id* of *node*."""
+    _check_key(key)
+    raw_id = queue_id.encode("ascii", "replace")
+    if not _QUEUE_ID.fullmatch(raw_id):
+        raise ValueError(f"{queue_id!r} is not a Postfix queue id (1-{MAX_QUEUE_ID} letters and digits)")
+    body = node_tag(node) + recipient_tag(recipient, key) + raw_id
+    return _encode(body + _mac(key, _MAIL_UNSUBSCRIBE_CONTEXT, body)[:MAIL_MAC_BYTES])
+
+
+def read_mail_unsubscribe_token(token: str, key: bytes) -> MailUnsubscribeToken | None:
+    """Node tag, queue id and recipient tag of a token we made with *key*; None if forged or malformed."""
+    raw = _decode(token)
+    if raw is None or len(raw) <= NODE_TAG_BYTES + RECIPIENT_TAG_BYTES + MAIL_MAC_BYTES:
+        return None
+    body, mac = raw[:-MAIL_MAC_BYTES], raw[-MAIL_MAC_BYTES:]
+    if not hmac.compare_digest(mac, _mac(key, _MAIL_UNSUBSCRIBE_CONTEXT, body)[:MAIL_MAC_BYTES]):
+        return None
+    raw_id = body[NODE_TAG_BYTES + RECIPIENT_TAG_BYTES :]
+    if not _QUEUE_ID.fullmatch(raw_id):
+        return None
+    tags = body[:NODE_TAG_BYTES], body[NODE_TAG_BYTES : NODE_TAG_BYTES + RECIPIENT_TAG_BYTES]
+    return MailUnsubscribeToken(tags[0], raw_id.decode("ascii"), tags[1])
 
 
 def node_tag(node: str) -> bytes:

@@ -291,7 +291,7 @@ class FanoutHandler(OneRecipient):
         if settings is None:
             return f"lists.{tag.list_name}.unsubscribe needs secret_file, which is not read yet"
         try:
-            extra = settings.headers(tag.user, tag.list_name, recipient)
+            extra = settings.headers(tag.user, tag.list_name, recipient, tag.queue_id)
         except ValueError as exc:
             fields["unsubscribe"] = str(exc)
             return make_copy(raw, recipient)

@@ -45,7 +45,13 @@ from smtpplus_milter.core.reports import (
     ReturnedHeaders,
     read_report,
 )
-from smtpplus_milter.core.tokens import BOUNCE_PREFIX, UNSUBSCRIBE_PREFIX, read_bounce_token, read_unsubscribe_token
+from smtpplus_milter.core.tokens import (
+    BOUNCE_PREFIX,
+    UNSUBSCRIBE_PREFIX,
+    read_bounce_token,
+    read_mail_unsubscribe_token,
+    read_unsubscribe_token,
+)
 from smtpplus_milter.infra.files import FileProblem, Ownership, replace_atomically
 from smtpplus_milter.infra.store import TrackingStore
 from smtpplus_milter.infra.store.base import (
@@ -134,13 +140,28 @@ def _unsubscribe(token: str, address: str, config: Config, store: TrackingStore,
     """A mail to u+TOKEN@return_path: the token's recipient unsubscribed from the token's list."""
     if config.secret is None:
         return Result("quarantined", f"an unsubscribe to {address}, but secret_file is not read (no key to check it)")
-    found = read_unsubscribe_token(token, config.secret.key)
-    if found is None:
-        return Result("quarantined", f"the unsubscribe token in {address} is not ours (forged, or another secret_file)")
-    item = Unsubscribe(found.user, found.list, found.recipient, now, "mailto", INGEST)
+    key = config.secret.key
+    short = read_mail_unsubscribe_token(token, key)
+    if short is not None:
+        # The short form names the message and, by tag, its recipient: the record says the rest.
+        message = store.message(short.queue_id)
+        if message is None or not short.is_from(message.record.node) or message.record.list is None:
+            return Result("quarantined", f"no recorded list message for the unsubscribe in {address}", short.queue_id)
+        named = [story.address for story in message.recipients if short.names(story.address, key)]
+        if len(named) != 1:
+            return Result("quarantined", f"the unsubscribe in {address} names no single recipient", short.queue_id)
+        user, list_name, recipient = message.record.user, message.record.list, named[0]
+    else:
+        found = read_unsubscribe_token(token, key)
+        if found is None:
+            return Result(
+                "quarantined", f"the unsubscribe token in {address} is not ours (forged, or another secret_file)"
+            )
+        user, list_name, recipient = found.user, found.list, found.recipient
+    item = Unsubscribe(user, list_name, recipient, now, "mailto", INGEST)
     if not store.record_unsubscribe(item):
         return Result("duplicate", recipients=1)
-    return Result("recorded", recipients=1, unsubscribed=(found.user, found.list, found.recipient))
+    return Result("recorded", recipients=1, unsubscribed=(user, list_name, recipient))
 
 
 def _bounces(

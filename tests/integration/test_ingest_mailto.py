@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from smtpplus_milter.core.tokens import make_unsubscribe_token
+from smtpplus_milter.core.tokens import make_mail_unsubscribe_token, make_unsubscribe_token
 from smtpplus_milter.infra.store import open_store
-from tests.support.ingest import KEY, RECIPIENT, RETURN_PATH, ingest_config
+from tests.support.ingest import KEY, NODE, QID, RECIPIENT, RETURN_PATH, ingest_config
 
 MAIL = b"From: Bob <bob@example.net>\r\nTo: unsubscribe\r\nSubject: unsubscribe\r\n\r\nunsubscribe\r\n"
 
@@ -66,3 +66,18 @@ def test_a_forged_unsubscribe_is_quarantined(tmp_path: Path, token: str, reason:
     assert code == 0 and event["event"] == "report_quarantined" and reason in str(event["reason"])
     assert Path(str(event["kept"])).exists()
     assert _suppressed(config) == []
+
+
+def test_the_short_mailto_token_names_the_message_and_its_recipient(tmp_path: Path) -> None:
+    # What the List-Unsubscribe header's mailto: carries: node, queue id and a tag of the recipient
+    # (a local part has 64 octets); user and list come from the recorded message.
+    config = ingest_config(tmp_path)
+    token = make_mail_unsubscribe_token(NODE, QID, RECIPIENT, KEY)
+    assert len(f"u+{token}") <= 64
+    code, event = _ingest(config, f"u+{token}@{RETURN_PATH}")
+    assert code == 0 and (event["event"], event["status"]) == ("report_ingested", "recorded"), event
+    [entry] = _suppressed(config)
+    assert entry[1:] == (RECIPIENT, "unsubscribe", "ingest") and entry[0].startswith("list:")
+    other = make_mail_unsubscribe_token(NODE, QID, "carol@example.net", KEY)  # not a recipient of QID
+    code, event = _ingest(config, f"u+{other}@{RETURN_PATH}")
+    assert code == 0 and event["event"] == "report_quarantined" and "no single recipient" in str(event["reason"])

@@ -158,7 +158,7 @@ def test_explain_shows_the_headers() -> None:
 def _config(tmp_path: Path, lists: dict[str, Any], **settings: Any) -> Any:
     (tmp_path / "secret").write_bytes(KEY)
     base: dict[str, Any] = {
-        "tracking": {"store": f"sqlite:///{tmp_path}/t.db", "metrics_listen": None},
+        "tracking": {"store": f"sqlite:///{tmp_path}/t.db", "metrics_listen": None, "node": "relay-1"},
         "secret_file": "secret",
         "lists": lists,
     }
@@ -173,7 +173,7 @@ def test_unsubscribe_reaches_the_rules(tmp_path: Path) -> None:
     }
     config = _config(tmp_path, lists, bounces={"return_path": "bounces.example"})
     got = rules_of(config)
-    assert got.unsubscribe == {"shop": ListUnsubscribe("https://r.example/u", "bounces.example", KEY)}
+    assert got.unsubscribe == {"shop": ListUnsubscribe("https://r.example/u", "bounces.example", KEY, node="relay-1")}
     assert got.list_ids == {"shop": "shop.example"}
     assert config.postfix.fanout  # the filter is needed for the copies
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from smtpplus_milter.core.fanout import Tag, make_copy
-from smtpplus_milter.core.tokens import make_unsubscribe_token, read_unsubscribe_token
+from smtpplus_milter.core.tokens import make_unsubscribe_token, read_mail_unsubscribe_token, read_unsubscribe_token
 from smtpplus_milter.core.unsubscribe import ONE_CLICK, ListUnsubscribe, list_headers, list_id_value
 
 KEY = b"k" * 32
@@ -37,7 +37,25 @@ LONG = "a" * 63  # u+ and 63 do not (64 octets at most)
     ],
 )
 def test_list_headers(url: str, domain: str | None, token: str, value: str) -> None:
-    assert list_headers(url, domain, token) == (("List-Unsubscribe", value), ("List-Unsubscribe-Post", ONE_CLICK))
+    # The same token stands for the link's and the mailto:'s here; in use they differ (see below).
+    expected = (("List-Unsubscribe", value), ("List-Unsubscribe-Post", ONE_CLICK))
+    assert list_headers(url, domain, token, token) == expected
+
+
+def test_the_mailto_address_carries_the_short_token_of_the_message_and_recipient() -> None:
+    lists = ListUnsubscribe("https://r.example/u", "bounces.example", KEY, node="relay-1")
+    value = dict(lists.headers("crm", "news", "Bob@X.example", "4jdfvM0wYyzJVF1"))["List-Unsubscribe"]
+    _link, mailto = value.split(", ")
+    local = mailto.removeprefix("<mailto:").removesuffix("@bounces.example>")
+    assert local.startswith("u+") and len(local) <= 64
+    short = read_mail_unsubscribe_token(local[2:], KEY)
+    assert short is not None and short.queue_id == "4jdfvM0wYyzJVF1" and short.is_from("relay-1")
+    assert short.names("bob@x.example", KEY) and not short.names("carol@x.example", KEY)
+    assert read_mail_unsubscribe_token(local[2:].upper(), KEY) == short  # a lowercasing or uppercasing MTA
+    assert read_mail_unsubscribe_token(local[2:], b"o" * 32) is None  # another key: forged
+    assert read_unsubscribe_token(local[2:], KEY) is None  # never valid as the link's token
+    # Without a queue id (never with Postfix) only the link is given.
+    assert ", " not in dict(lists.headers("crm", "news", "bob@x.example"))["List-Unsubscribe"]
 
 
 def test_list_id_is_bracketed() -> None:
