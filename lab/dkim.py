@@ -19,6 +19,10 @@ from pathlib import Path
 from lab.harness import LabError, _ensure_traversable, _prepare_dir, _tail, _write_owner, free_port
 
 START_SECONDS = 15.0
+SIGN_HEADERS = (
+    "From,Sender,Reply-To,Subject,Date,Message-ID,To,Cc,MIME-Version,Content-Type,List-Id,"
+    "List-Unsubscribe,List-Unsubscribe-Post"
+)
 
 
 class OpenDkim:
@@ -71,7 +75,9 @@ class OpenDkim:
             f"Domain {self.domain}\nSelector {self.selector}\nKeyFile {self.key_file}\n"
             f"Socket inet:{self.port}@127.0.0.1\nPidFile {self.workdir / 'opendkim.pid'}\n"
             "UserID opendkim\nCanonicalization relaxed/simple\nRequireSafeKeys false\n"
-            "SignatureAlgorithm rsa-sha256\nOversignHeaders From\n",
+            "SignatureAlgorithm rsa-sha256\n"
+            # As docs/unsubscribe.md tells operators: sign (and oversign) the unsubscribe headers.
+            f"SignHeaders {SIGN_HEADERS}\nOversignHeaders From,List-Unsubscribe,List-Unsubscribe-Post\n",
             encoding="utf-8",
         )
         with self.log_file.open("ab") as log:
