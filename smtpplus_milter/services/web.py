@@ -55,8 +55,6 @@ MAX_BODY_BYTES = 64 * 1024
 PREFIX = "/u/"
 # A request waits this long for its write; then 503 (the writer may still record it: a repeat is harmless).
 RECORD_TIMEOUT_SECONDS = 10.0
-# At most this many unsubscribes are committed in one transaction (see StoreWriter).
-GROUP_MAX = 200
 RETRY_AFTER_SECONDS = 60
 # waitress's worker threads: requests answered at once (the store write is the slow part).
 THREADS = 8
@@ -233,31 +231,18 @@ def _text(status: int, text: str, allow: str | None = None) -> Response:
 class StoreWriter:
     """One thread that owns the store and records unsubscribes for every request thread.
 
-    Requests that arrive while a write is running are recorded together in the next transaction
-    (group commit: at most :data:`GROUP_MAX` per transaction), each request waiting for the commit
-    that holds its own unsubscribe, so a 200 is never sent for something not yet on disk. A failed
-    write drops the connection (the next one reconnects: the failure may have been the connection)
-    and is :class:`StoreUnavailable` to every request of that group.
+    A failed write drops the connection (the next one reconnects: the failure may have been the
+    connection) and is :class:`StoreUnavailable` to the request.
     """
 
     def __init__(self, url: str, log: Any) -> None:
         self._url = url
         self._log = log
         self._store: TrackingStore | None = None
-        self._waiting: list[tuple[Unsubscribe, concurrent.futures.Future[bool]]] = []
-        self._switch_to: str | None = None
-        self._ready = threading.Condition()
-        self._closing = False
-        self._thread = threading.Thread(target=self._run, name="web-store", daemon=True)
-        self._thread.start()
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="web-store")
 
     def record(self, item: Unsubscribe) -> bool:
-        future: concurrent.futures.Future[bool] = concurrent.futures.Future()
-        with self._ready:
-            if self._closing:
-                raise StoreUnavailable("the service is stopping")
-            self._waiting.append((item, future))
-            self._ready.notify()
+        future = self._worker.submit(self._record, item)
         try:
             return future.result(RECORD_TIMEOUT_SECONDS)
         except concurrent.futures.TimeoutError:
@@ -265,33 +250,18 @@ class StoreWriter:
 
     def use(self, url: str) -> None:
         """Record into *url* from the next unsubscribe on (a reload)."""
-        with self._ready:
-            self._switch_to = url
-            self._ready.notify()
+        self._worker.submit(self._switch, url)
 
     def close(self) -> None:
-        with self._ready:
-            self._closing = True
-            self._ready.notify()
-        self._thread.join(RECORD_TIMEOUT_SECONDS)
+        self._worker.shutdown(wait=True)
         self._drop()
 
-    def _run(self) -> None:
-        while True:
-            with self._ready:
-                while not self._waiting and self._switch_to is None and not self._closing:
-                    self._ready.wait()
-                group, self._waiting = self._waiting[:GROUP_MAX], self._waiting[GROUP_MAX:]
-                switch, self._switch_to = self._switch_to, None
-                if self._closing and not group:
-                    return
-            if switch is not None and switch != self._url:
-                self._drop()
-                self._url = switch
-            if group:
-                self._write(group)
+    def _switch(self, url: str) -> None:
+        if url != self._url:
+            self._drop()
+            self._url = url
 
-    def _write(self, group: list[tuple[Unsubscribe, concurrent.futures.Future[bool]]]) -> None:
+    def _record(self, item: Unsubscribe) -> bool:
         try:
             if self._store is None:
                 store = open_store(self._url)
@@ -301,16 +271,12 @@ class StoreWriter:
                     store.close()
                     raise
                 self._store = store
-            answers = self._store.record_unsubscribes([item for item, _ in group])
+            return self._store.record_unsubscribe(item)
         except Exception as exc:  # any store failure: answered 503, retried by the receiver
             self._drop()
             reason = f"{type(exc).__name__}: {exc}"
-            for item, future in group:
-                self._log.error("unsubscribe_not_recorded", reason=reason, list=item.list_name, user=item.user)
-                future.set_exception(StoreUnavailable(reason))
-            return
-        for (_, future), new in zip(group, answers, strict=True):
-            future.set_result(new)
+            self._log.error("unsubscribe_not_recorded", reason=reason, list=item.list_name, user=item.user)
+            raise StoreUnavailable(reason) from exc
 
     def _drop(self) -> None:
         if self._store is not None:

@@ -13,7 +13,7 @@ Times are timezone-aware ``datetime`` values in UTC.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
@@ -403,15 +403,6 @@ class TrackingStore(abc.ABC):
         it once on the latest message of that user and list sent to the address (when the store has
         one: that message's ``unsubscribes``), with the *notices* of that report, in one transaction.
         True when new; an address already unsubscribed from the list changes nothing (False)."""
-
-    @abc.abstractmethod
-    def record_unsubscribes(
-        self,
-        items: Sequence[Unsubscribe],
-        notices: Callable[[Report | None], Iterable[Notification]] = lambda report: (),
-    ) -> list[bool]:
-        """:meth:`record_unsubscribe` for several at once, in one transaction (a busy web endpoint
-        commits a group of requests together); one answer per item, in order."""
 
     @abc.abstractmethod
     def report_counts(self, node: str, kind: str) -> dict[str, int]:

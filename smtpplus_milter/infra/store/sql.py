@@ -648,15 +648,8 @@ class SqlStore(TrackingStore):
     def record_unsubscribe(
         self, item: Unsubscribe, notices: Callable[[Report | None], Iterable[Notification]] = lambda report: ()
     ) -> bool:
-        return self.record_unsubscribes([item], notices)[0]
-
-    def record_unsubscribes(
-        self,
-        items: Sequence[Unsubscribe],
-        notices: Callable[[Report | None], Iterable[Notification]] = lambda report: (),
-    ) -> list[bool]:
         with self._transaction() as cur:
-            return [self._record_unsubscribe(cur, item, notices) for item in items]
+            return self._record_unsubscribe(cur, item, notices)
 
     def _record_unsubscribe(
         self, cur: Cursor, item: Unsubscribe, notices: Callable[[Report | None], Iterable[Notification]]
@@ -666,9 +659,11 @@ class SqlStore(TrackingStore):
         found = cur.fetchone()
         if found is not None and found[0] == "unsubscribe":
             return False  # a repeated POST, a second mailto: nothing changes
+        # From the recipient's rows to their messages (CROSS JOIN keeps SQLite from starting at
+        # the user's messages instead: 50 times slower with 2,000 of them, and growing).
         cur.execute(
-            "SELECT m.node, m.queue_id FROM messages m JOIN recipients r ON r.message = m.id"
-            " WHERE r.address = ? AND m.username = ? AND m.list_name = ?"
+            "SELECT m.node, m.queue_id FROM recipients r CROSS JOIN messages m"
+            " WHERE m.id = r.message AND r.address = ? AND m.username = ? AND m.list_name = ?"
             " ORDER BY m.accepted_at DESC, m.id DESC LIMIT 1",
             (address, item.user, item.list_name),
         )
