@@ -128,7 +128,13 @@ def _writable(unit: dict[str, list[str]], path: Path) -> bool:
 
 @pytest.mark.parametrize(
     "name",
-    ["smtpplus-milter.service", "smtpplus-follow.service", "smtpplus-ingest.service", "smtpplus-fanout.service"],
+    [
+        "smtpplus-milter.service",
+        "smtpplus-follow.service",
+        "smtpplus-ingest.service",
+        "smtpplus-fanout.service",
+        "smtpplus-web.service",
+    ],
 )
 def test_the_units_can_write_the_default_spool_and_sqlite_store(name: str) -> None:
     from smtpplus_milter.config.schema import TrackingSection
