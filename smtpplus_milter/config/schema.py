@@ -171,35 +171,21 @@ class SuppressionSection(_Strict):
 NoticeMode = Literal["immediate", "daily"]
 
 
-class BounceNotices(_Strict):
+class Notices(_Strict):
+    """Who gets one kind of notice (complaints, unsubscribes), and how often."""
+
     to: Annotated[tuple[str, ...], _LIST] = ()
     mode: NoticeMode = "immediate"
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _to(cls, value: object) -> tuple[str, ...]:
+        return _recipients(value)
+
+
+class BounceNotices(Notices):
+    # Bounce notices may also go to the message's original envelope sender.
     original_sender: bool = False
-
-    @field_validator("to", mode="before")
-    @classmethod
-    def _to(cls, value: object) -> tuple[str, ...]:
-        return _recipients(value)
-
-
-class ComplaintNotices(_Strict):
-    to: Annotated[tuple[str, ...], _LIST] = ()
-    mode: NoticeMode = "immediate"
-
-    @field_validator("to", mode="before")
-    @classmethod
-    def _to(cls, value: object) -> tuple[str, ...]:
-        return _recipients(value)
-
-
-class UnsubscribeNotices(_Strict):
-    to: Annotated[tuple[str, ...], _LIST] = ()
-    mode: NoticeMode = "immediate"
-
-    @field_validator("to", mode="before")
-    @classmethod
-    def _to(cls, value: object) -> tuple[str, ...]:
-        return _recipients(value)
 
 
 class NotifySection(_Strict):
@@ -211,8 +197,8 @@ class NotifySection(_Strict):
     smtp: HostPortValue = HostPort("127.0.0.1", 25)
     from_: str | None = Field(default=None, alias="from")
     bounces: BounceNotices = BounceNotices()
-    complaints: ComplaintNotices = ComplaintNotices()
-    unsubscribes: UnsubscribeNotices = UnsubscribeNotices()
+    complaints: Notices = Notices()
+    unsubscribes: Notices = Notices()
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=False)
 
