@@ -27,6 +27,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from smtpplus_milter import __version__
+from smtpplus_milter.config import Config, ConfigError
 from smtpplus_milter.config.values import SocketSpec
 
 # glibc gives every thread that allocates its own malloc arena and keeps what it freed there.
@@ -86,6 +87,16 @@ def socket_answers(spec: SocketSpec, timeout: float = PROBE_SECONDS) -> bool:
             return True
     except OSError:
         return False
+
+
+def reread(load: Callable[[], Config], log: Any) -> Config | None:
+    """A daemon's config file read again on SIGHUP, or None after logging why it was not taken
+    (``config_reload_failed``; the daemon keeps the config it has)."""
+    try:
+        return load()
+    except ConfigError as exc:
+        log.error("config_reload_failed", problems=[str(problem) for problem in exc.problems])
+        return None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import Envelope, Session
 
-from smtpplus_milter.config import Config, ConfigError, SocketSpec
+from smtpplus_milter.config import Config, SocketSpec
+from smtpplus_milter.daemon import reread
 
 # An idle LMTP connection is closed after this long (Postfix's client reconnects when it needs to).
 IDLE_SECONDS = 300
@@ -144,8 +145,4 @@ class LmtpDoor:
 
     def _reread(self) -> Config | None:
         """The config file again, or None after logging why it was not taken (the old one stays)."""
-        try:
-            return self._load()
-        except ConfigError as exc:
-            self._log.error("config_reload_failed", problems=[str(problem) for problem in exc.problems])
-            return None
+        return reread(self._load, self._log)

@@ -44,8 +44,9 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from smtpplus_milter.config import Config, ConfigError, HostPort
+from smtpplus_milter.config import Config, HostPort
 from smtpplus_milter.core.tokens import read_unsubscribe_token
+from smtpplus_milter.daemon import reread
 from smtpplus_milter.infra.store import TrackingStore, open_store
 from smtpplus_milter.infra.store.base import Unsubscribe
 
@@ -402,10 +403,8 @@ class WebService:
         self._writer.close()
 
     def reload(self) -> None:
-        try:
-            config = self._load()
-        except ConfigError as exc:
-            self._log.error("config_reload_failed", problems=[str(problem) for problem in exc.problems])
+        config = reread(self._load, self._log)
+        if config is None:
             return
         if config.web is None or config.tracking is None or config.secret is None:
             self._log.error("config_reload_failed", problems=[f"{config.path}: no web: section: kept the old config"])
