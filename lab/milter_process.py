@@ -190,6 +190,13 @@ class FollowerProcess(DaemonProcess):
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
 
+class PreemptProcess(FollowerProcess):
+    """``smtpplus-milter preempt``: ready when its metrics endpoint (priority.preempt.metrics_listen) answers."""
+
+    command = "preempt"
+    name = "smtpplus-milter preempt"
+
+
 class IngestProcess(MilterProcess):
     """``smtpplus-milter ingest --serve``: ready when its LMTP socket (bounces.ingest_listen) accepts."""
 

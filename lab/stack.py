@@ -24,7 +24,14 @@ import yaml
 
 from lab.dkim import OpenDkim
 from lab.harness import Dovecot, LabError, Postfix, Sink, free_port, make_workdir, remove_workdir
-from lab.milter_process import FanoutProcess, FollowerProcess, IngestProcess, MilterProcess, prepare_socket_dir
+from lab.milter_process import (
+    FanoutProcess,
+    FollowerProcess,
+    IngestProcess,
+    MilterProcess,
+    PreemptProcess,
+    prepare_socket_dir,
+)
 from smtpplus_milter.config.loader import create_secret_file
 
 
@@ -110,6 +117,7 @@ class Stack:
         dkim_domain: str | None = None,
         dkim_after_milter: bool = False,
         dkim_bits: int = 2048,
+        preempt: dict[str, Any] | None = None,
     ) -> None:
         """*priority_routing*: None (no transports), ``"sinks"`` (smtpplus-high/-low deliver to
         sinks of their own, ``high_sink`` / ``low_sink``) or ``"relayhost"`` (they deliver to the
@@ -131,7 +139,10 @@ class Stack:
         ``bcc_in_to`` (the settings say which). *dkim_domain*: a private OpenDKIM (lab/dkim.py)
         signs that domain's mail as the operator's signer in ``smtpplus_fanout_milters``: every
         copy is signed after the split; with *dkim_after_milter* also in ``smtpd_milters`` after
-        smtpplus-milter, as a relay signs its mail (our headers are added before it signs)."""
+        smtpplus-milter, as a relay signs its mail (our headers are added before it signs).
+        *preempt*: ``priority.preempt`` (pause low, resume after 5 s, the lab Postfix, a state file
+        in the work directory, metrics on a free port; the dict overrides these) and
+        ``smtpplus-milter preempt`` runs beside Postfix (started after it, stopped before it)."""
         # A directory we made ourselves is removed after stop() (SMTPPLUS_LAB_KEEP=1 keeps it).
         self.cleanup = cleanup and workdir is None
         self.workdir = workdir or make_workdir("smtpplus-lab")
@@ -150,7 +161,7 @@ class Stack:
         else:
             self.milter_spec = None
         base = yaml.safe_load((DEPLOY / "smtpplus.yaml").read_text(encoding="utf-8"))
-        overrides = {
+        overrides: dict[str, Any] = {
             "milter": {"socket": self.milter_spec or f"unix:{self.workdir}/unused.sock"},
             "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
             "sasl": {"passwd_file": str(self.passwd_path)},
@@ -194,6 +205,20 @@ class Stack:
                 "reinject": f"127.0.0.1:{free_port()}",
                 "journal": str(self.workdir / "fanout.db"),
             }
+        self.preempt_metrics_port: int | None = None
+        if preempt is not None:
+            self.preempt_metrics_port = free_port()
+            (self.workdir / "preempt").mkdir()
+            overrides["priority"] = {
+                "preempt": {
+                    "pause": ["low"],
+                    "resume_after_seconds": 5,
+                    "postfix_config_dir": str(self.workdir / "postfix" / "etc"),
+                    "state_file": str(self.workdir / "preempt" / "held.json"),
+                    "metrics_listen": f"127.0.0.1:{self.preempt_metrics_port}",
+                    **preempt,
+                }
+            }
         self.settings = deep_merge(deep_merge(base, overrides), settings or {})
         self.write_settings(self.settings)
         if users is None:
@@ -222,6 +247,11 @@ class Stack:
         )
         self.fanout = (
             FanoutProcess(self.config_path, self.fanout_spec, self.workdir / "fanout.log") if self.fanout_spec else None
+        )
+        self.preempt = (
+            PreemptProcess(self.config_path, self.preempt_metrics_port, self.workdir / "preempt.log")
+            if self.preempt_metrics_port is not None
+            else None
         )
         self.dkim = OpenDkim(self.workdir / "opendkim", dkim_domain, bits=dkim_bits) if dkim_domain else None
         self.dkim_after_milter = dkim_after_milter
@@ -271,6 +301,8 @@ class Stack:
             self.postfix.start()
             if self.follower:
                 self.follower.start()
+            if self.preempt:
+                self.preempt.start()
         except BaseException:
             self.stop()
             raise
@@ -334,6 +366,7 @@ class Stack:
         """Stop everything that was started, in reverse order, even if one stop fails."""
         errors: list[BaseException] = []
         for stop in (
+            self.preempt.stop if self.preempt else None,
             self.follower.stop if self.follower else None,
             self.postfix.stop if self.postfix else None,
             self.milter.stop if self.milter else None,

@@ -11,6 +11,7 @@ from smtpplus_milter.cli import explain as explain_cli
 from smtpplus_milter.cli import fanout as fanout_cli
 from smtpplus_milter.cli import follow as follow_cli
 from smtpplus_milter.cli import ingest as ingest_cli
+from smtpplus_milter.cli import preempt as preempt_cli
 from smtpplus_milter.cli import setup as setup_cli
 from smtpplus_milter.cli import suppressions as suppressions_cli
 from smtpplus_milter.cli import tracking as tracking_cli
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     follow_cli.add_parser(commands, _add_config)
     fanout_cli.add_parser(commands, _add_config)
     web_cli.add_parser(commands, _add_config)
+    preempt_cli.add_parsers(commands, _add_config)
     return parser
 
 
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         return fanout_cli.main(args)
     if args.command == "web":
         return web_cli.main(args)
+    if args.command in ("preempt", "queue"):
+        return preempt_cli.main(args)
     if args.command == "suppressions":
         return suppressions_cli.main(args)
     if args.command == "follow":

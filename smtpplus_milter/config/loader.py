@@ -32,6 +32,7 @@ from smtpplus_milter.config.values import (
     Notify,
     OwnMail,
     PostfixInputs,
+    Preempt,
     Secret,
     Suppression,
     Tracking,
@@ -88,6 +89,7 @@ class Config:
     suppression: Suppression = field(default_factory=Suppression)
     fanout: Fanout = field(default_factory=Fanout)
     notify: Notify = field(default_factory=Notify)  # the global notify: block
+    preempt: Preempt | None = None  # priority.preempt; None: no preemption
     web: Web | None = None  # the web: section (the unsubscribe endpoint); None: not on this host
     list_notify: Mapping[str, Notify] = field(default_factory=lambda: MappingProxyType({}))
     # Each list with lists.NAME.unsubscribe, with the key; empty while the key is not read (no
@@ -231,8 +233,22 @@ def load_config(
         ),
         notify=notify,
         list_notify=list_notify,
+        preempt=_preempt(path, settings),
         web=Web(settings.web.listen, settings.web.metrics_listen) if settings.web is not None else None,
         unsubscribe=_unsubscribe(settings, secret),
+    )
+
+
+def _preempt(path: Path, settings: Settings) -> Preempt | None:
+    section = settings.priority.preempt
+    if section is None:
+        return None
+    return Preempt(
+        pause=frozenset(section.pause),
+        resume_after_seconds=section.resume_after_seconds,
+        postfix_config_dir=_beside(path, section.postfix_config_dir),
+        state_file=_beside(path, section.state_file),
+        metrics_listen=section.metrics_listen,
     )
 
 

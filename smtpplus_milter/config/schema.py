@@ -88,9 +88,37 @@ class LimitsSection(_Strict):
     max_message_bytes: Annotated[int, Field(ge=1024)] = 20 * 1024 * 1024
 
 
+class PreemptSection(_Strict):
+    """Priority preemption (docs/priority.md, "Preemption"): ``smtpplus-milter preempt``."""
+
+    # Queues whose new deliveries stop while high mail waits or is being delivered.
+    pause: Annotated[tuple[Queue, ...], _LIST, Field(min_length=1)] = ("low",)
+    resume_after_seconds: Annotated[float, Field(ge=0, le=3600)] = 5
+    # Ours: which Postfix instance (its main.cf directory), where the held ids are kept, metrics.
+    postfix_config_dir: str = "/etc/postfix"
+    state_file: str = "/var/lib/smtpplus-preempt/held.json"
+    metrics_listen: HostPortValue | None = None
+
+    @field_validator("resume_after_seconds", mode="before")
+    @classmethod
+    def _number(cls, value: object) -> object:
+        # YAML gives 5 as an int; strict mode would refuse it for a float field.
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("pause")
+    @classmethod
+    def _not_high(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if "high" in value:
+            raise ValueError("high cannot be paused: it is the queue the others pause for; give normal and/or low")
+        if len(set(value)) != len(value):
+            raise ValueError("a queue is named twice")
+        return value
+
+
 class PrioritySection(_Strict):
     default: Priority = 3
     queues: dict[Priority, Queue] = Field(default_factory=lambda: dict(DEFAULT_QUEUES))
+    preempt: PreemptSection | None = None
 
     @field_validator("queues")
     @classmethod

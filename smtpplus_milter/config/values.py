@@ -216,6 +216,17 @@ class Fanout:
 
 
 @dataclass(frozen=True)
+class Preempt:
+    """``priority.preempt``: pause bulk queues while high mail goes out (``smtpplus-milter preempt``)."""
+
+    pause: frozenset[str]
+    resume_after_seconds: float
+    postfix_config_dir: Path
+    state_file: Path
+    metrics_listen: HostPort | None = None
+
+
+@dataclass(frozen=True)
 class Web:
     """The ``web:`` section: the unsubscribe endpoint's HTTP listener and its metrics."""
 

@@ -170,6 +170,53 @@ class FanoutMetrics:
         self.build_info.labels(version=__version__).set(1)
 
 
+class PreemptMetrics:
+    """The preemption component's metrics (``smtpplus-milter preempt``, ``priority.preempt.metrics_listen``)."""
+
+    # high/normal/low: messages of that SMTP+ queue in incoming, active or deferred, plus those
+    # preemption holds; incoming/active/deferred/hold: Postfix's own queues (hold: ours and the
+    # operator's); held: on hold by preemption.
+    QUEUES = ("high", "normal", "low", "incoming", "active", "deferred", "hold", "held")
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.messages = Gauge(
+            "smtpplus_queue_messages",
+            "Messages in Postfix's queue, by SMTP+ queue and by Postfix queue",
+            ["queue"],
+            registry=registry,
+        )
+        for queue in self.QUEUES:
+            self.messages.labels(queue=queue)
+        self.paused = Gauge(
+            "smtpplus_queue_paused",
+            "1 while new deliveries of this SMTP+ queue are paused for high mail",
+            ["queue"],
+            registry=registry,
+        )
+        for queue in ("normal", "low"):
+            self.paused.labels(queue=queue)
+        self.preempt_seconds = Counter(
+            "smtpplus_preempt_seconds", "Seconds the paused queues spent paused for high mail", registry=registry
+        )
+        self.preemptions = Counter("smtpplus_preemptions", "Pauses started (high mail arrived)", registry=registry)
+        self.held = Counter("smtpplus_preempt_held_messages", "Messages put on hold by preemption", registry=registry)
+        self.released = Counter(
+            "smtpplus_preempt_released_messages", "Messages preemption released from hold", registry=registry
+        )
+        self.errors = Counter(
+            "smtpplus_preempt_errors",
+            "Failed steps (postsuper, postkick, the state file, a queue scan); retried on the next scan",
+            ["step"],
+            registry=registry,
+        )
+        for step in ("hold", "release", "kick", "state", "scan"):
+            self.errors.labels(step=step)
+        self.build_info = Gauge("smtpplus_build_info", "Build information", ["version"], registry=registry)
+        self.build_info.labels(version=__version__).set(1)
+
+
 class WebMetrics:
     """The unsubscribe endpoint's metrics (``smtpplus-milter web``, on ``web.metrics_listen``)."""
 

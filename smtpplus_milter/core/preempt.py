@@ -1,0 +1,173 @@
+"""Priority preemption, decided: which queued messages to put on hold and which to release, now.
+
+While mail of the ``high`` queue waits for delivery or is being delivered (it is in Postfix's
+``incoming`` or ``active`` queue), no new delivery of a paused queue (``priority.preempt.pause``,
+e.g. ``[low]``) may start: every message of such a queue in ``incoming``, ``active`` or
+``deferred`` goes on hold, the hold queue being Postfix's own way to keep mail from delivery
+without bouncing, expiring or renaming it. Deliveries already under way finish. High mail in
+``deferred`` (waiting for its retry time) does not pause anything: it does not compete for
+delivery capacity until its time comes, and an unreachable urgent destination must not stop bulk
+mail for days.
+
+``resume_after`` seconds after the last high message left, the held messages are released in
+the order they arrived (Postfix's arrival time), metered: at most ``release_batch`` released
+messages wait for the queue manager at a time, so the oldest go first instead of all of them at
+once in the queue directory's order. A message held while it waited for a retry keeps its retry
+time (postsuper moves it back to ``deferred`` unchanged).
+
+Only messages this component held are ever released (:attr:`PreemptState.held`): an operator's
+own holds are left alone. The plan is a value; the adapter (:mod:`smtpplus_milter.services.preempt`)
+writes the state file, runs ``postsuper`` and kicks the queue manager.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
+
+URGENT = "high"
+# Postfix queues where a message waits for delivery or is being delivered.
+WAITING = ("incoming", "active")
+# Postfix queues a paused message is taken from.
+HOLDABLE = ("incoming", "active", "deferred")
+
+
+@dataclass(frozen=True, slots=True)
+class PreemptPolicy:
+    pause: frozenset[str]
+    resume_after: float
+    release_batch: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message in Postfix's queue, as the planner needs it."""
+
+    queue_id: str
+    postfix_queue: str  # incoming, active, deferred, hold
+    queue: str | None  # high, normal, low; None: not SMTP+ mail (or unreadable)
+    arrival: float
+    due: bool = True  # deferred mail: its retry time has come (qmgr takes it at its next scan)
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    queue_id: str
+    arrival: float
+
+
+@dataclass(frozen=True, slots=True)
+class PreemptState:
+    """What the component remembers. ``held`` and ``paused_since`` survive a restart (state file)."""
+
+    held: tuple[Held, ...] = ()
+    paused_since: float | None = None
+    last_urgent: float | None = None
+    # Released by us and not yet taken into the active queue: the release meter (memory only).
+    releasing: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_since is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    hold: tuple[str, ...]
+    release: tuple[str, ...]
+    state: PreemptState
+    urgent: int  # high messages waiting or being delivered now
+    forgotten: tuple[str, ...] = ()  # held by us, but no longer in the hold queue
+
+
+def plan(
+    messages: Mapping[str, Message],
+    scanned: Collection[str],
+    state: PreemptState,
+    policy: PreemptPolicy,
+    now: float,
+) -> Plan:
+    """The next step, from one scan of Postfix's queue.
+
+    *messages*: the complete messages found, by queue id; *scanned*: the Postfix queues that scan
+    covered (a quick scan leaves out ``deferred``; what it did not look at, it does not conclude
+    about).
+    """
+    urgent = sum(1 for m in messages.values() if m.queue == URGENT and m.postfix_queue in WAITING)
+    held, forgotten = _still_held(messages, scanned, state.held)
+    releasing = _still_waiting(messages, scanned, state.releasing)
+    paused_since = state.paused_since
+    last_urgent = state.last_urgent
+    if urgent:
+        last_urgent = now
+        if paused_since is None:
+            paused_since = now
+    elif paused_since is not None and (last_urgent is None or now - last_urgent >= policy.resume_after):
+        paused_since = None
+    if paused_since is not None:
+        known = {h.queue_id for h in held}
+        newly = sorted(
+            (
+                m
+                for m in messages.values()
+                if m.queue in policy.pause and m.postfix_queue in HOLDABLE and m.queue_id not in known
+            ),
+            key=lambda m: (m.arrival, m.queue_id),
+        )
+        held = held + tuple(Held(m.queue_id, m.arrival) for m in newly)
+        releasing = releasing - {m.queue_id for m in newly}
+        hold = tuple(m.queue_id for m in newly)
+        new_state = PreemptState(held, paused_since, last_urgent, releasing)
+        return Plan(hold, (), new_state, urgent, forgotten)
+    room = max(0, policy.release_batch - len(releasing))
+    ordered = sorted(held, key=lambda h: (h.arrival, h.queue_id))
+    released = ordered[:room]
+    release = tuple(h.queue_id for h in released)
+    new_state = PreemptState(tuple(ordered[room:]), None, last_urgent, releasing | {h.queue_id for h in released})
+    return Plan((), release, new_state, urgent, forgotten)
+
+
+def _still_held(
+    messages: Mapping[str, Message], scanned: Collection[str], held: tuple[Held, ...]
+) -> tuple[tuple[Held, ...], tuple[str, ...]]:
+    """Our holds minus those that are no longer in the hold queue.
+
+    A held message found in another queue was released by someone else (an operator's
+    ``postsuper -H``); one found nowhere left the queue (deleted, or its delivery finished while it
+    was held). Both are forgotten: releasing them later could release someone else's hold.
+    """
+    if "hold" not in scanned:
+        return held, ()
+    everywhere = set(scanned) >= {"incoming", "active", "deferred", "hold"}
+    kept: list[Held] = []
+    forgotten: list[str] = []
+    for item in held:
+        found = messages.get(item.queue_id)
+        if found is not None and found.postfix_queue == "hold":
+            kept.append(item)
+        elif found is not None or everywhere:
+            forgotten.append(item.queue_id)
+        else:
+            kept.append(item)  # perhaps in a queue this scan did not look at: decide next time
+    return tuple(kept), tuple(forgotten)
+
+
+def _still_waiting(
+    messages: Mapping[str, Message], scanned: Collection[str], releasing: frozenset[str]
+) -> frozenset[str]:
+    """Released messages the queue manager has not taken into its active queue yet."""
+    waiting = set()
+    for queue_id in releasing:
+        found = messages.get(queue_id)
+        if found is None:
+            if "deferred" not in scanned:
+                waiting.add(queue_id)  # most likely still in deferred, which this scan skipped
+            continue
+        if found.postfix_queue == "incoming" or (found.postfix_queue == "deferred" and found.due):
+            waiting.add(queue_id)
+    return frozenset(waiting)
+
+
+def with_held(state: PreemptState, held: tuple[Held, ...], paused_since: float | None) -> PreemptState:
+    """A state restored from the state file after a restart."""
+    return replace(state, held=held, paused_since=paused_since)
