@@ -172,7 +172,15 @@ class _Reader:
         self.jumps += 1
         if offset < 0 or self.jumps > MAX_JUMPS:
             raise QueueFileError("pointer records that do not end")
-        self.handle.seek(offset)
+        self.seek(offset)
+
+    def seek(self, offset: int) -> None:
+        # An offset past what the platform can seek to raises OSError or ValueError (not a
+        # queue file, not a vanished one); an offset past the end reads as the end of the file.
+        try:
+            self.handle.seek(offset)
+        except (OSError, ValueError, OverflowError):
+            raise QueueFileError(f"an offset of {str(offset)[:20]} bytes") from None
 
     def read(self) -> QueueFileInfo:
         arrival: float | None = None
@@ -191,7 +199,7 @@ class _Reader:
                 fields = data.split()
                 try:
                     arrival = int(fields[0]) + (int(fields[1]) / 1e6 if len(fields) > 1 else 0.0)
-                except (ValueError, IndexError):
+                except (ValueError, IndexError, OverflowError):  # OverflowError: too many digits for a float
                     raise QueueFileError(f"a time record {data[:60]!r}") from None
             elif kind == ord("M"):
                 break
@@ -200,7 +208,7 @@ class _Reader:
         if data_offset is not None:
             # The content starts at data_offset (the M record's pointers already lead there; this
             # is where qmgr itself starts reading).
-            self.handle.seek(data_offset)
+            self.seek(data_offset)
         return QueueFileInfo(arrival, self._queue_header())
 
     def _queue_header(self) -> str | None:
