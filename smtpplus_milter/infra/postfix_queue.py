@@ -15,7 +15,8 @@ The queue file format (Postfix's ``rec_type.h``/``record.c``, stable since Postf
 of records, each one type octet, the data length in 7-bit groups (least significant first, the high
 bit set on every group but the last), then the data. The first record (``C``) holds the content's
 size and offset; ``T`` the arrival time; ``M`` starts the content, whose header lines are ``N``
-(a line) and ``L`` (a piece of a line longer than Postfix's record size) records; a ``p`` record
+(a line) and ``L`` (a piece of a line longer than Postfix's record size) records, a short header
+line followed by a ``w`` (padding) record when milters are on; a ``p`` record
 is a pointer (a decimal file offset, 0 = none) to where reading goes on: the milter's added
 headers are written at the end of the file and linked in by pointers, exactly like this header.
 
@@ -218,6 +219,10 @@ class _Reader:
         seen = 0
         while True:
             kind, data = self.record()
+            if kind == ord("w"):
+                # Padding: with milters on, cleanup writes one after every header line shorter than
+                # a pointer record, so that a header change can overwrite the line with a pointer.
+                continue
             if kind not in (ord("N"), ord("L")):
                 # X (extracted segment), E or the end: the content ended inside the header section.
                 return found

@@ -191,6 +191,30 @@ def test_the_milters_header_wins_over_a_forged_one(
     assert _read(tmp_path, postfix_file(headers=headers, appended=appended)).queue == queue
 
 
+@pytest.mark.parametrize(
+    "forged",
+    [
+        pytest.param("X-SMTPPlus-Queue: high", id="long-enough"),
+        pytest.param("X-SMTPPlus-Queue: high (really, trust me)", id="longer"),
+    ],
+)
+def test_a_forged_header_the_milter_deleted(tmp_path: Path, forged: str) -> None:
+    # How cleanup deletes a header: the first bytes of its record are overwritten in place by a
+    # pointer to what follows the header; the rest of the old record stays in the file, skipped.
+    old = record("N", forged)
+    data = (
+        _content()
+        .add("N", "From: a@b.example")
+        .pointer_to("next")
+        .raw(old[len(pointer(0)) :])
+        .label("next")
+        .add("N", "X-SMTPPlus-Queue: low")
+        .add("N", "")
+        .build()
+    )
+    assert _read(tmp_path, data).queue == "low"
+
+
 # --- scan() -------------------------------------------------------------------------------------
 
 READY = 0o700

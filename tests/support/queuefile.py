@@ -9,7 +9,8 @@ records, labels and pointers to labels, and resolves the pointers in :meth:`Layo
 :func:`postfix_file` lays out a message the way Postfix's cleanup writes it when a milter added
 headers (checked against a real file): the original headers end with a pointer to the added
 headers at the end of the file, each added header is followed by a pointer to the next, and the
-last one points back to the empty line that ends the header section.
+last one points back to the empty line that ends the header section. A header line shorter than a
+pointer's data is followed by a ``w`` padding record, as cleanup writes it when milters are on.
 """
 
 from __future__ import annotations
@@ -116,13 +117,25 @@ class Layout:
 Line = str | bytes | tuple[str | bytes, ...]
 
 
+# A pointer's data length: cleanup pads a shorter header so that a milter's change can overwrite
+# the header's first record with a pointer.
+POINTER_PAYLOAD = 15
+
+
+def padding(line_length: int) -> bytes:
+    """The ``w`` record cleanup writes after a header line shorter than a pointer (milters on)."""
+    width = max(1, POINTER_PAYLOAD - line_length - 2)
+    return record("w", b"%*s" % (width, b"0"))
+
+
 def _add_line(layout: Layout, line: Line) -> None:
-    if isinstance(line, tuple):
-        for piece in line[:-1]:
-            layout.add("L", piece)
-        layout.add("N", line[-1])
-    else:
-        layout.add("N", line)
+    pieces = line if isinstance(line, tuple) else (line,)
+    for piece in pieces[:-1]:
+        layout.add("L", piece)
+    layout.add("N", pieces[-1])
+    text = "".join(piece.decode() if isinstance(piece, bytes) else piece for piece in pieces)
+    if text[:1] not in (" ", "\t") and len(text.encode()) < POINTER_PAYLOAD:
+        layout.raw(padding(len(text.encode())))
 
 
 def postfix_file(

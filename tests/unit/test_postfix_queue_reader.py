@@ -74,6 +74,8 @@ def test_the_writer_encodes_lengths_as_postfix_does(length: int, octets: bytes) 
         pytest.param(
             ("X-SMTPPlus-Queue-Note: high", "X-SMTPPlus-Queued: high"), (), None, id="longer-names-are-others"
         ),
+        pytest.param(("To: a@b.cd", "Subject: hi", "X-Mailer: x"), REAL_APPENDED, "low", id="short-headers-padded"),
+        pytest.param(("Subject: hi", "\tthere", "X-SMTPPlus-Queue: high"), (), "high", id="padding-before-a-fold"),
         pytest.param(REAL_HEADERS, REAL_APPENDED[:3], None, id="no-queue-header"),
         pytest.param(REAL_HEADERS, (), None, id="nothing-appended"),
     ],
