@@ -28,6 +28,7 @@ urgent. The file's contents are partly the client's (the message), so nothing el
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -45,6 +46,10 @@ MAX_HEADER_BYTES = 1024 * 1024
 MAX_RECORDS = 50_000
 MAX_JUMPS = 10_000
 MAX_RECORD_BYTES = 1024 * 1024
+
+# What Postfix takes for the start of a header (is_header.c): a name of printable ASCII other
+# than space and colon, optional blanks (obsolete syntax), then the colon.
+_HEADER_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
 
 # Postfix's file mode bit for "complete" (MAIL_QUEUE_STAT_READY = 0700 on the owner bits).
 _READY = 0o100
@@ -240,8 +245,11 @@ class _Reader:
             if line[: len(QUEUE_HEADER)].lower() == QUEUE_HEADER:
                 value = line[len(QUEUE_HEADER) :].strip().lower()
                 found = value.decode("ascii", "replace")
-            elif b":" not in line[:1000]:
-                return found  # a body line without the empty line before it: the headers ended
+            elif not _HEADER_START.match(line):
+                # Not a header for Postfix: its header section ended here without an empty line,
+                # and this is the first body line (the milter saw it as body and deleted nothing
+                # after it). Reading on would take a client's body text for our header.
+                return found
             line = b""
 
 

@@ -215,6 +215,34 @@ def test_a_forged_header_the_milter_deleted(tmp_path: Path, forged: str) -> None
     assert _read(tmp_path, data).queue == "low"
 
 
+@pytest.mark.parametrize(
+    "first_body_line",
+    [
+        pytest.param("not a header: x", id="space-in-the-name"),
+        pytest.param(":colon first", id="empty-name"),
+        pytest.param("Subj\x01ect: x", id="control-character"),
+        pytest.param("Sübject: x", id="eight-bit-name"),
+    ],
+)
+def test_a_forged_header_in_the_body(tmp_path: Path, first_body_line: str) -> None:
+    # A client ends its header section with a line Postfix does not take for a header (a header
+    # name is printable ASCII without spaces or colons, then optional blanks and a colon): cleanup
+    # and the milter see it and everything after it as body, so the milter deletes nothing there.
+    # The reader must end the header section where Postfix did, or that body line would win.
+    data = postfix_file(
+        appended=("X-SMTPPlus-Queue: low",),
+        body=(first_body_line, "X-SMTPPlus-Queue: high", "", "Hello."),
+        blank_line=False,
+    )
+    assert _read(tmp_path, data).queue == "low"
+
+
+def test_obsolete_blanks_before_the_colon_are_a_header(tmp_path: Path) -> None:
+    # "Name :" is a header for Postfix (obsolete syntax): the section goes on after it.
+    data = postfix_file(headers=("Subject : x", "X-SMTPPlus-Queue: normal"), appended=())
+    assert _read(tmp_path, data).queue == "normal"
+
+
 # --- scan() -------------------------------------------------------------------------------------
 
 READY = 0o700

@@ -145,8 +145,13 @@ def postfix_file(
     time_record: str | None = "1796118890 715184",
     body: Sequence[str] = ("Hello.",),
     filter_record: str | None = "smtpplus-low:[127.0.0.1]:55829",
+    blank_line: bool = True,
 ) -> bytes:
-    """A queue file as cleanup writes it, with *appended* headers linked in at the file end."""
+    """A queue file as cleanup writes it, with *appended* headers linked in at the file end.
+
+    *blank_line* False: the client's header section ended with a line that is not a header (no
+    empty line), which cleanup writes as the first body line, right after the append pointer.
+    """
     layout = Layout().size_record("content")
     if time_record is not None:
         layout.add("T", time_record)
@@ -157,7 +162,9 @@ def postfix_file(
         _add_line(layout, line)
     if appended:
         layout.pointer_to("appended0")
-    layout.label("end-of-headers").add("N", "")
+    layout.label("end-of-headers")
+    if blank_line:
+        layout.add("N", "")
     for text in body:
         layout.add("N", text)
     layout.placeholder().add("X")
