@@ -323,7 +323,7 @@ def test_files_vanishing_mid_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
             raise FileNotFoundError(path)  # the whole hash directory went
         return iter(entries)
 
-    monkeypatch.setattr(postfix_queue.os, "scandir", vanishing)
+    monkeypatch.setattr(os, "scandir", vanishing)  # the module postfix_queue lists with
     assert sorted(m.queue_id for m in scan(tmp_path, ("incoming", "deferred"))) == ["ABCDEF1001", "ABCDEF1003"]
 
 
