@@ -121,10 +121,20 @@ def plan(
         return Plan(hold, (), new_state, urgent, forgotten)
     room = max(0, policy.release_batch - len(releasing))
     ordered = sorted(held, key=lambda h: (h.arrival, h.queue_id))
-    released = ordered[:room]
-    release = tuple(h.queue_id for h in released)
-    new_state = PreemptState(tuple(ordered[room:]), None, last_urgent, releasing | {h.queue_id for h in released})
+    # Only what this scan saw in the hold queue: a hold kept because a quick scan did not find it
+    # (it is elsewhere or gone) is decided by the next full scan, not released blindly (it would
+    # take a place in the batch, and an id no longer ours on hold is never ours to release).
+    on_hold = [h.queue_id for h in ordered if _seen_on_hold(messages, h.queue_id)]
+    release = tuple(on_hold[:room])
+    released = frozenset(release)
+    remaining = tuple(h for h in ordered if h.queue_id not in released)
+    new_state = PreemptState(remaining, None, last_urgent, releasing | released)
     return Plan((), release, new_state, urgent, forgotten)
+
+
+def _seen_on_hold(messages: Mapping[str, Message], queue_id: str) -> bool:
+    found = messages.get(queue_id)
+    return found is not None and found.postfix_queue == "hold"
 
 
 def _still_held(

@@ -15,7 +15,8 @@ The queue file format (Postfix's ``rec_type.h``/``record.c``, stable since Postf
 of records, each one type octet, the data length in 7-bit groups (least significant first, the high
 bit set on every group but the last), then the data. The first record (``C``) holds the content's
 size and offset; ``T`` the arrival time; ``M`` starts the content, whose header lines are ``N``
-(a line) and ``L`` (a piece of a line longer than Postfix's record size) records; a ``p`` record
+(a line) and ``L`` (a piece of a line longer than Postfix's record size) records, a short header
+line followed by a ``w`` (padding) record when milters are on; a ``p`` record
 is a pointer (a decimal file offset, 0 = none) to where reading goes on: the milter's added
 headers are written at the end of the file and linked in by pointers, exactly like this header.
 
@@ -27,6 +28,7 @@ urgent. The file's contents are partly the client's (the message), so nothing el
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -44,6 +46,10 @@ MAX_HEADER_BYTES = 1024 * 1024
 MAX_RECORDS = 50_000
 MAX_JUMPS = 10_000
 MAX_RECORD_BYTES = 1024 * 1024
+
+# What Postfix takes for the start of a header (is_header.c): a name of printable ASCII other
+# than space and colon, optional blanks (obsolete syntax), then the colon.
+_HEADER_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
 
 # Postfix's file mode bit for "complete" (MAIL_QUEUE_STAT_READY = 0700 on the owner bits).
 _READY = 0o100
@@ -172,7 +178,15 @@ class _Reader:
         self.jumps += 1
         if offset < 0 or self.jumps > MAX_JUMPS:
             raise QueueFileError("pointer records that do not end")
-        self.handle.seek(offset)
+        self.seek(offset)
+
+    def seek(self, offset: int) -> None:
+        # An offset past what the platform can seek to raises OSError or ValueError (not a
+        # queue file, not a vanished one); an offset past the end reads as the end of the file.
+        try:
+            self.handle.seek(offset)
+        except (OSError, ValueError, OverflowError):
+            raise QueueFileError(f"an offset of {str(offset)[:20]} bytes") from None
 
     def read(self) -> QueueFileInfo:
         arrival: float | None = None
@@ -191,7 +205,7 @@ class _Reader:
                 fields = data.split()
                 try:
                     arrival = int(fields[0]) + (int(fields[1]) / 1e6 if len(fields) > 1 else 0.0)
-                except (ValueError, IndexError):
+                except (ValueError, IndexError, OverflowError):  # OverflowError: too many digits for a float
                     raise QueueFileError(f"a time record {data[:60]!r}") from None
             elif kind == ord("M"):
                 break
@@ -200,7 +214,7 @@ class _Reader:
         if data_offset is not None:
             # The content starts at data_offset (the M record's pointers already lead there; this
             # is where qmgr itself starts reading).
-            self.handle.seek(data_offset)
+            self.seek(data_offset)
         return QueueFileInfo(arrival, self._queue_header())
 
     def _queue_header(self) -> str | None:
@@ -210,6 +224,10 @@ class _Reader:
         seen = 0
         while True:
             kind, data = self.record()
+            if kind == ord("w"):
+                # Padding: with milters on, cleanup writes one after every header line shorter than
+                # a pointer record, so that a header change can overwrite the line with a pointer.
+                continue
             if kind not in (ord("N"), ord("L")):
                 # X (extracted segment), E or the end: the content ended inside the header section.
                 return found
@@ -227,8 +245,11 @@ class _Reader:
             if line[: len(QUEUE_HEADER)].lower() == QUEUE_HEADER:
                 value = line[len(QUEUE_HEADER) :].strip().lower()
                 found = value.decode("ascii", "replace")
-            elif b":" not in line[:1000]:
-                return found  # a body line without the empty line before it: the headers ended
+            elif not _HEADER_START.match(line):
+                # Not a header for Postfix: its header section ended here without an empty line,
+                # and this is the first body line (the milter saw it as body and deleted nothing
+                # after it). Reading on would take a client's body text for our header.
+                return found
             line = b""
 
 

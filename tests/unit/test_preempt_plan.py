@@ -1,0 +1,255 @@
+"""core.preempt.plan, the pure planner: one scan of Postfix's queue and the remembered state in,
+what to hold, what to release and the next state out (exact values, no clocks)."""
+
+from __future__ import annotations
+
+import pytest
+
+from smtpplus_milter.core.preempt import Held, Message, Plan, PreemptPolicy, PreemptState, plan, with_held
+
+POLICY = PreemptPolicy(pause=frozenset({"low"}), resume_after=5.0, release_batch=2)
+FULL = ("incoming", "active", "deferred", "hold")
+QUICK = ("incoming", "active", "hold")  # what the daemon scans between full scans
+NOW = 1000.0
+
+
+def msg(queue_id: str, postfix_queue: str, queue: str | None, arrival: float, *, due: bool = True) -> Message:
+    return Message(queue_id, postfix_queue, queue, arrival, due)
+
+
+def found(*messages: Message) -> dict[str, Message]:
+    return {m.queue_id: m for m in messages}
+
+
+def paused(*held: Held, since: float = 900.0, last_urgent: float | None = 990.0, **more: object) -> PreemptState:
+    return PreemptState(held, since, last_urgent, **more)  # type: ignore[arg-type]
+
+
+# A queue with one of everything the pause must leave alone.
+BYSTANDERS = (
+    msg("N1", "incoming", "normal", 1.0),
+    msg("X1", "active", None, 2.0),  # not SMTP+ mail, or its file was unreadable
+    msg("HD", "deferred", "high", 3.0),  # urgent, but waiting for its retry time
+    msg("OP", "hold", "low", 4.0),  # an operator's own hold
+)
+
+
+@pytest.mark.parametrize(
+    ("messages", "state", "expected"),
+    [
+        pytest.param(
+            found(*BYSTANDERS, msg("L1", "incoming", "low", 5.0), msg("L2", "deferred", "low", 6.0)),
+            PreemptState(),
+            Plan((), (), PreemptState(), urgent=0),
+            id="no-high-mail-nothing-held",
+        ),
+        pytest.param(
+            found(msg("H1", "deferred", "high", 1.0), msg("L1", "incoming", "low", 2.0)),
+            PreemptState(),
+            Plan((), (), PreemptState(), urgent=0),
+            id="high-only-in-deferred-no-pause",
+        ),
+        pytest.param(
+            found(
+                *BYSTANDERS,
+                msg("H1", "incoming", "high", 50.0),
+                msg("L3", "incoming", "low", 30.0),
+                msg("L1", "active", "low", 10.0),
+                msg("L2", "deferred", "low", 20.0, due=False),
+                msg("HA", "hold", "high", 5.0),
+            ),
+            PreemptState(),
+            Plan(
+                ("L1", "L2", "L3"),
+                (),
+                paused(Held("L1", 10.0), Held("L2", 20.0), Held("L3", 30.0), since=NOW, last_urgent=NOW),
+                urgent=1,
+            ),
+            id="high-in-incoming-pauses-every-low-in-arrival-order",
+        ),
+        pytest.param(
+            found(*BYSTANDERS, msg("H1", "active", "high", 50.0), msg("L1", "deferred", "low", 10.0)),
+            PreemptState(),
+            Plan(("L1",), (), paused(Held("L1", 10.0), since=NOW, last_urgent=NOW), urgent=1),
+            id="high-in-active-pauses",
+        ),
+        pytest.param(
+            found(
+                msg("H1", "active", "high", 1.0), msg("H2", "incoming", "high", 2.0), msg("L2", "active", "low", 9.0)
+            ),
+            PreemptState(),
+            Plan(("L2",), (), paused(Held("L2", 9.0), since=NOW, last_urgent=NOW), urgent=2),
+            id="urgent-counts-waiting-high-mail",
+        ),
+        pytest.param(
+            found(msg("Lb", "incoming", "low", 7.0), msg("La", "incoming", "low", 7.0), msg("H1", "active", "high", 1)),
+            PreemptState(),
+            Plan(("La", "Lb"), (), paused(Held("La", 7.0), Held("Lb", 7.0), since=NOW, last_urgent=NOW), urgent=1),
+            id="same-arrival-ordered-by-id",
+        ),
+        pytest.param(
+            found(
+                msg("H1", "active", "high", 1.0),
+                msg("L1", "hold", "low", 10.0),
+                msg("L4", "incoming", "low", 40.0),
+                msg("L3", "deferred", "low", 30.0),
+            ),
+            paused(Held("L1", 10.0)),
+            Plan(
+                ("L3", "L4"),
+                (),
+                paused(Held("L1", 10.0), Held("L3", 30.0), Held("L4", 40.0), last_urgent=NOW),
+                urgent=1,
+            ),
+            id="during-a-pause-new-low-arrivals-are-held",
+        ),
+        pytest.param(
+            found(msg("L1", "hold", "low", 10.0), msg("L4", "incoming", "low", 40.0)),
+            paused(Held("L1", 10.0), last_urgent=NOW - 4.9),
+            Plan(("L4",), (), paused(Held("L1", 10.0), Held("L4", 40.0), last_urgent=NOW - 4.9), urgent=0),
+            id="high-left-but-not-resume_after-ago-still-paused",
+        ),
+        pytest.param(
+            found(msg("L1", "hold", "low", 10.0), msg("L2", "hold", "low", 20.0), msg("L3", "hold", "low", 30.0)),
+            paused(Held("L3", 30.0), Held("L1", 10.0), Held("L2", 20.0), last_urgent=NOW - 5.0),
+            Plan(
+                (),
+                ("L1", "L2"),
+                PreemptState((Held("L3", 30.0),), None, NOW - 5.0, frozenset({"L1", "L2"})),
+                urgent=0,
+            ),
+            id="resume_after-seconds-later-release-oldest-first-one-batch",
+        ),
+        pytest.param(
+            found(msg("L1", "hold", "low", 10.0), msg("L2", "hold", "low", 20.0)),
+            paused(Held("L1", 10.0), Held("L2", 20.0), last_urgent=None),
+            Plan((), ("L1", "L2"), PreemptState((), None, None, frozenset({"L1", "L2"})), urgent=0),
+            id="restored-pause-without-last-urgent-resumes-at-once",
+        ),
+        pytest.param(
+            found(msg("H1", "incoming", "high", 1.0), msg("L1", "hold", "low", 10.0), msg("L2", "deferred", "low", 2)),
+            paused(Held("L1", 10.0), last_urgent=None),
+            Plan(("L2",), (), paused(Held("L1", 10.0), Held("L2", 2.0), last_urgent=NOW), urgent=1),
+            id="restored-pause-with-high-waiting-stays",
+        ),
+        pytest.param(
+            found(msg("L1", "hold", "low", 10.0), msg("L2", "hold", "low", 20.0), msg("R1", "incoming", "low", 1.0)),
+            PreemptState((Held("L1", 10.0), Held("L2", 20.0)), None, 900.0, frozenset({"R1"})),
+            Plan((), ("L1",), PreemptState((Held("L2", 20.0),), None, 900.0, frozenset({"R1", "L1"})), urgent=0),
+            id="released-not-yet-taken-counts-against-the-batch",
+        ),
+        pytest.param(
+            found(msg("L1", "hold", "low", 10.0), msg("R1", "deferred", "low", 1.0), msg("R2", "deferred", "low", 2.0)),
+            PreemptState((Held("L1", 10.0),), None, 900.0, frozenset({"R1", "R2"})),
+            Plan((), (), PreemptState((Held("L1", 10.0),), None, 900.0, frozenset({"R1", "R2"})), urgent=0),
+            id="deferred-and-due-still-waits-for-qmgr",
+        ),
+        pytest.param(
+            found(
+                msg("L1", "hold", "low", 10.0),
+                msg("L2", "hold", "low", 20.0),
+                msg("R1", "active", "low", 1.0),
+                msg("R2", "deferred", "low", 2.0, due=False),
+            ),
+            PreemptState((Held("L1", 10.0), Held("L2", 20.0)), None, 900.0, frozenset({"R1", "R2", "R3"})),
+            Plan((), ("L1", "L2"), PreemptState((), None, 900.0, frozenset({"L1", "L2"})), urgent=0),
+            id="taken-into-active-not-due-or-gone-leave-the-meter",
+        ),
+        pytest.param(
+            found(
+                msg("L1", "hold", "low", 10.0),
+                msg("L2", "deferred", "low", 20.0),  # an operator released our hold
+                msg("N1", "hold", "normal", 5.0),
+            ),
+            PreemptState((Held("L1", 10.0), Held("L2", 20.0), Held("L3", 30.0)), None, 900.0),
+            Plan(
+                (),
+                ("L1",),
+                PreemptState((), None, 900.0, frozenset({"L1"})),
+                urgent=0,
+                forgotten=("L2", "L3"),
+            ),
+            id="held-found-elsewhere-or-gone-forgotten-never-released",
+        ),
+        pytest.param(
+            found(msg("H1", "active", "high", 1.0), msg("L1", "hold", "low", 10.0)),
+            paused(Held("L1", 10.0), Held("L9", 90.0)),
+            Plan((), (), paused(Held("L1", 10.0), last_urgent=NOW), urgent=1, forgotten=("L9",)),
+            id="forgotten-during-a-pause",
+        ),
+        pytest.param(
+            found(msg("H1", "active", "high", 1.0), msg("L1", "incoming", "low", 10.0)),
+            paused(last_urgent=990.0, releasing=frozenset({"L1", "R1"})),
+            Plan(("L1",), (), paused(Held("L1", 10.0), last_urgent=NOW, releasing=frozenset()), urgent=1),
+            id="a-released-message-still-waiting-is-held-again",
+        ),
+    ],
+)
+def test_full_scan(messages: dict[str, Message], state: PreemptState, expected: Plan) -> None:
+    assert plan(messages, FULL, state, POLICY, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("messages", "state", "expected"),
+    [
+        pytest.param(
+            found(msg("L1", "hold", "low", 10.0)),
+            PreemptState((Held("L1", 10.0),), None, 900.0, frozenset({"R1"})),
+            Plan((), ("L1",), PreemptState((), None, 900.0, frozenset({"R1", "L1"})), urgent=0),
+            id="unknown-releasing-kept-without-deferred",
+        ),
+        pytest.param(
+            found(msg("L1", "hold", "low", 10.0)),
+            PreemptState((Held("L1", 10.0),), None, 900.0, frozenset({"R1", "R2"})),
+            Plan((), (), PreemptState((Held("L1", 10.0),), None, 900.0, frozenset({"R1", "R2"})), urgent=0),
+            id="unknown-releasing-fill-the-batch",
+        ),
+        pytest.param(
+            found(msg("H1", "active", "high", 1.0), msg("L1", "hold", "low", 10.0)),
+            paused(Held("L1", 10.0), Held("L2", 20.0)),
+            Plan((), (), paused(Held("L1", 10.0), Held("L2", 20.0), last_urgent=NOW), urgent=1),
+            id="held-not-found-kept-perhaps-in-deferred",
+        ),
+        pytest.param(
+            found(msg("L1", "hold", "low", 10.0), msg("L3", "hold", "low", 30.0)),
+            PreemptState((Held("L1", 10.0), Held("L2", 20.0), Held("L3", 30.0)), None, 900.0),
+            Plan((), ("L1", "L3"), PreemptState((Held("L2", 20.0),), None, 900.0, frozenset({"L1", "L3"})), urgent=0),
+            id="only-what-this-scan-saw-on-hold-is-released",
+        ),
+    ],
+)
+def test_quick_scan(messages: dict[str, Message], state: PreemptState, expected: Plan) -> None:
+    assert plan(messages, QUICK, state, POLICY, NOW) == expected
+
+
+def test_a_pause_with_more_queues() -> None:
+    policy = PreemptPolicy(pause=frozenset({"low", "normal"}), resume_after=5.0)
+    messages = found(*BYSTANDERS, msg("H1", "active", "high", 1.0))
+    assert plan(messages, FULL, PreemptState(), policy, NOW).hold == ("N1",)
+
+
+def test_the_whole_story() -> None:
+    """Pause, new arrivals held, the high mail leaves, resume_after, metered release in arrival order."""
+    low = [msg(f"L{n}", "deferred", "low", float(n)) for n in range(1, 6)]
+    high = msg("H1", "incoming", "high", 100.0)
+    state = PreemptState()
+    step = plan(found(high, *low[:3]), FULL, state, POLICY, 100.0)
+    assert (step.hold, step.state.paused_since) == (("L1", "L2", "L3"), 100.0)
+    on_hold = [msg(m.queue_id, "hold", "low", m.arrival) for m in low[:3]]
+    step = plan(found(high, *on_hold, *low[3:]), FULL, step.state, POLICY, 101.0)
+    assert step.hold == ("L4", "L5")
+    on_hold = [msg(m.queue_id, "hold", "low", m.arrival) for m in low]
+    step = plan(found(*on_hold), QUICK, step.state, POLICY, 105.0)  # H1 delivered after 101
+    assert (step.hold, step.release, step.state.paused) == ((), (), True)
+    step = plan(found(*on_hold), QUICK, step.state, POLICY, 106.0)
+    assert (step.release, step.state.paused) == (("L1", "L2"), False)
+    # L1 went to active, L2 waits in deferred: one place in the batch.
+    moved = [msg("L1", "active", "low", 1.0), msg("L2", "deferred", "low", 2.0), *on_hold[2:]]
+    step = plan(found(*moved), FULL, step.state, POLICY, 106.2)
+    assert (step.release, step.state.releasing) == (("L3",), frozenset({"L2", "L3"}))
+
+
+def test_with_held_restores_a_saved_state() -> None:
+    restored = with_held(PreemptState(), (Held("L1", 10.0),), 900.0)
+    assert restored == PreemptState((Held("L1", 10.0),), 900.0, None, frozenset())
+    assert restored.paused
