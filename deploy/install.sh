@@ -9,6 +9,8 @@
 # remaining options (see `smtpplus-milter setup --help`: --postfix-dir, --dovecot-dir, --etc,
 # --tls-cert, --tls-key, --force, --dry-run, ...). Safe to run again: what is already in place is
 # reported as "unchanged". Starts and reloads nothing; the last line says what to run.
+# The optional daemons' units (smtpplus-follow, -ingest, -fanout, -web, -preempt) are not installed
+# here: each has its own section in deploy/README-install.md, to follow when its feature is used.
 set -euo pipefail
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 

@@ -209,3 +209,14 @@ def test_the_shipped_preempt_example_is_off_and_valid(tmp_path: Path) -> None:
     assert config.preempt.metrics_listen is not None
     others = {int(port) for port in re.findall(r"127\.0\.0\.1:(\d+)", shipped.replace(example["metrics_listen"], ""))}
     assert config.preempt.metrics_listen.port not in others | {9464, 9465, 8025}
+
+
+def test_the_guides_preemption_section_names_real_metrics_and_the_unit() -> None:
+    from smtpplus_milter.observe.metrics import PreemptMetrics
+
+    guide = (REPO / "deploy/README-install.md").read_text(encoding="utf-8")
+    section = guide.split("## Priority preemption", 1)[1].split("\n## ", 1)[0]
+    assert '"$SRC/systemd/smtpplus-preempt.service"' in section
+    named = set(re.findall(r"`(smtpplus_[a-z_]+)", section))
+    exposed = {sample.name for family in PreemptMetrics().registry.collect() for sample in family.samples}
+    assert named and named <= exposed, named - exposed
