@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
     --bin-dir) bin_dir=${2:?--bin-dir needs a directory}; shift 2 ;;
     --no-user) user=no; setup_args+=("$1"); shift ;;
     --dry-run) dry_run=yes; setup_args+=("$1"); shift ;;
-    -h|--help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) setup_args+=("$1"); shift ;;
   esac
 done
