@@ -9,6 +9,8 @@
 # remaining options (see `smtpplus-milter setup --help`: --postfix-dir, --dovecot-dir, --etc,
 # --tls-cert, --tls-key, --force, --dry-run, ...). Safe to run again: what is already in place is
 # reported as "unchanged". Starts and reloads nothing; the last line says what to run.
+# The optional daemons' units (smtpplus-follow, -ingest, -fanout, -web, -preempt) are not installed
+# here: each has its own section in deploy/README-install.md, to follow when its feature is used.
 set -euo pipefail
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -23,7 +25,7 @@ while [ $# -gt 0 ]; do
     --bin-dir) bin_dir=${2:?--bin-dir needs a directory}; shift 2 ;;
     --no-user) user=no; setup_args+=("$1"); shift ;;
     --dry-run) dry_run=yes; setup_args+=("$1"); shift ;;
-    -h|--help) sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) setup_args+=("$1"); shift ;;
   esac
 done

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from smtpplus_milter.admin.postfix import generate
 from smtpplus_milter.cli import main
@@ -148,3 +150,73 @@ def test_the_units_can_write_the_default_spool_and_sqlite_store(name: str) -> No
     assert _writable(unit, spool), f"{name} cannot write the default tracking.spool_dir {spool}"
     assert _writable(unit, Path(example.group(1)).parent), f"{name} cannot write the SQLite store's directory"
     assert not _writable(unit, Path("/etc/smtpplus/x"))  # the check itself can say no
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+@pytest.mark.parametrize("name", sorted(path.name for path in (REPO / "systemd").glob("*.service")))
+def test_units_pass_systemd_analyze_verify(tmp_path: Path, name: str) -> None:
+    # verify refuses a unit whose ExecStart does not exist: the program is not installed here.
+    text = (REPO / "systemd" / name).read_text(encoding="utf-8").replace("/usr/local/bin/smtpplus-milter", "/bin/true")
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    done = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(tmp_path / name)], capture_output=True, text=True, timeout=60
+    )
+    # An unknown or misspelt key is only a warning ("Unknown key ..., ignoring"): no output at all.
+    assert done.returncode == 0 and done.stderr == "" and done.stdout == "", done.stderr + done.stdout
+
+
+def test_the_preempt_unit_runs_as_root_and_may_write_the_queue_and_its_state() -> None:
+    from smtpplus_milter.config.schema import PreemptSection
+
+    unit = _unit("smtpplus-preempt.service")
+    assert unit["User"] == ["root"] and unit["ProtectSystem"] == ["strict"]  # postsuper refuses other users
+    assert "preempt" in unit["ExecStart"] and "--pid-file" in unit["ExecStart"]
+    state = Path(PreemptSection.model_fields["state_file"].default)
+    assert _writable(unit, state), "the unit cannot replace the default priority.preempt.state_file"
+    assert _writable(unit, Path("/var/spool/postfix/hold/4jdxKc5QM5zJLwk")), "postsuper cannot rename queue files"
+    for denied in ("/etc/smtpplus/smtpplus.yaml", "/etc/postfix/main.cf", "/var/lib/smtpplus/tracking.db"):
+        assert not _writable(unit, Path(denied)), denied
+    assert unit["StateDirectoryMode"] == ["0750"]
+    # The capabilities themselves are checked against a real queue in tests/e2e/test_preempt_unit_e2e.py.
+    assert sorted(unit["CapabilityBoundingSet"]) == ["CAP_DAC_READ_SEARCH", "CAP_SETGID", "CAP_SETUID"]
+    # postsuper switches to Postfix's mail_owner: setuid and setgroups are in @privileged.
+    assert not any("@privileged" in entry for entry in unit["SystemCallFilter"])
+    assert unit["PrivateUsers"] == ["no"]
+    assert {"AF_UNIX", "AF_NETLINK"} <= set(unit["RestrictAddressFamilies"])
+    # A clean stop releases what it holds (a postsuper run); a crash is repaired by the next start.
+    assert unit["KillSignal"] == ["SIGTERM"] and int(unit["TimeoutStopSec"][0]) >= 60
+    assert unit["Restart"] == ["on-failure"]
+    assert "postfix.service" in unit["After"]  # stopped before Postfix, so the released mail is kicked
+
+
+def test_the_shipped_preempt_example_is_off_and_valid(tmp_path: Path) -> None:
+    from smtpplus_milter.config.schema import PreemptSection
+
+    shipped = (REPO / "deploy/smtpplus.yaml").read_text(encoding="utf-8")
+    settings = yaml.safe_load(shipped)
+    assert "preempt" not in settings["priority"]  # preemption is opt-in
+    lines = shipped.splitlines()
+    start = lines.index("  # preempt:")
+    block = [lines[start], *itertools.takewhile(lambda line: line.startswith("  #   "), lines[start + 1 :])]
+    example = yaml.safe_load("\n".join(line.replace("# ", "", 1) for line in block))["preempt"]
+    assert len(example) == len(PreemptSection.model_fields)  # every key is shown
+    config = config_with(tmp_path, settings={"priority": {**settings["priority"], "preempt": example}})
+    assert config.preempt is not None
+    assert config.preempt.pause == frozenset({"low"}) and config.preempt.resume_after_seconds == 5
+    for key in ("postfix_config_dir", "state_file"):
+        assert str(getattr(config.preempt, key)) == PreemptSection.model_fields[key].default, key
+    # Its own metrics port: not one another daemon in the example (or its defaults) listens on.
+    assert config.preempt.metrics_listen is not None
+    others = {int(port) for port in re.findall(r"127\.0\.0\.1:(\d+)", shipped.replace(example["metrics_listen"], ""))}
+    assert config.preempt.metrics_listen.port not in others | {9464, 9465, 8025}
+
+
+def test_the_guides_preemption_section_names_real_metrics_and_the_unit() -> None:
+    from smtpplus_milter.observe.metrics import PreemptMetrics
+
+    guide = (REPO / "deploy/README-install.md").read_text(encoding="utf-8")
+    section = guide.split("## Priority preemption", 1)[1].split("\n## ", 1)[0]
+    assert '"$SRC/systemd/smtpplus-preempt.service"' in section
+    named = set(re.findall(r"`(smtpplus_[a-z_]+)", section))
+    exposed = {sample.name for family in PreemptMetrics().registry.collect() for sample in family.samples}
+    assert named and named <= exposed, named - exposed
