@@ -15,6 +15,20 @@ messages wait for the queue manager at a time, so the oldest go first instead of
 once in the queue directory's order. A message held while it waited for a retry keeps its retry
 time (postsuper moves it back to ``deferred`` unchanged).
 
+**Never release what the queue manager may still have in memory.** A message held from the
+``active`` queue stays in the queue manager's memory until each of its pending deliveries has been
+handed to a delivery agent (which finds the file gone and skips it); those wait behind the
+deliveries under way to the same destination. If such a message is released and taken into the
+active queue again before that, the queue manager files the new copy's recipients under the old
+in-memory job of the same queue id and removes the queue file: the message is lost (seen here with
+Postfix 3.7 when a hold was released within a second). So the held messages of the paused queues
+are released only after *quiet*: no file of those queues that was there when the pause ended
+(the deliveries that could be ahead of the pending ones) has been locked by a delivery agent for
+``settle`` seconds plus ``settle_per_message`` per message held from ``active`` (the pending ones
+are then skipped at the agents' pace, a few milliseconds each). During the pause every file of the
+paused queues counts: nothing new of theirs starts then. Agents lock the queue file while they
+deliver (flock on Linux); the adapter reads those locks from ``/proc/locks`` without taking any.
+
 Only messages this component held are ever released (:attr:`PreemptState.held`): an operator's
 own holds are left alone. The plan is a value; the adapter (:mod:`smtpplus_milter.services.preempt`)
 writes the state file, runs ``postsuper`` and kicks the queue manager.
@@ -23,7 +37,7 @@ writes the state file, runs ``postsuper`` and kicks the queue manager.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 URGENT = "high"
 # Postfix queues where a message waits for delivery or is being delivered.
@@ -37,6 +51,8 @@ class PreemptPolicy:
     pause: frozenset[str]
     resume_after: float
     release_batch: int = 100
+    settle: float = 2.0
+    settle_per_message: float = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +64,14 @@ class Message:
     queue: str | None  # high, normal, low; None: not SMTP+ mail (or unreadable)
     arrival: float
     due: bool = True  # deferred mail: its retry time has come (qmgr takes it at its next scan)
+    locked: bool = False  # a delivery agent has the file open: a delivery is under way
 
 
 @dataclass(frozen=True, slots=True)
 class Held:
     queue_id: str
     arrival: float
+    from_active: bool = False  # held from the active queue: the queue manager had it in memory
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +83,11 @@ class PreemptState:
     last_urgent: float | None = None
     # Released by us and not yet taken into the active queue: the release meter (memory only).
     releasing: frozenset[str] = field(default_factory=frozenset)
+    # Since when no watched file of the paused queues was locked (None: one is, or not known yet).
+    quiet_since: float | None = None
+    # After a pause (or a restart): the files of the paused queues present then, whose deliveries
+    # may be ahead of the held messages' pending ones. None while paused (every file counts).
+    watch: frozenset[str] | None = None
 
     @property
     def paused(self) -> bool:
@@ -86,14 +109,17 @@ def plan(
     state: PreemptState,
     policy: PreemptPolicy,
     now: float,
+    *,
+    stopping: bool = False,
 ) -> Plan:
     """The next step, from one scan of Postfix's queue.
 
     *messages*: the complete messages found, by queue id; *scanned*: the Postfix queues that scan
     covered (a quick scan leaves out ``deferred``; what it did not look at, it does not conclude
-    about).
+    about). *stopping*: the component is stopping; high mail no longer keeps anything paused and
+    everything that may be released is released at once (still only after quiet).
     """
-    urgent = sum(1 for m in messages.values() if m.queue == URGENT and m.postfix_queue in WAITING)
+    urgent = 0 if stopping else sum(1 for m in messages.values() if m.queue == URGENT and m.postfix_queue in WAITING)
     held, forgotten = _still_held(messages, scanned, state.held)
     releasing = _still_waiting(messages, scanned, state.releasing)
     paused_since = state.paused_since
@@ -114,12 +140,26 @@ def plan(
             ),
             key=lambda m: (m.arrival, m.queue_id),
         )
-        held = held + tuple(Held(m.queue_id, m.arrival) for m in newly)
+        held = held + tuple(Held(m.queue_id, m.arrival, m.postfix_queue == "active") for m in newly)
         releasing = releasing - {m.queue_id for m in newly}
         hold = tuple(m.queue_id for m in newly)
-        new_state = PreemptState(held, paused_since, last_urgent, releasing)
+        busy = any(m.locked for m in _in_memory(messages, policy))
+        quiet_since = None if busy else (state.quiet_since if state.quiet_since is not None else now)
+        new_state = PreemptState(held, paused_since, last_urgent, releasing, quiet_since, None)
         return Plan(hold, (), new_state, urgent, forgotten)
-    room = max(0, policy.release_batch - len(releasing))
+    watch = state.watch
+    if watch is None:
+        # The pause just ended, or we just started: what may be ahead of the pending deliveries.
+        watch = frozenset(m.queue_id for m in _in_memory(messages, policy))
+    else:
+        watch = frozenset(queue_id for queue_id in watch if queue_id in messages or "deferred" not in scanned)
+    busy = any(messages[queue_id].locked for queue_id in watch if queue_id in messages)
+    quiet_since = None if busy else (state.quiet_since if state.quiet_since is not None else now)
+    needed = policy.settle + policy.settle_per_message * sum(1 for h in held if h.from_active)
+    if held and (quiet_since is None or now - quiet_since < needed):
+        new_state = PreemptState(held, None, last_urgent, releasing, quiet_since, watch)
+        return Plan((), (), new_state, urgent, forgotten)
+    room = len(held) if stopping else max(0, policy.release_batch - len(releasing))
     ordered = sorted(held, key=lambda h: (h.arrival, h.queue_id))
     # Only what this scan saw in the hold queue: a hold kept because a quick scan did not find it
     # (it is elsewhere or gone) is decided by the next full scan, not released blindly (it would
@@ -128,8 +168,15 @@ def plan(
     release = tuple(on_hold[:room])
     released = frozenset(release)
     remaining = tuple(h for h in ordered if h.queue_id not in released)
-    new_state = PreemptState(remaining, None, last_urgent, releasing | released)
+    if not remaining:
+        quiet_since, watch = None, None  # the next pause starts from scratch
+    new_state = PreemptState(remaining, None, last_urgent, releasing | released, quiet_since, watch)
     return Plan((), release, new_state, urgent, forgotten)
+
+
+def _in_memory(messages: Mapping[str, Message], policy: PreemptPolicy) -> list[Message]:
+    """Files of the paused queues the queue manager may be delivering: in active, or held from there."""
+    return [m for m in messages.values() if m.queue in policy.pause and m.postfix_queue in ("active", "hold")]
 
 
 def _seen_on_hold(messages: Mapping[str, Message], queue_id: str) -> bool:
@@ -176,8 +223,3 @@ def _still_waiting(
         if found.postfix_queue == "incoming" or (found.postfix_queue == "deferred" and found.due):
             waiting.add(queue_id)
     return frozenset(waiting)
-
-
-def with_held(state: PreemptState, held: tuple[Held, ...], paused_since: float | None) -> PreemptState:
-    """A state restored from the state file after a restart."""
-    return replace(state, held=held, paused_since=paused_since)

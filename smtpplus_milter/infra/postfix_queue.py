@@ -67,6 +67,7 @@ class QueuedMessage:
     postfix_queue: str  # incoming, active, deferred or hold
     path: Path
     mtime: float  # for deferred mail: the time Postfix will try it again (qmgr sets it)
+    inode: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +105,7 @@ def _scan_dir(directory: Path, queue: str, depth: int) -> Iterator[QueuedMessage
             if queue in ("active", "hold"):
                 # Complete by definition (qmgr and postsuper only move complete files there);
                 # no stat: these are the queues looked at on every quick scan.
-                yield QueuedMessage(entry.name, queue, Path(entry.path), 0.0)
+                yield QueuedMessage(entry.name, queue, Path(entry.path), 0.0, entry.inode())
                 continue
             info = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
@@ -113,7 +114,34 @@ def _scan_dir(directory: Path, queue: str, depth: int) -> Iterator[QueuedMessage
         # a crash before they were complete): qmgr skips them, and so do we.
         if not info.st_mode & _READY:
             continue
-        yield QueuedMessage(entry.name, queue, Path(entry.path), info.st_mtime)
+        yield QueuedMessage(entry.name, queue, Path(entry.path), info.st_mtime, entry.inode())
+
+
+def locked_inodes(queue_dir: Path, locks: Path = Path("/proc/locks")) -> frozenset[int]:
+    """Inodes of files on *queue_dir*'s file system that some process holds a flock on.
+
+    A Postfix delivery agent holds a (shared) flock on the queue file while it delivers (Postfix's
+    internal lock style on Linux). Reading ``/proc/locks`` sees those locks without taking one: a
+    lock of ours could make an agent's own non-blocking lock attempt fail, and the agent would die.
+    """
+    try:
+        device = os.stat(queue_dir).st_dev
+        text = locks.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return frozenset()
+    wanted = f"{os.major(device):02x}:{os.minor(device):02x}:"
+    found = set()
+    for line in text.splitlines():
+        # "12: FLOCK  ADVISORY  READ  3456 08:01:789012 0 EOF"; a "->" line is a waiter, not a holder.
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        where = fields[5]
+        if where.startswith(wanted):
+            tail = where[len(wanted) :]
+            if tail.isdigit():
+                found.add(int(tail))
+    return frozenset(found)
 
 
 def _is_queue_id(name: str) -> bool:

@@ -48,6 +48,7 @@ from smtpplus_milter.infra.postfix_queue import (
     QueuedMessage,
     QueueFileError,
     QueueFileInfo,
+    locked_inodes,
     read_info,
     scan,
 )
@@ -58,6 +59,8 @@ log = structlog.get_logger()
 TICK = 0.2  # seconds between quick scans (incoming, active, hold)
 FULL_EVERY = 5  # every fifth scan also reads deferred (stat per file: the expensive one)
 QUICK = ("incoming", "active", "hold")
+# How long a stop waits for the held messages to become releasable (the unit allows 60 s).
+STOP_WAIT = 40.0
 STATE_VERSION = 1
 
 
@@ -90,7 +93,9 @@ def read_state(path: Path) -> SavedState:
         raise StateFileError(f"cannot read {path}: {exc.strerror}") from None
     try:
         data = json.loads(raw)
-        held = tuple(Held(str(item["id"]), float(item["arrival"])) for item in data["held"])
+        held = tuple(
+            Held(str(item["id"]), float(item["arrival"]), bool(item.get("from_active", True))) for item in data["held"]
+        )
         paused_since = data.get("paused_since")
         return SavedState(
             held,
@@ -110,7 +115,9 @@ def write_state(path: Path, state: SavedState) -> None:
         "updated": state.updated,
         "pause": list(state.pause),
         "paused_since": state.paused_since,
-        "held": [{"id": item.queue_id, "arrival": item.arrival} for item in state.held],
+        "held": [
+            {"id": item.queue_id, "arrival": item.arrival, "from_active": item.from_active} for item in state.held
+        ],
     }
     try:
         replace_atomically(path, json.dumps(data).encode() + b"\n", new_file=Ownership(0o640, os.getuid(), os.getgid()))
@@ -126,7 +133,9 @@ class Classifier:
     def __init__(self) -> None:
         self._known: dict[str, QueueFileInfo] = {}
 
-    def messages(self, found: list[QueuedMessage], now: float) -> dict[str, Message]:
+    def messages(
+        self, found: list[QueuedMessage], now: float, locked: frozenset[int] = frozenset()
+    ) -> dict[str, Message]:
         result: dict[str, Message] = {}
         for item in found:
             info = self._known.get(item.queue_id)
@@ -146,6 +155,7 @@ class Classifier:
                 info.queue,
                 info.arrival,
                 due=item.postfix_queue != "deferred" or item.mtime <= now,
+                locked=item.inode in locked,
             )
         return result
 
@@ -219,14 +229,15 @@ class Preempter:
                 messages, scanned = self._scan(MESSAGE_QUEUES, now)
                 full = True
             self._account(now)
-            decided = plan(messages, scanned, self.state, self.policy, now)
+            decided = plan(messages, scanned, self.state, self.policy, now, stopping=self._stopping.is_set())
             self._act(decided, now)
             if full:
                 self._observe(messages)
 
     def _scan(self, queues: tuple[str, ...], now: float) -> tuple[dict[str, Message], tuple[str, ...]]:
         found = list(scan(self.queue_dir, queues))
-        messages = self.classifier.messages(found, now)
+        # After the listing: a delivery that began before it is seen as under way.
+        messages = self.classifier.messages(found, now, locked_inodes(self.queue_dir))
         if set(queues) >= set(MESSAGE_QUEUES):
             self.classifier.forget_except(messages)
         return messages, queues
@@ -317,23 +328,31 @@ class Preempter:
 
     # --- stop -------------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Release everything this component holds (a clean stop leaves nothing paused)."""
-        with self._lock:
-            if not self.state.held:
-                return
-            ids = [item.queue_id for item in sorted(self.state.held, key=lambda h: (h.arrival, h.queue_id))]
+    def close(self, wait: float | None = None) -> None:
+        """Release what this component holds before the process ends (a clean stop leaves nothing paused).
+
+        High mail no longer keeps the pause, but the rule that protects mail still applies: held
+        messages go back only after quiet (see :mod:`smtpplus_milter.core.preempt`). What is still
+        held after *wait* seconds (default :data:`STOP_WAIT`) stays in the state file; the next
+        start releases it.
+        """
+        self._stopping.set()
+        deadline = time.monotonic() + (STOP_WAIT if wait is None else wait)
+        while self.state.held and time.monotonic() < deadline:
+            started = time.monotonic()
             try:
-                self.tools.release(ids)
-            except PostfixCommandError as exc:
-                # They stay in the state file: the next start releases them.
-                log.error("preempt_release_failed", reason=str(exc), count=len(ids), at="stop")
-                return
-            self.metrics.released.inc(len(ids))
-            self.state = PreemptState()
-            self._save(self.state, self.clock())
-            self._kick()
-            log.info("preempt_released", count=len(ids), still_held=0, at="stop")
+                self.step()
+            except Exception:
+                log.exception("preempt_step_failed", at="stop")
+            if self.state.held:
+                time.sleep(max(0.0, TICK - (time.monotonic() - started)))
+        if self.state.held:
+            log.warning(
+                "preempt_left_held",
+                count=len(self.state.held),
+                reason="deliveries were still under way; the next start releases them",
+                state_file=str(self.settings.state_file),
+            )
 
 
 def queue_status(tools: PostfixTools, settings: Preempt | None, now: float) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from smtpplus_milter.core.preempt import Held, Message, Plan, PreemptPolicy, PreemptState, plan, with_held
+from smtpplus_milter.core.preempt import Held, Message, Plan, PreemptPolicy, PreemptState, plan
 
 POLICY = PreemptPolicy(pause=frozenset({"low"}), resume_after=5.0, release_batch=2)
 FULL = ("incoming", "active", "deferred", "hold")
@@ -247,9 +247,3 @@ def test_the_whole_story() -> None:
     moved = [msg("L1", "active", "low", 1.0), msg("L2", "deferred", "low", 2.0), *on_hold[2:]]
     step = plan(found(*moved), FULL, step.state, POLICY, 106.2)
     assert (step.release, step.state.releasing) == (("L3",), frozenset({"L2", "L3"}))
-
-
-def test_with_held_restores_a_saved_state() -> None:
-    restored = with_held(PreemptState(), (Held("L1", 10.0),), 900.0)
-    assert restored == PreemptState((Held("L1", 10.0),), 900.0, None, frozenset())
-    assert restored.paused
