@@ -128,7 +128,7 @@ def plan(
         last_urgent = now
         if paused_since is None:
             paused_since = now
-    elif paused_since is not None and (last_urgent is None or now - last_urgent >= policy.resume_after):
+    elif paused_since is not None and (stopping or last_urgent is None or now - last_urgent >= policy.resume_after):
         paused_since = None
     if paused_since is not None:
         known = {h.queue_id for h in held}

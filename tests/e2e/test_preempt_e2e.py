@@ -160,8 +160,9 @@ def test_a_crash_while_holding_is_released_on_restart_and_an_operator_hold_is_ne
     ) as stack:
         assert stack.postfix is not None and stack.preempt is not None
         _submit_bulk(stack, 30, sessions=2)
-        # The operator holds one low message of their own before anything is paused.
-        mine = sorted(stack.postfix.queue_ids())[0]
+        # The operator holds one low message of their own before anything is paused: the newest,
+        # which no delivery has started on yet (one under way would still be delivered).
+        mine = max(stack.postfix.queue_json(), key=lambda item: item["arrival_time"])["queue_id"]
         _postsuper(stack, "-h", mine)
         _send_urgent(stack, 1)
         _wait(lambda: len(_state(stack)["held"]) > 0, 20, "the pause")  # type: ignore[arg-type]
