@@ -26,8 +26,11 @@ are released only after *quiet*: no file of those queues that was there when the
 (the deliveries that could be ahead of the pending ones) has been locked by a delivery agent for
 ``settle`` seconds plus ``settle_per_message`` per message held from ``active`` (the pending ones
 are then skipped at the agents' pace, a few milliseconds each). During the pause every file of the
-paused queues counts: nothing new of theirs starts then. Agents lock the queue file while they
-deliver (flock on Linux); the adapter reads those locks from ``/proc/locks`` without taking any.
+paused queues counts: nothing new of theirs starts then. Quiet counts from the latest hold at the
+earliest (a message's pending deliveries are skipped only once it is on hold), and a released
+message leaves the watch (its new deliveries come after what is still held). Agents lock the
+queue file while they deliver (flock on Linux); the adapter reads those locks from
+``/proc/locks`` without taking any.
 
 Only messages this component held are ever released (:attr:`PreemptState.held`): an operator's
 own holds are left alone. The plan is a value; the adapter (:mod:`smtpplus_milter.services.preempt`)
@@ -116,8 +119,9 @@ def plan(
 
     *messages*: the complete messages found, by queue id; *scanned*: the Postfix queues that scan
     covered (a quick scan leaves out ``deferred``; what it did not look at, it does not conclude
-    about). *stopping*: the component is stopping; high mail no longer keeps anything paused and
-    everything that may be released is released at once (still only after quiet).
+    about). *stopping*: the component is stopping; high mail no longer keeps anything paused (not
+    even for ``resume_after``) and everything that may be released is released at once (still
+    only after quiet).
     """
     urgent = 0 if stopping else sum(1 for m in messages.values() if m.queue == URGENT and m.postfix_queue in WAITING)
     held, forgotten = _still_held(messages, scanned, state.held)
@@ -129,7 +133,7 @@ def plan(
         if paused_since is None:
             paused_since = now
     elif paused_since is not None and (stopping or last_urgent is None or now - last_urgent >= policy.resume_after):
-        paused_since = None
+        paused_since = None  # a stop does not wait resume_after: it may be longer than the stop may take
     if paused_since is not None:
         known = {h.queue_id for h in held}
         newly = sorted(
@@ -144,7 +148,11 @@ def plan(
         releasing = releasing - {m.queue_id for m in newly}
         hold = tuple(m.queue_id for m in newly)
         busy = any(m.locked for m in _in_memory(messages, policy))
-        quiet_since = None if busy else (state.quiet_since if state.quiet_since is not None else now)
+        # A message held now has its pending deliveries skipped from now on: quiet counted before
+        # its hold says nothing about them. (Any hold, not only from active: the queue manager may
+        # have taken an incoming or deferred one into active between the scan and postsuper.)
+        since = now if newly or state.quiet_since is None else state.quiet_since
+        quiet_since = None if busy else since
         new_state = PreemptState(held, paused_since, last_urgent, releasing, quiet_since, None)
         return Plan(hold, (), new_state, urgent, forgotten)
     watch = state.watch
@@ -168,6 +176,10 @@ def plan(
     release = tuple(on_hold[:room])
     released = frozenset(release)
     remaining = tuple(h for h in ordered if h.queue_id not in released)
+    # A released message's pending deliveries of before its hold were skipped in the quiet that
+    # allowed its release; its new deliveries are behind, not ahead of, what is still held, and
+    # must not hold the next batch back.
+    watch = watch - released
     if not remaining:
         quiet_since, watch = None, None  # the next pause starts from scratch
     new_state = PreemptState(remaining, None, last_urgent, releasing | released, quiet_since, watch)
