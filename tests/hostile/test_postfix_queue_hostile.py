@@ -292,7 +292,9 @@ def test_scan_finds_messages_and_only_messages(tmp_path: Path) -> None:
 def test_deferred_mtime_is_the_retry_time(tmp_path: Path) -> None:
     path = _queue_file(tmp_path / "deferred" / "A" / "ABCDEF1234")
     os.utime(path, (1796118990.0, 1796118990.0))
-    assert list(scan(tmp_path, ("deferred",))) == [QueuedMessage("ABCDEF1234", "deferred", path, 1796118990.0)]
+    assert list(scan(tmp_path, ("deferred",))) == [
+        QueuedMessage("ABCDEF1234", "deferred", path, 1796118990.0, path.stat().st_ino)
+    ]
 
 
 def test_a_missing_queue_directory_is_empty(tmp_path: Path) -> None:
