@@ -187,8 +187,18 @@ def plan(
 
 
 def _in_memory(messages: Mapping[str, Message], policy: PreemptPolicy) -> list[Message]:
-    """Files of the paused queues the queue manager may be delivering: in active, or held from there."""
-    return [m for m in messages.values() if m.queue in policy.pause and m.postfix_queue in ("active", "hold")]
+    """Files whose deliveries the paused queues' pending ones may wait behind: in active, or held from there.
+
+    Those of the paused queues themselves: each SMTP+ queue but normal has a transport of its own.
+    Normal mail shares Postfix's default transport with mail that is not SMTP+ mail (inbound relay,
+    bounces, unreadable files), so when normal is paused, those count too.
+    """
+    shares_transport = "normal" in policy.pause
+    return [
+        m
+        for m in messages.values()
+        if (m.queue in policy.pause or (shares_transport and m.queue is None)) and m.postfix_queue in ("active", "hold")
+    ]
 
 
 def _seen_on_hold(messages: Mapping[str, Message], queue_id: str) -> bool:

@@ -560,3 +560,25 @@ def test_a_restart_waits_settle_from_its_first_scan() -> None:
     assert step.release == ()
     step = plan(on_hold, QUICK, step.state, POLICY, NOW + 2.02)
     assert step == Plan((), ("L1", "L2"), PreemptState((), None, None, frozenset({"L1", "L2"})), urgent=0)
+
+
+@pytest.mark.parametrize(
+    ("pause", "quiet_since"),
+    [
+        # Normal mail shares Postfix's default transport with mail that is not SMTP+ mail: a delivery
+        # of such mail under way can be ahead of the held normal messages' pending ones.
+        pytest.param(frozenset({"normal"}), None, id="normal-paused-other-mail-counts"),
+        # The low queue has a transport of its own: other mail's deliveries are not ahead of its.
+        pytest.param(frozenset({"low"}), NOW, id="low-paused-other-mail-ignored"),
+    ],
+)
+def test_other_mail_counts_only_where_it_shares_the_transport(pause: frozenset[str], quiet_since: float | None) -> None:
+    policy = PreemptPolicy(pause=pause, resume_after=5.0, release_batch=2)
+    queue = next(iter(pause))
+    state = paused(Held("Q1", 10.0, True), since=900.0, last_urgent=990.0)
+    messages = found(
+        msg("H1", "active", "high", 1.0), msg("Q1", "hold", queue, 10.0), msg("X1", "active", None, 2.0, locked=True)
+    )
+    decided = plan(messages, FULL, state, policy, NOW)
+    assert decided.state.quiet_since == quiet_since
+    assert decided.hold == () and decided.release == ()
