@@ -328,8 +328,22 @@ class _LongLineSMTP(SMTP):
     line_length_limit = _SINK_LIMIT
 
 
+class _LimitedSMTP(_LongLineSMTP):
+    """A session that waits for one of the sink's ``max_sessions`` places before its greeting, like
+    a relay host that serves a few connections per client at a time and leaves the others waiting."""
+
+    async def _handle_client(self) -> None:
+        sink = self.event_handler._sink
+        if sink._places is None:  # created on the server's own event loop
+            sink._places = asyncio.Semaphore(sink.max_sessions)
+        async with sink._places:
+            await super()._handle_client()
+
+
 class _SinkController(Controller):
     def factory(self) -> SMTP:
+        if self.handler._sink.max_sessions is not None:
+            return _LimitedSMTP(self.handler, **self.SMTP_kwargs)
         return _LongLineSMTP(self.handler, **self.SMTP_kwargs)
 
 
@@ -391,13 +405,17 @@ class Sink:
     It accepts every recipient except those SINK_ANSWERS names by local part (``unknown…@``: 550
     5.1.1, ``blocked…@``: 550 5.7.1, ``busy…@``: 450 4.2.0).
 
-    ``slow_seconds`` delays every 250 after DATA, for benchmarks that need a slow next hop.
+    ``slow_seconds`` delays every 250 after DATA, for benchmarks that need a slow next hop;
+    ``max_sessions`` serves at most that many connections at a time (the others wait, connected,
+    for their greeting), for a shared relay host whose connection limit bulk mail can hold.
     """
 
-    def __init__(self, port: int | None = None, *, slow_seconds: float = 0.0) -> None:
+    def __init__(self, port: int | None = None, *, slow_seconds: float = 0.0, max_sessions: int | None = None) -> None:
         self._fixed_port = port
         self.port: int = port if port is not None else free_port()
         self.slow_seconds = slow_seconds
+        self.max_sessions = max_sessions
+        self._places: asyncio.Semaphore | None = None
         self._messages: list[ReceivedMessage] = []
         self._arrived = threading.Condition()
         self._controller: _SinkController | None = None

@@ -118,6 +118,7 @@ class Stack:
         dkim_after_milter: bool = False,
         dkim_bits: int = 2048,
         preempt: dict[str, Any] | None = None,
+        sink_sessions: int | None = None,
     ) -> None:
         """*priority_routing*: None (no transports), ``"sinks"`` (smtpplus-high/-low deliver to
         sinks of their own, ``high_sink`` / ``low_sink``) or ``"relayhost"`` (they deliver to the
@@ -142,7 +143,8 @@ class Stack:
         smtpplus-milter, as a relay signs its mail (our headers are added before it signs).
         *preempt*: ``priority.preempt`` (pause low, resume after 5 s, the lab Postfix, a state file
         in the work directory, metrics on a free port; the dict overrides these) and
-        ``smtpplus-milter preempt`` runs beside Postfix (started after it, stopped before it)."""
+        ``smtpplus-milter preempt`` runs beside Postfix (started after it, stopped before it).
+        *sink_sessions*: the relayhost sink serves at most that many connections at a time."""
         # A directory we made ourselves is removed after stop() (SMTPPLUS_LAB_KEEP=1 keeps it).
         self.cleanup = cleanup and workdir is None
         self.workdir = workdir or make_workdir("smtpplus-lab")
@@ -229,7 +231,7 @@ class Stack:
         assert users is not None
         self.passwords = {login: secrets.token_urlsafe(12) for login in [*users, OUTSIDER]}
         Dovecot.write_passwd_file(self.passwd_path, self.passwords)
-        self.sink = Sink(slow_seconds=slow_seconds)
+        self.sink = Sink(slow_seconds=slow_seconds, max_sessions=sink_sessions)
         self.priority_routing = priority_routing
         self.high_sink = Sink() if priority_routing == "sinks" else None
         self.low_sink = Sink(slow_seconds=slow_seconds) if priority_routing == "sinks" else None

@@ -16,6 +16,10 @@ def test_routed_queues_and_transports(tmp_path: Path) -> None:
     assert snippets.main_cf["milter_header_checks"] == "regexp:/etc/postfix/smtpplus_milter_header_checks"
     assert snippets.main_cf["smtp_header_checks"] == "regexp:/etc/postfix/smtpplus_smtp_header_checks"
     assert "smtpplus-high unix" in snippets.master_cf and "smtpplus-low unix" in snippets.master_cf
+    # Only the bulk transport gives idle relay-host connections back sooner (preemption's pause).
+    high, low = snippets.master_cf.split("smtpplus-high unix", 1)[1].split("smtpplus-low unix", 1)
+    assert "smtp_connection_cache_time_limit" not in high
+    assert "\n  -o smtp_connection_cache_time_limit=1s\n" in low
     checks = snippets.files["smtpplus_milter_header_checks"]
     assert "FILTER smtpplus-high:\n" in checks and "FILTER smtpplus-low:\n" in checks
     assert "normal" not in checks.split("# milter_header_checks")[1].split("\n", 1)[1]
