@@ -151,6 +151,19 @@ class Config:
                 f"secret_file {secret.path} has mode {secret.mode:04o}: whoever can read it can forge bounce "
                 f"and unsubscribe tokens; chmod 0600 {secret.path} (0640 at most, for the milter's group)"
             )
+        if self.preempt is not None:
+            used = set(self.settings.priority.queues.values())
+            if "high" not in used:
+                found.append(
+                    "priority.preempt is set but no priority maps to the high queue (priority.queues): "
+                    "nothing will ever pause"
+                )
+            idle = sorted(self.preempt.pause - used)
+            if idle:
+                found.append(
+                    f"priority.preempt.pause names {', '.join(idle)}, but no priority maps to "
+                    f"{'that queue' if len(idle) == 1 else 'those queues'} (priority.queues): nothing of it to hold"
+                )
         return found
 
 

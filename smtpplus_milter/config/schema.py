@@ -92,7 +92,7 @@ class PreemptSection(_Strict):
     """Priority preemption (docs/priority.md, "Preemption"): ``smtpplus-milter preempt``."""
 
     # Queues whose new deliveries stop while high mail waits or is being delivered.
-    pause: Annotated[tuple[Queue, ...], _LIST, Field(min_length=1)] = ("low",)
+    pause: Annotated[tuple[Queue, ...], _LIST] = ("low",)
     resume_after_seconds: Annotated[float, Field(ge=0, le=3600)] = 5
     # Ours: which Postfix instance (its main.cf directory), where the held ids are kept, metrics.
     postfix_config_dir: str = "/etc/postfix"
@@ -108,6 +108,8 @@ class PreemptSection(_Strict):
     @field_validator("pause")
     @classmethod
     def _not_high(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("give at least one queue to pause (normal and/or low), or remove priority.preempt")
         if "high" in value:
             raise ValueError("high cannot be paused: it is the queue the others pause for; give normal and/or low")
         if len(set(value)) != len(value):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import smtplib
 import subprocess
 import sys
@@ -127,6 +128,9 @@ def test_urgent_mail_overtakes_a_backlog_ten_times_the_active_limit_on_a_shared_
         delivered_before = len(stack.sink.messages)
         submitted = _send_urgent(stack, urgent)
         _wait(lambda: sum(_subject(m.data).startswith("urgent") for m in stack.sink.messages) == urgent, 60, "urgent")
+        # What the pause holds, with Postfix's arrival times (the state file is written before each hold).
+        held = [(item["arrival"], item["id"]) for item in _state(stack)["held"]]  # type: ignore[attr-defined]
+        assert len(held) > 1000
         arrivals = [(m.received_at, _subject(m.data)) for m in stack.sink.messages]
         last_urgent = max(at for at, subject in arrivals if subject.startswith("urgent"))
         latencies = sorted(at - submitted[subject] for at, subject in arrivals if subject.startswith("urgent"))
@@ -146,6 +150,10 @@ def test_urgent_mail_overtakes_a_backlog_ten_times_the_active_limit_on_a_shared_
         assert sorted(subjects) == sorted([f"bulk {i}" for i in range(backlog)] + list(submitted))
         assert "status=bounced" not in stack.postfix.log_text()
         assert stack.preempt.events("preempt_paused") and stack.preempt.events("preempt_released")
+        # Released in the order they arrived: Postfix logs each release as postsuper performs it.
+        released = re.findall(r"postsuper\[\d+\]: (\w+): released from hold", stack.postfix.log_text())
+        expected = [queue_id for _arrival, queue_id in sorted(held)]
+        assert [queue_id for queue_id in released if queue_id in set(expected)] == expected
         assert _state(stack)["held"] == []
         metrics = stack.preempt.metrics_text()
         seconds = [line for line in metrics.splitlines() if line.startswith("smtpplus_preempt_seconds_total ")]
