@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # The staff list has bcc_in_to: a BCC recipient of the CEO gets a copy with their own To:.
     settings = {"lists": {"staff": {"bcc_in_to": True}}}
-    stack = Stack(cleanup=False, tracking="sqlite", follower=True, fanout=True, settings=settings)
+    # preempt: bulk mail waits on hold while urgent mail goes out (docs/priority.md, "Preemption").
+    stack = Stack(cleanup=False, tracking="sqlite", follower=True, fanout=True, settings=settings, preempt={})
     print(f"Starting the SMTP+ lab in {stack.workdir} ...")
     with stack:
         assert stack.postfix is not None and stack.milter is not None
@@ -236,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
             ]
         print("\nMetrics:\n  " + "\n  ".join(metrics))
         _delivery_outcomes(stack)
+        print("\nPostfix's queue as SMTP+ sees it (smtpplus-milter preempt holds bulk while urgent mail waits):")
+        print(f"$ smtpplus-milter queue status -c {stack.config_path}")
+        print("  " + _command(stack, "queue", "status").rstrip().replace("\n", "\n  "))
         passwords = json.dumps(stack.passwords, indent=2).replace("\n", "\n  ")
         print(
             f"\nSend your own (the lab's passwords):\n  {passwords}\n"
