@@ -55,7 +55,9 @@ class PreemptPolicy:
     resume_after: float
     release_batch: int = 100
     settle: float = 2.0
-    settle_per_message: float = 0.01
+    # Measured with Postfix 3.7: 1,957 messages held from active were all skipped by the agents
+    # within 2 s (about 0.6 ms each, two at a time); 2 ms leaves a margin of three.
+    settle_per_message: float = 0.002
 
 
 @dataclass(frozen=True, slots=True)

@@ -480,8 +480,8 @@ def test_quiet(messages: dict[str, Message], scanned: tuple[str, ...], state: Pr
     assert plan(messages, scanned, state, POLICY, NOW) == expected
 
 
-# 500 held from active: 5 s more than settle's 2 s; the 10 held from elsewhere add nothing.
-MANY = tuple(Held(f"A{n:03}", float(n), from_active=True) for n in range(500)) + tuple(
+# 2,500 held from active: 5 s more than settle's 2 s (2 ms each); the 10 held from elsewhere add nothing.
+MANY = tuple(Held(f"A{n:04}", float(n), from_active=True) for n in range(2500)) + tuple(
     Held(f"D{n:03}", 1000.0 + n) for n in range(10)
 )
 
@@ -490,7 +490,7 @@ MANY = tuple(Held(f"A{n:03}", float(n), from_active=True) for n in range(500)) +
     ("quiet_since", "release"),
     [
         pytest.param(NOW - 6.99, (), id="6.99s-quiet-not-enough"),
-        pytest.param(NOW - 7.0, ("A000", "A001"), id="7s-quiet-settled"),
+        pytest.param(NOW - 7.0, ("A0000", "A0001"), id="7s-quiet-settled"),
     ],
 )
 def test_settle_grows_with_the_messages_held_from_active(quiet_since: float, release: tuple[str, ...]) -> None:
