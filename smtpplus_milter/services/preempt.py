@@ -39,7 +39,7 @@ import structlog
 
 from smtpplus_milter.config import Config
 from smtpplus_milter.config.values import Preempt
-from smtpplus_milter.core.preempt import Held, Message, PreemptPolicy, PreemptState, plan
+from smtpplus_milter.core.preempt import Held, Message, Plan, PreemptPolicy, PreemptState, plan
 from smtpplus_milter.infra.files import FileProblem, Ownership, replace_atomically
 from smtpplus_milter.infra.postfix_queue import (
     MESSAGE_QUEUES,
@@ -247,9 +247,9 @@ class Preempter:
             self.metrics.preempt_seconds.inc(max(0.0, now - self._last_tick))
         self._last_tick = now
 
-    def _act(self, decided: Any, now: float) -> None:
+    def _act(self, decided: Plan, now: float) -> None:
         before = self.state
-        after: PreemptState = decided.state
+        after = decided.state
         if decided.forgotten:
             log.info("preempt_forgotten", queue_ids=list(decided.forgotten[:20]), count=len(decided.forgotten))
         if after.paused and not before.paused:
