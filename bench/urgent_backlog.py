@@ -19,6 +19,9 @@ slow relay host:
 * ``relayhost``: the default active limit, and a relay host that serves 2 connections at a time
   (the low transport's own concurrency), which the backlog's cached connections keep.
 
+Each scenario also runs once without any backlog (``floor``): what the urgent messages cost on that
+set-up by themselves (20 messages at 0.2 s on 2 connections are 2 s of the relay host's time).
+
 Bulk throughput is backlog messages per second from the first submission to the last bulk arrival.
 
     python bench/urgent_backlog.py --compare preempt [--backlog 2000] [--urgent 20] [--slow 0.05]
@@ -146,14 +149,15 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 
 
 def run_preempt(scenario: str, preempt: bool, backlog: int, urgent: int, slow: float, timeout: float) -> Outcome:
-    label = f"{scenario:<9} {'on' if preempt else 'off'}"
+    label = f"{scenario:<9} {'on' if preempt else 'off'}" if backlog else f"{scenario:<9} floor"
     options = dict(SCENARIOS[scenario])
     if preempt:
         options["preempt"] = {"resume_after_seconds": 5}
     with Stack(priority_routing="relayhost", slow_seconds=slow, **options) as stack:
         started = time.time()
         outcome = _measure(stack, label, backlog, urgent, timeout, low_only=True)
-        outcome.bulk_per_second = _bulk_rate(stack, backlog, started, timeout)
+        if backlog:
+            outcome.bulk_per_second = _bulk_rate(stack, backlog, started, timeout)
         return outcome
 
 
@@ -172,9 +176,12 @@ def main() -> int:
     else:
         slow = 0.05 if args.slow is None else args.slow
         outcomes = []
+        floors = []
         for scenario in args.scenarios.split(","):
             for preempt in (True, False):
                 outcomes.append(run_preempt(scenario, preempt, args.backlog, args.urgent, slow, args.timeout))
+            # The floor: the same urgent messages on the same set-up without any backlog.
+            floors.append(run_preempt(scenario, False, 0, args.urgent, slow, args.timeout))
     print(f"backlog {args.backlog}, {args.urgent} priority-1 messages, slow next hop {slow}s/msg")
     print(f"{'set-up':<14} {'backlog submit s':>16} {'p50 s':>8} {'p95 s':>8} {'max s':>8} {'bulk msg/s':>10}")
     for outcome in outcomes:
@@ -183,6 +190,12 @@ def main() -> int:
             f"{outcome.label:<14} {outcome.backlog_seconds:>16.1f} {statistics.median(outcome.latencies):>8.3f} "
             f"{outcome.percentile(0.95):>8.3f} {max(outcome.latencies):>8.3f} {rate}"
         )
+    if args.compare == "preempt":
+        for floor in floors:
+            print(
+                f"{floor.label:<14} {'-':>16} {statistics.median(floor.latencies):>8.3f} "
+                f"{floor.percentile(0.95):>8.3f} {max(floor.latencies):>8.3f} {'-':>10}"
+            )
     for on, off in zip(outcomes[::2], outcomes[1::2], strict=True):
         ratio = on.percentile(0.95) / off.percentile(0.95)
         line = f"{on.label.split()[0]}: p95 on/off {ratio:.5f}"

@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,7 @@ class QueuedMessage:
 
     queue_id: str
     postfix_queue: str  # incoming, active, deferred or hold
-    path: Path
+    path: str  # a str, not a Path: a scan makes one per file several times a second
     mtime: float  # for deferred mail: the time Postfix will try it again (qmgr sets it)
     inode: int = 0
 
@@ -87,6 +88,29 @@ def scan(queue_dir: Path, queues: tuple[str, ...] = MESSAGE_QUEUES) -> Iterator[
         yield from _scan_dir(queue_dir / name, name, depth=0)
 
 
+def queued_file(queue_dir: Path, queue: str, name: str) -> QueuedMessage | None:
+    """One file of an unhashed queue (incoming, active) as :func:`scan` would report it, or None
+    (gone, not a queue id, or still being written)."""
+    if not _is_queue_id(name):
+        return None
+    path = os.path.join(queue_dir, queue, name)
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(info.st_mode) or (queue not in ("active", "hold") and not info.st_mode & _READY):
+        return None
+    return QueuedMessage(name, queue, path, info.st_mtime, info.st_ino)
+
+
+def scan_names(directory: Path) -> list[str]:
+    """The file names in one unhashed queue directory (incoming, active): no stat, no objects."""
+    try:
+        return os.listdir(directory)
+    except FileNotFoundError:
+        return []
+
+
 def _scan_dir(directory: Path, queue: str, depth: int) -> Iterator[QueuedMessage]:
     try:
         entries = list(os.scandir(directory))
@@ -105,7 +129,7 @@ def _scan_dir(directory: Path, queue: str, depth: int) -> Iterator[QueuedMessage
             if queue in ("active", "hold"):
                 # Complete by definition (qmgr and postsuper only move complete files there);
                 # no stat: these are the queues looked at on every quick scan.
-                yield QueuedMessage(entry.name, queue, Path(entry.path), 0.0, entry.inode())
+                yield QueuedMessage(entry.name, queue, entry.path, 0.0, entry.inode())
                 continue
             info = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
@@ -114,7 +138,7 @@ def _scan_dir(directory: Path, queue: str, depth: int) -> Iterator[QueuedMessage
         # a crash before they were complete): qmgr skips them, and so do we.
         if not info.st_mode & _READY:
             continue
-        yield QueuedMessage(entry.name, queue, Path(entry.path), info.st_mtime, entry.inode())
+        yield QueuedMessage(entry.name, queue, entry.path, info.st_mtime, entry.inode())
 
 
 def locked_inodes(queue_dir: Path, locks: Path = Path("/proc/locks")) -> frozenset[int]:
@@ -149,7 +173,7 @@ def _is_queue_id(name: str) -> bool:
     return 5 <= len(name) <= 40 and name.isascii() and name.isalnum()
 
 
-def read_info(path: Path) -> QueueFileInfo:
+def read_info(path: str | Path) -> QueueFileInfo:
     """Arrival time and SMTP+ queue of the queue file at *path*.
 
     Raises FileNotFoundError when the file left (delivered or moved: look again where it went) and

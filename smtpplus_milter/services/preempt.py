@@ -49,8 +49,10 @@ from smtpplus_milter.infra.postfix_queue import (
     QueueFileError,
     QueueFileInfo,
     locked_inodes,
+    queued_file,
     read_info,
     scan,
+    scan_names,
 )
 from smtpplus_milter.observe.metrics import PreemptMetrics
 
@@ -133,29 +135,36 @@ class Classifier:
     def __init__(self) -> None:
         self._known: dict[str, QueueFileInfo] = {}
 
-    def messages(
-        self, found: list[QueuedMessage], now: float, locked: frozenset[int] = frozenset()
-    ) -> dict[str, Message]:
+    def known(self, queue_id: str) -> QueueFileInfo | None:
+        return self._known.get(queue_id)
+
+    def info(self, item: QueuedMessage) -> QueueFileInfo | None:
+        """The file's queue and arrival, read now if not known yet; None when it left meanwhile."""
+        info = self._known.get(item.queue_id)
+        if info is None:
+            try:
+                info = read_info(item.path)
+            except FileNotFoundError:
+                return None  # it moved while we looked: the next scan finds it where it went
+            except (QueueFileError, OSError) as exc:
+                log.warning("preempt_unreadable_queue_file", queue_id=item.queue_id, reason=str(exc))
+                info = QueueFileInfo(item.mtime, None)  # never held, never urgent
+            if len(self._known) < self.MAX_IDS:
+                self._known[item.queue_id] = info
+        return info
+
+    def messages(self, found: list[QueuedMessage], now: float) -> dict[str, Message]:
         result: dict[str, Message] = {}
         for item in found:
-            info = self._known.get(item.queue_id)
+            info = self.info(item)
             if info is None:
-                try:
-                    info = read_info(item.path)
-                except FileNotFoundError:
-                    continue  # it moved while we looked: the next scan finds it where it went
-                except (QueueFileError, OSError) as exc:
-                    log.warning("preempt_unreadable_queue_file", queue_id=item.queue_id, reason=str(exc))
-                    info = QueueFileInfo(item.mtime, None)  # never held, never urgent
-                if len(self._known) < self.MAX_IDS:
-                    self._known[item.queue_id] = info
+                continue
             result[item.queue_id] = Message(
                 item.queue_id,
                 item.postfix_queue,
                 info.queue,
                 info.arrival,
                 due=item.postfix_queue != "deferred" or item.mtime <= now,
-                locked=item.inode in locked,
             )
         return result
 
@@ -223,6 +232,10 @@ class Preempter:
             full = self._scans % FULL_EVERY == 0
             self._scans += 1
             now = self.clock()
+            if not full and not self.state.paused and not self.state.held and not self._urgent_waiting():
+                # Nothing held, nothing paused, no high mail: the planner would decide nothing.
+                self._account(now)
+                return
             messages, scanned = self._scan(MESSAGE_QUEUES if full else QUICK, now)
             if not full and not self.state.paused and _urgent(messages):
                 # A pause starts: deferred mail of the paused queues goes on hold too.
@@ -234,12 +247,35 @@ class Preempter:
             if full:
                 self._observe(messages)
 
+    def _urgent_waiting(self) -> bool:
+        """The cheap look between full scans while idle: is there high mail in incoming or active?
+
+        File names only (no stat, no objects per file); a file not seen before is read once.
+        """
+        for queue in ("incoming", "active"):
+            for name in scan_names(self.queue_dir / queue):
+                info = self.classifier.known(name)
+                if info is None:
+                    item = queued_file(self.queue_dir, queue, name)
+                    if item is None:
+                        continue  # still being written, or gone
+                    info = self.classifier.info(item)
+                if info is not None and info.queue == "high":
+                    return True
+        return False
+
     def _scan(self, queues: tuple[str, ...], now: float) -> tuple[dict[str, Message], tuple[str, ...]]:
         found = list(scan(self.queue_dir, queues))
-        # After the listing: a delivery that began before it is seen as under way.
-        messages = self.classifier.messages(found, now, locked_inodes(self.queue_dir))
+        messages = self.classifier.messages(found, now)
         if set(queues) >= set(MESSAGE_QUEUES):
             self.classifier.forget_except(messages)
+        if self.state.held or self.state.paused or _urgent(messages):
+            # Which deliveries are under way matters only around a pause (quiet before a release).
+            # Read after the listing: a delivery that began before it is seen as under way.
+            locked = locked_inodes(self.queue_dir)
+            for item in found:
+                if item.inode in locked and item.queue_id in messages:
+                    messages[item.queue_id] = replace(messages[item.queue_id], locked=True)
         return messages, queues
 
     def _account(self, now: float) -> None:

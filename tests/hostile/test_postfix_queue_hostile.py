@@ -23,6 +23,7 @@ from smtpplus_milter.infra.postfix_queue import (
     QueuedMessage,
     QueueFileError,
     QueueFileInfo,
+    queued_file,
     read_info,
     scan,
 )
@@ -257,7 +258,9 @@ def _queue_file(path: Path, mode: int = READY) -> Path:
 
 
 def _found(queue_dir: Path, queues: tuple[str, ...] = postfix_queue.MESSAGE_QUEUES) -> list[tuple[str, str, str]]:
-    return sorted((m.postfix_queue, m.queue_id, str(m.path.relative_to(queue_dir))) for m in scan(queue_dir, queues))
+    return sorted(
+        (m.postfix_queue, m.queue_id, str(Path(m.path).relative_to(queue_dir))) for m in scan(queue_dir, queues)
+    )
 
 
 def test_scan_finds_messages_and_only_messages(tmp_path: Path) -> None:
@@ -293,7 +296,7 @@ def test_deferred_mtime_is_the_retry_time(tmp_path: Path) -> None:
     path = _queue_file(tmp_path / "deferred" / "A" / "ABCDEF1234")
     os.utime(path, (1796118990.0, 1796118990.0))
     assert list(scan(tmp_path, ("deferred",))) == [
-        QueuedMessage("ABCDEF1234", "deferred", path, 1796118990.0, path.stat().st_ino)
+        QueuedMessage("ABCDEF1234", "deferred", str(path), 1796118990.0, path.stat().st_ino)
     ]
 
 
@@ -335,3 +338,20 @@ def test_a_file_vanishing_before_it_is_read(tmp_path: Path) -> None:
     path.unlink()
     with pytest.raises(FileNotFoundError):
         read_info(listed[0].path)
+
+
+def test_queued_file_reports_one_file_as_scan_would(tmp_path: Path) -> None:
+    # The idle look between full scans reads only new names, one file at a time.
+    ready = _queue_file(tmp_path / "incoming" / "4jdfvM0wYyzJVF1")
+    _queue_file(tmp_path / "incoming" / "4jdfvM0wYyzJVF2", WRITING)
+    _queue_file(tmp_path / "active" / "4jdfvM0wYyzJVF3", WRITING)  # active: complete by definition
+    (tmp_path / "incoming" / "not-an-id!").write_bytes(b"")
+    (tmp_path / "incoming" / "4jdfvM0wYyzJVF4").mkdir()
+    [scanned] = [m for m in scan(tmp_path, ("incoming",)) if m.queue_id == "4jdfvM0wYyzJVF1"]
+    assert queued_file(tmp_path, "incoming", "4jdfvM0wYyzJVF1") == scanned
+    assert scanned.path == str(ready)
+    assert queued_file(tmp_path, "incoming", "4jdfvM0wYyzJVF2") is None  # still being written
+    assert queued_file(tmp_path, "active", "4jdfvM0wYyzJVF3") is not None
+    assert queued_file(tmp_path, "incoming", "not-an-id!") is None
+    assert queued_file(tmp_path, "incoming", "4jdfvM0wYyzJVF4") is None  # a directory
+    assert queued_file(tmp_path, "incoming", "4jdfvM0wYyzJVF9") is None  # gone
