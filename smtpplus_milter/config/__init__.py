@@ -3,7 +3,7 @@
 Depends only on :mod:`smtpplus_milter.core`; everything else receives what this package built:
 :class:`Config` (absolute paths, the users directory, the validated settings) and the small values
 of :mod:`~smtpplus_milter.config.values` (endpoints, the milter socket, what Postfix needs,
-bounces, suppression, notices and the token key).
+bounces, suppression, notices, the token key, the policy socket and the sending limits).
 """
 
 from smtpplus_milter.config.loader import (
@@ -23,9 +23,11 @@ from smtpplus_milter.config.values import (
     Notices,
     Notify,
     OwnMail,
+    Policy,
     PostfixInputs,
     Preempt,
     Secret,
+    SendingLimits,
     SocketSpec,
     Suppression,
     Tracking,
@@ -46,9 +48,11 @@ __all__ = [
     "Notices",
     "Notify",
     "OwnMail",
+    "Policy",
     "PostfixInputs",
     "Preempt",
     "Secret",
+    "SendingLimits",
     "Settings",
     "SocketSpec",
     "Suppression",

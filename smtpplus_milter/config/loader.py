@@ -9,6 +9,7 @@ keep serving the old one. Every path the config names is resolved here, once.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import socket
@@ -31,14 +32,17 @@ from smtpplus_milter.config.values import (
     Notices,
     Notify,
     OwnMail,
+    Policy,
     PostfixInputs,
     Preempt,
     Secret,
+    SendingLimits,
     Suppression,
     Tracking,
     Web,
 )
 from smtpplus_milter.config.yamlsrc import Located, YamlProblem, load_yaml
+from smtpplus_milter.core.limits import Limits
 from smtpplus_milter.core.tokens import MIN_KEY_BYTES
 from smtpplus_milter.core.unsubscribe import ListUnsubscribe
 from smtpplus_milter.core.users import AuthPolicy, Check, Directory, Mode, User, normalize_login
@@ -95,6 +99,17 @@ class Config:
     # Each list with lists.NAME.unsubscribe, with the key; empty while the key is not read (no
     # secret_file yet: a process started without create_secret, see load_config).
     unsubscribe: Mapping[str, ListUnsubscribe] = field(default_factory=lambda: MappingProxyType({}))
+    policy: Policy = field(default_factory=Policy)  # the policy: section (policyd's socket)
+    sending_limits: SendingLimits = field(default_factory=SendingLimits)
+
+    def limits_for(self, login: str) -> Limits:
+        """The sending limits of *login*: the user's own keys, else their list's, else the defaults.
+
+        A login that is not in the users file gets the defaults (the policy daemon refuses it anyway).
+        """
+        normal = normalize_login(login)
+        user = self.directory.users.get(normal)
+        return self.sending_limits.resolve(normal, user.list if user is not None else None)
 
     def notify_for(self, list_name: str | None) -> Notify:
         """The notify: block in effect for a message of *list_name* (None: no list)."""
@@ -164,6 +179,20 @@ class Config:
                     f"priority.preempt.pause names {', '.join(idle)}, but no priority maps to "
                     f"{'that queue' if len(idle) == 1 else 'those queues'} (priority.queues): nothing of it to hold"
                 )
+        policy = self.policy.listen
+        if policy.exposed_host is not None:
+            found.append(
+                f"policy.listen {policy} listens on {policy.exposed_host}, not on loopback: anyone who can "
+                "connect there can ask about any user's limits and spend them; firewall it to the Postfix "
+                "hosts or use a unix socket"
+            )
+        store = self.sending_limits
+        if store.store.startswith("redis://") and not _loopback(store.redis_host):
+            found.append(
+                f"sending_limits.store names the Redis server {store.redis_host} over plain redis://: the "
+                "counters (and a password in the URL) cross the network unencrypted; use rediss:// or a "
+                "private network"
+            )
         return found
 
 
@@ -249,7 +278,50 @@ def load_config(
         preempt=_preempt(path, settings),
         web=Web(settings.web.listen, settings.web.metrics_listen) if settings.web is not None else None,
         unsubscribe=_unsubscribe(settings, secret),
+        policy=Policy(listen=settings.policy.listen),
+        sending_limits=_sending_limits(settings, entries, directory),
     )
+
+
+def _sending_limits(settings: Settings, entries: Mapping[str, UserEntry], directory: Directory) -> SendingLimits:
+    """Every list's and every overriding user's limits, resolved once: a user over the list over the defaults."""
+    section = settings.sending_limits
+    defaults = Limits(
+        messages_per_hour=section.messages_per_hour,
+        recipients_per_message=section.recipients_per_message,
+        recipients_per_day=section.recipients_per_day,
+        bytes_per_day=section.bytes_per_day,
+    )
+    lists = {
+        name: replace(defaults, **list_section.sending_limits.given())
+        if list_section.sending_limits is not None
+        else defaults
+        for name, list_section in settings.lists.items()
+    }
+    users = {}
+    for name, entry in entries.items():
+        if entry.sending_limits is None:
+            continue
+        login = normalize_login(str(name))
+        user = directory.users[login]  # _build_users accepted every entry, or load_config stopped
+        base = lists[user.list] if user.list is not None else defaults
+        users[login] = replace(base, **entry.sending_limits.given())
+    return SendingLimits(
+        defaults=defaults,
+        store=section.store,
+        on_store_error=section.on_store_error,
+        lists=MappingProxyType(lists),
+        users=MappingProxyType(users),
+    )
+
+
+def _loopback(host: str | None) -> bool:
+    if host is None or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _preempt(path: Path, settings: Settings) -> Preempt | None:

@@ -17,7 +17,16 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, GetPydanticSchema, RootModel, field_validator
 from pydantic_core import core_schema
 
-from smtpplus_milter.config.values import FANOUT_LISTEN, FANOUT_REINJECT, WEB_LISTEN, HostPort, SocketSpec
+from smtpplus_milter.config.values import (
+    FANOUT_LISTEN,
+    FANOUT_REINJECT,
+    POLICY_LISTEN,
+    WEB_LISTEN,
+    HostPort,
+    SocketSpec,
+    parse_limit_store,
+    parse_policy_socket,
+)
 from smtpplus_milter.core.addresses import AddressError, normalize_address, normalize_domain
 
 Priority = Annotated[int, Field(ge=1, le=5)]
@@ -54,6 +63,11 @@ def _resolver(text: str) -> HostPort:
 HostPortValue = Annotated[HostPort, _parsed_from_text(HostPort.parse)]
 ResolverValue = Annotated[HostPort, _parsed_from_text(_resolver)]
 SocketValue = Annotated[SocketSpec, _parsed_from_text(SocketSpec.parse)]
+PolicySocketValue = Annotated[SocketSpec, _parsed_from_text(parse_policy_socket)]
+LimitStoreValue = Annotated[str, _parsed_from_text(parse_limit_store)]
+# A sending limit: 0 means none allowed. The ceiling keeps every counter exact in the Redis
+# script, whose numbers are doubles (integers exact up to 2**53).
+LimitCount = Annotated[int, Field(ge=0, le=10**15)]
 
 
 class _Strict(BaseModel):
@@ -273,6 +287,43 @@ class UnsubscribeSection(_Strict):
         return value.rstrip("/")
 
 
+class PolicySection(_Strict):
+    """The policy daemon ``smtpplus-milter policyd`` (Postfix's check_policy_service)."""
+
+    # unix:/PATH, or inet:127.0.0.1:PORT (Postfix's form; inet:PORT@127.0.0.1 is read too).
+    listen: PolicySocketValue = POLICY_LISTEN
+
+
+class LimitOverrides(_Strict):
+    """``sending_limits:`` of one user (users file) or ``lists.NAME.sending_limits``: any of the four.
+
+    A key left out comes from the list (for a user) or the defaults; null is the same as leaving it out.
+    """
+
+    messages_per_hour: LimitCount | None = None
+    recipients_per_message: LimitCount | None = None
+    recipients_per_day: LimitCount | None = None
+    bytes_per_day: LimitCount | None = None
+
+    def given(self) -> dict[str, int]:
+        """The keys this block sets, by name (the field names are those of core.limits.Limits)."""
+        return {name: value for name, value in self.model_dump().items() if value is not None}
+
+
+class SendingLimitsSection(_Strict):
+    """Every user's sending limits unless their entry or list says otherwise (docs/limits.md)."""
+
+    messages_per_hour: LimitCount = 1000
+    recipients_per_message: LimitCount = 100
+    recipients_per_day: LimitCount = 10_000
+    bytes_per_day: LimitCount = 2_147_483_648
+    # memory: one host's counters, forgotten at restart; redis://HOST:PORT/DB (rediss:// for TLS):
+    # one set of counters shared by every relay host that names the same server.
+    store: LimitStoreValue = "memory"
+    # The store cannot be reached: tempfail (450, the client retries) or allow (sent uncounted).
+    on_store_error: Literal["tempfail", "allow"] = "tempfail"
+
+
 class ListSection(_Strict):
     # List-Id: <list_id> on the list's mail (RFC 2919), e.g. news.yourcompany.com.
     list_id: Annotated[str, Field(pattern=_LIST_ID, max_length=255)] | None = None
@@ -284,6 +335,8 @@ class ListSection(_Strict):
     # A recipient not named in To:/Cc: gets a copy of their own whose To: is their address
     # (docs/fanout.md: the milter tags the message, the fanout filter makes the copies).
     bcc_in_to: bool = False
+    # Over sending_limits for the list's users; a user's own keys win over these.
+    sending_limits: LimitOverrides | None = None
 
 
 class SaslSection(_Strict):
@@ -395,6 +448,8 @@ class Settings(_Strict):
     fanout: FanoutSection = FanoutSection()
     # null: no unsubscribe endpoint on this host (the section is what asks for one).
     web: WebSection | None = None
+    policy: PolicySection = PolicySection()
+    sending_limits: SendingLimitsSection = SendingLimitsSection()
 
 
 def _entries(value: object, kind: str) -> tuple[str, ...]:
@@ -461,6 +516,8 @@ class UserEntry(_Strict):
     authorized_senders: tuple[str, ...] = ()
     pending_domains: tuple[str, ...] = ()
     pending_senders: tuple[str, ...] = ()
+    # Over the list's (or the default) sending limits: this user's own.
+    sending_limits: LimitOverrides | None = None
 
     @field_validator("authorized_domains", "pending_domains", mode="before")
     @classmethod

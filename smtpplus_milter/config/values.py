@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal
+from urllib.parse import urlsplit
 
-from smtpplus_milter.core.suppression import Policy
+from smtpplus_milter.core.limits import Limits
+from smtpplus_milter.core.suppression import Policy as SuppressionPolicy
 
 # A bracketed IPv6 (or IPv4) literal, or a name/IPv4 without colons; then the port.
 _HOSTPORT = re.compile(r"(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):(\d{1,5})")
@@ -99,7 +103,8 @@ class SocketSpec:
         """The host (as written) of an inet socket that is not loopback: anyone there can pose as Postfix."""
         if self.host is None or self.host == "localhost":
             return None
-        written = self.text.partition("@")[2]
+        # inet:PORT@HOST, or Postfix's inet:HOST:PORT (policy.listen): the host as written.
+        written = self.text.partition("@")[2] or self.text.removeprefix(f"{self.kind}:").rpartition(":")[0]
         try:
             return None if ipaddress.ip_address(self.host).is_loopback else written
         except ValueError:
@@ -114,6 +119,51 @@ FANOUT_LISTEN = SocketSpec.parse("unix:/run/smtpplus-fanout/fanout.sock")
 FANOUT_REINJECT = HostPort("127.0.0.1", 10027)
 # Where the unsubscribe endpoint listens by default (web.listen): loopback, behind a TLS proxy.
 WEB_LISTEN = HostPort("127.0.0.1", 8025)
+# Where the policy daemon listens by default (policy.listen): in Postfix's private/ directory, so
+# main.cf names it `check_policy_service unix:private/smtpplus-policy`.
+POLICY_LISTEN = SocketSpec.parse("unix:/var/spool/postfix/private/smtpplus-policy")
+_POSTFIX_INET = re.compile(r"inet:([^\s@\[\]:]+|\[[0-9a-fA-F:.]+\]):(\d{1,5})")
+
+
+def parse_policy_socket(text: str) -> SocketSpec:
+    """``policy.listen``: a socket as the milter writes it, or as Postfix's check_policy_service does.
+
+    ``inet:127.0.0.1:10040`` (Postfix's form) means the same as ``inet:10040@127.0.0.1``; the text
+    stays as written.
+    """
+    postfix = _POSTFIX_INET.fullmatch(text)
+    if postfix is not None:
+        spec = SocketSpec.parse(f"inet:{postfix.group(2)}@{postfix.group(1)}")
+        return SocketSpec(text, spec.kind, host=spec.host, port=spec.port)
+    try:
+        return SocketSpec.parse(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a policy socket; use unix:/ABSOLUTE/PATH or inet:127.0.0.1:PORT") from None
+
+
+def parse_limit_store(text: str) -> str:
+    """``sending_limits.store``: ``memory``, or a ``redis://`` / ``rediss://`` URL (its shape only).
+
+    The shape: a host, an optional port 1-65535, an optional database number as the only path
+    segment, nothing after ``?`` or ``#``. Whether the server answers is the daemon's to find out.
+    """
+    if text == "memory":
+        return text
+    hint = "give memory, or e.g. redis://127.0.0.1:6379/0 (rediss:// for TLS)"
+    parts = urlsplit(text)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"{text!r} is neither memory nor a redis:// or rediss:// URL; {hint}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if not parts.hostname or port == -1 or port == 0 or any(ch.isspace() for ch in text):
+        raise ValueError(f"{text!r} has no usable host and port; {hint}")
+    if parts.query or parts.fragment or "?" in text or "#" in text:
+        raise ValueError(f"{text!r} has a query or fragment, which the store does not read; {hint}")
+    if parts.path not in ("", "/") and not re.fullmatch(r"/\d{1,5}", parts.path):
+        raise ValueError(f"{text!r}: the path must be a database number (e.g. /0); {hint}")
+    return text
 
 
 @dataclass(frozen=True)
@@ -199,9 +249,9 @@ class Bounces:
     ingest_listen: SocketSpec | None = None
 
     @property
-    def policy(self) -> Policy:
+    def policy(self) -> SuppressionPolicy:
         """The suppression rules' inputs (core/suppression.py) from these settings."""
-        return Policy(hard_days=self.suppress_hard_days, soft_limit=self.soft_limit)
+        return SuppressionPolicy(hard_days=self.suppress_hard_days, soft_limit=self.soft_limit)
 
 
 @dataclass(frozen=True)
@@ -258,3 +308,41 @@ class Secret:
     path: Path
     key: bytes = field(repr=False)
     mode: int = 0o600  # the file's permission bits when it was read
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The ``policy:`` section: where ``smtpplus-milter policyd`` answers Postfix's policy queries."""
+
+    listen: SocketSpec = POLICY_LISTEN
+
+
+StoreErrorAction = Literal["tempfail", "allow"]
+
+
+@dataclass(frozen=True)
+class SendingLimits:
+    """The ``sending_limits:`` section with every user's and list's limits resolved at load.
+
+    *lists*: each list's limits (its keys over the defaults), for every list of the config.
+    *users*: by normalised login, only users whose entry has ``sending_limits``, already resolved
+    over their list's (a user's key wins over the list's, the list's over the defaults).
+    """
+
+    defaults: Limits = field(default_factory=Limits)
+    store: str = "memory"  # memory, or a redis:// / rediss:// URL (it may hold a password)
+    on_store_error: StoreErrorAction = "tempfail"
+    lists: Mapping[str, Limits] = field(default_factory=lambda: MappingProxyType({}))
+    users: Mapping[str, Limits] = field(default_factory=lambda: MappingProxyType({}))
+
+    def resolve(self, login: str, list_name: str | None) -> Limits:
+        """The limits of *login* (normalised), whose list is *list_name* (None: no list)."""
+        found = self.users.get(login)
+        if found is not None:
+            return found
+        return self.lists.get(list_name, self.defaults) if list_name is not None else self.defaults
+
+    @property
+    def redis_host(self) -> str | None:
+        """The host of a ``redis://`` store (None for memory)."""
+        return None if self.store == "memory" else urlsplit(self.store).hostname
