@@ -13,8 +13,10 @@ file names, and each new file's ``X-SMTPPlus-Queue`` header once), lets the plan
   ``postkick public qmgr D`` so the queue manager takes them now instead of at its next deferred
   queue run (up to ``queue_run_delay``, 300 s by default).
 
-On start the state file says what a previous run held: those ids are released as soon as no high
-mail waits (at once, if none does). A clean stop (SIGTERM) releases everything held.
+On start the state file says what a previous run held: those ids are released once no high mail
+waits and the deliveries ahead of them are over (the quiet rule of :mod:`smtpplus_milter.core.preempt`).
+A clean stop (SIGTERM) ends the pause and releases everything held after quiet, waiting at most
+:data:`STOP_WAIT` seconds; what is still held then stays in the state file for the next start.
 
 What Postfix does with a message held in the active queue (read in Postfix 3.7's qmgr and delivery
 agents, and seen in the tests): a delivery already under way finishes and records its result in
