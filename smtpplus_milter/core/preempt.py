@@ -108,6 +108,47 @@ class Plan:
     forgotten: tuple[str, ...] = ()  # held by us, but no longer in the hold queue
 
 
+def urgent_waiting(messages: Mapping[str, Message]) -> int:
+    """High messages waiting for delivery or being delivered (in incoming or active)."""
+    return sum(1 for m in messages.values() if m.queue == URGENT and m.postfix_queue in WAITING)
+
+
+QUEUES = ("high", "normal", "low")
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """Messages per Postfix queue and per SMTP+ queue, for ``queue status`` and the gauges.
+
+    *queues*: per SMTP+ queue, (messages, of them held by preemption): mail in incoming, active
+    or deferred plus our holds; an operator's holds are not waiting for delivery and count only in
+    *postfix*. *other*: mail that is not SMTP+ mail (or unreadable), outside the operator's holds.
+    """
+
+    postfix: Mapping[str, int]
+    queues: Mapping[str, tuple[int, int]]
+    other: int
+    held: int
+
+
+def tally(messages: Mapping[str, Message], held: Collection[str]) -> Tally:
+    """Count *messages*; *held*: the queue ids preemption holds (those not on hold are ignored)."""
+    ours = {queue_id for queue_id in held if queue_id in messages and messages[queue_id].postfix_queue == "hold"}
+    postfix = dict.fromkeys(("incoming", "active", "deferred", "hold"), 0)
+    per_queue = {name: [0, 0] for name in QUEUES}
+    other = 0
+    for message in messages.values():
+        postfix[message.postfix_queue] += 1
+        if message.postfix_queue == "hold" and message.queue_id not in ours:
+            continue
+        if message.queue in per_queue:
+            per_queue[message.queue][0] += 1
+            per_queue[message.queue][1] += message.queue_id in ours
+        else:
+            other += 1
+    return Tally(postfix, {name: (count, of_held) for name, (count, of_held) in per_queue.items()}, other, len(ours))
+
+
 def plan(
     messages: Mapping[str, Message],
     scanned: Collection[str],
@@ -125,7 +166,7 @@ def plan(
     even for ``resume_after``) and everything that may be released is released at once (still
     only after quiet).
     """
-    urgent = 0 if stopping else sum(1 for m in messages.values() if m.queue == URGENT and m.postfix_queue in WAITING)
+    urgent = 0 if stopping else urgent_waiting(messages)
     held, forgotten = _still_held(messages, scanned, state.held)
     releasing = _still_waiting(messages, scanned, state.releasing)
     paused_since = state.paused_since

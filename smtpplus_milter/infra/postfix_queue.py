@@ -31,7 +31,7 @@ import os
 import re
 import signal
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -303,14 +303,6 @@ class _Reader:
                 # after it). Reading on would take a client's body text for our header.
                 return found
             line = b""
-
-
-def counts(messages: Mapping[str, QueuedMessage]) -> dict[str, int]:
-    """Messages per Postfix queue (every one of :data:`MESSAGE_QUEUES`, 0 when empty)."""
-    result = dict.fromkeys(MESSAGE_QUEUES, 0)
-    for message in messages.values():
-        result[message.postfix_queue] += 1
-    return result
 
 
 class PostfixCommandError(Exception):

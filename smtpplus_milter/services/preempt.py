@@ -41,7 +41,7 @@ import structlog
 
 from smtpplus_milter.config import Config
 from smtpplus_milter.config.values import Preempt
-from smtpplus_milter.core.preempt import Held, Message, Plan, PreemptPolicy, PreemptState, plan
+from smtpplus_milter.core.preempt import Held, Message, Plan, PreemptPolicy, PreemptState, plan, tally, urgent_waiting
 from smtpplus_milter.infra.files import FileProblem, Ownership, replace_atomically
 from smtpplus_milter.infra.postfix_queue import (
     MESSAGE_QUEUES,
@@ -239,7 +239,7 @@ class Preempter:
                 self._account(now)
                 return
             messages, scanned = self._scan(MESSAGE_QUEUES if full else QUICK, now)
-            if not full and not self.state.paused and _urgent(messages):
+            if not full and not self.state.paused and urgent_waiting(messages):
                 # A pause starts: deferred mail of the paused queues goes on hold too.
                 messages, scanned = self._scan(MESSAGE_QUEUES, now)
                 full = True
@@ -271,7 +271,7 @@ class Preempter:
         messages = self.classifier.messages(found, now)
         if set(queues) >= set(MESSAGE_QUEUES):
             self.classifier.forget_except(messages)
-        if self.state.held or self.state.paused or _urgent(messages):
+        if self.state.held or self.state.paused or urgent_waiting(messages):
             # Which deliveries are under way matters only around a pause (quiet before a release).
             # Read after the listing: a delivery that began before it is seen as under way.
             locked = locked_inodes(self.queue_dir)
@@ -350,16 +350,9 @@ class Preempter:
             self.metrics.errors.labels(step="kick").inc()
 
     def _observe(self, messages: Mapping[str, Message]) -> None:
-        held = {item.queue_id for item in self.state.held}
-        per_queue = dict.fromkeys(PreemptMetrics.QUEUES, 0)
-        for message in messages.values():
-            per_queue[message.postfix_queue] += 1
-            if message.queue in ("high", "normal", "low") and (
-                message.postfix_queue != "hold" or message.queue_id in held
-            ):
-                per_queue[message.queue] += 1
-        per_queue["held"] = len(held)
-        for queue, count in per_queue.items():
+        counted = tally(messages, [item.queue_id for item in self.state.held])
+        gauges = {**counted.postfix, **{name: count for name, (count, _held) in counted.queues.items()}}
+        for queue, count in {**gauges, "held": counted.held}.items():
             self.metrics.messages.labels(queue=queue).set(count)
         for queue in ("normal", "low"):
             self.metrics.paused.labels(queue=queue).set(1 if self.state.paused and queue in self.policy.pause else 0)
@@ -405,34 +398,17 @@ def queue_status(tools: PostfixTools, settings: Preempt | None, now: float) -> d
     found = list(scan(queue_dir))
     messages = Classifier().messages(found, now)
     saved = read_state(settings.state_file) if settings is not None else SavedState((), None)
-    held = {
-        item.queue_id
-        for item in saved.held
-        if item.queue_id in messages and messages[item.queue_id].postfix_queue == "hold"
-    }
-    postfix = dict.fromkeys(MESSAGE_QUEUES, 0)
-    queues = {name: {"messages": 0, "held": 0, "paused": False} for name in ("high", "normal", "low")}
-    other = 0
-    for message in messages.values():
-        postfix[message.postfix_queue] += 1
-        if message.postfix_queue == "hold" and message.queue_id not in held:
-            continue  # an operator's hold: not waiting for delivery
-        if message.queue in queues:
-            entry = queues[message.queue]
-            entry["messages"] += 1
-            if message.queue_id in held:
-                entry["held"] += 1
-        else:
-            other += 1
+    counted = tally(messages, [item.queue_id for item in saved.held])
     paused = saved.paused_since is not None
-    for name in saved.pause:
-        if name in queues:
-            queues[name]["paused"] = paused
+    queues = {
+        name: {"messages": count, "held": held, "paused": paused and name in saved.pause}
+        for name, (count, held) in counted.queues.items()
+    }
     return {
         "queues": queues,
-        "other": other,
-        "postfix": postfix,
-        "held_by_preempt": len(held),
+        "other": counted.other,
+        "postfix": dict(counted.postfix),
+        "held_by_preempt": counted.held,
         "preempt": {
             "configured": settings is not None,
             "paused_since": saved.paused_since,
@@ -440,10 +416,6 @@ def queue_status(tools: PostfixTools, settings: Preempt | None, now: float) -> d
             "pid": saved.pid,
         },
     }
-
-
-def _urgent(messages: Mapping[str, Message]) -> bool:
-    return any(m.queue == "high" and m.postfix_queue in ("incoming", "active") for m in messages.values())
 
 
 class PreemptService:

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from smtpplus_milter.core.preempt import Held, Message, Plan, PreemptPolicy, PreemptState, plan
+from smtpplus_milter.core.preempt import Held, Message, Plan, PreemptPolicy, PreemptState, plan, tally, urgent_waiting
 
 POLICY = PreemptPolicy(pause=frozenset({"low"}), resume_after=5.0, release_batch=2)
 FULL = ("incoming", "active", "deferred", "hold")
@@ -582,3 +582,12 @@ def test_other_mail_counts_only_where_it_shares_the_transport(pause: frozenset[s
     decided = plan(messages, FULL, state, policy, NOW)
     assert decided.state.quiet_since == quiet_since
     assert decided.hold == () and decided.release == ()
+
+
+def test_tally_counts_our_holds_with_their_queue_and_the_operators_only_as_postfix_holds() -> None:
+    messages = found(*BYSTANDERS, msg("L1", "hold", "low", 5.0), msg("H1", "active", "high", 6.0))
+    counted = tally(messages, ["L1", "GONE"])  # GONE: held by us once, no longer on hold
+    assert dict(counted.postfix) == {"incoming": 1, "active": 2, "deferred": 1, "hold": 2}
+    assert dict(counted.queues) == {"high": (2, 0), "normal": (1, 0), "low": (1, 1)}  # OP is the operator's
+    assert (counted.other, counted.held) == (1, 1)
+    assert urgent_waiting(messages) == 1  # HD waits in deferred for its retry time: not counted
