@@ -9,9 +9,10 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # postgresql: only its binaries (initdb, pg_ctl), for the private server of the tracking store tests.
 # opendkim: only its binaries, for the private DKIM signer of the lab (copies signed after the split).
 # chromium, chromium-driver: a headless browser the tests drive through the unsubscribe page.
+# redis-server: only its binary, for the private Redis of the shared sending-limit tests.
 packages=(postfix dovecot-core libmilter-dev gcc python3-dev python3-venv openssl procps ca-certificates
           prometheus-alertmanager prometheus dnsmasq-base nftables postgresql opendkim opendkim-tools
-          chromium chromium-driver)
+          chromium chromium-driver redis-server)
 
 if [ "$(id -u)" != 0 ]; then
   echo "bootstrap: run as root (it installs Debian packages and starts private Postfix/Dovecot instances)" >&2
