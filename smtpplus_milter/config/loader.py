@@ -278,8 +278,21 @@ def load_config(
         preempt=_preempt(path, settings),
         web=Web(settings.web.listen, settings.web.metrics_listen) if settings.web is not None else None,
         unsubscribe=_unsubscribe(settings, secret),
-        policy=Policy(listen=settings.policy.listen),
+        policy=_policy(settings),
         sending_limits=_sending_limits(settings, entries, directory),
+    )
+
+
+def _policy(settings: Settings) -> Policy:
+    section = settings.policy
+    if section is None:
+        return Policy()
+    return Policy(
+        listen=section.listen,
+        enabled=True,
+        metrics_listen=section.metrics_listen,
+        idle_timeout_seconds=section.idle_timeout_seconds,
+        max_connections=section.max_connections,
     )
 
 
@@ -815,6 +828,7 @@ def postfix_inputs(settings: Settings, config_file: Path | None = None) -> Postf
         fanout=any(section.bcc_in_to or section.unsubscribe is not None for section in settings.lists.values()),
         fanout_listen=settings.fanout.listen,
         fanout_reinject=settings.fanout.reinject,
+        policy_listen=settings.policy.listen if settings.policy is not None else None,
     )
     return inputs if config_file is None else replace(inputs, config_file=str(config_file))
 

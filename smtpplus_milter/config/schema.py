@@ -292,6 +292,14 @@ class PolicySection(_Strict):
 
     # unix:/PATH, or inet:127.0.0.1:PORT (Postfix's form; inet:PORT@127.0.0.1 is read too).
     listen: PolicySocketValue = POLICY_LISTEN
+    # HOST:PORT for the daemon's /metrics (smtpplus_limited_total...), or null: none.
+    metrics_listen: HostPortValue | None = None
+    # A connection with no request for this long is closed. Postfix's smtpd closes an idle policy
+    # connection after smtpd_policy_service_max_idle (300 s) itself; this bound is for anything else.
+    idle_timeout_seconds: Annotated[int, Field(ge=1, le=86_400)] = 600
+    # At most this many connections at once (one per smtpd process of every Postfix using the
+    # daemon); one more is closed at once, and that smtpd answers smtpd_policy_service_default_action.
+    max_connections: Annotated[int, Field(ge=1, le=100_000)] = 1000
 
 
 class LimitOverrides(_Strict):
@@ -448,7 +456,9 @@ class Settings(_Strict):
     fanout: FanoutSection = FanoutSection()
     # null: no unsubscribe endpoint on this host (the section is what asks for one).
     web: WebSection | None = None
-    policy: PolicySection = PolicySection()
+    # null: no policy daemon; the section (even empty: `policy: {}`) is what asks for one, and
+    # postfix-config then prints the check_policy_service lines.
+    policy: PolicySection | None = None
     sending_limits: SendingLimitsSection = SendingLimitsSection()
 
 

@@ -196,6 +196,8 @@ class PostfixInputs:
     fanout: bool = False
     fanout_listen: SocketSpec = FANOUT_LISTEN
     fanout_reinject: HostPort = FANOUT_REINJECT
+    # The policy: section's socket when the config has one (None: no policy daemon lines).
+    policy_listen: SocketSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -315,6 +317,12 @@ class Policy:
     """The ``policy:`` section: where ``smtpplus-milter policyd`` answers Postfix's policy queries."""
 
     listen: SocketSpec = POLICY_LISTEN
+    # False: the config has no policy: section (policyd still runs with these defaults, but
+    # postfix-config prints no check_policy_service lines and the milter sends it nothing).
+    enabled: bool = False
+    metrics_listen: HostPort | None = None
+    idle_timeout_seconds: int = 600
+    max_connections: int = 1000
 
 
 StoreErrorAction = Literal["tempfail", "allow"]

@@ -192,3 +192,20 @@ def admit(limits: Limits, usage: Usage, message: Message, now: float) -> tuple[V
     """Check and, if allowed, count: what a store runs as one atomic step (a refusal counts nothing)."""
     verdict = check(limits, usage, message, now)
     return verdict, (count(limits, usage, message, now) if verdict.allowed else usage)
+
+
+def uncount(usage: Usage, message: Message, interval_us: int, day: int) -> Usage:
+    """The usage with one accepted *message* taken back (another filter refused it after we counted).
+
+    *interval_us* and *day*: the emission interval and the UTC day it was counted with. The rate
+    gives back one interval (GCRA's TAT is a sum of intervals, so this is exact whatever was
+    counted after it); the day's counters give back the message only on the day it was counted
+    on (on a later day they started afresh anyway). Nothing goes below zero.
+    """
+    same_day = usage.day == day
+    return Usage(
+        tat_us=max(0, usage.tat_us - interval_us),
+        day=usage.day,
+        recipients=max(0, usage.recipients - message.recipients) if same_day else usage.recipients,
+        bytes=max(0, usage.bytes - message.bytes) if same_day else usage.bytes,
+    )

@@ -42,6 +42,8 @@ def _problems(directory: Path, settings: dict[str, Any] | None = None, users: di
 
 def test_defaults(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path))
+    assert not config.policy.enabled  # no policy: section, no policy daemon lines for Postfix
+    assert config.postfix.policy_listen is None
     assert config.policy == Policy(SocketSpec.parse("unix:/var/spool/postfix/private/smtpplus-policy"))
     assert config.sending_limits.defaults == DEFAULTS
     assert (config.sending_limits.store, config.sending_limits.on_store_error) == ("memory", "tempfail")
@@ -79,6 +81,8 @@ def test_every_key_of_the_section(tmp_path: Path) -> None:
     }
     config = _load(tmp_path, settings)
     assert config.policy.listen == SocketSpec("inet:127.0.0.1:10040", "inet", host="127.0.0.1", port=10040)
+    assert config.policy.enabled
+    assert config.postfix.policy_listen == config.policy.listen
     limits = config.sending_limits
     assert isinstance(limits, SendingLimits)
     assert limits.defaults == Limits(10, 2, 30, 4000)
@@ -244,3 +248,26 @@ def test_warnings(tmp_path: Path, settings: dict[str, Any], warning: str | None)
 )
 def test_policy_listen_forms(tmp_path: Path, listen: str, expected: SocketSpec) -> None:
     assert _load(tmp_path, {"policy": {"listen": listen}}).policy.listen == expected
+
+
+def test_empty_policy_section_asks_for_the_daemon(tmp_path: Path) -> None:
+    config = _load(tmp_path, {"policy": {}})
+    assert config.policy == Policy(
+        SocketSpec.parse("unix:/var/spool/postfix/private/smtpplus-policy"),
+        enabled=True,
+        idle_timeout_seconds=600,
+        max_connections=1000,
+    )
+    assert config.postfix.policy_listen == config.policy.listen
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        pytest.param({"idle_timeout_seconds": 0}, "idle_timeout_seconds", id="idle-zero"),
+        pytest.param({"max_connections": 0}, "max_connections", id="connections-zero"),
+        pytest.param({"metrics_listen": "nowhere"}, "metrics_listen", id="metrics-listen"),
+    ],
+)
+def test_policy_bounds_checked(tmp_path: Path, section: dict[str, Any], expected: str) -> None:
+    assert expected in _problems(tmp_path, {"policy": section})

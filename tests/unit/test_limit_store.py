@@ -81,3 +81,28 @@ def test_racing_requests_never_pass_more_than_the_limit() -> None:
     for thread in threads:
         thread.join()
     assert passed.count(True) == 100 and len(passed) == 400
+
+
+def test_a_refund_gives_back_exactly_one_message_once() -> None:
+    store = MemoryLimitStore()
+    limits = Limits(messages_per_hour=2, recipients_per_day=10, bytes_per_day=1000)
+    assert store.admit("u", limits, Message(3, 100), "Q1", NOW).allowed
+    assert store.admit("u", limits, Message(4, 200), "Q2", NOW).allowed
+    assert not store.admit("u", limits, Message(1, 1), "Q3", NOW).allowed  # hour's burst used up
+    assert store.refund("u", "Q2", NOW + 1)
+    assert not store.refund("u", "Q2", NOW + 1)  # once
+    assert not store.refund("u", "Q3", NOW + 1)  # a refusal counted nothing
+    assert not store.refund("u", "unknown", NOW + 1)
+    assert store.usage("u").recipients == 3 and store.usage("u").bytes == 100
+    assert store.admit("u", limits, Message(1, 1), "Q4", NOW + 2).allowed  # the place is free again
+
+
+def test_a_refund_on_a_later_day_leaves_that_day_alone() -> None:
+    store = MemoryLimitStore()
+    limits = Limits(recipients_per_day=10)
+    day = 86_400.0
+    midnight = (NOW // day + 1) * day
+    assert store.admit("u", limits, Message(5, 10), "Q1", midnight - 1).allowed
+    assert store.admit("u", limits, Message(2, 10), "Q2", midnight + 1).allowed
+    assert store.refund("u", "Q1", midnight + 2)
+    assert store.usage("u").recipients == 2  # yesterday's message does not come off today's count
