@@ -11,6 +11,7 @@ from smtpplus_milter.cli import explain as explain_cli
 from smtpplus_milter.cli import fanout as fanout_cli
 from smtpplus_milter.cli import follow as follow_cli
 from smtpplus_milter.cli import ingest as ingest_cli
+from smtpplus_milter.cli import policyd as policyd_cli
 from smtpplus_milter.cli import preempt as preempt_cli
 from smtpplus_milter.cli import setup as setup_cli
 from smtpplus_milter.cli import suppressions as suppressions_cli
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     fanout_cli.add_parser(commands, _add_config)
     web_cli.add_parser(commands, _add_config)
     preempt_cli.add_parsers(commands, _add_config)
+    policyd_cli.add_parser(commands, _add_config)
     return parser
 
 
@@ -104,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         return fanout_cli.main(args)
     if args.command == "web":
         return web_cli.main(args)
+    if args.command == "policyd":
+        return policyd_cli.main(args)
     if args.command in ("preempt", "queue"):
         return preempt_cli.main(args)
     if args.command == "suppressions":

@@ -64,8 +64,15 @@ RESULTS = ("sent", "failed", "dropped", "suppressed")
 # complaining recipient, ``reply`` the feedback type and who reported it.
 COMPLAINT = "complaint"
 
+# A sending limit refused a message of ``user`` (``field``: the limit; ``reply``: the 450 reply).
+SENDING_LIMIT = "sending_limit"
+# The sending-limit store could not answer (``reply``: what it said; ``action``: tempfail or allow).
+LIMIT_STORE = "limit_store_error"
+
 ALERTNAMES = MappingProxyType(
     {
+        SENDING_LIMIT: "SMTPPlusSendingLimitReached",
+        LIMIT_STORE: "SMTPPlusLimitStoreUnavailable",
         UNAUTHORIZED_SENDER: "SMTPPlusUnauthorizedSender",
         DISABLED_USER: "SMTPPlusDisabledUserAttempt",
         DISPLAY_NAME_SPOOFING: "SMTPPlusDisplayNameSpoofing",
@@ -101,6 +108,11 @@ class Alert:
 
     @property
     def summary(self) -> str:
+        if self.kind == SENDING_LIMIT:
+            return f"SMTP+ user {self.user} reached sending limit {self.field}: {self.reply}"
+        if self.kind == LIMIT_STORE:
+            verb = "mail is deferred" if self.action == "tempfail" else "mail goes out uncounted"
+            return f"the sending-limit store cannot be reached ({self.reply}); {verb} (on_store_error: {self.action})"
         if self.kind == COMPLAINT:
             return f"{self.sender} complained about mail of SMTP+ user {self.user} ({self.reply})"
         if self.kind == DISABLED_USER:
@@ -184,6 +196,10 @@ class Alertmanager:
         labels = {"alertname": alert.alertname, "user": alert.user, "sender": alert.sender or "<>"}
         if alert.kind == COMPLAINT:
             labels = {"alertname": alert.alertname, "user": alert.user, "recipient": alert.sender}
+        if alert.kind == SENDING_LIMIT:  # sender holds the limit's name (one alert per user and limit)
+            labels = {"alertname": alert.alertname, "user": alert.user, "limit": alert.sender}
+        if alert.kind == LIMIT_STORE:
+            labels = {"alertname": alert.alertname}
         if alert.kind == UNAUTHORIZED_SENDER:
             labels["mode"] = alert.mode
         if alert.kind == DISPLAY_NAME_SPOOFING:

@@ -217,6 +217,69 @@ class PreemptMetrics:
         self.build_info.labels(version=__version__).set(1)
 
 
+class PolicyMetrics:
+    """The policy daemon's own metrics (``smtpplus-milter policyd``, on ``policy.metrics_listen``).
+
+    They join the milter's set (:class:`Metrics`) in one registry: the daemon reports the
+    refusals it makes (unknown user, unauthorized sender, suppressed recipient) with the milter's
+    metric names, since a message refused here never reaches the milter.
+    """
+
+    STAGES = ("rcpt", "end_of_message", "other")
+    RESULTS = ("dunno", "accepted", "refused", "suppressed", "too_many_recipients", "limited", "store_error")
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.limited = Counter(
+            "smtpplus_limited",
+            "Messages (and recipients past recipients_per_message) refused by a sending limit, by user and limit",
+            ["user", "limit"],
+            registry=registry,
+        )
+        self.requests = Counter(
+            "smtpplus_policy_requests",
+            "Policy requests answered, by stage and result",
+            ["stage", "result"],
+            registry=registry,
+        )
+        for stage in self.STAGES:
+            for result in self.RESULTS:
+                self.requests.labels(stage=stage, result=result)
+        self.store_errors = Counter(
+            "smtpplus_limit_store_errors",
+            "Times the sending-limit store could not answer, by what was done (sending_limits.on_store_error)",
+            ["action"],
+            registry=registry,
+        )
+        for action in ("tempfail", "allow"):
+            self.store_errors.labels(action=action)
+        self.refunds = Counter(
+            "smtpplus_limit_refunds",
+            "Counted messages taken back because a milter refused them after the end-of-data check, by result",
+            ["result"],
+            registry=registry,
+        )
+        for result in ("refunded", "unknown", "failed"):
+            self.refunds.labels(result=result)
+        self.connections = Gauge("smtpplus_policy_connections", "Open policy connections", registry=registry)
+        self.refused_connections = Counter(
+            "smtpplus_policy_refused_connections",
+            "Connections closed at once: policy.max_connections were open",
+            registry=registry,
+        )
+        self.protocol_errors = Counter(
+            "smtpplus_policy_protocol_errors",
+            "Connections closed because the peer broke the policy protocol (too long, malformed)",
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "smtpplus_policy_seconds",
+            "Time to answer one policy request, by stage",
+            ["stage"],
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 2.5),
+            registry=registry,
+        )
+
+
 class WebMetrics:
     """The unsubscribe endpoint's metrics (``smtpplus-milter web``, on ``web.metrics_listen``)."""
 
