@@ -55,7 +55,8 @@ from smtpplus_milter.core.policy import (
 from smtpplus_milter.core.policy_protocol import PolicyDecoder, PolicyProtocolError, PolicyRequest, encode_reply
 from smtpplus_milter.core.session import Rules
 from smtpplus_milter.core.users import normalize_login
-from smtpplus_milter.infra.limit_store import LimitStore, LimitStoreError, MemoryLimitStore
+from smtpplus_milter.infra.limit_store import LimitStore, LimitStoreError
+from smtpplus_milter.infra.limit_store_redis import open_limit_store
 from smtpplus_milter.infra.suppression_file import NAME as SNAPSHOT_NAME
 from smtpplus_milter.infra.suppression_file import Reader
 from smtpplus_milter.observe.alerts import LIMIT_STORE, SENDING_LIMIT, Alert, AlertDispatcher
@@ -74,16 +75,6 @@ ALERTS_DRAIN_SECONDS = 5.0
 LISTEN_BACKLOG = 512
 # systemd's socket activation: the first passed descriptor (sd_listen_fds(3)).
 SD_LISTEN_FDS_START = 3
-
-
-def open_store(url: str) -> LimitStore:
-    """The store ``sending_limits.store`` names: in this process, or a Redis server."""
-    if url == "memory":
-        return MemoryLimitStore()
-    from smtpplus_milter.infra.limit_store_redis import RedisLimitStore
-
-    store: LimitStore = RedisLimitStore(url)
-    return store
 
 
 def inherited_sockets(environ: Mapping[str, str] | None = None) -> list[socket.socket]:
@@ -157,7 +148,7 @@ class PolicyService:
             emit = self.writer.emit
         self.reporter = Reporter(self.metrics, alerts, emit)
         self.clock = clock
-        self.store = store if store is not None else open_store(config.sending_limits.store)
+        self.store = store if store is not None else open_limit_store(config.sending_limits.store)
         self._current: tuple[Config, Rules] = (config, rules_of(config))
         self.suppressions: Reader | None = None
         if config.tracking is not None:
