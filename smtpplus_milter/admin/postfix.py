@@ -9,6 +9,9 @@ When some list has ``bcc_in_to``, the milter also adds ``X-SMTPPlus-Fanout`` (af
 header: the last FILTER wins) and :func:`fanout_transport` sends such messages to the fanout filter
 over LMTP, one recipient per delivery, and takes its copies back on a loopback smtpd without this
 milter (docs/fanout.md).
+
+When the config has a ``policy:`` section, :func:`policy_lines` adds the check_policy_service lines
+that send Postfix's RCPT and end-of-data questions to ``smtpplus-milter policyd`` (docs/limits.md).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from smtpplus_milter.config import HostPort, OwnMail, PostfixInputs, SocketSpec
 MILTER_CHECKS = "smtpplus_milter_header_checks"
 SMTP_CHECKS = "smtpplus_smtp_header_checks"
 FANOUT_CHECKS = "smtpplus_fanout_header_checks"
+# Postfix's queue_directory when postconf cannot tell (Debian's and Postfix's default).
+QUEUE_DIRECTORY = "/var/spool/postfix"
 
 # Postfix's message_size_limit must sit a little ABOVE limits.max_message_bytes, so that our 552
 # (which names limits.max_message_bytes) is the refusal a client sees, not Postfix's "message size
@@ -77,6 +82,8 @@ class PostfixSnippets:
     # loopback smtpd without milters, see local_listener(). Empty when none is configured.
     local_listener: str = ""
     local_listener_main_cf: dict[str, str] = field(default_factory=dict)
+    # Why a main.cf line is there: comment lines render() prints above it (the policy lines).
+    main_cf_notes: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def parse_nexthops(items: list[str]) -> dict[str, str]:
@@ -107,6 +114,7 @@ def generate(
     nexthops: Mapping[str, str] | None = None,
     relayhost: str = "",
     chroot: bool = True,
+    queue_directory: str = QUEUE_DIRECTORY,
 ) -> PostfixSnippets:
     """Snippets for the queues the config uses (:attr:`Config.postfix <smtpplus_milter.config.Config.postfix>`).
 
@@ -115,6 +123,9 @@ def generate(
     A FILTER with an empty destination delivers to the *recipient domain* (its MX): Postfix does
     not apply ``relayhost`` to it (measured with Postfix 3.7). So with a relayhost, the relayhost
     becomes the explicit next hop of both transports; *nexthops* overrides per queue.
+
+    *queue_directory*: Postfix's ``queue_directory``, against which a policy socket inside it is
+    written relative (:func:`policy_lines`).
     """
     routed = sorted(queue for queue in inputs.queues if queue != "normal")
     given = dict(nexthops or {})
@@ -194,6 +205,12 @@ def generate(
         master_lines += fanout.master
         files[FANOUT_CHECKS] = "\n".join([*fanout.reinject_checks_head, *queue_checks]) + "\n"
         warnings += fanout.warnings
+    notes: dict[str, tuple[str, ...]] = {}
+    if inputs.policy_listen is not None:
+        policy = policy_lines(inputs.policy_listen, queue_directory)
+        main_cf.update(policy.main_cf)
+        notes.update(policy.notes)
+        warnings += policy.warnings
     listener, listener_cf, listener_warnings = local_listener(inputs.own_mail, chroot=chroot)
     return PostfixSnippets(
         main_cf=main_cf,
@@ -202,6 +219,7 @@ def generate(
         warnings=warnings + listener_warnings,
         local_listener=listener,
         local_listener_main_cf=listener_cf,
+        main_cf_notes=notes,
     )
 
 
@@ -264,6 +282,8 @@ def fanout_transport(listen: SocketSpec, reinject: HostPort, postfix_dir: PurePo
         "  -o smtpd_sender_restrictions=",
         "  -o smtpd_recipient_restrictions=permit_mynetworks,reject",
         "  -o smtpd_relay_restrictions=permit_mynetworks,reject",
+        # The copies were counted as the original: no policy question (see policy_lines()).
+        "  -o smtpd_end_of_data_restrictions=",
         "  -o smtpd_sasl_auth_enable=no",
         f"{FANOUT_CLEANUP} unix n       -       n       -       0       cleanup",
         f"  -o syslog_name=postfix/{FANOUT_CLEANUP}",
@@ -354,6 +374,108 @@ def _lmtp_nexthop(listen: SocketSpec) -> str:
     return f"inet:{host}:{listen.port}"
 
 
+POLICY_DEFAULT_ACTION = "451 4.3.5 SMTP+ policy service unavailable; try again later"
+
+
+@dataclass(frozen=True)
+class PolicyLines:
+    """What Postfix needs to ask ``smtpplus-milter policyd`` (see :func:`policy_lines`)."""
+
+    address: str  # as check_policy_service names it
+    main_cf: dict[str, str]
+    notes: dict[str, tuple[str, ...]]  # main.cf name -> why (comment lines)
+    warnings: tuple[str, ...]
+
+
+def policy_address(listen: SocketSpec, queue_directory: str = QUEUE_DIRECTORY) -> tuple[str, str | None]:
+    """*listen* as ``check_policy_service`` names it, and a warning when smtpd may not reach it.
+
+    A unix socket inside Postfix's queue directory is written relative to it
+    (``unix:private/smtpplus-policy``): smtpd runs chrooted there on Debian (master.cf chroot y),
+    where the absolute path does not exist, and a relative name works chrooted or not (Postfix's
+    daemons run in the queue directory). A socket elsewhere keeps its absolute path, which only an
+    smtpd without chroot can open. An inet socket is Postfix's ``inet:HOST:PORT`` (``[::1]`` for IPv6).
+    """
+    if listen.path is None:
+        host = f"[{listen.host}]" if listen.host and ":" in listen.host else listen.host
+        return f"inet:{host}:{listen.port}", None
+    path = PurePosixPath(listen.path)
+    queue = PurePosixPath(queue_directory)
+    if path != queue and path.is_relative_to(queue) and ".." not in path.parts:
+        return f"unix:{path.relative_to(queue)}", None
+    return f"unix:{path}", (
+        f"policy.listen {listen} is outside Postfix's queue directory {queue}: a chrooted smtpd (master.cf "
+        "chroot y, Debian's default) cannot open it. Run the smtpd services that ask it with chroot n, or "
+        f"put the socket under {queue} (e.g. {queue}/private/smtpplus-policy, the default)."
+    )
+
+
+def policy_lines(listen: SocketSpec, queue_directory: str = QUEUE_DIRECTORY) -> PolicyLines:
+    """The main.cf lines that make smtpd ask the policy daemon on *listen*, with why, and warnings.
+
+    Two questions per message: at RCPT (refuse before the body is sent what the milter would refuse
+    after it) and at end of data (count the message: its size and recipient count are final only
+    then). The smtpd_policy_service_* settings make an unreachable daemon mean "try again later",
+    never "accepted and not counted".
+    """
+    address, where = policy_address(listen, queue_directory)
+    check = f"check_policy_service {address}"
+    main_cf = {
+        "smtpd_recipient_restrictions": check,
+        "smtpd_end_of_data_restrictions": check,
+        "smtpd_policy_service_default_action": POLICY_DEFAULT_ACTION,
+        "smtpd_policy_service_try_limit": "2",
+        "smtpd_policy_service_timeout": "10s",
+    }
+    notes = {
+        "smtpd_recipient_restrictions": (
+            "SMTP+ policy at RCPT: unknown or inactive user, unauthorized envelope sender, suppressed",
+            "recipient and too many recipients are refused before the body is sent. First in the list,",
+            "before any permit_*: a permit ends the list. Safe for everyone: sessions without a login get DUNNO.",
+        ),
+        "smtpd_end_of_data_restrictions": (
+            "SMTP+ policy at end of data: counts the message against the sender's limits (size and",
+            "recipient count are final only here); asked once per message.",
+        ),
+        "smtpd_policy_service_default_action": (
+            "When the policy daemon cannot be reached: try again later, never accept mail nobody counted.",
+            "Postfix's default is the same 451 4.3.5 with a vaguer text; ours names the cause.",
+        ),
+        "smtpd_policy_service_try_limit": (
+            "Postfix's default, stated because we rely on it: a request on a connection the daemon closed",
+            "(restart, reload) is sent once more on a new one. A repeated end-of-data request for a queue",
+            "id already counted is answered without counting it again.",
+        ),
+        "smtpd_policy_service_timeout": (
+            "The client waits while smtpd asks: give up after 10 s (default 100 s) and answer the default",
+            "action (at most 2 tries: about 21 s). Left at Postfix's defaults on purpose:",
+            "request_limit 0 (many requests per connection: the daemon keeps them open),",
+            "max_idle 300s (below policy.idle_timeout_seconds, 600 s by default: smtpd closes an idle",
+            "connection before the daemon does; keep it so), max_ttl 1000s (connections are renewed now",
+            "and then, which costs the daemon nothing), policy_context empty (the daemon tells RCPT and",
+            "end of data apart by the request's protocol_state).",
+        ),
+    }
+    warnings = [
+        f"smtpd_recipient_restrictions: if you already set it, put `{check}` FIRST in yours, before any "
+        "permit_* (e.g. permit_sasl_authenticated, which would end the list before the policy is asked); "
+        "do the same in every master.cf service that sets it with -o (Debian's submission service does: "
+        f"-o smtpd_recipient_restrictions=...). Sessions without a login are answered DUNNO, so first is safe.",
+        f"smtpd_end_of_data_restrictions: if you already set it (in main.cf or with -o in master.cf), add `{check}` "
+        "to yours; without it no message is counted and no sending limit holds.",
+        "The smtpd_policy_service_* lines apply to every check_policy_service of this Postfix: if another "
+        "policy service (e.g. SPF) needs other values, leave them out and give ours per service instead: "
+        # A value with spaces needs its own braces inside the service's (Postfix's attr_override).
+        f"check_policy_service {{ {address}, timeout=10s, try_limit=2, "
+        f"{{ default_action = {POLICY_DEFAULT_ACTION} }} }}.",
+        f"Start smtpplus-policyd.socket before `postfix reload`: while nothing answers on {address}, every "
+        "smtpd that asks answers 451 4.3.5 (also to mail without a login, e.g. on port 25) and clients retry later.",
+    ]
+    if where is not None:
+        warnings.append(where)
+    return PolicyLines(address=address, main_cf=main_cf, notes=notes, warnings=tuple(warnings))
+
+
 LOCAL_SENDERS = "smtpplus_local_sender_restrictions"
 
 
@@ -395,6 +517,8 @@ def local_listener(own_mail: Sequence[OwnMail], *, chroot: bool = True) -> tuple
             f"  -o smtpd_sender_restrictions=${LOCAL_SENDERS}",
             "  -o smtpd_recipient_restrictions=",
             "  -o smtpd_relay_restrictions=permit_mynetworks,reject",
+            # Alerts and codes must go out while the policy daemon is down (see policy_lines()).
+            "  -o smtpd_end_of_data_restrictions=",
         ]
     return "\n".join(lines) + "\n", main_cf, warnings
 
@@ -409,7 +533,9 @@ def milter_address(socket: SocketSpec) -> str:
 
 def render(snippets: PostfixSnippets, postfix_dir: str = "/etc/postfix") -> str:
     out = ["# ---- main.cf (postconf -e 'name = value', or append) ----"]
-    out += [f"{name} = {value}" for name, value in snippets.main_cf.items()]
+    for name, value in snippets.main_cf.items():
+        out += [f"# {note}" for note in snippets.main_cf_notes.get(name, ())]
+        out.append(f"{name} = {value}")
     out += ["", "# ---- master.cf (append) ----", snippets.master_cf.rstrip("\n")]
     if snippets.local_listener:
         out += [
@@ -429,15 +555,24 @@ def render(snippets: PostfixSnippets, postfix_dir: str = "/etc/postfix") -> str:
 
 def postconf_relayhost(postfix_dir: str) -> tuple[str, str | None]:
     """Postfix's ``relayhost`` in *postfix_dir*, read with postconf; ("", why) when it cannot be read."""
+    return _postconf(postfix_dir, "relayhost", "", "assuming no relayhost (give --relayhost)")
+
+
+def postconf_queue_directory(postfix_dir: str) -> tuple[str, str | None]:
+    """Postfix's ``queue_directory`` in *postfix_dir*; (the default, why) when it cannot be read."""
+    return _postconf(postfix_dir, "queue_directory", QUEUE_DIRECTORY, f"assuming queue_directory {QUEUE_DIRECTORY}")
+
+
+def _postconf(postfix_dir: str, name: str, fallback: str, assumption: str) -> tuple[str, str | None]:
     try:
         done = subprocess.run(
-            ["postconf", "-c", postfix_dir, "-h", "relayhost"], capture_output=True, text=True, timeout=10, check=False
+            ["postconf", "-c", postfix_dir, "-h", name], capture_output=True, text=True, timeout=10, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
-        return "", "postconf not found; assuming no relayhost (give --relayhost)"
+        return fallback, f"postconf not found; {assumption}"
     if done.returncode != 0:
-        return "", f"postconf -c {postfix_dir} failed; assuming no relayhost (give --relayhost)"
-    return done.stdout.strip(), None
+        return fallback, f"postconf -c {postfix_dir} failed; {assumption}"
+    return done.stdout.strip() or fallback, None
 
 
 def write_tables(snippets: PostfixSnippets, postfix_dir: str) -> list[Path]:

@@ -153,16 +153,35 @@ def test_the_units_can_write_the_default_spool_and_sqlite_store(name: str) -> No
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
-@pytest.mark.parametrize("name", sorted(path.name for path in (REPO / "systemd").glob("*.service")))
+@pytest.mark.parametrize(
+    "name", sorted(path.name for pattern in ("*.service", "*.socket") for path in (REPO / "systemd").glob(pattern))
+)
 def test_units_pass_systemd_analyze_verify(tmp_path: Path, name: str) -> None:
-    # verify refuses a unit whose ExecStart does not exist: the program is not installed here.
-    text = (REPO / "systemd" / name).read_text(encoding="utf-8").replace("/usr/local/bin/smtpplus-milter", "/bin/true")
-    (tmp_path / name).write_text(text, encoding="utf-8")
+    # Every unit goes beside it: a .socket is checked with the .service it starts (and that one
+    # Requires= its socket). verify refuses a unit whose ExecStart does not exist: the program is
+    # not installed here.
+    for unit in (REPO / "systemd").glob("*.s*"):
+        text = unit.read_text(encoding="utf-8").replace("/usr/local/bin/smtpplus-milter", "/bin/true")
+        (tmp_path / unit.name).write_text(text, encoding="utf-8")
     done = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(tmp_path / name)], capture_output=True, text=True, timeout=60
     )
     # An unknown or misspelt key is only a warning ("Unknown key ..., ignoring"): no output at all.
     assert done.returncode == 0 and done.stderr == "" and done.stdout == "", done.stderr + done.stdout
+
+
+def test_the_policy_socket_unit_makes_the_default_policy_socket_for_postfix_only() -> None:
+    from smtpplus_milter.config.values import POLICY_LISTEN
+
+    socket, service = _unit("smtpplus-policyd.socket"), _unit("smtpplus-policyd.service")
+    # The socket systemd makes must be the one the config names (and main.cf asks).
+    assert socket["ListenStream"] == [str(POLICY_LISTEN.path)]
+    assert socket["SocketUser"] == ["postfix"] and socket["SocketMode"] == ["0600"]
+    assert socket["Accept"] == ["no"] and socket["Service"] == ["smtpplus-policyd.service"]
+    assert service["User"] == ["smtpplus"] and service["CapabilityBoundingSet"] == []
+    assert "policyd" in service["ExecStart"] and "smtpplus-policyd.socket" in service["Requires"]
+    assert {"AF_INET", "AF_INET6", "AF_UNIX"} <= set(service["RestrictAddressFamilies"])  # Redis over TCP
+    assert int(service["TasksMax"][0]) > 1000  # one thread per connection, policy.max_connections
 
 
 def test_the_preempt_unit_runs_as_root_and_may_write_the_queue_and_its_state() -> None:
