@@ -70,6 +70,17 @@ SUBMISSION_PARAMS = MappingProxyType(
     }
 )
 
+
+def merged_restrictions(check: str, existing: str) -> str:
+    """*check* first in the restriction list *existing* (kept as it is when *check* is already in it)."""
+    items = [item.strip() for item in existing.replace("\n", " ").split(",") if item.strip()]
+    if "{" in existing:  # per-item settings: left to the operator, who is told by the warnings
+        return existing if check in existing else ", ".join([check, existing.strip()])
+    if check in items:
+        return ", ".join(items)
+    return ", ".join([check, *items])
+
+
 MASTER_FIELDS = ("private", "unprivileged", "chroot", "wakeup", "process_limit", "command")
 
 
@@ -384,7 +395,7 @@ class Setup:
         return fields, params
 
     def _postfix_plan(self, settings: Settings) -> tuple[dict[str, str], list[Service], dict[str, str], list[str]]:
-        from smtpplus_milter.admin.postfix import generate
+        from smtpplus_milter.admin.postfix import QUEUE_DIRECTORY, generate
 
         options = self.options
         current = self._current_main_cf()
@@ -420,16 +431,24 @@ class Setup:
         if ours in non_smtpd:
             # Local submissions have no login and are not SMTP+ traffic.
             main_cf["non_smtpd_milters"] = ", ".join(milter for milter in non_smtpd if milter != ours)
+        inputs = postfix_inputs(settings)
         snippets = generate(
-            postfix_inputs(settings),
+            inputs,
             postfix_dir=str(options.postfix_dir),
             nexthops=options.nexthops,
             relayhost=current.get("relayhost", ""),
             chroot=options.chroot,
+            queue_directory=self.postconf("-h", "queue_directory").strip() if inputs.policy_listen else QUEUE_DIRECTORY,
         )
         for warning in snippets.warnings:
             self.warn(warning)
+        policy_check = snippets.main_cf.get("smtpd_end_of_data_restrictions")
         main_cf.update(snippets.main_cf)
+        if policy_check is not None:
+            # The policy daemon's check goes FIRST into the restriction lists the operator already
+            # has (a permit_* before it would skip it); nothing of theirs is dropped.
+            for name in ("smtpd_recipient_restrictions", "smtpd_end_of_data_restrictions"):
+                main_cf[name] = merged_restrictions(policy_check, current.get(name, ""))
         main_cf.update(snippets.local_listener_main_cf)
         mailbox = current.get("mailbox_size_limit", "")
         wanted = int(main_cf["message_size_limit"])
@@ -437,8 +456,12 @@ class Setup:
             # Postfix does not start with mailbox_size_limit below message_size_limit.
             main_cf["mailbox_size_limit"] = str(wanted)
         chroot = "y" if options.chroot else "n"
+        submission_params = dict(SUBMISSION_PARAMS)
+        if policy_check is not None:
+            # The submission service empties smtpd_recipient_restrictions: the RCPT check goes there.
+            submission_params["smtpd_recipient_restrictions"] = policy_check
         submission = Service(
-            options.submission_service, "inet", ("n", "-", chroot, "-", "-", "smtpd"), dict(SUBMISSION_PARAMS)
+            options.submission_service, "inet", ("n", "-", chroot, "-", "-", "smtpd"), submission_params
         )
         services = [submission, *parse_master_cf(snippets.master_cf)]
         listeners = [service.key for service in parse_master_cf(snippets.local_listener)]

@@ -182,3 +182,25 @@ def test_the_loopback_listeners_never_ask_the_policy(master: Callable[[], str]) 
     text = master()
     assert "smtpd\n" in text
     assert "\n  -o smtpd_end_of_data_restrictions=\n" in text
+
+
+@pytest.mark.parametrize(
+    ("existing", "expected"),
+    [
+        pytest.param("", "check_policy_service unix:private/smtpplus-policy", id="empty"),
+        pytest.param(
+            "permit_sasl_authenticated, reject_unauth_destination",
+            "check_policy_service unix:private/smtpplus-policy, permit_sasl_authenticated, reject_unauth_destination",
+            id="before-the-permits",
+        ),
+        pytest.param(
+            "check_policy_service unix:private/smtpplus-policy,\n permit_mynetworks",
+            "check_policy_service unix:private/smtpplus-policy, permit_mynetworks",
+            id="already-there",
+        ),
+    ],
+)
+def test_setup_merges_the_check_first(existing: str, expected: str) -> None:
+    from smtpplus_milter.admin.setup import merged_restrictions
+
+    assert merged_restrictions("check_policy_service unix:private/smtpplus-policy", existing) == expected
