@@ -197,6 +197,13 @@ class PreemptProcess(FollowerProcess):
     name = "smtpplus-milter preempt"
 
 
+class PolicydProcess(MilterProcess):
+    """``smtpplus-milter policyd``: ready when its policy socket (policy.listen) accepts."""
+
+    command = "policyd"
+    name = "smtpplus-milter policyd"
+
+
 class IngestProcess(MilterProcess):
     """``smtpplus-milter ingest --serve``: ready when its LMTP socket (bounces.ingest_listen) accepts."""
 

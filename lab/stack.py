@@ -29,6 +29,7 @@ from lab.milter_process import (
     FollowerProcess,
     IngestProcess,
     MilterProcess,
+    PolicydProcess,
     PreemptProcess,
     prepare_socket_dir,
 )
@@ -119,6 +120,7 @@ class Stack:
         dkim_bits: int = 2048,
         preempt: dict[str, Any] | None = None,
         sink_sessions: int | None = None,
+        policy: dict[str, Any] | None = None,
     ) -> None:
         """*priority_routing*: None (no transports), ``"sinks"`` (smtpplus-high/-low deliver to
         sinks of their own, ``high_sink`` / ``low_sink``) or ``"relayhost"`` (they deliver to the
@@ -144,7 +146,11 @@ class Stack:
         *preempt*: ``priority.preempt`` (pause low, resume after 5 s, the lab Postfix, a state file
         in the work directory, metrics on a free port; the dict overrides these) and
         ``smtpplus-milter preempt`` runs beside Postfix (started after it, stopped before it).
-        *sink_sessions*: the relayhost sink serves at most that many connections at a time."""
+        *sink_sessions*: the relayhost sink serves at most that many connections at a time.
+        *policy*: the ``policy:`` section (its socket and the milter's refund socket in the work
+        directory, metrics on a free port; the dict overrides these): ``smtpplus-milter policyd``
+        runs (started before Postfix) and Postfix asks it with the lines ``postfix-config`` prints.
+        The sending limits come from *settings* (``sending_limits``)."""
         # A directory we made ourselves is removed after stop() (SMTPPLUS_LAB_KEEP=1 keeps it).
         self.cleanup = cleanup and workdir is None
         self.workdir = workdir or make_workdir("smtpplus-lab")
@@ -221,6 +227,19 @@ class Stack:
                     **preempt,
                 }
             }
+        self.policy_spec: str | None = None
+        self.policy_metrics_port: int | None = None
+        if policy is not None:
+            socket_dir = self.workdir / "policy"
+            prepare_socket_dir(socket_dir)
+            self.policy_metrics_port = free_port()
+            overrides["policy"] = {
+                "listen": f"unix:{socket_dir}/policy.sock",
+                "refund_listen": f"unix:{socket_dir}/refund.sock",
+                "metrics_listen": f"127.0.0.1:{self.policy_metrics_port}",
+                **policy,
+            }
+            self.policy_spec = overrides["policy"]["listen"]
         self.settings = deep_merge(deep_merge(base, overrides), settings or {})
         self.write_settings(self.settings)
         if users is None:
@@ -255,6 +274,11 @@ class Stack:
             if self.preempt_metrics_port is not None
             else None
         )
+        self.policyd = (
+            PolicydProcess(self.config_path, self.policy_spec, self.workdir / "policyd.log")
+            if self.policy_spec
+            else None
+        )
         self.dkim = OpenDkim(self.workdir / "opendkim", dkim_domain, bits=dkim_bits) if dkim_domain else None
         self.dkim_after_milter = dkim_after_milter
         self.postfix_main_cf = postfix_main_cf or {}
@@ -283,7 +307,10 @@ class Stack:
                 self.ingest.start()
             if self.fanout:
                 self.fanout.start()
+            if self.policyd:
+                self.policyd.start()
             main_cf, master_extra, files = self._routing()
+            main_cf.update(self._policy_lines())
             if self.dkim:
                 self.dkim.start()
                 main_cf["smtpplus_fanout_milters"] = self.dkim.milter
@@ -356,6 +383,16 @@ class Stack:
             )
         return snippets.main_cf, snippets.master_cf, snippets.files
 
+    def _policy_lines(self) -> dict[str, str]:
+        """The check_policy_service lines exactly as ``postfix-config`` prints them (none without policy)."""
+        from smtpplus_milter.admin.postfix import policy_lines
+        from smtpplus_milter.config import load_config
+
+        listen = load_config(self.config_path).postfix.policy_listen
+        if listen is None:
+            return {}
+        return dict(policy_lines(listen, queue_directory=str(self.workdir / "postfix" / "queue")).main_cf)
+
     def _postfix_milter_spec(self) -> str | None:
         from smtpplus_milter.admin.postfix import milter_address
         from smtpplus_milter.config import SocketSpec
@@ -372,6 +409,7 @@ class Stack:
             self.follower.stop if self.follower else None,
             self.postfix.stop if self.postfix else None,
             self.milter.stop if self.milter else None,
+            self.policyd.stop if self.policyd else None,
             self.ingest.stop if self.ingest else None,
             self.fanout.stop if self.fanout else None,
             self.dkim.stop if self.dkim else None,

@@ -293,6 +293,7 @@ def _policy(settings: Settings) -> Policy:
         metrics_listen=section.metrics_listen,
         idle_timeout_seconds=section.idle_timeout_seconds,
         max_connections=section.max_connections,
+        refund_listen=section.refund_listen,
     )
 
 

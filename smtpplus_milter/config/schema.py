@@ -21,6 +21,7 @@ from smtpplus_milter.config.values import (
     FANOUT_LISTEN,
     FANOUT_REINJECT,
     POLICY_LISTEN,
+    POLICY_REFUND_LISTEN,
     WEB_LISTEN,
     HostPort,
     SocketSpec,
@@ -292,6 +293,9 @@ class PolicySection(_Strict):
 
     # unix:/PATH, or inet:127.0.0.1:PORT (Postfix's form; inet:PORT@127.0.0.1 is read too).
     listen: PolicySocketValue = POLICY_LISTEN
+    # Where the milter tells the daemon to take back the count of a message it refused after the
+    # end-of-data check counted it; null: the milter does not (such messages stay counted).
+    refund_listen: PolicySocketValue | None = POLICY_REFUND_LISTEN
     # HOST:PORT for the daemon's /metrics (smtpplus_limited_total...), or null: none.
     metrics_listen: HostPortValue | None = None
     # A connection with no request for this long is closed. Postfix's smtpd closes an idle policy

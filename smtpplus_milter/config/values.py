@@ -122,6 +122,9 @@ WEB_LISTEN = HostPort("127.0.0.1", 8025)
 # Where the policy daemon listens by default (policy.listen): in Postfix's private/ directory, so
 # main.cf names it `check_policy_service unix:private/smtpplus-policy`.
 POLICY_LISTEN = SocketSpec.parse("unix:/var/spool/postfix/private/smtpplus-policy")
+# Where the milter reaches the policy daemon to take back a count (the milter's user cannot enter
+# Postfix's private/ directory; systemd makes this socket for the daemon, owned by smtpplus).
+POLICY_REFUND_LISTEN = SocketSpec.parse("unix:/run/smtpplus-policy/refund.sock")
 _POSTFIX_INET = re.compile(r"inet:([^\s@\[\]:]+|\[[0-9a-fA-F:.]+\]):(\d{1,5})")
 
 
@@ -323,6 +326,8 @@ class Policy:
     metrics_listen: HostPort | None = None
     idle_timeout_seconds: int = 600
     max_connections: int = 1000
+    # Where the milter tells the daemon to take a count back (None: it does not).
+    refund_listen: SocketSpec | None = POLICY_REFUND_LISTEN
 
 
 StoreErrorAction = Literal["tempfail", "allow"]

@@ -77,6 +77,15 @@ class Metrics:
             ["user", "reason"],
             registry=registry,
         )
+        self.refund_requests = Counter(
+            "smtpplus_limit_refund_requests",
+            "Refunds the milter asked of the policy daemon (messages refused after the end-of-data "
+            "check counted them), by result",
+            ["result"],
+            registry=registry,
+        )
+        for result in ("refunded", "unknown", "failed"):
+            self.refund_requests.labels(result=result)
         self.build_info = Gauge("smtpplus_build_info", "Build information", ["version"], registry=registry)
         self.build_info.labels(version=__version__).set(1)
 

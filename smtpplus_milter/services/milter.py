@@ -25,8 +25,9 @@ import Milter
 from smtpplus_milter.config import Config
 from smtpplus_milter.core.decision import Reply
 from smtpplus_milter.core.priority import HeaderEdit
-from smtpplus_milter.core.session import Action, MessageSession, Step
+from smtpplus_milter.core.session import Action, MessageSession, Outcome, Step
 from smtpplus_milter.daemon import StartupFailed
+from smtpplus_milter.infra.policy_client import RefundSender
 from smtpplus_milter.infra.spool import SpoolAppender, SpoolProblem
 from smtpplus_milter.observe.alerts import AlertDispatcher
 from smtpplus_milter.observe.log import EventWriter, get_logger
@@ -329,10 +330,21 @@ class SmtpPlusMilter(Milter.Base):  # type: ignore[misc]
         self.reported = True
         runtime = self.runtime
         runtime.reporter.report(outcome, time.monotonic() - self.started if self.started else 0.0)
+        if runtime.refunds is not None and session is not None:
+            self._refund(runtime.refunds, session, outcome)
         if runtime.tracking is not None:
             record = outcome.record(runtime.node, datetime.now(UTC))
             if record is not None:
                 runtime.tracking.submit(record)
+
+    @staticmethod
+    def _refund(refunds: RefundSender, session: MessageSession, outcome: Outcome) -> None:
+        # Refused from the end of headers on: Postfix's end-of-data policy check ran before we saw
+        # the headers and counted the message; it was not sent, so the count goes back.
+        if not outcome.decision.rejected or session.stage == "mail_from" or session.user is None:
+            return
+        if session.queue_id:
+            refunds.submit(session.user.login, session.queue_id)
 
     def _queue_id(self) -> str | None:
         return self.session.queue_id if self.session is not None else None
@@ -378,8 +390,23 @@ class MilterService:
                 raise StartupFailed(str(exc)) from None
             self.tracking = TrackingWriter(spool, metrics)
             self.tracking.start()
+        self.refunds: RefundSender | None = None
+        policy = config.policy
+        if policy.enabled and policy.refund_listen is not None:
+
+            def refunded(result: str, reason: str) -> None:
+                metrics.refund_requests.labels(result=result).inc()
+                if result == "failed":
+                    log.warning("limit_refund_failed", reason=reason, socket=str(policy.refund_listen))
+
+            self.refunds = RefundSender(policy.refund_listen, refunded)
         self.runtime = Runtime(
-            config, metrics=metrics, alerts=self.alerts, emit=self.writer.emit, tracking=self.tracking
+            config,
+            metrics=metrics,
+            alerts=self.alerts,
+            emit=self.writer.emit,
+            tracking=self.tracking,
+            refunds=self.refunds,
         )
         Milter.factory = factory_for(self.runtime)
         Milter.set_flags(FLAGS)
@@ -403,6 +430,8 @@ class MilterService:
         self.alerts.stop(ALERTS_DRAIN_SECONDS)
         if self.tracking is not None:
             self.tracking.stop()
+        if self.refunds is not None:
+            self.refunds.stop()
         self.writer.stop()
 
     def details(self) -> Mapping[str, Any]:

@@ -101,6 +101,7 @@ def bind(spec: SocketSpec) -> socket.socket:
     if spec.path is not None:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            spec.path.parent.mkdir(parents=True, exist_ok=True)
             spec.path.unlink(missing_ok=True)
             listener.bind(str(spec.path))
         except OSError:
@@ -167,7 +168,14 @@ class PolicyService:
 
     def serve(self) -> None:
         if self.listeners is None:
-            self.listeners = [bind(self._current[0].policy.listen)]
+            policy = self._current[0].policy
+            self.listeners = [bind(policy.listen)]
+            if policy.refund_listen is not None and policy.refund_listen != policy.listen:
+                try:
+                    self.listeners.append(bind(policy.refund_listen))
+                except OSError:
+                    self.listeners[0].close()
+                    raise
         threads = []
         for listener in self.listeners:
             thread = threading.Thread(target=self._accept, args=(listener,), name="policy-accept", daemon=True)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from smtpplus_milter.config import Config, ConfigError, load_config
 from smtpplus_milter.config.rules import rules_of
 from smtpplus_milter.core.session import Rules
+from smtpplus_milter.infra.policy_client import RefundSender
 from smtpplus_milter.infra.suppression_file import NAME as SNAPSHOT_NAME
 from smtpplus_milter.infra.suppression_file import Reader
 from smtpplus_milter.observe.alerts import AlertDispatcher
@@ -149,8 +150,11 @@ class Runtime:
         alerts: AlertDispatcher | None = None,
         emit: Emit = emit_now,
         tracking: TrackingWriter | None = None,
+        refunds: RefundSender | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        # Where a message refused after the end-of-data policy check is reported (None: no policy daemon).
+        self.refunds = refunds
         self.alerts = alerts
         # Where accepted messages' records go (None: tracking off); its node is fixed at start.
         self.tracking = tracking
