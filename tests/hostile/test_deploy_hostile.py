@@ -239,3 +239,15 @@ def test_the_guides_preemption_section_names_real_metrics_and_the_unit() -> None
     named = set(re.findall(r"`(smtpplus_[a-z_]+)", section))
     exposed = {sample.name for family in PreemptMetrics().registry.collect() for sample in family.samples}
     assert named and named <= exposed, named - exposed
+
+
+def test_the_refund_socket_unit_is_the_milters_only() -> None:
+    from smtpplus_milter.config.values import POLICY_REFUND_LISTEN
+
+    socket, service = _unit("smtpplus-policyd-refund.socket"), _unit("smtpplus-policyd.service")
+    assert socket["ListenStream"] == [str(POLICY_REFUND_LISTEN.path)]
+    # The milter runs as smtpplus; nobody else may take counts back.
+    assert socket["SocketUser"] == ["smtpplus"] and socket["SocketMode"] == ["0600"]
+    assert socket["Service"] == ["smtpplus-policyd.service"]
+    assert set(service["Sockets"]) == {"smtpplus-policyd.socket", "smtpplus-policyd-refund.socket"}
+    assert _unit("smtpplus-milter.service")["User"] == ["smtpplus"]
