@@ -19,7 +19,9 @@ import sys
 import time
 import urllib.request
 
-from lab.stack import OUTSIDER, SendResult, Stack, make_message
+import yaml
+
+from lab.stack import DEPLOY, OUTSIDER, SendResult, Stack, make_message
 
 
 def _show(title: str, result: SendResult) -> None:
@@ -88,7 +90,20 @@ def main(argv: list[str] | None = None) -> int:
     # The staff list has bcc_in_to: a BCC recipient of the CEO gets a copy with their own To:.
     settings = {"lists": {"staff": {"bcc_in_to": True}}}
     # preempt: bulk mail waits on hold while urgent mail goes out (docs/priority.md, "Preemption").
-    stack = Stack(cleanup=False, tracking="sqlite", follower=True, fanout=True, settings=settings, preempt={})
+    # policy: smtpplus-milter policyd answers Postfix's check_policy_service (docs/limits.md); the
+    # lab gives newsletter a limit of 2 messages an hour so the tour shows the third refused.
+    users = yaml.safe_load((DEPLOY / "users.yaml").read_text(encoding="utf-8"))
+    users["newsletter"]["sending_limits"] = {"messages_per_hour": 2}
+    stack = Stack(
+        cleanup=False,
+        tracking="sqlite",
+        follower=True,
+        fanout=True,
+        settings=settings,
+        users=users,
+        preempt={},
+        policy={},
+    )
     print(f"Starting the SMTP+ lab in {stack.workdir} ...")
     with stack:
         assert stack.postfix is not None and stack.milter is not None
@@ -97,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  Postfix submission 127.0.0.1:{port} (STARTTLS + AUTH), port-25 role 127.0.0.1:"
             f"{stack.postfix.smtp_port}\n  Dovecot SASL {stack.dovecot.auth_socket}\n"
             f"  smtpplus-milter {stack.milter_spec}, metrics http://127.0.0.1:{stack.metrics_port}/metrics\n"
+            f"  smtpplus-milter policyd {stack.policy_spec} (check_policy_service at RCPT and end of data), "
+            f"metrics http://127.0.0.1:{stack.policy_metrics_port}/metrics\n"
             f"  sink (where Postfix delivers) 127.0.0.1:{stack.sink.port}\n"
             f"  tracking store {stack.settings['tracking']['store']}, follower metrics "
             f"http://127.0.0.1:{stack.tracking_metrics_port}/metrics\n"
@@ -148,6 +165,22 @@ def main(argv: list[str] | None = None) -> int:
                     login="newsletter",
                     mail_from="news@news.yourcompany.com",
                     message=make_message(from_="news@news.yourcompany.com", subject="Weekly news"),
+                ),
+            ),
+            (
+                "newsletter sends its second message this hour (its limit: 2 an hour)",
+                dict(
+                    login="newsletter",
+                    mail_from="news@news.yourcompany.com",
+                    message=make_message(from_="news@news.yourcompany.com", subject="Weekly news, part 2"),
+                ),
+            ),
+            (
+                "newsletter sends a third: refused at end of data by smtpplus-milter policyd (messages_per_hour)",
+                dict(
+                    login="newsletter",
+                    mail_from="news@news.yourcompany.com",
+                    message=make_message(from_="news@news.yourcompany.com", subject="Weekly news, part 3"),
                 ),
             ),
             (
@@ -236,6 +269,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
             ]
         print("\nMetrics:\n  " + "\n  ".join(metrics))
+        with urllib.request.urlopen(f"http://127.0.0.1:{stack.policy_metrics_port}/metrics", timeout=5) as response:
+            limited = [
+                line
+                for line in response.read().decode().splitlines()
+                if line.startswith("smtpplus_limited_total")
+                or (line.startswith("smtpplus_policy_requests_total{") and not line.endswith(" 0.0"))
+            ]
+        print("\nThe policy daemon's metrics (sending limits, answers to Postfix):\n  " + "\n  ".join(limited))
         _delivery_outcomes(stack)
         print("\nPostfix's queue as SMTP+ sees it (smtpplus-milter preempt holds bulk while urgent mail waits):")
         print(f"$ smtpplus-milter queue status -c {stack.config_path}")
