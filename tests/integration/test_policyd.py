@@ -241,3 +241,55 @@ def test_a_unix_socket(tmp_path: Path) -> None:
             assert client.recv(100) == b"action=DUNNO\n\n"
     finally:
         service.stop()
+
+
+class RecordingSink:
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.alerts: list[Any] = []
+
+    def send(self, alert: Any) -> None:
+        self.alerts.append(alert)
+
+
+def test_a_limit_reached_alerts_once_per_user_and_limit(tmp_path: Path) -> None:
+    from smtpplus_milter.observe.alerts import AlertDispatcher
+
+    sink = RecordingSink()
+    alerts = AlertDispatcher([sink], dedup_seconds=300)
+    port = free_port()
+    main = {
+        "policy": {"listen": f"inet:127.0.0.1:{port}"},
+        "sending_limits": {"messages_per_hour": 1, "recipients_per_message": 1},
+    }
+    config = load_config(write_config(tmp_path, settings=main))
+    service = PolicyService(
+        config,
+        listeners=[bind(config.policy.listen)],
+        store=MemoryLimitStore(),
+        alerts=alerts,
+        emit=lambda level, event, fields: None,
+    )
+    threading.Thread(target=service.serve, daemon=True).start()
+    try:
+        client = Postfix(port)
+        assert eom(client, "Q1", instance="a") == "DUNNO"
+        for n in range(3):
+            assert eom(client, f"Q{n + 2}", instance=f"b{n}").startswith("450 4.7.1")
+        assert rcpt(client, "x@example.org", instance="c") == "DUNNO"
+        assert rcpt(client, "y@example.org", instance="c") == "452 4.5.3 Too many recipients"
+        deadline = time.monotonic() + 5
+        while len(sink.alerts) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)
+        assert sorted((a.alertname, a.user, a.sender) for a in sink.alerts) == [
+            ("SMTPPlusSendingLimitReached", "shop-frontend", "messages_per_hour"),
+            ("SMTPPlusSendingLimitReached", "shop-frontend", "recipients_per_message"),
+        ]
+        assert (
+            "reached sending limit messages_per_hour" in sink.alerts[0].summary or "reached" in sink.alerts[1].summary
+        )
+    finally:
+        service.stop()
+        service.close()
