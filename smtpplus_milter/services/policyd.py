@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from smtpplus_milter.config import Config, ConfigError, SocketSpec, load_config
+from smtpplus_milter.config import Config, SocketSpec, load_config
 from smtpplus_milter.config.rules import rules_of
 from smtpplus_milter.core.policy import (
     DUNNO,
@@ -55,6 +55,7 @@ from smtpplus_milter.core.policy import (
 from smtpplus_milter.core.policy_protocol import PolicyDecoder, PolicyProtocolError, PolicyRequest, encode_reply
 from smtpplus_milter.core.session import Rules
 from smtpplus_milter.core.users import normalize_login
+from smtpplus_milter.daemon import reread
 from smtpplus_milter.infra.limit_store import LimitStore, LimitStoreError
 from smtpplus_milter.infra.limit_store_redis import open_limit_store
 from smtpplus_milter.infra.suppression_file import NAME as SNAPSHOT_NAME
@@ -205,16 +206,9 @@ class PolicyService:
     def reload(self) -> None:
         with self._reload_lock:
             old = self._current[0]
-            try:
-                new = load_config(old.path, create_secret=True)
-            except ConfigError as exc:
+            new = reread(lambda: load_config(old.path, create_secret=True), log)
+            if new is None:  # logged; the daemon keeps the config it has
                 self.metrics.reloads.labels(result="failed").inc()
-                log.error(
-                    "config_reload_failed",
-                    config=str(old.path),
-                    problems=[str(problem) for problem in exc.problems],
-                    kept="previous config",
-                )
                 return
             for what, before, after in (
                 ("policy.listen", old.policy.listen, new.policy.listen),
