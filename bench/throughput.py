@@ -7,7 +7,9 @@ Dovecot SASL from :class:`lab.stack.Stack`, relaying to Postfix's own C
 ``smtp-sink``; ``smtpplus-milter run`` twice, on a unix socket and on TCP. Postfix gets one
 extra smtpd listener per scenario ("bench listeners", added to its master.cf), identical except
 for ``smtpd_milters``: none, the unix-socket milter, the TCP milter (and, with ``--noop``, a
-pymilter milter of the same shape that does nothing: ``bench/noop_milter.py``). The listeners
+pymilter milter of the same shape that does nothing: ``bench/noop_milter.py``; with ``--modes
+none,unix,policy``, the unix milter plus ``check_policy_service`` at RCPT and end of data, answered
+by ``smtpplus-milter policyd`` with limits nothing reaches; its CPU is counted in the server's). The listeners
 allow AUTH without TLS on loopback, so TLS cost stays out of a measurement of milter overhead;
 by default the passwords are stored ``{PLAIN}`` so SHA512-CRYPT hashing (several ms of Dovecot
 CPU per login) does not hide it either (``--crypt-auth`` keeps the production hashes).
@@ -42,6 +44,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -80,6 +83,7 @@ MODE_LABELS = {
     "tracking-supp": "milter unix + tracking (SQLite) + 10,000 suppressed",
     "noop": "no-op milter unix",
     "lean": "lean no-op milter unix",
+    "policy": "milter unix + policyd",
 }
 NOOP_MODES = {"noop": [], "lean": ["--lean"]}
 VARIANT_PREFIX = "v:"  # v:timing = smtpplus-milter on a unix socket with bench/milter_variant.py changes
@@ -108,7 +112,7 @@ def mode_label(mode: str) -> str:
 
 def known_mode(mode: str) -> bool:
     base, tcp, rest = mode.partition(TCP_SUFFIX)
-    if rest or (tcp and base in ("none", "unix", "inet", "footer", *TRACKING_MODES)):
+    if rest or (tcp and base in ("none", "unix", "inet", "footer", "policy", *TRACKING_MODES)):
         return False
     return base.startswith((VARIANT_PREFIX, REVISION_PREFIX)) or base in MODE_LABELS
 
@@ -211,8 +215,13 @@ class Mode:
     pid: int | None = None  # the milter process
 
 
-def bench_listener(port: int, name: str, milter: str) -> str:
-    """A submission-like smtpd: AUTH required to relay, but offered without TLS, on loopback only."""
+def bench_listener(port: int, name: str, milter: str, *, policy: bool = False) -> str:
+    """A submission-like smtpd: AUTH required to relay, but offered without TLS, on loopback only.
+
+    *policy*: smtpd asks the policy daemon at RCPT and at end of data (the main.cf lines that
+    ``postfix-config`` prints, which the lab wrote); every other listener asks nobody.
+    """
+    restrictions = "" if policy else "  -o smtpd_recipient_restrictions=\n  -o smtpd_end_of_data_restrictions=\n"
     return f"""\
 {LOOPBACK}:{port} inet n - n - - smtpd
   -o syslog_name=postfix/bench-{name}
@@ -223,8 +232,7 @@ def bench_listener(port: int, name: str, milter: str) -> str:
   -o smtpd_client_restrictions=
   -o smtpd_helo_restrictions=
   -o smtpd_sender_restrictions=
-  -o smtpd_recipient_restrictions=
-  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
+{restrictions}  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
   -o milter_macro_daemon_name=ORIGINATING
   -o smtpd_milters={milter}
 """
@@ -290,10 +298,20 @@ class Rig:
             stderr=subprocess.DEVNULL,
         )
         wait_for_banner(self.sink_port)
+        settings: dict[str, Any] = {"lists": {"shop": {"header": None, "footer": None}}}
+        if "policy" in self.extra:
+            # Limits far above what a run sends: the cost of asking and counting, nothing refused.
+            settings["sending_limits"] = {
+                "messages_per_hour": 10**12,
+                "recipients_per_day": 10**12,
+                "bytes_per_day": 10**15,
+            }
         self.stack = stack = Stack(
             milter="unix",
             # Authorization and priority only: the "footer" mode adds the example list's footer.
-            settings={"lists": {"shop": {"header": None, "footer": None}}},
+            settings=settings,
+            # policy: smtpplus-milter policyd beside Postfix, asked by the "policy" listener only.
+            policy={} if "policy" in self.extra else None,
             postfix_main_cf={
                 "relayhost": f"[{LOOPBACK}]:{self.sink_port}",
                 # Processes live through the whole run: no fork/exec noise, and their CPU stays
@@ -322,6 +340,9 @@ class Rig:
         self.modes["none"] = Mode("none", free_port(), "")
         self.modes["unix"] = Mode("unix", free_port(), stack.milter_spec, stack.milter.pid)
         self.modes["inet"] = Mode("inet", free_port(), f"inet:{host}:{port}", self.inet_milter.pid)
+        if "policy" in self.extra:
+            # The same unix milter, and Postfix also asks smtpplus-milter policyd (Stack.policyd).
+            self.modes["policy"] = Mode("policy", free_port(), stack.milter_spec, stack.milter.pid)
         if "footer" in self.extra:
             # The same milter with the shipped example's list footer (text and HTML) for shop-frontend.
             footer_dir = stack.workdir / "milter-footer"
@@ -365,7 +386,7 @@ class Rig:
             # fsync off there, which only spares the server's disk, not the milter's CPU).
             self.pg_server = self._cleanup.enter_context(postgres.private_server())
             self._start_tracking("tracking-pg", self.pg_server.create_database())
-        for number, name in enumerate(n for n in self.extra if n not in (*TRACKING_MODES, "footer")):
+        for number, name in enumerate(n for n in self.extra if n not in (*TRACKING_MODES, "footer", "policy")):
             base, tcp, _ = name.partition(TCP_SUFFIX)
             if tcp:
                 tcp_port = free_port()
@@ -409,7 +430,8 @@ class Rig:
             self.modes[name] = Mode(name, free_port(), postfix_spec, process.pid)
         master_cf = stack.postfix.config_dir / "master.cf"
         extra = "".join(
-            bench_listener(mode.port, f"m{number}", mode.milter_spec) for number, mode in enumerate(self.modes.values())
+            bench_listener(mode.port, f"m{number}", mode.milter_spec, policy=mode.name == "policy")
+            for number, mode in enumerate(self.modes.values())
         )
         master_cf.write_text(master_cf.read_text(encoding="utf-8") + extra, encoding="utf-8")
         stack.postfix.reload()
@@ -534,6 +556,7 @@ class Rig:
         ):
             if process is None or name not in submitted:
                 continue
+            expected = submitted[name] + (submitted.get("policy", 0) if name == "unix" else 0)
             events = process.events("message")
             authorized = [
                 e
@@ -544,10 +567,23 @@ class Rig:
             ]
             if name == "footer":
                 authorized = [e for e in authorized if (e.get("footer") or {}).get("result") == "added"]
-            if len(authorized) != submitted[name] or len(events) != submitted[name]:
+            if len(authorized) != expected or len(events) != expected:
                 problems.append(
-                    f"milter {name}: {submitted[name]} messages submitted, {len(events)} message events, "
+                    f"milter {name}: {expected} messages submitted, {len(events)} message events, "
                     f"{len(authorized)} of them authorized for {LOGIN}"
+                )
+        if "policy" in submitted and self.stack.policy_metrics_port is not None:
+            # Postfix really asked: one accepted END-OF-MESSAGE per message, and nothing refused.
+            with urllib.request.urlopen(f"http://{LOOPBACK}:{self.stack.policy_metrics_port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            counted = re.findall(r"^smtpplus_policy_requests_total\{([^}]*)\} ([0-9.e+]+)$", text, re.M)
+            by_labels = {labels: float(value) for labels, value in counted}
+            accepted = sum(v for k, v in by_labels.items() if 'stage="end_of_message"' in k and '"accepted"' in k)
+            other = sum(v for k, v in by_labels.items() if '"accepted"' not in k and '"dunno"' not in k)
+            if accepted != submitted["policy"] or other:
+                problems.append(
+                    f"policyd: {submitted['policy']} messages submitted, {accepted:.0f} counted at end of data, "
+                    f"{other:.0f} other answers ({by_labels})"
                 )
         return problems
 
@@ -580,12 +616,15 @@ class Rig:
         pids_before = self.server_pids()
         before = {name: cpu_of(pids) for name, pids in pids_before.items()}
         milter_before = cpu_times(mode.pid) if mode.pid else None
+        policyd_pid = self.stack.policyd.pid if mode.name == "policy" and self.stack.policyd else None
+        policyd_before = cpu_seconds(policyd_pid) if policyd_pid else None
         machine_before = machine_cpu()
         wall_started = time.monotonic()
         client = subprocess.run(
             [sys.executable, str(LOADGEN)], input=json.dumps(job), capture_output=True, text=True, timeout=600
         )
         milter_after = cpu_times(mode.pid) if mode.pid else None
+        policyd_after = cpu_seconds(policyd_pid) if policyd_pid else None
         if client.returncode != 0:
             raise RuntimeError(f"bench/loadgen.py failed (exit {client.returncode}):\n{client.stderr[-3000:]}")
         result: dict[str, Any] = json.loads(client.stdout)
@@ -609,10 +648,20 @@ class Rig:
             result["milter_cpu_s"] = result["milter_user_s"] + result["milter_sys_s"]
             result["milter_hwm_kb"] = status_kb(mode.pid, "VmHWM")
             result["milter_threads"] = _threads(mode.pid)
+        if policyd_before is not None and policyd_after is not None:
+            result["policyd_cpu_s"] = policyd_after - policyd_before
         # CPU used by processes outside the rig during the round (other work on the machine).
         ours = sum(
             result.get(k, 0.0)
-            for k in ("postfix_cpu_s", "dovecot_cpu_s", "sink_cpu_s", "milter_cpu_s", "client_cpu_s", "irq_cpu_s")
+            for k in (
+                "postfix_cpu_s",
+                "dovecot_cpu_s",
+                "sink_cpu_s",
+                "milter_cpu_s",
+                "policyd_cpu_s",
+                "client_cpu_s",
+                "irq_cpu_s",
+            )
         )
         result["foreign_cpu_s"] = max(0.0, result["machine_busy_cpus"] - ours)
         result["mode"] = mode.name
@@ -647,9 +696,11 @@ class Scenario:
         return f"{mode_label(self.mode)}, c{self.concurrency}, {per}"
 
     def server_ms(self) -> list[float]:
-        """Per round: CPU ms per message of everything but the client (Postfix, Dovecot, sink, milter)."""
+        """Per round: CPU ms per message of everything but the client (Postfix, Dovecot, sink, milter, policyd)."""
         return [
-            sum(r.get(k, 0.0) for k in ("postfix_cpu_s", "dovecot_cpu_s", "sink_cpu_s", "milter_cpu_s"))
+            sum(
+                r.get(k, 0.0) for k in ("postfix_cpu_s", "dovecot_cpu_s", "sink_cpu_s", "milter_cpu_s", "policyd_cpu_s")
+            )
             / r["ok"]
             * 1000
             for r in self.rounds
@@ -676,6 +727,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--modes",
         default="none,unix,inet",
         help="comma-separated subset of none,unix,inet,noop,lean,v:VARIANTS,rev:REVISION (default: the first 3). "
+        "policy is milter unix plus check_policy_service (smtpplus-milter policyd) at RCPT and end of data; "
         "noop and lean are bench/noop_milter.py without and with --lean; v:timing is smtpplus-milter with the "
         "changes of bench/milter_variant.py; rev:e83ef40 is smtpplus-milter as of that git revision; all on a "
         "unix socket, or on TCP with @tcp appended (lean@tcp)",
@@ -784,14 +836,28 @@ def report(scenarios: list[Scenario], modes: list[str]) -> tuple[str, bool]:
         )
     by_key = {(s.mode, s.key): s for s in scenarios}
     footer_lines = []
+    policy_lines = []
     for scenario in sorted(scenarios, key=lambda s: (s.concurrency, s.per_session)):
         auth = by_key.get(("unix", scenario.key))
         if scenario.mode == "footer" and auth is not None:
             ratio = paired_ratio(scenario, auth, "msgs_per_s")
             footer_lines.append(f"- {scenario.label()}: {fmt(ratio, '.2f')}x of authorization-only (milter unix)")
+        if scenario.mode == "policy" and auth is not None:
+            ratio = paired_ratio(scenario, auth, "msgs_per_s")
+            sustained = paired_ratio(scenario, auth, "sustained_msgs_per_s")
+            policy_lines.append(
+                f"- {scenario.label()}: {fmt(ratio, '.2f')}x of milter only (sustained {fmt(sustained, '.2f')}x); "
+                f"policyd CPU {fmt(scenario.median('policyd_cpu_s', per_message=True), '.2f')} ms/msg"
+            )
     text = (
         "\n".join(lines)
         + ("\n\nFooter injection vs authorization only, same run:\n" + "\n".join(footer_lines) if footer_lines else "")
+        + (
+            "\n\ncheck_policy_service (RCPT and end of data) + milter vs milter only, same run:\n"
+            + "\n".join(policy_lines)
+            if policy_lines
+            else ""
+        )
         + "\n\nmsgs/s: accepted messages per second of the client's timed window; sustained: the same messages"
         " over that window plus the wait until the queue was empty (accepted and delivered)."
         + "\n\nCPU ms per message (median of the rounds); server CPU ratio = server total without the milter"
