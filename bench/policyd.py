@@ -445,7 +445,7 @@ def micro(count: int) -> int:
         messages = iter([[decoder.feed(raw)[0] for raw in message(n, 1, "N")] for n in range(count * 5)])
 
         def answer() -> None:
-            conversation = Conversation()
+            conversation = Conversation(service.judgements)
             for request in next(messages):
                 service.answer(conversation, request)
 

@@ -31,8 +31,9 @@ from typing import Literal
 
 from smtpplus_milter.core.limits import TOO_MANY_RECIPIENTS, Limits, Message, Verdict, check_recipient
 from smtpplus_milter.core.policy_protocol import PolicyRequest
-from smtpplus_milter.core.session import Action, MessageSession, Outcome, Rules
-from smtpplus_milter.core.suppression import Entry
+from smtpplus_milter.core.session import MessageSession, Outcome, Rules
+from smtpplus_milter.core.suppression import Entry, suppressed_recipient
+from smtpplus_milter.core.users import User
 
 # Config.limits_for: a login's resolved limits.
 LimitsFor = Callable[[str], Limits]
@@ -110,19 +111,58 @@ class _Message:
     """What one connection knows about the message in progress (one ``instance``)."""
 
     instance: str
-    session: MessageSession
+    user: User | None  # the SMTP+ user (None only with a refusal)
     first: Answer | None  # the MAIL FROM judgement: None to go on, else the answer every request gets
     recipients: int = 0  # recipients this daemon let through so far
+
+
+# How many (login, envelope sender) judgements are remembered; past it they are all forgotten.
+JUDGEMENTS = 10_000
+
+
+class Judgements:
+    """MAIL FROM judgements that let a message go on, shared by every connection of a daemon.
+
+    The milter's session judges a login and an envelope sender the same way every time under one
+    set of rules, and an application sends message after message with the same pair: remembering
+    "this pair may send, as this user" (or "not an SMTP+ session") saves most of the work of a
+    message's first request. Refusals are not remembered: each refused message is judged (and
+    reported) afresh. A new set of rules (a reload) starts empty. Safe to share between threads:
+    a lost race only judges a pair twice.
+    """
+
+    def __init__(self, size: int = JUDGEMENTS) -> None:
+        self.size = size
+        self._rules: Rules | None = None
+        self._seen: dict[tuple[str, str], User | None] = {}
+
+    def get(self, rules: Rules, login: str, sender: str) -> tuple[bool, User | None]:
+        """(known, user): known False when the pair must be judged; user None: not ours to judge."""
+        if rules is not self._rules:
+            return False, None
+        try:
+            return True, self._seen[(login, sender)]
+        except KeyError:
+            return False, None
+
+    def remember(self, rules: Rules, login: str, sender: str, user: User | None) -> None:
+        if rules is not self._rules:
+            self._rules, self._seen = rules, {}
+        elif len(self._seen) >= self.size:
+            self._seen = {}
+        self._seen[(login, sender)] = user
 
 
 class Conversation:
     """One policy connection's state: the message in progress, keyed by Postfix's ``instance``.
 
     Not thread-safe: one connection is served by one thread, one request at a time.
+    *judgements*: the daemon's shared :class:`Judgements` (None: judge every message afresh).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, judgements: Judgements | None = None) -> None:
         self._message: _Message | None = None
+        self._judgements = judgements
 
     def recipient(
         self,
@@ -142,16 +182,14 @@ class Conversation:
             # Reported once per message: the copies for its other recipients carry no outcome.
             message.first = replace(first, outcome=None)
             return first
-        session = message.session
-        user = session.user
-        login = user.login if user is not None else session.login
-        rcpt = request.recipient or ""
-        if suppressions and not drop_suppressed:
-            step = session.recipient(rcpt, suppressions)
-            if step.action is Action.REJECT and step.reply is not None:
-                entry = session.suppressed[-1].entry if session.suppressed else None
-                return Answer(str(step.reply), "rcpt", "suppressed", login, suppressed=entry)
-        verdict = check_recipient(limits_for(login or ""), message.recipients + 1)
+        user = message.user
+        login = user.login if user is not None else ""
+        if suppressions and not drop_suppressed and user is not None:
+            refused = suppressed_recipient(suppressions, user.login, user.list, request.recipient or "")
+            if refused is not None:
+                entry, reply = refused
+                return Answer(str(reply), "rcpt", "suppressed", login, suppressed=entry)
+        verdict = check_recipient(limits_for(login), message.recipients + 1)
         if not verdict.allowed:
             return Answer(TOO_MANY_RECIPIENTS, "rcpt", "too_many_recipients", login, limit=verdict.limit)
         message.recipients += 1
@@ -166,7 +204,7 @@ class Conversation:
         if message.first is not None:
             first = message.first
             return Answer(first.action, "end_of_message", first.result, first.login)
-        user = message.session.user
+        user = message.user
         if user is None:  # cannot happen: a session that goes on has its user
             return Answer(DUNNO, "end_of_message", "dunno")
         # The queue id is the token; should Postfix not send it, the instance still names this
@@ -184,10 +222,19 @@ class Conversation:
         current = self._message
         if current is not None and current.instance == instance and instance:
             return current
+        sender = request.sender or ""
+        judgements = self._judgements
+        if judgements is not None:
+            known, user = judgements.get(rules, login, sender)
+            if known:
+                self._message = _Message(instance, user, None) if user is not None else None
+                return self._message
         session = MessageSession(rules)
-        step = session.mail_from(login, request.sender or "")
+        step = session.mail_from(login, sender)
         first: Answer | None = None
         if session.bypass:
+            if judgements is not None:
+                judgements.remember(rules, login, sender, None)
             self._message = None
             return None
         if step.refused and step.reply is not None:
@@ -199,5 +246,7 @@ class Conversation:
                 user.login if user is not None else login,
                 outcome=session.outcome(),
             )
-        current = self._message = _Message(instance, session, first)
+        elif judgements is not None and session.user is not None:
+            judgements.remember(rules, login, sender, session.user)
+        current = self._message = _Message(instance, session.user, first)
         return current

@@ -43,8 +43,7 @@ from smtpplus_milter.core.authorization import decide_headers, decide_mail_from
 from smtpplus_milter.core.decision import Decision, Reply, Spoofing, Unauthorized, Verdict, safe_text
 from smtpplus_milter.core.fanout import TAG, Tag, named, needs_fanout
 from smtpplus_milter.core.priority import HeaderEdit, PriorityPlan, plan_priority
-from smtpplus_milter.core.suppression import Entry, find
-from smtpplus_milter.core.suppression import reply as suppressed_reply
+from smtpplus_milter.core.suppression import Entry, suppressed_recipient
 from smtpplus_milter.core.tokens import BOUNCE_PREFIX, make_bounce_token
 from smtpplus_milter.core.tracking import (
     MAX_FIELD,
@@ -372,11 +371,16 @@ class MessageSession:
         """
         address = recipient_address(rcpt_to)
         user = self.user
-        entry = find(suppressions, user.login, user.list, address) if suppressions and user is not None else None
-        if entry is not None and len(self.suppressed) < MAX_RECIPIENTS:
+        refused = (
+            suppressed_recipient(suppressions, user.login, user.list, rcpt_to)
+            if suppressions and user is not None
+            else None
+        )
+        if refused is not None and len(self.suppressed) < MAX_RECIPIENTS:
+            entry, refusal = refused
             self.suppressed.append(Suppressed(rcpt_to, address, entry, drop))
             if not drop:
-                return Step(Action.REJECT, Reply("550", "5.7.1", suppressed_reply(address, entry.reason, entry.since)))
+                return Step(Action.REJECT, refusal)
         elif len(self.recipients) < MAX_RECIPIENTS:
             self.recipients.append(address)
         else:

@@ -21,7 +21,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from smtpplus_milter.core.decision import Reply
 from smtpplus_milter.core.failures import BLOCKED, HARD, SOFT
+from smtpplus_milter.core.tracking import recipient_address
 
 HARD_BOUNCE = "hard_bounce"
 SOFT_BOUNCE = "soft_bounce"
@@ -95,6 +97,17 @@ class Entry:
     scope: str
     reason: str
     since: datetime
+
+
+def suppressed_recipient(
+    index: Mapping[str, Sequence[Entry]], user: str, list_name: str | None, rcpt_to: str
+) -> tuple[Entry, Reply] | None:
+    """The entry and the ``550 5.7.1`` refusal for RCPT TO *rcpt_to* of *user*'s mail, if suppressed."""
+    address = recipient_address(rcpt_to)
+    entry = find(index, user, list_name, address)
+    if entry is None:
+        return None
+    return entry, Reply("550", "5.7.1", reply(address, entry.reason, entry.since))
 
 
 def find(index: Mapping[str, Sequence[Entry]], user: str | None, list_name: str | None, address: str) -> Entry | None:

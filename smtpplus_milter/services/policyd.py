@@ -48,6 +48,7 @@ from smtpplus_milter.core.policy import (
     Admission,
     Answer,
     Conversation,
+    Judgements,
     limited,
     other,
     store_failed,
@@ -164,6 +165,8 @@ class PolicyService:
         self._open: set[socket.socket] = set()
         self._accepting: list[threading.Thread] = []
         self._reload_lock = threading.Lock()
+        # MAIL FROM judgements that let messages go on, shared by the connections (core/policy.py).
+        self.judgements = Judgements()
 
     # --- the Service protocol -------------------------------------------------------------
 
@@ -276,7 +279,7 @@ class PolicyService:
 
     def _serve_connection(self, connection: socket.socket) -> None:
         decoder = PolicyDecoder()
-        conversation = Conversation()
+        conversation = Conversation(self.judgements)
         try:
             connection.settimeout(self._current[0].policy.idle_timeout_seconds)
             while not self._stopping.is_set():
@@ -345,7 +348,7 @@ class PolicyService:
         else:
             answer = other(request)
         self._record(answer, request, rules)
-        self.policy_metrics.seconds.labels(stage=answer.stage).observe(time.perf_counter() - started)
+        self.policy_metrics.stage_seconds[answer.stage].observe(time.perf_counter() - started)
         return answer.action
 
     def _admit(self, config: Config, admission: Admission, request: PolicyRequest) -> Answer:
@@ -379,7 +382,7 @@ class PolicyService:
 
     def _record(self, answer: Answer, request: PolicyRequest, rules: Rules) -> None:
         metrics = self.policy_metrics
-        metrics.requests.labels(stage=answer.stage, result=answer.result).inc()
+        metrics.request_counts[answer.stage, answer.result].inc()
         user = answer.login or ""
         label = user if rules.per_user_labels else "all"
         if answer.outcome is not None:

@@ -46,9 +46,12 @@ def request(
     return PolicyRequest(MappingProxyType(attributes))
 
 
+RULES = rules()
+
+
 def rcpt(conversation: Conversation, rcpt_to: str = "x@example.org", **kw: str) -> Answer:
     return conversation.recipient(
-        rules(), request("RCPT", recipient=rcpt_to, **kw), limits_for, SUPPRESSED, drop_suppressed=False
+        RULES, request("RCPT", recipient=rcpt_to, **kw), limits_for, SUPPRESSED, drop_suppressed=False
     )
 
 
@@ -163,3 +166,35 @@ def test_store_errors_follow_on_store_error(setting: str, action: str) -> None:
     answer = store_failed(ADMISSION, setting)
     assert (answer.action, answer.result) == (action, "store_error")
     assert not action.startswith("5")  # an outage never refuses for good
+
+
+def test_judgements_remember_what_goes_on_and_never_a_refusal() -> None:
+    from smtpplus_milter.core.policy import Judgements
+
+    judgements, current = Judgements(size=3), RULES
+    first = Conversation(judgements)
+    assert rcpt(first).result == "accepted"
+    known, user = judgements.get(current, "shop-frontend", "orders@yourcompany.com")
+    assert known and user is not None and user.login == "shop-frontend"
+    refused = rcpt(first, sender="ceo@bank.example", instance="two")
+    assert refused.result == "refused" and refused.outcome is not None
+    assert judgements.get(current, "shop-frontend", "ceo@bank.example") == (False, None)
+    # Judged again on another connection: a refusal is reported again, for that message.
+    assert rcpt(Conversation(judgements), sender="ceo@bank.example").outcome is not None
+    # Another set of rules (a reload) starts empty.
+    assert judgements.get(rules(), "shop-frontend", "orders@yourcompany.com") == (False, None)
+
+
+def test_judgements_are_bounded_and_remember_sessions_that_are_not_ours() -> None:
+    from smtpplus_milter.core.policy import Judgements
+
+    judgements, current = Judgements(size=2), rules(shop_directory(unknown_user="pass"))
+    conversation = Conversation(judgements)
+    answer = conversation.recipient(
+        current, request("RCPT", login="stranger", recipient="x@example.org"), limits_for, None, drop_suppressed=False
+    )
+    assert answer.result == "dunno"
+    assert judgements.get(current, "stranger", "orders@yourcompany.com") == (True, None)
+    for n in range(3):
+        judgements.remember(current, f"u{n}", "s", None)
+    assert judgements.get(current, "stranger", "orders@yourcompany.com") == (False, None)  # forgotten

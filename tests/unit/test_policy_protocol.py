@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from smtpplus_milter.core.policy_protocol import (
     MAX_ACTION_BYTES,
@@ -323,3 +325,34 @@ def test_encode_request_round_trips_through_the_decoder() -> None:
     pairs = [("request", "smtpd_access_policy"), ("sender", ""), ("recipient", "a=b@c")]
     assert encode_request(pairs) == b"request=smtpd_access_policy\nsender=\nrecipient=a=b@c\n\n"
     assert dict(decode(encode_request(pairs))[0].attributes) == dict(pairs)
+
+
+_LINE = st.one_of(
+    st.builds(
+        lambda name, value: name + b"=" + value,
+        st.sampled_from([b"size", b"recipient_count", b"sender", b"a", b"x" * 64, b"x" * 65, b"na=me"]),
+        st.binary(max_size=12),
+    ),
+    st.binary(max_size=20).filter(lambda raw: b"\n" not in raw),
+)
+
+
+@given(st.lists(st.lists(_LINE, max_size=6), min_size=1, max_size=4))
+def test_the_whole_request_path_and_the_line_path_agree(requests: list[list[bytes]]) -> None:
+    # Every chunk split, valid or not: one chunk takes the whole-request path where it can, one
+    # byte at a time never can; both must decode the same requests and break at the same one.
+    stream = b"".join(b"".join(line + b"\n" for line in lines) + b"\n" for lines in requests)
+
+    def decode(pieces: list[bytes]) -> tuple[list[PolicyRequest], str | None]:
+        decoder, found = PolicyDecoder(), []
+        try:
+            for piece in pieces:
+                found += decoder.feed(piece)
+        except PolicyProtocolError as error:
+            return found + list(error.requests), str(error)
+        return found, None
+
+    whole = decode([stream])
+    by_byte = decode([stream[i : i + 1] for i in range(len(stream))])
+    assert whole[0] == by_byte[0]
+    assert (whole[1] is None) == (by_byte[1] is None)
