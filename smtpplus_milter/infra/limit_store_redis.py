@@ -22,6 +22,8 @@ Every redis-py error becomes :class:`LimitStoreError` naming the server (never t
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -179,21 +181,42 @@ class RedisLimitStore:
         self._server = server_name(url)
         self._password = urlsplit(url).password
         self._clock = clock
+        self._timeout = timeout
+        # One client, with one connection of its own, per thread (the policy daemon serves each
+        # Postfix connection in a thread): no pool to check a connection out of and back into on
+        # every call, which cost more than the call itself (bench/policyd.py). RESP2, whose reply
+        # parser is cheaper than RESP3's.
+        self._local = threading.local()
+        self._clients: list[Any] = []
+        self._clients_lock = threading.Lock()
         try:
-            # One retry, only for a broken connection (e.g. a pooled one from before a Redis restart):
-            # an admit is idempotent per token, so resending it is safe. A timeout is not retried, so
-            # the caller hears of a hanging server within *timeout*.
-            self._client: Any = redis.Redis.from_url(
-                url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
-                retry_on_timeout=False,
-            )
-            self._admit = self._client.register_script(_ADMIT)
-            self._refund = self._client.register_script(_REFUND)
+            # The scripts are registered on a client that never connects by itself (each call names
+            # the thread's client), so a Redis that is down does not stop the daemon from starting.
+            registry = redis.Redis.from_url(url)
+            self._admit = registry.register_script(_ADMIT)
+            self._refund = registry.register_script(_REFUND)
         except (redis.exceptions.RedisError, ValueError) as error:
             raise LimitStoreError(self._describe(error)) from None
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            # One retry, only for a broken connection (e.g. one from before a Redis restart): an
+            # admit is idempotent per token, so resending it is safe. A timeout is not retried, so
+            # the caller hears of a hanging server within *timeout*.
+            client = redis.Redis.from_url(
+                self._url,
+                socket_timeout=self._timeout,
+                socket_connect_timeout=self._timeout,
+                retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
+                retry_on_timeout=False,
+                single_connection_client=True,
+                protocol=2,
+            )
+            self._local.client = client
+            with self._clients_lock:
+                self._clients.append(weakref.ref(client))
+        return client
 
     def _describe(self, error: Exception) -> str:
         text = str(error) or type(error).__name__
@@ -221,7 +244,9 @@ class RedisLimitStore:
             1 if over else 0,
         )
         try:
-            limit, retry, permanent = self._admit(keys=[usage_key(key), answer_key(key, token)], args=args)
+            limit, retry, permanent = self._admit(
+                keys=[usage_key(key), answer_key(key, token)], args=args, client=self._client()
+            )
         except redis.exceptions.RedisError as error:
             raise LimitStoreError(self._describe(error)) from None
         name = limit.decode()
@@ -232,7 +257,7 @@ class RedisLimitStore:
 
     def refund(self, key: str, token: str, now: float) -> bool:
         try:
-            done = self._refund(keys=[usage_key(key), answer_key(key, token)], args=())
+            done = self._refund(keys=[usage_key(key), answer_key(key, token)], args=(), client=self._client())
         except redis.exceptions.RedisError as error:
             raise LimitStoreError(self._describe(error)) from None
         return bool(done)
@@ -240,7 +265,7 @@ class RedisLimitStore:
     def usage(self, key: str) -> Usage:
         """What *key* has used (for status and tests)."""
         try:
-            tat, day, rcpt, size = self._client.hmget(usage_key(key), "tat", "day", "rcpt", "bytes")
+            tat, day, rcpt, size = self._client().hmget(usage_key(key), "tat", "day", "rcpt", "bytes")
         except redis.exceptions.RedisError as error:
             raise LimitStoreError(self._describe(error)) from None
         if tat is None:
@@ -250,12 +275,17 @@ class RedisLimitStore:
     def health(self) -> None:
         """None when the server answers a PING; else raises :class:`LimitStoreError`."""
         try:
-            self._client.ping()
+            self._client().ping()
         except redis.exceptions.RedisError as error:
             raise LimitStoreError(self._describe(error)) from None
 
     def close(self) -> None:
-        self._client.close()
+        with self._clients_lock:
+            clients, self._clients = self._clients, []
+        for ref in clients:
+            client = ref()
+            if client is not None:
+                client.close()
 
 
 def open_limit_store(store: str, *, timeout: float = 1.0) -> LimitStore:

@@ -5,6 +5,7 @@ between hosts, a server that goes away and comes back, passwords, and one round 
 from __future__ import annotations
 
 import random
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -274,3 +275,35 @@ def test_open_limit_store(server: RedisServer) -> None:
     opened.health()
     with pytest.raises(ValueError, match="unknown sending-limit store"):
         open_limit_store("sqlite:///x")
+
+
+def test_a_store_whose_server_is_down_opens_and_fails_per_call() -> None:
+    # The policy daemon must start while Redis is down: on_store_error decides per message.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens here once the probe is closed
+    store = RedisLimitStore(f"redis://127.0.0.1:{port}/0", timeout=0.5)
+    try:
+        with pytest.raises(LimitStoreError, match=f"redis://127.0.0.1:{port}/0"):
+            store.admit("u", Limits(), Message(1, 1), "Q1", 0.0)
+        with pytest.raises(LimitStoreError):
+            store.refund("u", "Q1", 0.0)
+    finally:
+        store.close()
+
+
+def test_each_thread_keeps_its_own_connection(server: RedisServer, store: RedisLimitStore, client: Any) -> None:
+    before = int(client.info("clients")["connected_clients"])
+
+    def admit_some(name: str) -> None:
+        for n in range(5):
+            store.admit(name, Limits(), Message(1, 1), f"{name}-{n}", 0.0)
+
+    threads = [threading.Thread(target=admit_some, args=(f"t{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # One connection per thread that asked (not one per call), closed with the store.
+    assert int(client.info("clients")["connected_clients"]) - before <= 4
+    store.close()
