@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -281,7 +282,12 @@ class PolicyService:
         decoder = PolicyDecoder()
         conversation = Conversation(self.judgements)
         try:
-            connection.settimeout(self._current[0].policy.idle_timeout_seconds)
+            # The idle bound as the kernel's receive and send timeouts on a blocking socket: a
+            # Python timeout would add a poll() before every recv and send (bench/policyd.py).
+            # A silent peer's recv, or a peer that never reads its replies, then fails with EAGAIN.
+            idle = struct.pack("ll", self._current[0].policy.idle_timeout_seconds, 0)
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, idle)
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, idle)
             while not self._stopping.is_set():
                 try:
                     chunk = connection.recv(RECV_BYTES)

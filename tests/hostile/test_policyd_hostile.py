@@ -176,3 +176,38 @@ def test_connection_flood_is_bounded(tmp_path: Path) -> None:
         for peer in peers:
             peer.close()
         service.stop()
+
+
+def test_a_peer_that_never_reads_its_replies_is_dropped_after_the_idle_bound(tmp_path: Path) -> None:
+    # A unix socket: its buffers do not grow (loopback TCP's would hold every answer of this test).
+    path = tmp_path / "policy.sock"
+    settings = {"policy": {"listen": f"unix:{path}", "idle_timeout_seconds": 1}}
+    config = load_config(write_config(tmp_path, settings=settings))
+    service = PolicyService(
+        config, listeners=[bind(config.policy.listen)], store=MemoryLimitStore(), emit=lambda level, event, fields: None
+    )
+    threading.Thread(target=service.serve, daemon=True).start()
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    peer.connect(str(path))
+    request = encode_request({"request": "smtpd_access_policy", "protocol_state": "CONNECT"})
+
+    def flood() -> None:
+        try:
+            peer.sendall(request * 100_000)  # the answers pile up unread until the daemon gives up
+        except OSError:
+            pass
+
+    sender = threading.Thread(target=flood, daemon=True)
+    sender.start()
+    try:
+        deadline = time.monotonic() + 30
+        while service.busy() == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        while service.busy() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert service.busy() == 0, "the daemon still serves a peer that reads nothing"
+        answered = service.policy_metrics.request_counts["other", "dunno"]._value.get()
+        assert answered < 100_000  # it gave up before answering everything
+    finally:
+        peer.close()
+        service.stop()
