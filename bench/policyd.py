@@ -487,6 +487,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="only profile N requests in process")
     parser.add_argument("--micro", type=int, default=0, metavar="N", help="only time each part of a request, N times")
     parser.add_argument("--store", default="memory", choices=("memory", "redis"), help="the store --profile uses")
+    parser.add_argument(
+        "--paced", default="", metavar="MS,...", help="only the daemon's CPU per request with these pauses (ms)"
+    )
     args = parser.parse_args(argv)
     args.requests = args.requests or (3000 if args.quick else 30000)
     args.repeat = args.repeat or (1 if args.quick else 3)
@@ -501,10 +504,49 @@ def spread(values: list[float], spec: str) -> str:
     return f"{median:{spec}} ({min(values):{spec}}-{max(values):{spec}})"
 
 
+def paced(gaps_ms: list[float], connections: int = 10, messages: int = 300) -> int:
+    """The daemon's CPU per request when requests come slowly (Postfix's pace, not a flood):
+    *connections* threads, each one message (RCPT + END-OF-MESSAGE) then a pause of each gap."""
+    os.sched_setaffinity(0, {CLIENT_CPU})
+    with tempfile.TemporaryDirectory(prefix="smtpplus-bench-policyd-") as tmp:
+        daemon = Daemon(Path(tmp) / "memory", "memory")
+        try:
+            drive(daemon.path, 8, 200, 1, "WARM")
+            for gap in gaps_ms:
+                answered = [0] * connections
+
+                def one(k: int, gap: float = gap, answered: list[int] = answered) -> None:
+                    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                        client.connect(daemon.path)
+                        for n in range(messages):
+                            for raw in message(k * 1_000_000 + n, 1, f"P{gap:g}"):
+                                client.sendall(raw)
+                                client.recv(4096)
+                                answered[k] += 1
+                            time.sleep(gap / 1000)
+
+                cpu = cpu_seconds(daemon.pid)
+                threads = [threading.Thread(target=one, args=(k,)) for k in range(connections)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                used = cpu_seconds(daemon.pid) - cpu
+                print(
+                    f"{connections} connections, a message then {gap:g} ms: daemon CPU "
+                    f"{used / sum(answered) * 1e6:.0f} us per request ({sum(answered)} requests)"
+                )
+        finally:
+            daemon.stop()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.micro:
         return micro(args.micro)
+    if args.paced:
+        return paced([float(gap) for gap in args.paced.split(",")])
     if args.profile:
         return profile(args.profile, int(args.recipients.split(",")[0]), args.store, 25)
     os.sched_setaffinity(0, {CLIENT_CPU})  # the load generator, and the redis-server it starts
