@@ -18,6 +18,7 @@ from smtpplus_milter.config.loader import (
 from smtpplus_milter.config.schema import AlertmanagerSink, AlertsSection, EmailSink, Settings, WebhookSink
 from smtpplus_milter.config.values import (
     Bounces,
+    Doctor,
     Fanout,
     HostPort,
     Notices,
@@ -42,6 +43,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConfigProblem",
+    "Doctor",
     "EmailSink",
     "Fanout",
     "HostPort",

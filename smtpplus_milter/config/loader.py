@@ -28,6 +28,7 @@ from pydantic import BaseModel, RootModel, ValidationError
 from smtpplus_milter.config.schema import NotifySection, Settings, UserEntry, UsersFile
 from smtpplus_milter.config.values import (
     Bounces,
+    Doctor,
     Fanout,
     Notices,
     Notify,
@@ -100,6 +101,7 @@ class Config:
     # secret_file yet: a process started without create_secret, see load_config).
     unsubscribe: Mapping[str, ListUnsubscribe] = field(default_factory=lambda: MappingProxyType({}))
     policy: Policy = field(default_factory=Policy)  # the policy: section (policyd's socket)
+    doctor: Doctor = field(default_factory=Doctor)  # what `doctor` checks beyond the config
     sending_limits: SendingLimits = field(default_factory=SendingLimits)
 
     def limits_for(self, login: str) -> Limits:
@@ -279,7 +281,21 @@ def load_config(
         web=Web(settings.web.listen, settings.web.metrics_listen) if settings.web is not None else None,
         unsubscribe=_unsubscribe(settings, secret),
         policy=_policy(settings),
+        doctor=_doctor(settings),
         sending_limits=_sending_limits(settings, entries, directory),
+    )
+
+
+def _doctor(settings: Settings) -> Doctor:
+    section = settings.doctor
+    return Doctor(
+        relay_ips=section.relay_ips or settings.verification.relay_ips,
+        dkim_selectors=section.dkim_selectors,
+        postfix_config_dir=Path(section.postfix_config_dir),
+        host=section.host,
+        ports=section.ports,
+        hostname=section.hostname,
+        certificate_warn_days=section.certificate_warn_days,
     )
 
 

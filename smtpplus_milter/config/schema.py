@@ -336,6 +336,52 @@ class SendingLimitsSection(_Strict):
     on_store_error: Literal["tempfail", "allow"] = "tempfail"
 
 
+class DoctorSection(_Strict):
+    """``smtpplus-milter doctor`` (docs/doctor.md): what to check beyond the config itself."""
+
+    # The relay's public addresses, which SPF must allow and which need a PTR; empty: verification.relay_ips.
+    relay_ips: Annotated[tuple[str, ...], _LIST] = ()
+    # DKIM selectors the signer uses for the authorized domains (e.g. [mail]); empty: the DKIM key
+    # check says what it could not check.
+    dkim_selectors: Annotated[tuple[str, ...], _LIST] = ()
+    # The Postfix instance whose settings are checked (its main.cf directory).
+    postfix_config_dir: str = "/etc/postfix"
+    # Where the SMTP ports are tried (STARTTLS, certificate, AUTH only after TLS), and which ports.
+    host: str = "127.0.0.1"
+    ports: Annotated[tuple[int, ...], _LIST] = (25, 587)
+    # The name clients use for the relay (the certificate must name it); empty: Postfix's myhostname.
+    hostname: str = ""
+    # A certificate that expires within this many days is a warning (an expired one fails).
+    certificate_warn_days: Annotated[int, Field(ge=1, le=365)] = 21
+
+    @field_validator("relay_ips")
+    @classmethod
+    def _relay_ips(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_address(item)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address; list the relay's public IPv4/IPv6 IPs") from None
+        return value
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        for port in value:
+            if isinstance(port, bool) or not 1 <= port <= 65535:
+                raise ValueError(f"{port!r} is not a TCP port (1-65535)")
+        return value
+
+    @field_validator("dkim_selectors")
+    @classmethod
+    def _selectors(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for selector in value:
+            labels = selector.split(".")
+            if not all(label and len(label) <= 63 and label.replace("-", "").isalnum() for label in labels):
+                raise ValueError(f"{selector!r} is not a DKIM selector (DNS labels: letters, digits, '-')")
+        return value
+
+
 class ListSection(_Strict):
     # List-Id: <list_id> on the list's mail (RFC 2919), e.g. news.yourcompany.com.
     list_id: Annotated[str, Field(pattern=_LIST_ID, max_length=255)] | None = None
@@ -463,6 +509,7 @@ class Settings(_Strict):
     # null: no policy daemon; the section (even empty: `policy: {}`) is what asks for one, and
     # postfix-config then prints the check_policy_service lines.
     policy: PolicySection | None = None
+    doctor: DoctorSection = DoctorSection()
     sending_limits: SendingLimitsSection = SendingLimitsSection()
 
 

@@ -282,6 +282,19 @@ class Preempt:
 
 
 @dataclass(frozen=True)
+class Doctor:
+    """The ``doctor:`` section, resolved: relay IPs fall back to ``verification.relay_ips``."""
+
+    relay_ips: tuple[str, ...] = ()
+    dkim_selectors: tuple[str, ...] = ()
+    postfix_config_dir: Path = Path("/etc/postfix")
+    host: str = "127.0.0.1"
+    ports: tuple[int, ...] = (25, 587)
+    hostname: str = ""  # empty: Postfix's myhostname
+    certificate_warn_days: int = 21
+
+
+@dataclass(frozen=True)
 class Web:
     """The ``web:`` section: the unsubscribe endpoint's HTTP listener and its metrics."""
 
