@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from smtpplus_milter.observe.metrics import FollowerMetrics, Metrics
+from smtpplus_milter.observe.metrics import FollowerMetrics, Metrics, PolicyMetrics
 
 PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULES = PROMETHEUS / "smtpplus-rules.yml"
@@ -31,9 +31,11 @@ _LABEL_VALUES = re.compile(r"^\s*label_values\(\s*(?:(?P<expr>.*),\s*)?(?P<label
 
 
 def exported_names() -> set[str]:
-    """Every series name metrics.py exposes (the milter's and the follower's), suffixes included."""
+    """Every series name metrics.py exposes (the milter's, the follower's and the policy daemon's), suffixes included."""
     names: set[str] = set()
-    families = [*Metrics().registry.collect(), *FollowerMetrics().registry.collect()]
+    policy = Metrics()
+    PolicyMetrics(policy.registry)
+    families = [*Metrics().registry.collect(), *FollowerMetrics().registry.collect(), *policy.registry.collect()]
     for family in families:
         if family.type == "counter":
             names.add(f"{family.name}_total")
@@ -164,6 +166,8 @@ def test_rules_cover_the_issue() -> None:
         "SMTPPlusConfigReloadFailed",
         "SMTPPlusAlertSinkFailing",
         "SMTPPlusBounceRateHigh",
+        "SMTPPlusUserAtSendingLimit",
+        "SMTPPlusLimitStoreUnavailable",
     }
 
 
