@@ -6,4 +6,5 @@ bash "$repo/deploy/bootstrap.sh"
 cd "$repo"
 .venv/bin/python -m ruff check .
 .venv/bin/python -m mypy smtpplus_milter lab
-exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
+# --durations: the slowest tests in every log, to keep the suite within its time budget.
+exec .venv/bin/python -m pytest -p no:cacheprovider --durations=30 "$@"
