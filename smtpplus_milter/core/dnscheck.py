@@ -46,6 +46,13 @@ class Lookup(Protocol):
         """MX host names at *name*, best first; [] if none."""
 
 
+class ReverseLookup(Lookup, Protocol):
+    """A :class:`Lookup` that can also ask PTR records (``doctor``'s reverse-DNS check)."""
+
+    def ptr(self, ip: IPAddress) -> list[str]:
+        """Host names (no trailing dot) of the PTR records of *ip*'s reverse name; [] if none."""
+
+
 # --- the token -----------------------------------------------------------------------------------
 
 
@@ -124,8 +131,42 @@ def _spend(outcome: SpfResult, term: str) -> None:
         raise _PermError(f"more than {SPF_LOOKUP_LIMIT} DNS-querying terms (at {term})")
 
 
+def spf_records(lookup: Lookup, domain: str) -> list[str]:
+    """The SPF records (``v=spf1 ...``) among the TXT records of *domain* (more than one is a permerror)."""
+    return [t for t in lookup.txt(domain) if t.lower() == "v=spf1" or t.lower().startswith("v=spf1 ")]
+
+
+def spf_lookup_costs(lookup: Lookup, domain: str) -> tuple[tuple[str, int], ...]:
+    """Each DNS-querying term of *domain*'s SPF record with the DNS-querying terms it costs in all.
+
+    The evaluator stops at the first match, so what one IP costs depends on the IP; this is the
+    worst case, an IP that matches nothing, which is what must stay within the limit of ten for
+    every sender. An ``include``/``redirect`` costs one plus what its record costs (a record that
+    cannot be read costs nothing more; a loop stops counting past the limit).
+    """
+    return tuple(_costs(lookup, domain, depth=0))
+
+
+def _costs(lookup: Lookup, domain: str, depth: int) -> list[tuple[str, int]]:
+    records = spf_records(lookup, domain)
+    if len(records) != 1 or depth > SPF_LOOKUP_LIMIT:
+        return []
+    costs: list[tuple[str, int]] = []
+    for term in records[0].split()[1:]:
+        name, _, value = term.lstrip("+-~?").partition(":")
+        name = name.lower()
+        if term.lower().startswith("redirect="):
+            target = term.partition("=")[2]
+            costs.append((term, 1 + sum(cost for _, cost in _costs(lookup, target, depth + 1))))
+        elif name == "include" and value:
+            costs.append((term, 1 + sum(cost for _, cost in _costs(lookup, value, depth + 1))))
+        elif name.split("/")[0] in ("a", "mx", "exists", "ptr"):
+            costs.append((term, 1))
+    return costs
+
+
 def _check_host(lookup: Lookup, domain: str, ip: IPAddress, outcome: SpfResult) -> tuple[str, str]:
-    records = [t for t in lookup.txt(domain) if t.lower() == "v=spf1" or t.lower().startswith("v=spf1 ")]
+    records = spf_records(lookup, domain)
     if not records:
         return "none", f"{domain} has no SPF record"
     if len(records) > 1:

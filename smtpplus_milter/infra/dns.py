@@ -1,4 +1,4 @@
-"""DNS look-ups through dnspython: the :class:`~smtpplus_milter.core.dnscheck.Lookup` the commands use.
+"""DNS look-ups through dnspython: the :class:`~smtpplus_milter.core.dnscheck.ReverseLookup` the commands use.
 
 The checks themselves (token, DMARC, SPF) are pure and live in :mod:`smtpplus_milter.core.dnscheck`;
 this module only asks the configured resolver (or the system's) and turns its failures into
@@ -16,7 +16,10 @@ DNS_TIMEOUT = 5.0
 
 
 class Resolver:
-    """:class:`Lookup` over dnspython; *address* (``verification.resolver``) or None for the system's resolver."""
+    """:class:`ReverseLookup` (TXT, A/AAAA, MX, PTR) over dnspython.
+
+    *address*: ``verification.resolver`` (or doctor's), or None for the system's resolver.
+    """
 
     def __init__(self, address: HostPort | None = None, *, timeout: float = DNS_TIMEOUT) -> None:
         import dns.resolver
@@ -55,6 +58,12 @@ class Resolver:
         for rdtype in ("A", "AAAA"):
             found += [ipaddress.ip_address(r.address) for r in self._ask(name, rdtype)]  # type: ignore[attr-defined]
         return found
+
+    def ptr(self, ip: IPAddress) -> list[str]:
+        import dns.reversename
+
+        name = dns.reversename.from_address(str(ip)).to_text()
+        return [r.target.to_text(omit_final_dot=True) for r in self._ask(name, "PTR")]  # type: ignore[attr-defined]
 
     def mx(self, name: str) -> list[str]:
         records = sorted(self._ask(name, "MX"), key=lambda r: r.preference)  # type: ignore[attr-defined]
