@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import grp
+import ipaddress
 import json
 import os
 import pwd
@@ -1347,12 +1348,21 @@ DNS_START_TIMEOUT = 10.0
 DNS_STOP_TIMEOUT = 5.0
 
 
+def _strings_of(text: str, size: int = 255) -> list[str]:
+    """*text* cut into TXT character-strings of at most *size* octets (one for a short text)."""
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
 class DnsServer(_ForegroundServer):
     """A private dnsmasq on 127.0.0.1:PORT (UDP and TCP) that knows only the records it is given.
 
-    *txt* holds (name, text) pairs (one pair per TXT record; repeat a name for several records),
-    *hosts* (name, IPv4/IPv6) pairs, *mx* (domain, mail host) pairs. Names below one of *local*
-    domains that have no record get NXDOMAIN; nothing is forwarded anywhere (``--no-resolv``), and
+    *txt* holds (name, text) pairs (one pair per TXT record; repeat a name for several records; a
+    text over 255 octets, such as a 2048-bit DKIM key, is served as several character-strings of
+    one record, which readers join), *hosts* (name, IPv4/IPv6) pairs (dnsmasq answers the PTR of
+    each address with its name too), *mx* (domain, mail host) pairs, *ptr* (IP, name) pairs: a
+    PTR record alone, with no address record for the name. Names below one of *local* domains
+    that have no record get NXDOMAIN (give the reverse zone, e.g. ``2.0.192.in-addr.arpa``, to
+    have an unknown PTR answered NXDOMAIN); nothing is forwarded anywhere (``--no-resolv``), and
     neither /etc/hosts nor /etc/dnsmasq.conf is read. Debian package dnsmasq-base.
     """
 
@@ -1369,6 +1379,7 @@ class DnsServer(_ForegroundServer):
         txt: Sequence[tuple[str, str]] = (),
         hosts: Sequence[tuple[str, str]] = (),
         mx: Sequence[tuple[str, str]] = (),
+        ptr: Sequence[tuple[str, str]] = (),
         local: Sequence[str] = ("test",),
         port: int | None = None,
     ) -> None:
@@ -1380,6 +1391,7 @@ class DnsServer(_ForegroundServer):
         self.address = f"{LOOPBACK}:{self.port}"
         self.log_file = self.workdir / "dnsmasq.log"
         self.records = (tuple(txt), tuple(hosts), tuple(mx), tuple(local))
+        self.ptr = tuple((ipaddress.ip_address(ip).reverse_pointer, name) for ip, name in ptr)
         self._process: subprocess.Popen[bytes] | None = None
 
     def _command(self) -> list[str]:
@@ -1401,9 +1413,11 @@ class DnsServer(_ForegroundServer):
             # dnsmasq would switch to user dnsmasq, which may not exist and could not write the log.
             command.append("--user=root")
         command += [f"--local=/{domain}/" for domain in local]
-        command += [f"--txt-record={name},{text}" for name, text in txt]
+        # dnsmasq makes each ','-separated part one character-string (at most 255 octets).
+        command += [f"--txt-record={name},{','.join(_strings_of(text))}" for name, text in txt]
         command += [f"--host-record={name},{address}" for name, address in hosts]
         command += [f"--mx-host={domain},{host},10" for domain, host in mx]
+        command += [f"--ptr-record={reverse},{name}" for reverse, name in self.ptr]
         return command
 
     def _ready(self) -> bool:
