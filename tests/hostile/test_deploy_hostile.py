@@ -101,12 +101,68 @@ def test_unit_bounds_memory_and_tasks() -> None:
 
 
 @pytest.mark.skipif(shutil.which("nft") is None, reason="nftables is not installed (deploy/bootstrap.sh installs it)")
-def test_nftables_snippet_parses(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["smtpplus-local.nft", "smtpplus-ports.nft"])
+def test_nftables_snippet_parses(tmp_path: Path, name: str) -> None:
     # `nft -c` checks without loading anything; the service user may not exist here.
-    text = (REPO / "deploy/nftables/smtpplus-local.nft").read_text(encoding="utf-8").replace('"smtpplus"', '"nobody"')
+    text = (REPO / "deploy/nftables" / name).read_text(encoding="utf-8").replace('"smtpplus"', '"nobody"')
     (tmp_path / "rules.nft").write_text(text, encoding="utf-8")
     done = subprocess.run(["nft", "-c", "-f", str(tmp_path / "rules.nft")], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="nftables is not installed (deploy/bootstrap.sh installs it)")
+def test_the_ports_snippet_takes_the_excluded_ports_the_guide_shows(tmp_path: Path) -> None:
+    # The guide tells the operator to fill the set: what it shows must load.
+    text = (REPO / "deploy/nftables/smtpplus-ports.nft").read_text(encoding="utf-8").replace('"smtpplus"', '"nobody"')
+    assert "    #     elements = { 3306, 4190 }\n" in text
+    text = text.replace(
+        "        flags interval\n", "        flags interval\n        elements = { 3306, 4190, 2000-2100 }\n"
+    )
+    (tmp_path / "rules.nft").write_text(text, encoding="utf-8")
+    done = subprocess.run(["nft", "-c", "-f", str(tmp_path / "rules.nft")], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_ports_snippet_redirects_1025_to_5000_to_submission_except_the_excluded() -> None:
+    text = (REPO / "deploy/nftables/smtpplus-ports.nft").read_text(encoding="utf-8")
+    rules = [line.strip() for line in text.splitlines() if "redirect" in line and not line.lstrip().startswith("#")]
+    assert len(rules) == 2  # from outside (prerouting) and the service user's own (output)
+    for rule in rules:
+        assert "fib daddr type local" in rule  # this host's addresses only, never routed traffic
+        assert "tcp dport 1025-5000 tcp dport != @excluded" in rule and rule.endswith("redirect to :587")
+    assert rules[1].startswith('meta skuid "smtpplus" ')  # no other local program is redirected
+    # A reload replaces the table instead of doubling its rules.
+    assert "table inet smtpplus_ports\ndelete table inet smtpplus_ports\n" in text
+
+
+def test_no_shipped_listener_lies_in_the_redirected_ports() -> None:
+    # A port of ours in 1025-5000 would be redirected to 587 for the smtpplus user (output chain):
+    # the example config, the Postfix snippets and the defaults in the config code.
+    shipped = "\n".join(
+        (REPO / path).read_text(encoding="utf-8")
+        for path in (
+            "deploy/smtpplus.yaml",
+            "deploy/postfix/master.cf.snippet",
+            "deploy/postfix/main.cf.snippet",
+            "smtpplus_milter/config/schema.py",
+            "smtpplus_milter/config/values.py",
+        )
+    )
+    ports = {int(port) for port in re.findall(r'(?:127\.0\.0\.1|localhost|\])(?::|", )(\d+)\b', shipped)}
+    assert {9464, 10027, 8025} <= ports, "the pattern finds the shipped listeners"
+    assert not {port for port in ports if 1025 <= port <= 5000}
+
+
+def test_the_doctor_runs_daily_as_the_service_user_and_alerts() -> None:
+    service, timer = _unit("smtpplus-doctor.service"), _unit("smtpplus-doctor.timer")
+    assert service["Type"] == ["oneshot"] and service["User"] == ["smtpplus"]
+    command = service["ExecStart"]
+    assert command[1:] == ["doctor", "-c", "/etc/smtpplus/smtpplus.yaml", "--format", "json", "--alert"]
+    assert service["ProtectSystem"] == ["strict"] and service["CapabilityBoundingSet"] == []
+    assert not any(key in service for key in ("ReadWritePaths", "StateDirectory"))  # it only reads
+    assert {"AF_INET", "AF_INET6", "AF_NETLINK"} <= set(service["RestrictAddressFamilies"])  # postconf: netlink
+    assert timer["OnCalendar"] == ["daily"] and timer["Persistent"] == ["true"]
+    assert timer["RandomizedDelaySec"] == ["1h"] and timer["WantedBy"] == ["timers.target"]
 
 
 def _unit(name: str) -> dict[str, list[str]]:
@@ -154,13 +210,14 @@ def test_the_units_can_write_the_default_spool_and_sqlite_store(name: str) -> No
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 @pytest.mark.parametrize(
-    "name", sorted(path.name for pattern in ("*.service", "*.socket") for path in (REPO / "systemd").glob(pattern))
+    "name",
+    sorted(path.name for pattern in ("*.service", "*.socket", "*.timer") for path in (REPO / "systemd").glob(pattern)),
 )
 def test_units_pass_systemd_analyze_verify(tmp_path: Path, name: str) -> None:
-    # Every unit goes beside it: a .socket is checked with the .service it starts (and that one
-    # Requires= its socket). verify refuses a unit whose ExecStart does not exist: the program is
-    # not installed here.
-    for unit in (REPO / "systemd").glob("*.s*"):
+    # Every unit goes beside it: a .socket or .timer is checked with the .service it starts (and
+    # that one may Require= its socket). verify refuses a unit whose ExecStart does not exist: the
+    # program is not installed here.
+    for unit in [*(REPO / "systemd").glob("*.s*"), *(REPO / "systemd").glob("*.timer")]:
         text = unit.read_text(encoding="utf-8").replace("/usr/local/bin/smtpplus-milter", "/bin/true")
         (tmp_path / unit.name).write_text(text, encoding="utf-8")
     done = subprocess.run(
