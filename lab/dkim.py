@@ -27,8 +27,8 @@ SIGN_HEADERS = (
 
 class OpenDkim:
     def __init__(self, workdir: Path, domain: str, selector: str = "lab", *, bits: int = 2048) -> None:
-        """*bits*: 1024 keeps the public key in one TXT string (255 octets), which dnsmasq needs
-        to publish it (lab.harness.DnsServer); 2048 otherwise."""
+        """*bits*: the RSA key size (lab.harness.DnsServer publishes a key of any size: a text over
+        255 octets goes out as several strings of one TXT record)."""
         self.workdir = Path(workdir)
         self.domain = domain
         self.selector = selector
