@@ -117,6 +117,7 @@ class Stack:
         fanout: bool = False,
         dkim_domain: str | None = None,
         dkim_after_milter: bool = False,
+        dkim_before_milter: bool = False,
         dkim_bits: int = 2048,
         preempt: dict[str, Any] | None = None,
         sink_sessions: int | None = None,
@@ -142,7 +143,9 @@ class Stack:
         ``bcc_in_to`` (the settings say which). *dkim_domain*: a private OpenDKIM (lab/dkim.py)
         signs that domain's mail as the operator's signer in ``smtpplus_fanout_milters``: every
         copy is signed after the split; with *dkim_after_milter* also in ``smtpd_milters`` after
-        smtpplus-milter, as a relay signs its mail (our headers are added before it signs).
+        smtpplus-milter, as a relay signs its mail (our headers are added before it signs);
+        *dkim_before_milter* puts it before smtpplus-milter instead, the mistake ``doctor`` flags
+        (our header and footer then break its signature).
         *preempt*: ``priority.preempt`` (pause low, resume after 5 s, the lab Postfix, a state file
         in the work directory, metrics on a free port; the dict overrides these) and
         ``smtpplus-milter preempt`` runs beside Postfix (started after it, stopped before it).
@@ -280,7 +283,10 @@ class Stack:
             else None
         )
         self.dkim = OpenDkim(self.workdir / "opendkim", dkim_domain, bits=dkim_bits) if dkim_domain else None
+        if dkim_after_milter and dkim_before_milter:
+            raise ValueError("dkim_after_milter and dkim_before_milter exclude each other")
         self.dkim_after_milter = dkim_after_milter
+        self.dkim_before_milter = dkim_before_milter
         self.postfix_main_cf = postfix_main_cf or {}
         self.local_listener = local_listener
         self.postfix: Postfix | None = None
@@ -317,6 +323,8 @@ class Stack:
                 ours = self._postfix_milter_spec()
                 if self.dkim_after_milter and ours:
                     main_cf["smtpd_milters"] = f"{ours}, {self.dkim.milter}"
+                elif self.dkim_before_milter and ours:
+                    main_cf["smtpd_milters"] = f"{self.dkim.milter}, {ours}"
             self.postfix = Postfix(
                 self.workdir / "postfix",
                 relayhost_port=self.sink.port,

@@ -421,7 +421,7 @@ def port_checks(
         hostname = postfix_hostname(postfix_dir)
     checks = []
     for port in ports:
-        found = probe(host, port, timeout=TIMEOUT_SECONDS if timeout is None else timeout)
+        found = probe(host, port, timeout=TIMEOUT_SECONDS if timeout is None else timeout, server_name=hostname)
         checks.append(port_check(found))
         if found.certificate is not None:
             checks.append(certificate_check(found.endpoint, found.certificate, hostname, warn_days, now))

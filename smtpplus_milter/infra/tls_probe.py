@@ -9,6 +9,7 @@ Failures come back as a value with the stage they happened at, never as an excep
 
 from __future__ import annotations
 
+import ipaddress
 import smtplib
 import ssl
 from dataclasses import dataclass, replace
@@ -59,8 +60,12 @@ def _any_certificate() -> ssl.SSLContext:
     return context
 
 
-def probe(host: str, port: int, *, timeout: float = TIMEOUT_SECONDS, helo: str = "") -> Probe:
-    """Probe *host*:*port* (see the module's docstring); every socket operation waits at most *timeout*."""
+def probe(host: str, port: int, *, timeout: float = TIMEOUT_SECONDS, helo: str = "", server_name: str = "") -> Probe:
+    """Probe *host*:*port* (see the module's docstring); every socket operation waits at most *timeout*.
+
+    *server_name*: the name sent in the TLS handshake (SNI), normally the one the certificate should
+    carry; none when empty or an IP address.
+    """
     found = Probe(host, port)
     try:
         client = smtplib.SMTP(timeout=timeout, local_hostname=helo or None)
@@ -80,7 +85,7 @@ def probe(host: str, port: int, *, timeout: float = TIMEOUT_SECONDS, helo: str =
         found = replace(found, banner=f"{code} {text.decode('utf-8', 'replace')}")
         if code != 220:
             return _failed(found, Failure.PROTOCOL, f"greeting {found.banner!r}, not 220")
-        return _session(client, found)
+        return _session(client, found, _sni(server_name))
     except TimeoutError as exc:
         return _failed(found, Failure.TIMEOUT, str(exc) or "timed out")
     except (smtplib.SMTPException, OSError, UnicodeError) as exc:
@@ -92,28 +97,45 @@ def probe(host: str, port: int, *, timeout: float = TIMEOUT_SECONDS, helo: str =
             client.close()
 
 
-def _session(client: smtplib.SMTP, found: Probe) -> Probe:
+def _session(client: smtplib.SMTP, found: Probe, server_name: str) -> Probe:
     code, text = client.ehlo()
     if code != 250:
         return _failed(found, Failure.PROTOCOL, f"EHLO answered {code} {text.decode('utf-8', 'replace')}")
     found = replace(found, starttls=client.has_extn("starttls"), auth_before_tls=_auth(client))
     if not found.starttls:
         return found
+    code, text = client.docmd("STARTTLS")
+    if code != 220:
+        return _failed(found, Failure.TLS, f"STARTTLS answered {code} {text.decode('utf-8', 'replace')}")
+    plain = client.sock
+    if plain is None:  # the server closed the connection after its 220
+        return _failed(found, Failure.TLS, "the connection closed after STARTTLS")
     try:
-        code, text = client.starttls(context=_any_certificate())
-    except ssl.SSLError as exc:
+        # By hand rather than smtplib's starttls(), which sends the connect() host as SNI ("" here):
+        # we send the name we expect, so a server that picks its certificate by SNI shows that one.
+        tls = _any_certificate().wrap_socket(plain, server_hostname=server_name or None)
+    except (ssl.SSLError, OSError) as exc:
         return _failed(found, Failure.TLS, f"TLS handshake failed: {exc}")
-    except smtplib.SMTPResponseException as exc:
-        return _failed(found, Failure.TLS, f"STARTTLS answered {exc.smtp_code} {exc.smtp_error!r}")
-    sock = client.sock
-    assert isinstance(sock, ssl.SSLSocket)  # starttls() returned 220, so the socket is wrapped
-    found = replace(found, tls_version=sock.version() or "", certificate=sock.getpeercert(binary_form=True))
+    # What smtplib's starttls() forgets after the handshake: everything said in clear text.
+    client.sock, client.file = tls, None
+    client.helo_resp = client.ehlo_resp = None
+    client.esmtp_features = {}
+    client.does_esmtp = False
+    found = replace(found, tls_version=tls.version() or "", certificate=tls.getpeercert(binary_form=True))
     code, text = client.ehlo()
     if code != 250:
         return _failed(
             found, Failure.PROTOCOL, f"EHLO after STARTTLS answered {code} {text.decode('utf-8', 'replace')}"
         )
     return replace(found, auth_after_tls=_auth(client))
+
+
+def _sni(name: str) -> str:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return name.rstrip(".")
+    return ""  # SNI carries host names only
 
 
 def _failed(found: Probe, failure: Failure, error: str) -> Probe:
