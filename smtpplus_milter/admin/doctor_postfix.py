@@ -302,7 +302,8 @@ def auth_required(port: int) -> bool:
 def _listener_fix(port: int) -> str:
     if port in CLIENT_PORTS:
         return (
-            f"redirect port {port} to the submission service with the nftables rules in deploy/nftables/, "
+            f"load deploy/nftables/smtpplus-ports.nft (it redirects 1025-5000 to the submission service; "
+            f"from this host only the smtpplus user's connections are redirected, so run doctor as that user), "
             f"or add a master.cf listener `{port} inet n - y - - smtpd` with the submission service's -o options"
         )
     if port == SUBMISSION_PORT:
