@@ -7,6 +7,7 @@ from pathlib import Path
 
 from smtpplus_milter import __version__
 from smtpplus_milter.cli import check, postfix, run
+from smtpplus_milter.cli import doctor as doctor_cli
 from smtpplus_milter.cli import explain as explain_cli
 from smtpplus_milter.cli import fanout as fanout_cli
 from smtpplus_milter.cli import follow as follow_cli
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     web_cli.add_parser(commands, _add_config)
     preempt_cli.add_parsers(commands, _add_config)
     policyd_cli.add_parser(commands, _add_config)
+    doctor_cli.add_parser(commands, _add_config)
     return parser
 
 
@@ -106,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         return fanout_cli.main(args)
     if args.command == "web":
         return web_cli.main(args)
+    if args.command == "doctor":
+        return doctor_cli.main(args)
     if args.command == "policyd":
         return policyd_cli.main(args)
     if args.command in ("preempt", "queue"):

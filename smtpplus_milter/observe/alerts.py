@@ -69,8 +69,13 @@ SENDING_LIMIT = "sending_limit"
 # The sending-limit store could not answer (``reply``: what it said; ``action``: tempfail or allow).
 LIMIT_STORE = "limit_store_error"
 
+# A doctor check failed (``field``: the check; ``sender``: "CHECK SUBJECT", the de-duplication key;
+# ``reply``: what was found; ``shown``: the fix).
+DOCTOR_FAIL = "doctor_fail"
+
 ALERTNAMES = MappingProxyType(
     {
+        DOCTOR_FAIL: "SMTPPlusDoctorFail",
         SENDING_LIMIT: "SMTPPlusSendingLimitReached",
         LIMIT_STORE: "SMTPPlusLimitStoreUnavailable",
         UNAUTHORIZED_SENDER: "SMTPPlusUnauthorizedSender",
@@ -108,6 +113,8 @@ class Alert:
 
     @property
     def summary(self) -> str:
+        if self.kind == DOCTOR_FAIL:
+            return f"doctor: {self.sender} fails: {self.reply}"
         if self.kind == SENDING_LIMIT:
             return f"SMTP+ user {self.user} reached sending limit {self.field}: {self.reply}"
         if self.kind == LIMIT_STORE:
@@ -200,9 +207,14 @@ class Alertmanager:
             labels = {"alertname": alert.alertname, "user": alert.user, "limit": alert.sender}
         if alert.kind == LIMIT_STORE:
             labels = {"alertname": alert.alertname}
+        if alert.kind == DOCTOR_FAIL:  # one alert per check and subject, whichever host runs the doctor
+            check, _, subject = alert.sender.partition(" ")
+            labels = {"alertname": alert.alertname, "check": check, "subject": subject}
         if alert.kind == UNAUTHORIZED_SENDER:
             labels["mode"] = alert.mode
-        if alert.kind == DISPLAY_NAME_SPOOFING:
+        if alert.kind == DOCTOR_FAIL:
+            description = f"{alert.reply}; fix: {alert.shown}" if alert.shown else alert.reply
+        elif alert.kind == DISPLAY_NAME_SPOOFING:
             description = f"{alert.sender} is authorized; its display name or comment shows {alert.shown}"
         else:
             description = alert.reply or "delivered (authorization.mode: alert)"

@@ -13,6 +13,7 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -188,3 +189,87 @@ def test_port_25_mistakes(postfix: Postfix, main_cf: dict[str, str], words: str)
     postfix.reload()
     check = _ports(postfix.smtp_port)["port"]
     assert check.status is Status.FAIL and words in check.found, check
+
+
+# --- the whole command, as an operator runs it ------------------------------------------------------
+
+
+def test_the_doctor_command_end_to_end(stack: Stack, tmp_path: Path) -> None:
+    """``smtpplus-milter doctor`` as its own process on the lab: DNS from a private dnsmasq (all good
+    for good.test), this stack's Postfix (OpenDKIM before our milter: the one FAIL) and its submission
+    port; JSON out, exit 1, and the failure sent as an alert to a real webhook."""
+    import base64
+    import json
+    import sys
+
+    import yaml
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from lab.harness import DnsServer
+    from tests.support.webhook import WebhookReceiver
+
+    assert stack.postfix is not None
+    doctor = (sys.executable, "-m", "smtpplus_milter", "doctor")
+    relay = "192.0.2.10"
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    p = base64.b64encode(key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)).decode()
+    txt = [
+        ("good.test", f"v=spf1 ip4:{relay} -all"),
+        ("mail._domainkey.good.test", f"v=DKIM1; k=rsa; p={p}"),
+        ("_dmarc.good.test", "v=DMARC1; p=reject; rua=mailto:dmarc@good.test"),
+    ]
+    with (
+        DnsServer(
+            tmp_path / "dns", txt=txt, hosts=[("relay.test", relay)], local=("test", "2.0.192.in-addr.arpa")
+        ) as dns,
+        WebhookReceiver() as receiver,
+    ):
+        settings = yaml.safe_load(stack.config_path.read_text(encoding="utf-8"))
+        settings["verification"] = {**settings.get("verification", {}), "resolver": dns.address}
+        settings["alerts"] = {"webhook": {"url": receiver.url}}
+        settings["doctor"] = {
+            "relay_ips": [relay],
+            "dkim_selectors": ["mail"],
+            "postfix_config_dir": str(stack.postfix.config_dir),
+            "host": "127.0.0.1",
+            "ports": [stack.postfix.submission_port],
+            "hostname": "relay.test",
+        }
+        config = stack.etc / "doctor.yaml"
+        config.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
+        done = subprocess.run(
+            [*doctor, "-c", str(config), "--domain", "good.test", "--format", "json", "--alert"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 1, done.stderr
+        report = json.loads(done.stdout)
+        status = {(item["check"], item["subject"]): item["status"] for item in report["checks"]}
+        port = f"127.0.0.1:{stack.postfix.submission_port}"
+        assert {
+            key: status.get(key)
+            for key in [
+                ("spf", "good.test"),
+                ("dkim", "mail._domainkey.good.test"),
+                ("dmarc", "good.test"),
+                ("ptr", relay),
+                ("postfix_milter_order", "smtpd_milters"),
+                ("port", port),
+                ("tls", port),
+            ]
+        } == {
+            ("spf", "good.test"): "OK",
+            ("dkim", "mail._domainkey.good.test"): "OK",
+            ("dmarc", "good.test"): "OK",
+            ("ptr", relay): "OK",
+            ("postfix_milter_order", "smtpd_milters"): "FAIL",
+            ("port", port): "OK",
+            ("tls", port): "OK",
+        }
+        assert report["summary"]["fail"] == sum(1 for value in status.values() if value == "FAIL")
+        bodies = receiver.wait_for(report["summary"]["fail"])
+        assert {body["alertname"] for body in bodies} == {"SMTPPlusDoctorFail"}
+        assert "postfix_milter_order smtpd_milters" in {body["sender"] for body in bodies}
