@@ -336,6 +336,16 @@ class SendingLimitsSection(_Strict):
     on_store_error: Literal["tempfail", "allow"] = "tempfail"
 
 
+def _ip_addresses(value: tuple[str, ...]) -> tuple[str, ...]:
+    """``relay_ips``: every item an IPv4/IPv6 address."""
+    for item in value:
+        try:
+            ipaddress.ip_address(item)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address; list the relay's public IPv4/IPv6 IPs") from None
+    return value
+
+
 class DoctorSection(_Strict):
     """``smtpplus-milter doctor`` (docs/doctor.md): what to check beyond the config itself."""
 
@@ -357,12 +367,7 @@ class DoctorSection(_Strict):
     @field_validator("relay_ips")
     @classmethod
     def _relay_ips(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for item in value:
-            try:
-                ipaddress.ip_address(item)
-            except ValueError:
-                raise ValueError(f"{item!r} is not an IP address; list the relay's public IPv4/IPv6 IPs") from None
-        return value
+        return _ip_addresses(value)
 
     @field_validator("ports")
     @classmethod
@@ -419,12 +424,7 @@ class VerificationSection(_Strict):
     @field_validator("relay_ips")
     @classmethod
     def _relay_ips(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for item in value:
-            try:
-                ipaddress.ip_address(item)
-            except ValueError:
-                raise ValueError(f"{item!r} is not an IP address; list the relay's public IPv4/IPv6 IPs") from None
-        return value
+        return _ip_addresses(value)
 
 
 class TrackingSection(_Strict):

@@ -63,3 +63,9 @@ def test_doctor_section_refuses_bad_values(tmp_path: Path, section: dict[str, ob
     with pytest.raises(ConfigError) as caught:
         load_config(write_config(tmp_path, settings={"doctor": section}))
     assert problem in "\n".join(str(p) for p in caught.value.problems)
+
+
+def test_verification_relay_ips_are_checked_the_same_way(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(tmp_path, settings={"verification": {"relay_ips": ["relay.example"]}}))
+    assert "not an IP address" in "\n".join(str(p) for p in caught.value.problems)
