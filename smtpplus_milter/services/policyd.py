@@ -164,7 +164,6 @@ class PolicyService:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
-        self._accepting: list[threading.Thread] = []
         self._reload_lock = threading.Lock()
         # MAIL FROM judgements that let messages go on, shared by the connections (core/policy.py).
         self.judgements = Judgements()
@@ -186,7 +185,6 @@ class PolicyService:
             thread = threading.Thread(target=self._accept, args=(listener,), name="policy-accept", daemon=True)
             thread.start()
             threads.append(thread)
-        self._accepting = threads
         self._stopping.wait()
         for thread in threads:
             thread.join(5.0)
